@@ -1,0 +1,129 @@
+"""Numbers shared by the Cython core, the reference model and the Python layer.
+
+The Cython side repeats these as C enums in ``_core.pxd``; ``tests/test_core_contract.py``
+checks that both agree.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+TRACE_DTYPE = np.dtype([("op", "u1"), ("vcpu", "u1"), ("vm", "<u2"), ("size", "<u4"),
+                        ("gpa", "<u8"), ("value", "<u8")])
+"""The native trace record: 24 bytes, stored as plain ``.npy`` files."""
+
+
+class Op(enum.IntEnum):
+    """Guest memory operations (trace ``op`` codes; 8 and above are reserved)."""
+
+    LOAD = 0
+    STORE = 1
+    NT_STORE = 2
+    CLWB = 3
+    CLFLUSHOPT = 4
+    CLFLUSH = 5
+    SFENCE = 6
+    MFENCE = 7
+
+
+DATA_OPS = (Op.LOAD, Op.STORE, Op.NT_STORE)
+FLUSH_OPS = (Op.CLWB, Op.CLFLUSHOPT, Op.CLFLUSH)
+FENCE_OPS = (Op.SFENCE, Op.MFENCE)
+
+
+class LineState(enum.IntEnum):
+    """Persistence state of one 64-byte line of NVDIMM space."""
+
+    CLEAN = 0
+    DIRTY = 1    # newer data in a CPU cache (or an nt-store on its way)
+    QUEUED = 2   # written back: a copy sits in its controller's WPQ
+
+
+class Domain(enum.IntEnum):
+    NONE = 0
+    ADR = 1
+    EADR = 2
+
+
+DOMAIN_NAMES = {"none": Domain.NONE, "adr": Domain.ADR, "eadr": Domain.EADR}
+
+
+class FhaMode(enum.IntEnum):
+    """How the core treats guest accesses to a VM's vFHA page (SPEC 4)."""
+
+    NONE = 0            # no vFHA registered: every exit goes back to Python
+    WRITE_PROTECT = 1   # read-only host page; a write is an EPT violation -> fan-out, skip, resume
+    MMIO = 2            # misconfigured entry; every access exits (49), reads emulated as 0, writes fan out
+    WRITABLE = 3        # read-write host page: no exit, no flush
+    HYPERCALL = 4       # read-only host page; a write stands for the flush hypercall (VMCALL exit, fan-out)
+    DROP = 5            # traps writes like WRITE_PROTECT but drains nothing (a broken hypervisor, for tests)
+    NATIVE = 6          # no virtualization: the write goes straight to the physical FHAs (no exit)
+
+
+class ExitReason(enum.IntEnum):
+    """Intel basic exit reasons used here."""
+
+    VMCALL = 18
+    EPT_VIOLATION = 48
+    EPT_MISCONFIG = 49
+
+
+class RunStatus(enum.IntEnum):
+    DONE = 0
+    EXIT = 1
+    BAD_RECORD = 2
+
+
+class BadRecord(enum.IntEnum):
+    """Why a trace record was refused (``Engine.bad_record``)."""
+
+    NONE = 0
+    OP = 1
+    VM = 2
+    VCPU = 3
+    SIZE = 4
+    CROSSES_LINE = 5
+    VALUE = 6
+
+
+BAD_RECORD_TEXT = {
+    BadRecord.OP: "op {op} is not a known operation (0..7)",
+    BadRecord.VM: "vm {vm} does not exist on this hypervisor (or is not running)",
+    BadRecord.VCPU: "vcpu {vcpu} does not exist in vm {vm}",
+    BadRecord.SIZE: "size {size} is not valid for {opname} (loads/stores: 1, 2, 4, 8; flushes: 0 or 64)",
+    BadRecord.CROSSES_LINE: "access of {size} bytes at GPA {gpa:#x} is unaligned: it crosses a 64-byte line",
+    BadRecord.VALUE: "value {value:#x} does not fit a {size}-byte store",
+}
+
+# Per-vCPU counters, in the order of the core's stats rows. The first eight are indexed by op code.
+STAT_NAMES = (
+    "loads", "stores", "nt_stores", "clwb", "clflushopt", "clflush", "sfence", "mfence",
+    "ops", "tlb_hits", "tlb_misses", "walk_refs", "tlb_flushes", "lines_flushed",
+    "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall",
+    "vfha_reads", "vfha_writes", "fha_writes", "lines_drained", "load_sum",
+    "cycles_ops", "cycles_walk", "cycles_exit", "cycles_write_protect", "cycles_mmio",
+    "cycles_hypercall", "cycles_fha", "cycles_drain",
+)
+STAT = {name: i for i, name in enumerate(STAT_NAMES)}
+CYCLE_STATS = tuple(n for n in STAT_NAMES if n.startswith("cycles_"))
+
+# Per-controller counters.
+CTRL_STAT_NAMES = ("enqueued", "drained", "drained_full", "fha_writes")
+CTRL_STAT = {name: i for i, name in enumerate(CTRL_STAT_NAMES)}
+
+# EPT entry bits (SPEC 2).
+EPT_R = 1 << 0
+EPT_W = 1 << 1
+EPT_X = 1 << 2
+EPT_RWX = 7
+EPT_MEMTYPE_WB = 6 << 3
+EPT_LARGE = 1 << 7
+EPT_ACCESSED = 1 << 8
+EPT_DIRTY = 1 << 9
+EPT_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+
+PAGE_4K = 1 << 12
+PAGE_2M = 1 << 21
+GPA_LIMIT = 1 << 48

@@ -1,0 +1,214 @@
+# nvemu._core C-level contract: what another Cython simulator may `cimport`.
+#
+#     from nvemu._core cimport Engine, trace_rec_t, OP_STORE
+#
+# Changing a struct, the field order of Engine or the order of its cdef methods changes the binary
+# layout and vtable: every embedder must rebuild. Raise NVEMU_CAPI_VERSION on any such change.
+# The enums repeat nvemu/_constants.py; tests/test_core_contract.py checks that they agree.
+# Engine methods below run without the GIL; hold no other thread inside the same Engine meanwhile.
+
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef enum:
+    NVEMU_CAPI_VERSION = 1
+
+ctypedef uint64_t ept_entry_t        # one EPT entry (SPEC 2 layout)
+
+cdef packed struct trace_rec_t:      # one record of nvemu.TRACE_DTYPE, 24 bytes
+    uint8_t op                       # op code (op_t)
+    uint8_t vcpu                     # vCPU index within the VM
+    uint16_t vm                      # VM id
+    uint32_t size                    # access size in bytes
+    uint64_t gpa                     # guest-physical address
+    uint64_t value                   # stored value (little-endian, low `size` bytes)
+
+cdef enum op_t:
+    OP_LOAD = 0
+    OP_STORE = 1
+    OP_NT_STORE = 2
+    OP_CLWB = 3
+    OP_CLFLUSHOPT = 4
+    OP_CLFLUSH = 5
+    OP_SFENCE = 6
+    OP_MFENCE = 7
+
+cdef enum line_state_t:
+    LINE_CLEAN = 0
+    LINE_DIRTY = 1
+    LINE_QUEUED = 2
+
+cdef enum domain_t:
+    DOMAIN_NONE = 0
+    DOMAIN_ADR = 1
+    DOMAIN_EADR = 2
+
+cdef enum fha_mode_t:
+    FHA_NONE = 0
+    FHA_WRITE_PROTECT = 1
+    FHA_MMIO = 2
+    FHA_WRITABLE = 3
+    FHA_HYPERCALL = 4
+    FHA_DROP = 5
+    FHA_NATIVE = 6
+
+cdef enum exit_reason_t:
+    EXIT_VMCALL = 18
+    EXIT_EPT_VIOLATION = 48
+    EXIT_EPT_MISCONFIG = 49
+
+cdef enum run_status_t:
+    RUN_DONE = 0
+    RUN_EXIT = 1
+    RUN_BAD_RECORD = 2
+
+cdef enum bad_record_t:
+    BAD_NONE = 0
+    BAD_OP = 1
+    BAD_VM = 2
+    BAD_VCPU = 3
+    BAD_SIZE = 4
+    BAD_CROSSES_LINE = 5
+    BAD_VALUE = 6
+
+cdef enum:                           # stat_t: per-vCPU counters; the first eight are indexed by op code
+    ST_LOADS = 0
+    ST_STORES
+    ST_NT_STORES
+    ST_CLWB
+    ST_CLFLUSHOPT
+    ST_CLFLUSH
+    ST_SFENCE
+    ST_MFENCE
+    ST_OPS
+    ST_TLB_HITS
+    ST_TLB_MISSES
+    ST_WALK_REFS
+    ST_TLB_FLUSHES
+    ST_LINES_FLUSHED
+    ST_EXITS_EPT_VIOLATION
+    ST_EXITS_EPT_MISCONFIG
+    ST_EXITS_VMCALL
+    ST_VFHA_READS
+    ST_VFHA_WRITES
+    ST_FHA_WRITES
+    ST_LINES_DRAINED
+    ST_LOAD_SUM
+    ST_CYCLES_OPS
+    ST_CYCLES_WALK
+    ST_CYCLES_EXIT
+    ST_CYCLES_WRITE_PROTECT
+    ST_CYCLES_MMIO
+    ST_CYCLES_HYPERCALL
+    ST_CYCLES_FHA
+    ST_CYCLES_DRAIN
+    ST_COUNT
+
+cdef enum:                           # ctrl_stat_t: per-controller counters
+    CT_ENQUEUED = 0
+    CT_DRAINED
+    CT_DRAINED_FULL
+    CT_FHA_WRITES
+    CT_COUNT
+
+cdef struct cost_t:                  # cycles per event (nvemu.config.CostModel)
+    uint64_t op                      # one retired guest op
+    uint64_t walk_level              # one page-walk memory reference
+    uint64_t exit                    # VM exit round trip
+    uint64_t write_protect           # EPT-violation handling on top of the exit
+    uint64_t mmio                    # MMIO emulation on top of the exit
+    uint64_t hypercall               # hypercall handling on top of the exit
+    uint64_t fha_write               # one physical flush-hint write
+    uint64_t drain_line              # one WPQ line written to media
+
+cdef struct vm_t:                    # one VM as the replay loop sees it
+    bint active                      # slot in use
+    bint running                     # records for this VM may execute
+    uint32_t root                    # pool index of the PML4 table
+    uint32_t nvcpus                  # number of vCPUs
+    uint32_t tlb_entries             # TLB entries per vCPU (a power of two)
+    uint64_t* tlb_vpn                # [nvcpus * tlb_entries] cached 4 KiB GPA page number, ~0 = invalid
+    uint64_t* tlb_entry              # leaf entry as cached (permissions, A/D)
+    uint64_t* tlb_hpa                # host-physical address of the 4 KiB page
+    uint64_t* tlb_slot               # pool word index of the leaf entry (for the D bit)
+    uint64_t* stats                  # [nvcpus * ST_COUNT]
+    uint64_t fha_vpn                 # vFHA GPA >> 12, ~0 when none
+    int fha_mode                     # fha_mode_t
+    uint8_t* fanout                  # [n_controllers] 1 = written on a vFHA flush
+
+cdef struct exit_t:                  # the last exit the core did not handle itself
+    uint32_t reason                  # exit_reason_t
+    uint64_t qualification           # bit 0 read, 1 write, 2 fetch, 3-5 entry R/W/X
+    uint64_t gpa                     # faulting guest-physical address
+    uint64_t op_index                # index of the record in the batch
+    uint16_t vm                      # VM id
+    uint8_t vcpu                     # vCPU index
+    uint8_t op                       # op code
+
+@cython.final
+cdef class Engine:
+    # host memory (numpy arrays owned by this object; raw pointers borrowed for the loops)
+    cdef readonly object memory      # uint8[dram_bytes + pmem_bytes]: what CPUs observe
+    cdef readonly object media       # uint8[pmem_bytes]: what the NVDIMMs durably hold
+    cdef readonly object line_state  # uint8[pmem_bytes / 64]: line_state_t
+    cdef readonly object queued      # uint16[pmem_bytes / 64]: copies of the line in WPQs
+    cdef readonly object granule_ctrl  # uint8[pmem_bytes >> granule_shift]: controller of each granule
+    cdef readonly object wpq_line    # uint64[n_controllers * wpq_depth]: pmem line index per slot
+    cdef readonly object wpq_data    # uint8[n_controllers * wpq_depth * 64]: line bytes per slot
+    cdef readonly object wpq_head    # uint32[n_controllers]: oldest slot
+    cdef readonly object wpq_len     # uint32[n_controllers]: entries queued
+    cdef readonly object ctrl_stats  # uint64[n_controllers, CT_COUNT]
+    cdef readonly object pool        # uint64[pool_tables * 512]: every VM's EPT tables
+    cdef object _free_tables         # list of freed table indices (reused LIFO)
+    cdef readonly object vm_arrays   # dict vm id -> tuple of the VM's numpy arrays
+    cdef uint8_t* mem
+    cdef uint8_t* med
+    cdef uint8_t* lstate
+    cdef uint16_t* nqueued
+    cdef uint8_t* gctrl
+    cdef uint64_t* wline
+    cdef uint8_t* wdata
+    cdef uint32_t* whead
+    cdef uint32_t* wlen
+    cdef uint64_t* cstats
+    cdef ept_entry_t* ept
+    cdef vm_t* vms
+    cdef readonly uint64_t dram_bytes   # host DRAM at HPA [0, dram_bytes)
+    cdef readonly uint64_t pmem_base    # HPA of the first NVDIMM byte
+    cdef readonly uint64_t pmem_bytes   # bytes of NVDIMM space
+    cdef uint64_t pmem_delta            # pmem_base - dram_bytes: HPA -> memory index
+    cdef readonly uint32_t granule_shift
+    cdef readonly uint32_t n_controllers
+    cdef readonly uint32_t wpq_depth
+    cdef readonly int domain
+    cdef readonly uint32_t pool_tables
+    cdef readonly uint32_t next_table   # high-water mark of the pool
+    cdef readonly uint32_t max_vms
+    cdef cost_t cost
+    cdef exit_t exit
+    cdef readonly int bad_record        # bad_record_t of the last refused record
+    cdef readonly uint64_t last_value   # value of the last emulated load
+
+    # private helpers (declared here because Cython needs every cdef method in the .pxd)
+    cdef _bind(self)
+    cdef uint32_t _alloc_table(self) except? 0xFFFFFFFF
+    cdef uint64_t _free_tree(self, uint64_t t, int level)
+    cdef vm_t* _vm(self, vm) except NULL
+    cdef void _flush_tlbs(self, vm_t* v) noexcept
+    cdef uint64_t _split(self, uint64_t slot, int level) except? 0
+    cdef object _leaf(self, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span)
+    cdef _check_hpa(self, uint64_t hpa, uint64_t length)
+    cdef uint64_t _index(self, uint64_t hpa, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
+
+    # kernels
+    cdef void drain_one(self, uint32_t c) noexcept nogil
+    cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil
+    cdef void enqueue(self, uint64_t line) noexcept nogil
+    cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil
+    cdef int walk_leaf(self, vm_t* vm, uint64_t gpa, uint64_t* st, uint64_t* entry,
+                       uint64_t* hpa_page, uint64_t* slot) noexcept nogil
+    cdef int translate_nogil(self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bint write, uint64_t* st,
+                             uint64_t* hpa, uint64_t* entry) noexcept nogil
+    cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, int reason, bint write, uint8_t op) noexcept nogil
+    cdef int run_nogil(self, const trace_rec_t* ops, uint64_t start, uint64_t n,
+                       uint64_t* stopped) noexcept nogil

@@ -1,0 +1,74 @@
+"""The exceptions nvemu raises. Every one is an :class:`NvemuError`."""
+
+from __future__ import annotations
+
+
+class NvemuError(Exception):
+    """Base of every nvemu exception."""
+
+
+class ConfigError(NvemuError, ValueError):
+    """A platform, VM or cost description that cannot be built."""
+
+
+class LifecycleError(NvemuError, RuntimeError):
+    """An operation the VM's lifecycle state does not allow (or a destroyed VM)."""
+
+
+class ResourceError(NvemuError, RuntimeError):
+    """The host cannot satisfy a request: out of DRAM, NVDIMM space or page-table pages, or overlap."""
+
+
+class TraceError(NvemuError, ValueError):
+    """A malformed trace record or file: names the record index and the field."""
+
+
+class NfitError(NvemuError, ValueError):
+    """A malformed ACPI NFIT: names the byte offset and the field."""
+
+
+class GuestFault(NvemuError):
+    """An exit the hypervisor does not handle, delivered as an exception carrying the exit's fields.
+
+    ``reason`` is Intel's basic exit reason (48 EPT violation, 49 EPT misconfiguration, 18 VMCALL);
+    ``qualification`` has bit 0 read, 1 write, 2 fetch and bits 3-5 the entry's R/W/X.
+    """
+
+    def __init__(self, reason: int, qualification: int, gpa: int, op_index: int,
+                 vm: int = 0, vcpu: int = 0, op: int = 0) -> None:
+        self.reason = reason
+        self.qualification = qualification
+        self.gpa = gpa
+        self.op_index = op_index
+        self.vm = vm
+        self.vcpu = vcpu
+        self.op = op
+        access = "write" if qualification & 2 else "fetch" if qualification & 4 else "read"
+        perms = "".join(c if qualification >> (3 + i) & 1 else "-" for i, c in enumerate("rwx"))
+        name = {48: "EPT violation", 49: "EPT misconfiguration", 18: "VMCALL"}.get(reason, "exit")
+        super().__init__(f"{name} (reason {reason}) on {access} of GPA {gpa:#x} by vm{vm} cpu{vcpu} "
+                         f"at op {op_index}; entry permissions {perms}")
+
+    @property
+    def read(self) -> bool:
+        return bool(self.qualification & 1)
+
+    @property
+    def write(self) -> bool:
+        return bool(self.qualification & 2)
+
+    @property
+    def fetch(self) -> bool:
+        return bool(self.qualification & 4)
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.qualification & 8)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.qualification & 16)
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.qualification & 32)

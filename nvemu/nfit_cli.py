@@ -1,0 +1,159 @@
+"""The ``nvemu nfit`` subcommands: inspect a binary NFIT, write a preset's host NFIT, write a VM's.
+
+The main CLI calls :func:`add_commands` with its subparsers and later ``args.func(args)``; each
+handler returns the exit code (0 ok, 1 file not readable/writable, 2 malformed table or arguments
+nvemu cannot build a table from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+from . import nfit
+from .config import DOMAINS, PRESETS, preset
+from .errors import NvemuError
+
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_NUMBER = re.compile(r"(0x[0-9a-f]+|[0-9]+)\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE)
+
+
+def parse_number(text: str) -> int:
+    """An integer from decimal or 0x hex, with an optional K/M/G/T (binary) suffix: "0x1000", "256M"."""
+    m = _NUMBER.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (decimal or 0x hex, optional K/M/G/T suffix)")
+    digits = m.group(1)
+    value = int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
+    return value * _SUFFIX[(m.group(2) or "").lower()]
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """A vNVDIMM as ``BASE:SIZE``, e.g. "0x100000000:256M"."""
+    base, sep, size = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BASE:SIZE")
+    return parse_number(base), parse_number(size)
+
+
+def _fail(err: BaseException, code: int) -> int:
+    print(f"nvemu nfit: error: {err}", file=sys.stderr)
+    return code
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def _hex_list(values: list[int]) -> str:
+    return ", ".join(f"{v:#x}" for v in values) if values else "none"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable form of :func:`nvemu.nfit.discover`'s summary."""
+    lines = [f"NFIT: {info['length']} bytes, revision {info['revision']}, OEM {info['oem_id']!r} "
+             f"{info['oem_table_id']!r} rev {info['oem_revision']}"]
+    caps = info["capabilities"]
+    how = ("no platform capabilities structure" if caps is None else
+           f"capabilities {caps['raw']:#x}, highest valid bit {caps['highest_valid']}, "
+           f"effective {caps['effective']:#x}")
+    lines.append(f"persistence domain: {info['persistence_domain']} ({how})")
+    lines.append(f"WPQ flushing: {'yes' if info['wpq_flush'] else 'no'} "
+                 f"({'every NVDIMM lists a flush hint' if info['wpq_flush'] else 'some NVDIMM lists no flush hint'})")
+    lines.append(f"SPA ranges: {len(info['spa_ranges'])}")
+    for s in info["spa_ranges"]:
+        lines.append(f"  {s['index']:>3}  {s['base']:#014x}  {_size(s['length']):>9}  {s['type']}")
+    lines.append(f"memory controllers: {len(info['controllers'])}")
+    for c in info["controllers"]:
+        lines.append(f"  node {c['node']} socket {c['socket']} imc {c['imc']}: "
+                     f"flush hints {_hex_list(c['flush_hints'])}")
+    lines.append(f"NVDIMMs: {len(info['nvdimms'])}")
+    for d in info["nvdimms"]:
+        lines.append(f"  handle {d['handle']:#06x} (node {d['node']} socket {d['socket']} imc {d['imc']} "
+                     f"channel {d['channel']} dimm {d['dimm']}): {_size(d['size'])}, "
+                     f"flush hints {_hex_list(d['flush_hints'])}")
+    lines.append(f"interleave sets: {len(info['interleave_sets'])}")
+    for s in info["interleave_sets"]:
+        lines.append(f"  range {s['spa_index']} at {s['base']:#x}: {len(s['nvdimms'])}-way, "
+                     f"granularity {_size(s['granularity'])}, NVDIMMs {_hex_list(s['nvdimms'])}")
+    if not info["modelable"]:
+        lines.append(f"nvemu cannot model this platform: {info['model_error']}")
+    for w in info["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``nfit info FILE [--json]``: what capability discovery finds in a binary NFIT."""
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return _fail(e, 1)
+    try:
+        info = nfit.discover(data)
+    except NvemuError as e:
+        return _fail(e, 2)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _write(path: str, table: nfit.Nfit) -> int:
+    data = table.to_bytes()
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        return _fail(e, 1)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``nfit build --preset NAME -o FILE``: the host NFIT of a built-in platform preset."""
+    try:
+        table = nfit.nfit_from_platform_config(preset(args.preset))
+    except NvemuError as e:
+        return _fail(e, 2)
+    return _write(args.output, table)
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    """``nfit vm --nvdimm BASE:SIZE ... [--vfha GPA] [--domain D] -o FILE``: a VM's virtual NFIT."""
+    try:
+        table = nfit.virtual_nfit(args.nvdimm, args.vfha, args.domain)
+    except NvemuError as e:
+        return _fail(e, 2)
+    return _write(args.output, table)
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add the ``nfit`` command (with ``info``, ``build`` and ``vm``) to an argparse subparsers object."""
+    p = subparsers.add_parser("nfit", help="inspect or write ACPI NFIT tables",
+                              description="Inspect a binary ACPI NFIT or write the NFIT of a platform or VM.")
+    sub = p.add_subparsers(dest="nfit_command", metavar="COMMAND", required=True)
+
+    info = sub.add_parser("info", help="show what capability discovery finds in a binary NFIT")
+    info.add_argument("file", metavar="FILE", help="binary NFIT, e.g. /sys/firmware/acpi/tables/NFIT")
+    info.add_argument("--json", action="store_true", help="print a JSON object")
+    info.set_defaults(func=cmd_info)
+
+    bld = sub.add_parser("build", help="write the host NFIT of a built-in platform preset")
+    bld.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
+                     help=f"platform preset ({', '.join(PRESETS)}; default: default)")
+    bld.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the table")
+    bld.set_defaults(func=cmd_build)
+
+    vm = sub.add_parser("vm", help="write the virtual NFIT a VM sees")
+    vm.add_argument("--nvdimm", metavar="BASE:SIZE", type=parse_range, action="append", required=True,
+                    help="a vNVDIMM's guest-physical base and size (0x hex, K/M/G suffixes); repeatable")
+    vm.add_argument("--vfha", metavar="GPA", type=parse_number, default=None,
+                    help="guest-physical address of the virtual flush hint (omit for no flush hints)")
+    vm.add_argument("--domain", choices=DOMAINS, default="adr", help="persistence domain to advertise (default adr)")
+    vm.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the table")
+    vm.set_defaults(func=cmd_vm)

@@ -1,0 +1,195 @@
+"""The host platform: memory controllers with WPQs and flush hints, NVDIMMs, interleave sets,
+the persistence domain, and host memory, built from a :class:`PlatformConfig` or a physical NFIT."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from . import _backend
+from ._constants import DOMAIN_NAMES, CTRL_STAT_NAMES
+from ._layout import EngineLayout, InterleaveLayout
+from .config import DEFAULT_COSTS, CostModel, PlatformConfig, preset
+from .errors import ConfigError, ResourceError
+
+
+class RangeAllocator:
+    """First-fit allocator of aligned address ranges (host DRAM, NVDIMM space)."""
+
+    def __init__(self, base: int, length: int) -> None:
+        self.base = base
+        self.length = length
+        self._free: list[tuple[int, int]] = [(base, length)] if length else []
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(n for _, n in self._free)
+
+    def alloc(self, size: int, align: int, what: str) -> int:
+        for k, (start, n) in enumerate(self._free):
+            addr = -(-start // align) * align
+            if addr + size <= start + n:
+                pieces = [(start, addr - start), (addr + size, start + n - addr - size)]
+                self._free[k:k + 1] = [(a, m) for a, m in pieces if m]
+                return addr
+        raise ResourceError(f"out of host {what}: no free {size:#x}-byte range aligned to {align:#x} "
+                            f"({self.free_bytes:#x} bytes free in all)")
+
+    def free(self, addr: int, size: int) -> None:
+        self._free.append((addr, size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for a, n in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((a, n))
+        self._free = merged
+
+
+class Platform:
+    """A host machine. ``Platform()`` is the ``default`` preset (SPEC 5).
+
+    Host-physical layout: DRAM at ``[0, dram_bytes)``, NVDIMM space from the first interleave set's
+    SPA base, the sets back to back (a set's HPA equals its SPA when the NFIT's sets are contiguous).
+
+    Examples
+    --------
+    >>> p = Platform("small")
+    >>> p.n_controllers, p.domain, p.wpq_flush
+    (2, 'adr', True)
+    """
+
+    def __init__(self, config: PlatformConfig | str = "default", costs: CostModel = DEFAULT_COSTS,
+                 *, pool_tables: int = 1 << 16, max_vms: int = 256) -> None:
+        if isinstance(config, str):
+            config = preset(config)
+        self.config = config
+        self.costs = costs
+        sets = sorted(config.interleave_sets, key=lambda s: s.spa_base)
+        pmem_base = sets[0].spa_base if sets else config.dram_bytes
+        layouts, hpa = [], pmem_base
+        for s in sets:
+            length = config.set_bytes(s)
+            layouts.append(InterleaveLayout(hpa, length, s.granularity,
+                                            tuple(config.nvdimms[d].controller for d in s.dimms)))
+            hpa += length
+        self.set_ranges = [(s, lay.hpa_base, lay.length) for s, lay in zip(sets, layouts)]
+        self.layout = EngineLayout(dram_bytes=config.dram_bytes, pmem_base=pmem_base, sets=tuple(layouts),
+                                   n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
+                                   domain=int(DOMAIN_NAMES[config.domain]), costs=costs.as_tuple(),
+                                   pool_tables=pool_tables, max_vms=max_vms)
+        self.engine = _backend.Engine(self.layout)
+        self.dram = RangeAllocator(0, config.dram_bytes)
+        self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
+
+    @classmethod
+    def from_nfit(cls, data: bytes, **kwargs) -> "Platform":
+        """Capability discovery: build the platform a physical NFIT describes."""
+        from .nfit import platform_config_from_nfit
+        return cls(platform_config_from_nfit(data), **kwargs)
+
+    # ---- description ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def domain(self) -> str:
+        return self.config.domain
+
+    @property
+    def wpq_flush(self) -> bool:
+        """Do the NVDIMMs support WPQ flushing (a flush hint for every NVDIMM)?"""
+        return self.config.wpq_flush
+
+    @property
+    def n_controllers(self) -> int:
+        return len(self.config.controllers)
+
+    @property
+    def pmem_base(self) -> int:
+        return self.layout.pmem_base
+
+    @property
+    def pmem_bytes(self) -> int:
+        return self.layout.pmem_bytes
+
+    def stripe_bytes(self, set_index: int) -> int:
+        """Bytes of one full stripe (every member's granule once) of an interleave set."""
+        s = self.set_ranges[set_index][0]
+        return s.granularity * len(s.dimms)
+
+    def controller_of(self, hpa: int) -> int:
+        """Controller whose WPQ takes the NVDIMM line at ``hpa``."""
+        return int(self.engine.controller_of(hpa))
+
+    def nvdimm_of(self, hpa: int) -> int:
+        """NVDIMM (index into ``config.nvdimms``) holding the line at ``hpa``."""
+        for s, base, length in self.set_ranges:
+            if base <= hpa < base + length:
+                return s.dimms[(hpa - base) // s.granularity % len(s.dimms)]
+        raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
+    def is_pmem(self, hpa: int) -> bool:
+        return self.pmem_base <= hpa < self.pmem_base + self.pmem_bytes
+
+    # ---- host memory -------------------------------------------------------------------------
+
+    def alloc_dram(self, size: int, align: int = 4096) -> int:
+        return self.dram.alloc(size, align, "DRAM")
+
+    def alloc_pmem(self, size: int) -> int:
+        """NVDIMM space in whole stripes of an interleave set, so the range spreads over the
+        controllers as the host's does."""
+        for k, allocator in enumerate(self.pmem_sets):
+            stripe = self.stripe_bytes(k)
+            need = -(-size // stripe) * stripe
+            try:
+                return allocator.alloc(need, stripe, "NVDIMM space")
+            except ResourceError:
+                continue
+        raise ResourceError(f"out of host NVDIMM space: no interleave set has {size:#x} free bytes "
+                            f"({sum(a.free_bytes for a in self.pmem_sets):#x} bytes free in all)")
+
+    def free_pmem(self, hpa: int, size: int) -> None:
+        for k, allocator in enumerate(self.pmem_sets):
+            if allocator.base <= hpa < allocator.base + allocator.length:
+                stripe = self.stripe_bytes(k)
+                allocator.free(hpa, -(-size // stripe) * stripe)
+                return
+        raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
+    def read_memory(self, hpa: int, n: int) -> bytes:
+        """What CPUs see at ``hpa``."""
+        return self.engine.read_memory(hpa, n)
+
+    def read_media(self, hpa: int, n: int) -> bytes:
+        """What the NVDIMM media durably holds at ``hpa``."""
+        return self.engine.read_media(hpa, n)
+
+    def line_states(self) -> dict[int, int]:
+        """{line HPA: LineState} of every NVDIMM line that is not CLEAN."""
+        return self.engine.line_states()
+
+    def wpq(self, controller: int) -> list[tuple[int, bytes]]:
+        """The WPQ of ``controller``, oldest first: (line HPA, its 64 bytes as written back)."""
+        return self.engine.wpq_entries(controller)
+
+    def controller_stats(self) -> list[dict[str, int]]:
+        rows = self.engine.controller_stats()
+        return [{name: int(v) for name, v in zip(CTRL_STAT_NAMES, row)} for row in rows]
+
+    def drain(self, controllers: Iterable[int] | None = None) -> int:
+        """Write every listed (default: all) controller's flush hint: their WPQs drain to media."""
+        return int(self.engine.drain(range(self.n_controllers) if controllers is None else controllers))
+
+    def power_fail(self) -> np.ndarray:
+        """Cut the power and reboot; returns the durable image of NVDIMM space (SPEC 7.3)."""
+        return np.asarray(self.engine.power_fail(), dtype=np.uint8)
+
+    def summary(self) -> dict:
+        return {**self.config.to_dict(), "pmem_base": self.pmem_base, "pmem_bytes": self.pmem_bytes,
+                "backend": _backend.BACKEND}

@@ -1,0 +1,62 @@
+"""Counters of a VM: per vCPU and in total, exits by reason, cycles by category."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._constants import CYCLE_STATS, STAT_NAMES, ExitReason
+
+EXIT_STATS = {ExitReason.EPT_VIOLATION: "exits_ept_violation", ExitReason.EPT_MISCONFIG: "exits_ept_misconfig",
+              ExitReason.VMCALL: "exits_vmcall"}
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of one VM's counters (64-bit; they wrap only after 2**64 events).
+
+    ``per_vcpu[i][name]`` for vCPU ``i``; ``total[name]`` summed; ``exits`` by Intel reason number.
+    """
+
+    rows: np.ndarray   # uint64[nvcpus, len(STAT_NAMES)]
+
+    @property
+    def per_vcpu(self) -> list[dict[str, int]]:
+        return [{n: int(v) for n, v in zip(STAT_NAMES, row)} for row in self.rows]
+
+    @property
+    def total(self) -> dict[str, int]:
+        sums = self.rows.sum(axis=0, dtype=np.uint64)
+        return {n: int(v) for n, v in zip(STAT_NAMES, sums)}
+
+    def __getitem__(self, name: str) -> int:
+        return self.total[name]
+
+    @property
+    def exits(self) -> dict[int, int]:
+        t = self.total
+        return {int(reason): t[name] for reason, name in EXIT_STATS.items()}
+
+    @property
+    def exit_count(self) -> int:
+        return sum(self.exits.values())
+
+    @property
+    def cycles(self) -> int:
+        t = self.total
+        return sum(t[n] for n in CYCLE_STATS)
+
+    @property
+    def tlb_hit_rate(self) -> float:
+        t = self.total
+        looked = t["tlb_hits"] + t["tlb_misses"]
+        return t["tlb_hits"] / looked if looked else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.total, "exits": {str(k): v for k, v in self.exits.items()}, "cycles": self.cycles,
+                "per_vcpu": self.per_vcpu}
+
+    def __sub__(self, other: "Stats") -> "Stats":
+        return Stats(self.rows - other.rows)

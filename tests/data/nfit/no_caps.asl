@@ -1,0 +1,152 @@
+/*
+ * One socket, one iMC, two 1 GiB NVDIMMs (channel 0 dimm 0, channel 1 dimm 0), interleaved
+ * 2 ways with no Interleave structure (nvemu assumes 4 KiB). Two flush hints per NVDIMM.
+ * An SMBIOS structure is present. No platform capabilities structure -> domain none.
+ */
+[0004]                          Signature : "NFIT"
+[0004]                       Table Length : 00000000
+[0001]                           Revision : 01
+[0001]                           Checksum : 00
+[0006]                             Oem ID : "NVTEST"
+[0008]                       Oem Table ID : "NOCAPS  "
+[0004]                       Oem Revision : 00000001
+[0004]                    Asl Compiler ID : "INTL"
+[0004]              Asl Compiler Revision : 00000000
+
+[0004]                           Reserved : 00000000
+
+[0002]                      Subtable Type : 0000 [System Physical Address Range]
+[0002]                             Length : 0000
+
+[0002]                        Range Index : 0001
+[0002]              Flags (decoded below) : 0000
+                Add/Online Operation Only : 0
+                   Proximity Domain Valid : 0
+[0004]                           Reserved : 00000000
+[0004]                   Proximity Domain : 00000000
+[0016]                   Region Type GUID : 66F0D379-B4F3-4074-AC43-0D3318B78CDB
+[0008]                 Address Range Base : 0000000800000000
+[0008]               Address Range Length : 0000000080000000
+[0008]               Memory Map Attribute : 0000000000008008
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000000
+[0002]                        Physical Id : 0000
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0001
+[0002]               Control Region Index : 0001
+[0008]                        Region Size : 0000000040000000
+[0008]                      Region Offset : 0000000000000000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0000
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000010
+[0002]                        Physical Id : 0001
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0001
+[0002]               Control Region Index : 0002
+[0008]                        Region Size : 0000000040000000
+[0008]                      Region Offset : 0000000000001000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0000
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0003 [SMBIOS Information]
+[0002]                             Length : 0000
+
+[0004]                           Reserved : 00000000
+[0016]               SMBIOS Table Entries : 00 01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0001
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00003000
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0002
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00003001
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0006 [Flush Hint Address]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000000
+[0002]                         Hint Count : 0002
+[0006]                           Reserved : 000000000000
+[0008]                       Hint Address : 00000000D0000000
+[0008]                       Hint Address : 00000000D0000040
+
+[0002]                      Subtable Type : 0006 [Flush Hint Address]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000010
+[0002]                         Hint Count : 0002
+[0006]                           Reserved : 000000000000
+[0008]                       Hint Address : 00000000D0000000
+[0008]                       Hint Address : 00000000D0000040
