@@ -733,6 +733,19 @@ cdef class Engine:
         self._check_hpa(hpa, n)
         return hpa - self.pmem_delta if hpa >= self.pmem_base else hpa
 
+    def prefault(self, uint64_t hpa, uint64_t n):
+        """Touch every page of the arrays behind ``[hpa, hpa+n)`` (memory, and for NVDIMM space
+        media, line states and queue counts) without changing them."""
+        cdef uint64_t i = self._index(hpa, n)
+        arrays = [(self.memory, i, n)]
+        if hpa >= self.pmem_base:
+            off = hpa - self.pmem_base
+            arrays += [(self.media, off, n), (self.line_state, off // 64, n // 64),
+                       (self.queued, off // 64, n // 64)]
+        for arr, start, count in arrays:
+            touch = arr[start:start + count][::max(1, 4096 // arr.itemsize)]
+            touch |= 0        # a real write per page (numpy skips a self-assignment)
+
     def read_memory(self, uint64_t hpa, uint64_t n):
         """``n`` bytes of host memory (what CPUs see) at ``hpa``."""
         cdef uint64_t i = self._index(hpa, n)

@@ -553,6 +553,9 @@ class Engine:
 
     # ---- state -----------------------------------------------------------------------------------
 
+    def prefault(self, hpa: int, n: int) -> None:
+        self._check_hpa(hpa, n)     # dict pages need no touching
+
     def read_memory(self, hpa: int, n: int) -> bytes:
         self._check_hpa(hpa, n)
         return self._get(self.mem, hpa, n)

@@ -30,9 +30,11 @@ True
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 from .config import (DOMAINS, PAGE_BYTES, ControllerConfig, GiB, InterleaveSetConfig, KiB, NvdimmConfig,
                      PlatformConfig, decode_handle, device_handle)
@@ -191,9 +193,10 @@ class MemoryMap(_Known):
 
     TYPE: ClassVar[int] = 1
     NAME: ClassVar[str] = "memory device to SPA range map"
-    _FIXED: ClassVar[_Layout] = (("device_handle", 4), ("physical_id", 2), ("region_id", 2), ("range_index", 2),
-                                 ("region_index", 2), ("region_size", 8), ("region_offset", 8), ("address", 8),
-                                 ("interleave_index", 2), ("interleave_ways", 2), ("flags", 2), ("reserved", 2))
+    _FIXED: ClassVar[_Layout] = (
+        ("device_handle", 4), ("physical_id", 2), ("region_id", 2), ("range_index", 2), ("region_index", 2),
+        ("region_size", 8), ("region_offset", 8), ("address", 8), ("interleave_index", 2),
+        ("interleave_ways", 2), ("flags", 2), ("reserved", 2))
 
     device_handle: int
     range_index: int
@@ -226,12 +229,13 @@ class Interleave(_Known):
 
     TYPE: ClassVar[int] = 2
     NAME: ClassVar[str] = "interleave"
-    _FIXED: ClassVar[_Layout] = (("interleave_index", 2), ("reserved", 2), ("line_count", 4), ("line_size", 4))
+    _FIXED: ClassVar[_Layout] = (("interleave_index", 2), ("reserved", 2), ("line_count", 4),
+                                 ("line_size", 4))
     _ARRAY: ClassVar[tuple[str, str, int] | None] = ("line_count", "line_offsets", 4)
 
     interleave_index: int
     line_size: int
-    line_offsets: tuple[int, ...] = ()
+    line_offsets: Sequence[int] = ()
     reserved: int = 0
     tail: bytes = b""
 
@@ -267,11 +271,11 @@ class ControlRegion(_Known):
 
     TYPE: ClassVar[int] = 4
     NAME: ClassVar[str] = "NVDIMM control region"
-    _FIXED: ClassVar[_Layout] = (("region_index", 2), ("vendor_id", 2), ("device_id", 2), ("revision_id", 2),
-                                 ("subsystem_vendor_id", 2), ("subsystem_device_id", 2),
-                                 ("subsystem_revision_id", 2), ("valid_fields", 1), ("manufacturing_location", 1),
-                                 ("manufacturing_date", 2), ("reserved", 2), ("serial_number", 4), ("code", 2),
-                                 ("windows", 2))
+    _FIXED: ClassVar[_Layout] = (
+        ("region_index", 2), ("vendor_id", 2), ("device_id", 2), ("revision_id", 2),
+        ("subsystem_vendor_id", 2), ("subsystem_device_id", 2), ("subsystem_revision_id", 2),
+        ("valid_fields", 1), ("manufacturing_location", 1), ("manufacturing_date", 2), ("reserved", 2),
+        ("serial_number", 4), ("code", 2), ("windows", 2))
     _WINDOW: ClassVar[_Layout] = (("window_size", 8), ("command_offset", 8), ("command_size", 8),
                                   ("status_offset", 8), ("status_size", 8), ("flags", 2), ("reserved1", 6))
 
@@ -339,7 +343,7 @@ class FlushHintAddress(_Known):
     _ARRAY: ClassVar[tuple[str, str, int] | None] = ("hint_count", "hint_addresses", 8)
 
     device_handle: int
-    hint_addresses: tuple[int, ...] = ()
+    hint_addresses: Sequence[int] = ()
     reserved: int = 0
     tail: bytes = b""
 
@@ -383,7 +387,7 @@ class PlatformCapabilities(_Known):
         return "eadr" if caps & CAP_CACHE_FLUSH else "adr" if caps & CAP_MEM_FLUSH else "none"
 
 
-_KNOWN: dict[int, type] = {c.TYPE: c for c in (SpaRange, MemoryMap, Interleave, Smbios, ControlRegion,
+_KNOWN: dict[int, type[_Known]] = {c.TYPE: c for c in (SpaRange, MemoryMap, Interleave, Smbios, ControlRegion,
                                                 DataRegion, FlushHintAddress, PlatformCapabilities)}
 
 
@@ -431,7 +435,7 @@ class Nfit:
     does not take part in equality.
     """
 
-    subtables: tuple[Subtable, ...] = ()
+    subtables: Sequence[Subtable] = ()  # any sequence; stored as a tuple
     revision: int = 1
     oem_id: str = "NVEMU "
     oem_table_id: str = "NVEMU   "
@@ -439,7 +443,7 @@ class Nfit:
     creator_id: str = "NVEM"
     creator_revision: int = 1
     reserved: int = 0
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    warnings: Sequence[str] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         _tupled(self, "subtables")
@@ -474,7 +478,7 @@ class Nfit:
 
     def located(self, cls: type[_S]) -> list[tuple[int, _S]]:
         """(offset, subtable) for the subtables of one class, in table order."""
-        return [(o, s) for o, s in zip(self.offsets(), self.subtables) if isinstance(s, cls)]
+        return [(o, s) for o, s in zip(self.offsets(), self.subtables, strict=True) if isinstance(s, cls)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,8 +513,8 @@ def _encode_subtable(st: Subtable, index: int, offset: int) -> bytes:
     if isinstance(st, ControlRegion):
         if st.short_form:
             if st.windows or any(getattr(st, n) for n, _ in ControlRegion._WINDOW):
-                raise _err(offset, "short_form", f"subtable {index} (control region) has block windows, so it "
-                                                 f"cannot use the 32-byte short form")
+                raise _err(offset, "short_form", f"subtable {index} (control region) has block windows, "
+                                                 f"so it cannot use the 32-byte short form")
             if len(st.tail) >= ControlRegion.full_bytes() - ControlRegion.fixed_bytes():
                 raise _err(offset, "tail", f"subtable {index} (control region): a short-form tail of "
                                            f"{len(st.tail)} bytes would read back as the long form")
@@ -523,7 +527,8 @@ def _encode_subtable(st: Subtable, index: int, offset: int) -> bytes:
             raise _err(offset, "tail", f"subtable {index} (SPA range): with no location cookie a tail of "
                                        f"{len(st.tail)} bytes would read back as one")
     for i, item in enumerate(items):
-        out.extend(_enc(item, array[2], offset + len(out), f"{array[1]}[{i}] of subtable {index}"))  # type: ignore[index]
+        assert array is not None
+        out.extend(_enc(item, array[2], offset + len(out), f"{array[1]}[{i}] of subtable {index}"))
     if isinstance(st, Smbios):
         out.extend(st.data)
     else:
@@ -567,7 +572,8 @@ def _decode_subtable(data: bytes, off: int, length: int, index: int, warnings: l
     stype = _u(data, off, 2)
     cls = _KNOWN.get(stype)
     if cls is None:
-        warnings.append(f"subtable {index} at offset {off:#x}: unknown type {stype} ({length} bytes) kept raw")
+        warnings.append(f"subtable {index} at offset {off:#x}: unknown type {stype} ({length} bytes) "
+                        f"kept raw")
         return RawSubtable(stype, data[off + 4:off + length])
     need = cls.fixed_bytes()
     if length < need:
@@ -618,7 +624,7 @@ def _decode_subtable(data: bytes, off: int, length: int, index: int, warnings: l
         values["tail"] = data[pos:end]
         warnings.append(f"subtable {index} at offset {off:#x} ({cls.NAME}): {end - pos} bytes past the known "
                         f"layout kept as its tail")
-    return cls(**values)  # type: ignore[no-any-return]
+    return cls(**values)  # type: ignore[return-value]
 
 
 def parse(data: bytes | bytearray | memoryview) -> Nfit:
@@ -630,7 +636,8 @@ def parse(data: bytes | bytearray | memoryview) -> Nfit:
     data = bytes(data)
     n = len(data)
     if n < ACPI_HEADER_BYTES:
-        raise _err(n, "header", f"truncated: {n} bytes, shorter than the {ACPI_HEADER_BYTES}-byte ACPI header")
+        raise _err(n, "header", f"truncated: {n} bytes, shorter than the {ACPI_HEADER_BYTES}-byte "
+                                f"ACPI header")
     if data[:4] != SIGNATURE:
         raise _err(0, "signature", f"{data[:4]!r} is not {SIGNATURE!r}")
     length = _u(data, 4, 4)
@@ -778,8 +785,8 @@ def _survey(nfit: Nfit) -> _Survey:
                     problems.append(f"memory device map at offset {o:#x} names interleave structure "
                                     f"{m.interleave_index}, which the table does not have")
         if len(sizes) > 1:
-            problems.append(f"the maps of SPA range {s.range_index} name interleave structures with different "
-                            f"line sizes {sorted(sizes)}")
+            problems.append(f"the maps of SPA range {s.range_index} name interleave structures with "
+                            f"different line sizes {sorted(sizes)}")
         sets.append(_Set(off, s, members, min(sizes) if sizes else None, problems))
     ordered = sorted(dimms.values(), key=lambda d: d.handle)
     return _Survey(nfit=nfit, dimms=ordered, keys=sorted({d.key for d in ordered}), spa=spa, sets=sets,
@@ -811,14 +818,14 @@ def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_b
     for d in sv.dimms:
         if len(d.pm_maps) > 1:
             offs = ", ".join(f"{o:#x}" for o, _ in d.pm_maps)
-            raise _err(d.pm_maps[1][0] + 12, "range_index", f"NVDIMM {d.handle:#x} is mapped into "
-                                                            f"{len(d.pm_maps)} persistent-memory ranges (maps at "
-                                                            f"{offs}); nvemu models one interleave set per NVDIMM")
+            raise _err(d.pm_maps[1][0] + 12, "range_index",
+                       f"NVDIMM {d.handle:#x} is mapped into {len(d.pm_maps)} persistent-memory ranges "
+                       f"(maps at {offs}); nvemu models one interleave set per NVDIMM")
         size = d.size
         if size <= 0 or size % PAGE_BYTES:
             off, _ = (d.pm_maps or d.maps)[0]
-            raise _err(off + 16, "region_size", f"NVDIMM {d.handle:#x} has {size:#x} mapped bytes; nvemu needs a "
-                                                f"positive multiple of 4 KiB")
+            raise _err(off + 16, "region_size", f"NVDIMM {d.handle:#x} has {size:#x} mapped bytes; nvemu "
+                                                f"needs a positive multiple of 4 KiB")
         loc = decode_handle(d.handle)
         nvdimms.append(NvdimmConfig(controller=sv.keys.index(d.key), size=size, channel=loc["channel"],
                                     dimm=loc["dimm"], flush_hints=tuple(d.hints)))
@@ -828,30 +835,31 @@ def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_b
         if st.problems:
             raise _err(st.offset, "range_index", f"SPA range {s.range_index}: {st.problems[0]}")
         if not st.members:
-            raise _err(st.offset + 4, "range_index", f"persistent-memory SPA range {s.range_index} "
-                                                     f"({s.address:#x}+{s.length:#x}) has no NVDIMM mapped into it")
+            raise _err(st.offset + 4, "range_index",
+                       f"persistent-memory SPA range {s.range_index} ({s.address:#x}+{s.length:#x}) has no "
+                       f"NVDIMM mapped into it")
         handles = [m.device_handle for _, m in st.members]
         if len(set(handles)) != len(handles):
-            raise _err(st.offset + 4, "range_index", f"SPA range {s.range_index}: an NVDIMM is mapped into it "
-                                                     f"twice; nvemu models each member once")
+            raise _err(st.offset + 4, "range_index", f"SPA range {s.range_index}: an NVDIMM is mapped into "
+                                                     f"it twice; nvemu models each member once")
         ways = len(st.members)
         for o, m in st.members:
             if m.interleave_ways != ways and not (ways == 1 and m.interleave_ways == 0):
-                raise _err(o + 42, "interleave_ways", f"memory device map of NVDIMM {m.device_handle:#x} says "
-                                                      f"{m.interleave_ways} ways but SPA range {s.range_index} "
-                                                      f"has {ways} maps")
+                raise _err(o + 42, "interleave_ways",
+                           f"memory device map of NVDIMM {m.device_handle:#x} says {m.interleave_ways} ways "
+                           f"but SPA range {s.range_index} has {ways} maps")
         sizes = {m.region_size for _, m in st.members}
         if len(sizes) != 1 or ways * next(iter(sizes)) != s.length:
-            raise _err(st.offset + 40, "length", f"SPA range {s.range_index} is {s.length:#x} bytes but its "
-                                                 f"{ways} NVDIMMs map {sorted(sizes)} bytes each; nvemu needs "
-                                                 f"equal shares that add up to the range")
+            raise _err(st.offset + 40, "length",
+                       f"SPA range {s.range_index} is {s.length:#x} bytes but its {ways} NVDIMMs map "
+                       f"{sorted(sizes)} bytes each; nvemu needs equal shares that add up to the range")
         gran = st.granularity if st.granularity is not None else DEFAULT_GRANULARITY
         isets.append(InterleaveSetConfig(spa_base=s.address, dimms=tuple(index_of[h] for h in handles),
                                          granularity=gran))
     try:
-        return PlatformConfig(controllers=tuple(ControllerConfig(*k) for k in sv.keys), nvdimms=tuple(nvdimms),
-                              interleave_sets=tuple(isets), wpq_depth=wpq_depth, domain=sv.domain,
-                              dram_bytes=dram_bytes, name=name)
+        return PlatformConfig(controllers=tuple(ControllerConfig(*k) for k in sv.keys),
+                              nvdimms=tuple(nvdimms), interleave_sets=tuple(isets), wpq_depth=wpq_depth,
+                              domain=sv.domain, dram_bytes=dram_bytes, name=name)
     except ConfigError as e:
         raise NfitError(f"the NFIT describes a platform nvemu cannot model: {e}") from None
 
@@ -886,8 +894,9 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
         "oem_id": nfit.oem_id, "oem_table_id": nfit.oem_table_id, "oem_revision": nfit.oem_revision,
         "creator_id": nfit.creator_id, "creator_revision": nfit.creator_revision,
         "controllers": controllers,
-        "nvdimms": [{"handle": d.handle, **decode_handle(d.handle), "size": d.size, "flush_hints": list(d.hints),
-                     "spa_ranges": [m.range_index for _, m in d.maps]} for d in sv.dimms],
+        "nvdimms": [{"handle": d.handle, **decode_handle(d.handle), "size": d.size,
+                     "flush_hints": list(d.hints), "spa_ranges": [m.range_index for _, m in d.maps]}
+                    for d in sv.dimms],
         "wpq_flush": bool(sv.dimms) and all(d.hints for d in sv.dimms),
         "persistence_domain": sv.domain,
         "capabilities": None if caps is None else {
@@ -896,7 +905,7 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
         "spa_ranges": [{"index": s.range_index, "base": s.address, "length": s.length, "type": s.range_type}
                        for _, s in sv.spa],
         "interleave_sets": [{"spa_index": st.spa.range_index, "base": st.spa.address, "length": st.spa.length,
-                             "granularity": st.granularity if st.granularity is not None else DEFAULT_GRANULARITY,
+                             "granularity": DEFAULT_GRANULARITY if st.granularity is None else st.granularity,
                              "nvdimms": [m.device_handle for _, m in st.members]} for st in sv.sets],
         "modelable": model_error is None,
         "model_error": model_error,
@@ -939,11 +948,13 @@ def nfit_from_platform_config(cfg: PlatformConfig) -> Nfit:
         il_index = 0
         if len(s.dimms) > 1 or s.granularity != DEFAULT_GRANULARITY:
             il_index = len(interleaves) + 1
-            interleaves.append(Interleave(interleave_index=il_index, line_size=s.granularity, line_offsets=(0,)))
+            interleaves.append(Interleave(interleave_index=il_index, line_size=s.granularity,
+                                          line_offsets=(0,)))
         for pos, d in enumerate(s.dimms):
-            maps[d] = MemoryMap(device_handle=cfg.handle(d), physical_id=d, range_index=k + 1, region_index=d + 1,
-                                region_size=cfg.nvdimms[d].size, region_offset=pos * s.granularity,
-                                interleave_index=il_index, interleave_ways=len(s.dimms))
+            maps[d] = MemoryMap(device_handle=cfg.handle(d), physical_id=d, range_index=k + 1,
+                                region_index=d + 1, region_size=cfg.nvdimms[d].size,
+                                region_offset=pos * s.granularity, interleave_index=il_index,
+                                interleave_ways=len(s.dimms))
     for d, nv in enumerate(cfg.nvdimms):
         if d not in maps:
             maps[d] = MemoryMap(device_handle=cfg.handle(d), physical_id=d, range_index=0, region_index=d + 1,
@@ -985,7 +996,7 @@ def virtual_nfit(vnvdimms: Sequence[tuple[int, int]] | Iterable[tuple[int, int]]
             raise ConfigError(f"vNVDIMM {i}: {base:#x}+{size:#x} runs past the 64-bit address space")
         spans.append((base, base + size, i))
     spans.sort()
-    for (b0, e0, i0), (b1, _, i1) in zip(spans, spans[1:]):
+    for (_, e0, i0), (b1, _, i1) in itertools.pairwise(spans):
         if b1 < e0:
             raise ConfigError(f"vNVDIMMs {i0} and {i1} overlap at GPA {b1:#x}")
     if vfha_gpa is not None:

@@ -25,7 +25,8 @@ def parse_number(text: str) -> int:
     """An integer from decimal or 0x hex, with an optional K/M/G/T (binary) suffix: "0x1000", "256M"."""
     m = _NUMBER.fullmatch(text.strip())
     if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (decimal or 0x hex, optional K/M/G/T suffix)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (decimal or 0x hex, optional K/M/G/T "
+                                         f"suffix)")
     digits = m.group(1)
     value = int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
     return value * _SUFFIX[(m.group(2) or "").lower()]
@@ -64,8 +65,8 @@ def format_info(info: dict[str, Any]) -> str:
            f"capabilities {caps['raw']:#x}, highest valid bit {caps['highest_valid']}, "
            f"effective {caps['effective']:#x}")
     lines.append(f"persistence domain: {info['persistence_domain']} ({how})")
-    lines.append(f"WPQ flushing: {'yes' if info['wpq_flush'] else 'no'} "
-                 f"({'every NVDIMM lists a flush hint' if info['wpq_flush'] else 'some NVDIMM lists no flush hint'})")
+    why = "every NVDIMM lists a flush hint" if info["wpq_flush"] else "some NVDIMM lists no flush hint"
+    lines.append(f"WPQ flushing: {'yes' if info['wpq_flush'] else 'no'} ({why})")
     lines.append(f"SPA ranges: {len(info['spa_ranges'])}")
     for s in info["spa_ranges"]:
         lines.append(f"  {s['index']:>3}  {s['base']:#014x}  {_size(s['length']):>9}  {s['type']}")
@@ -154,6 +155,7 @@ def add_commands(subparsers: Any) -> None:
                     help="a vNVDIMM's guest-physical base and size (0x hex, K/M/G suffixes); repeatable")
     vm.add_argument("--vfha", metavar="GPA", type=parse_number, default=None,
                     help="guest-physical address of the virtual flush hint (omit for no flush hints)")
-    vm.add_argument("--domain", choices=DOMAINS, default="adr", help="persistence domain to advertise (default adr)")
+    vm.add_argument("--domain", choices=DOMAINS, default="adr",
+                    help="persistence domain to advertise (default adr)")
     vm.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the table")
     vm.set_defaults(func=cmd_vm)

@@ -62,7 +62,7 @@ class Platform:
     """
 
     def __init__(self, config: PlatformConfig | str = "default", costs: CostModel = DEFAULT_COSTS,
-                 *, pool_tables: int = 1 << 16, max_vms: int = 256) -> None:
+                 *, pool_tables: int = 1 << 16, max_vms: int = 256, backend: str | None = None) -> None:
         if isinstance(config, str):
             config = preset(config)
         self.config = config
@@ -80,7 +80,8 @@ class Platform:
                                    n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
                                    domain=int(DOMAIN_NAMES[config.domain]), costs=costs.as_tuple(),
                                    pool_tables=pool_tables, max_vms=max_vms)
-        self.engine = _backend.Engine(self.layout)
+        self.engine = _backend.engine_class(backend)(self.layout)
+        self.backend = backend or _backend.BACKEND
         self.dram = RangeAllocator(0, config.dram_bytes)
         self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
 
@@ -162,6 +163,11 @@ class Platform:
                 return
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
 
+    def prefault(self, hpa: int, n: int) -> None:
+        """Touch the host arrays behind ``[hpa, hpa+n)`` now (as QEMU's -mem-prealloc does), so
+        a timed run does not pay the kernel's first-touch page faults. Contents are unchanged."""
+        self.engine.prefault(hpa, n)
+
     def read_memory(self, hpa: int, n: int) -> bytes:
         """What CPUs see at ``hpa``."""
         return self.engine.read_memory(hpa, n)
@@ -192,4 +198,4 @@ class Platform:
 
     def summary(self) -> dict:
         return {**self.config.to_dict(), "pmem_base": self.pmem_base, "pmem_bytes": self.pmem_bytes,
-                "backend": _backend.BACKEND}
+                "backend": self.backend}

@@ -1,0 +1,135 @@
+"""The ``nvemu`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from . import __version__
+from ._backend import BACKEND
+from .config import PRESETS, preset
+from .errors import NvemuError
+from .hypervisor import Hypervisor
+from .workloads import persist_loop
+
+DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
+
+
+def _int(text: str) -> int:
+    """An integer with an optional 0x prefix and K/M/G suffix (binary)."""
+    text = text.strip().replace("_", "")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
+    if scale != 1:
+        text = text[:-1]
+    return int(text, 0) * scale
+
+
+def run_strategy(platform: str, strategy: str, fanout: str, n_ops: int, seed: int) -> dict:
+    """One default VM on a fresh ``platform`` running the persist loop under ``strategy``."""
+    hv = Hypervisor(platform)
+    vm = hv.create_vm(strategy=strategy, fanout=fanout, prefault=True).start()
+    nv = vm.nvdimms[0]
+    trace = persist_loop(n_ops, nv.gpa, nv.size, vm.vfha_gpa, seed=seed)
+    t0 = time.perf_counter()
+    hv.replay(trace)
+    seconds = time.perf_counter() - t0
+    s = vm.stats()
+    return {"platform": platform, "strategy": strategy, "resolved": vm.strategy, "ops": len(trace),
+            "exits_48": s.exits[48], "exits_49": s.exits[49], "exits_18": s.exits[18],
+            "vfha_writes": s["vfha_writes"], "fha_writes": s["fha_writes"],
+            "lines_drained": s["lines_drained"], "cycles_per_1k_ops": 1000 * s.cycles / max(len(trace), 1),
+            "tlb_hit_rate": s.tlb_hit_rate, "mops": len(trace) / seconds / 1e6 if seconds else 0.0}
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as an aligned text table; ``columns`` are (key, header, format)."""
+    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) for k, _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+DEMO_COLUMNS = (("label", "strategy", ""), ("ops", "ops", ",d"), ("exits_48", "exits 48 (EPT viol)", ",d"),
+                ("exits_49", "exits 49 (misconfig)", ",d"), ("exits_18", "exits 18 (vmcall)", ",d"),
+                ("lines_drained", "lines drained", ",d"), ("cycles_per_1k_ops", "cycles/1k ops", ",.0f"),
+                ("mops", "Mops/s", ".1f"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(f"nvemu {__version__} ({BACKEND} backend): platform '{args.preset}', one VM "
+          f"(256 MiB DRAM, one 256 MiB vNVDIMM, 1 vCPU), persist loop of {args.ops:,} ops, "
+          f"fan-out {args.fanout}")
+    rows = []
+    for strategy in args.strategies:
+        row = run_strategy(args.preset, strategy, args.fanout, args.ops, args.seed)
+        row["label"] = strategy if strategy != "auto" else f"auto -> {row['resolved']}"
+        rows.append(row)
+    no_wpq = run_strategy("no-wpq-flush", "auto", args.fanout, args.ops, args.seed)
+    no_wpq["label"] = f"auto -> {no_wpq['resolved']} (no-wpq-flush host)"
+    rows.append(no_wpq)
+    print(format_table(rows, DEMO_COLUMNS))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    hv = Hypervisor(args.preset)
+    vm = hv.create_vm()
+    layout = {"platform": hv.platform.summary(), "vm": vm.layout()}
+    if args.json:
+        print(json.dumps(layout, indent=2))
+    else:
+        v = layout["vm"]
+        for r in v["dram"] + v["nvdimms"]:
+            print(f"{r['kind']:7s} GPA {r['gpa']:#014x}..{r['gpa'] + r['size']:#014x}  -> HPA {r['hpa']:#x}")
+        print(f"vFHA    GPA {v['vfha']:#014x}  ({v['strategy']}, fan-out to controllers "
+              f"{v['fanout_controllers']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nvemu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nvemu {__version__} ({BACKEND})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="default platform, one VM, the persist loop under each strategy")
+    demo.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    demo.add_argument("--ops", type=_int, default=1_000_000)
+    demo.add_argument("--fanout", default="broadcast", choices=("broadcast", "targeted"))
+    demo.add_argument("--strategies", nargs="+", default=list(DEMO_STRATEGIES))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    demo.set_defaults(func=cmd_demo)
+
+    layout = sub.add_parser("layout", help="where the default VM sits in guest-physical space")
+    layout.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    layout.add_argument("--json", action="store_true")
+    layout.set_defaults(func=cmd_layout)
+
+    try:
+        from .nfit_cli import add_commands
+    except ImportError:      # the NFIT tooling is optional at import time only while it is built
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NvemuError as e:
+        print(f"nvemu: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
