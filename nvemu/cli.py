@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from . import __version__
+from . import __version__, nfit_cli
 from ._backend import BACKEND
 from .config import PRESETS, preset
 from .errors import NvemuError
@@ -113,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--json", action="store_true")
     layout.set_defaults(func=cmd_layout)
 
-    try:
-        from .nfit_cli import add_commands
-    except ImportError:      # the NFIT tooling is optional at import time only while it is built
-        pass
-    else:
-        add_commands(sub)
+    nfit_cli.add_commands(sub)
     return parser
 
 

@@ -50,7 +50,7 @@ class Hypervisor:
     """
 
     def __init__(self, platform: Platform | PlatformConfig | str = "default",
-                 costs: CostModel = DEFAULT_COSTS, **platform_kwargs) -> None:
+                 costs: CostModel = DEFAULT_COSTS, **platform_kwargs: object) -> None:
         if not isinstance(platform, Platform):
             platform = Platform(platform, costs, **platform_kwargs)
         self.platform = platform

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nvemu import nfit, nfit_cli
-from nvemu.config import PRESETS, GiB, MiB, PlatformConfig, preset
+from nvemu.config import (PRESETS, ControllerConfig, GiB, InterleaveSetConfig, KiB, MiB, NvdimmConfig,
+                          PlatformConfig, make_platform, preset)
 from nvemu.errors import ConfigError, NfitError
 from nvemu.nfit import (GUIDS, ControlRegion, DataRegion, FlushHintAddress, Interleave, MemoryMap, Nfit,
                         PlatformCapabilities, RawSubtable, Smbios, SpaRange)
@@ -90,7 +91,8 @@ ACPICA_LABELS: dict[type, list[tuple[str, str]]] = {
                ("Proximity Domain", "proximity_domain"), ("Region Type GUID", "guid"),
                ("Address Range Base", "address"), ("Address Range Length", "length"),
                ("Memory Map Attribute", "memory_mapping")],
-    MemoryMap: [("Device Handle", "device_handle"), ("Physical Id", "physical_id"), ("Region Id", "region_id"),
+    MemoryMap: [("Device Handle", "device_handle"), ("Physical Id", "physical_id"),
+                ("Region Id", "region_id"),
                 ("Range Index", "range_index"), ("Control Region Index", "region_index"),
                 ("Region Size", "region_size"), ("Region Offset", "region_offset"),
                 ("Address Region Base", "address"), ("Interleave Index", "interleave_index"),
@@ -130,8 +132,8 @@ def assert_matches_acpica(table: Nfit, text: str) -> None:
     assert header["Asl Compiler ID"] == f'"{table.creator_id}"'
     assert int(header["Asl Compiler Revision"], 16) == table.creator_revision
     assert len(subs) == len(table.subtables)
-    for i, (ours, theirs) in enumerate(zip(table.subtables, subs)):
-        kind, _, label = theirs[0][1].partition(" ")
+    for i, (ours, theirs) in enumerate(zip(table.subtables, subs, strict=True)):
+        kind = theirs[0][1].split()[0]
         assert int(kind, 16) == nfit.build(Nfit(subtables=(ours,)))[40], (i, theirs[0])
         decoded: dict[str, list[str]] = {}
         for name, value in theirs[1:]:
@@ -164,20 +166,22 @@ def template_aml(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @needs_iasl
 def test_acpica_template_parses_field_by_field(template_aml: bytes, tmp_path: Path) -> None:
     t = nfit.parse(template_aml)
-    assert [type(s) for s in t.subtables] == [SpaRange, MemoryMap, Interleave, Smbios, ControlRegion, DataRegion,
-                                              FlushHintAddress, PlatformCapabilities]
+    assert [type(s) for s in t.subtables] == [SpaRange, MemoryMap, Interleave, Smbios, ControlRegion,
+                                              DataRegion, FlushHintAddress, PlatformCapabilities]
     assert t.warnings == ()
     assert (t.oem_id, t.oem_table_id) == ("INTEL ", "Template")
-    spa, mmap, il, smb, dcr, bdw, fh, caps = t.subtables
+    subtables: Any = t.subtables
+    spa, mmap, il, smb, dcr, bdw, fh, caps = subtables
     assert spa.range_type == "block-data-window" and spa.guid == GUIDS["block-data-window"]
     assert (spa.address, spa.length, spa.memory_mapping) == (0x37C000000, 0xC000000, 8)
     assert spa.location_cookie is None
     assert (mmap.device_handle, mmap.physical_id, mmap.range_index, mmap.region_index) == (1, 4, 1, 1)
-    assert (mmap.region_size, mmap.address, mmap.interleave_ways, mmap.flags) == (0x4000000, 0x8000000, 3, 0x2A)
+    assert (mmap.region_size, mmap.address, mmap.interleave_ways, mmap.flags) == (0x4000000, 0x8000000, 3,
+                                                                                  0x2A)
     assert (il.line_size, il.line_offsets, il.line_count) == (0x100, (0, 3, 6, 9), 4)
     assert len(smb.data) == 32
-    assert (dcr.vendor_id, dcr.device_id, dcr.serial_number, dcr.code, dcr.windows) == (0x8086, 0x2017, 0x76540089,
-                                                                                        0x301, 0x100)
+    assert (dcr.vendor_id, dcr.device_id, dcr.serial_number, dcr.code, dcr.windows) == (
+        0x8086, 0x2017, 0x76540089, 0x301, 0x100)
     assert not dcr.short_form and dcr.status_offset == 0x801000
     assert (bdw.windows, bdw.capacity, bdw.start_address) == (0x100, 0xFE0000000, 0x10000000)
     assert (fh.device_handle, fh.hint_addresses) == (1, (0x418000000, 0x618000000))
@@ -192,7 +196,8 @@ def test_acpica_template_discovery(template_aml: bytes) -> None:
     # Highest valid capability 0 masks 0x5 down to bit 0: eADR, as Linux would read it.
     assert info["persistence_domain"] == "eadr"
     assert info["wpq_flush"] is True
-    assert info["controllers"] == [{"node": 0, "socket": 0, "imc": 0, "flush_hints": [0x418000000, 0x618000000]}]
+    assert info["controllers"] == [{"node": 0, "socket": 0, "imc": 0,
+                                    "flush_hints": [0x418000000, 0x618000000]}]
     assert info["nvdimms"][0] | {"flush_hints": None, "spa_ranges": None} == {
         "handle": 1, "node": 0, "socket": 0, "imc": 0, "channel": 0, "dimm": 1, "size": 64 * MiB,
         "flush_hints": None, "spa_ranges": None}
@@ -271,7 +276,8 @@ def test_iasl_platform_discovery(name: str, platform_amls: dict[str, bytes]) -> 
         want["domain"], want["wpq_flush"], 32, 1 * GiB, name)
     assert [(c.key, list(cfg.controller_flush_hints(i))) for i, c in enumerate(cfg.controllers)] == \
         want["controllers"]
-    assert [(cfg.handle(i), d.size, list(d.flush_hints)) for i, d in enumerate(cfg.nvdimms)] == want["nvdimms"]
+    assert [(cfg.handle(i), d.size, list(d.flush_hints)) for i, d in enumerate(cfg.nvdimms)] == \
+        want["nvdimms"]
     assert [(s.spa_base, [cfg.handle(d) for d in s.dimms], s.granularity) for s in cfg.interleave_sets] == \
         want["sets"]
     info = nfit.discover(data)
@@ -286,7 +292,8 @@ def test_iasl_platform_discovery(name: str, platform_amls: dict[str, bytes]) -> 
 
 @needs_iasl
 @pytest.mark.parametrize("name", sorted(EXPECTED) + ["unequal_sizes"])
-def test_iasl_platform_fields_match_acpica(name: str, platform_amls: dict[str, bytes], tmp_path: Path) -> None:
+def test_iasl_platform_fields_match_acpica(name: str, platform_amls: dict[str, bytes],
+                                           tmp_path: Path) -> None:
     data = platform_amls[name]
     assert_matches_acpica(nfit.parse(data), disassemble(data, tmp_path, name))
 
@@ -320,6 +327,26 @@ def test_preset_host_table_round_trips_to_equal_config(name: str) -> None:
     assert info["controllers"] == cfg.to_dict()["controllers"]
 
 
+CUSTOM_CONFIGS = [
+    # An NVDIMM in no interleave set, a 1-way set at 8 KiB, a set at the 64-byte minimum granularity,
+    # sets out of SPA order.
+    PlatformConfig(controllers=(ControllerConfig(0, 0, 0), ControllerConfig(0, 1, 2)),
+                   nvdimms=(NvdimmConfig(0, 8 * M, 0, 0, (0xC0000000,)), NvdimmConfig(0, 8 * M, 1, 0, ()),
+                            NvdimmConfig(1, 16 * M, 0, 3, (0xC0001000, 0xC0001040))),
+                   interleave_sets=(InterleaveSetConfig(8 * GiB, (2,), 8 * KiB),
+                                    InterleaveSetConfig(4 * GiB, (0,), 64)),
+                   domain="eadr", name="custom"),
+    make_platform(sockets=4, imcs_per_socket=6, dimms_per_imc=2, dimm_bytes=4 * M, granularity=256,
+                  hints_per_dimm=3, domain="none"),
+]
+
+
+@pytest.mark.parametrize("cfg", CUSTOM_CONFIGS, ids=["odd-sets", "4x6x2"])
+def test_custom_host_table_round_trips_to_equal_config(cfg: PlatformConfig) -> None:
+    data = nfit.nfit_from_platform_config(cfg).to_bytes()
+    assert nfit.platform_config_from_nfit(data, name=cfg.name) == cfg
+
+
 @needs_iasl
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_host_table_decodes_with_iasl(name: str, tmp_path: Path) -> None:
@@ -342,7 +369,9 @@ def test_preset_host_table_decodes_with_iasl(name: str, tmp_path: Path) -> None:
     r = run_iasl(["-p", "again", f"{name}.dsl"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     again = nfit.parse((tmp_path / "again.aml").read_bytes())
-    assert dataclasses.replace(again, creator_id=table.creator_id, creator_revision=table.creator_revision) == table
+    restamped = dataclasses.replace(again, creator_id=table.creator_id,
+                                    creator_revision=table.creator_revision)
+    assert restamped == table
 
 
 def test_virtual_nfit_structure() -> None:
@@ -364,7 +393,8 @@ def test_virtual_nfit_structure() -> None:
     assert nfit.parse(data) == t
     info = nfit.discover(data)
     assert info["wpq_flush"] is True and info["persistence_domain"] == "adr"
-    assert info["controllers"] == [{"node": 0, "socket": 0, "imc": 0, "flush_hints": [vfha]}]  # one vFHA, shared
+    # Every vNVDIMM names the same single vFHA.
+    assert info["controllers"] == [{"node": 0, "socket": 0, "imc": 0, "flush_hints": [vfha]}]
     cfg = nfit.platform_config_from_nfit(data, dram_bytes=256 * M)
     assert [s.spa_base for s in cfg.interleave_sets] == [b for b, _ in ranges]
 
@@ -432,7 +462,7 @@ def odd_table() -> Nfit:
 def test_odd_table_round_trip() -> None:
     t = odd_table()
     data = t.to_bytes()
-    back = nfit.parse(data)
+    back: Any = nfit.parse(data)
     assert back == t and nfit.build(back) == data
     assert back.oem_id == "ACME  "  # padded to 6
     assert back.subtables[1].range_type == "0B1F7E4C-0000-4000-8000-00000000ABCD"
@@ -440,7 +470,7 @@ def test_odd_table_round_trip() -> None:
     assert sum(data) % 256 == 0 and back.length == len(data) and back.checksum == data[9]
     assert any("unknown type 9" in w for w in back.warnings)
     assert any("tail" in w for w in back.warnings)
-    assert list(back.offsets())[0] == 40
+    assert back.offsets()[0] == 40
     assert nfit.discover(data)["spa_ranges"][1]["type"] == "0B1F7E4C-0000-4000-8000-00000000ABCD"
 
 
@@ -464,12 +494,17 @@ def test_normalisation_and_build_errors() -> None:
     assert Nfit(subtables=[Smbios()]).subtables == (Smbios(),)
 
 
-u = lambda n: st.integers(0, (1 << (8 * n)) - 1)  # noqa: E731
+def u(n: int) -> st.SearchStrategy[int]:
+    """Any value of an n-byte unsigned field."""
+    return st.integers(0, (1 << (8 * n)) - 1)
+
+
 tails = st.binary(max_size=7)
 subtable_strategy = st.one_of(
-    st.builds(SpaRange, range_index=u(2), range_type=st.one_of(st.sampled_from(sorted(GUIDS)), st.uuids().map(str)),
-              address=u(8), length=u(8), flags=u(2), reserved=u(4), proximity_domain=u(4), memory_mapping=u(8),
-              location_cookie=st.none() | u(8), tail=tails),
+    st.builds(SpaRange, range_index=u(2),
+              range_type=st.one_of(st.sampled_from(sorted(GUIDS)), st.uuids().map(str)),
+              address=u(8), length=u(8), flags=u(2), reserved=u(4), proximity_domain=u(4),
+              memory_mapping=u(8), location_cookie=st.none() | u(8), tail=tails),
     st.builds(MemoryMap, device_handle=u(4), range_index=u(2), region_size=u(8), region_offset=u(8),
               address=u(8), physical_id=u(2), region_id=u(2), region_index=u(2), interleave_index=u(2),
               interleave_ways=u(2), flags=u(2), reserved=u(2), tail=tails),
@@ -593,10 +628,11 @@ def _short_control_region_with_windows(t: Nfit, b: bytearray) -> tuple[bytes, in
     return bytes(fix_checksum(set_u(b, 40 + 30, 2, 3))), 42, "length"
 
 
-CORRUPTIONS = [_truncate_short, _truncate_in_header, _truncate_body, _signature, _checksum, _header_length_small,
-               _subtable_length_zero, _subtable_length_two, _subtable_shorter_than_fixed, _subtable_past_end,
-               _flush_hint_count, _interleave_line_count, _partial_subtable_header,
-               _short_control_region_with_windows]
+CORRUPTIONS = [
+    _truncate_short, _truncate_in_header, _truncate_body, _signature, _checksum, _header_length_small,
+    _subtable_length_zero, _subtable_length_two, _subtable_shorter_than_fixed, _subtable_past_end,
+    _flush_hint_count, _interleave_line_count, _partial_subtable_header, _short_control_region_with_windows,
+]
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=[c.__name__.strip("_") for c in CORRUPTIONS])
@@ -625,7 +661,7 @@ def test_parse_accepts_buffers_and_rejects_other_types() -> None:
 def test_discovery_rejects_what_platform_config_cannot_model() -> None:
     base = preset("default")
     t = nfit.nfit_from_platform_config(base)
-    subs = list(t.subtables)
+    subs: list[Any] = list(t.subtables)
     # Drop one memory device map: the 4-way range now has 3 maps that still claim 4 ways.
     i = next(k for k, s in enumerate(subs) if isinstance(s, MemoryMap))
     without = dataclasses.replace(t, subtables=subs[:i] + subs[i + 1:])
@@ -675,7 +711,8 @@ def check_parse(data: bytes) -> None:
 
 
 def _base_tables() -> list[bytes]:
-    tables = [nfit.nfit_from_platform_config(preset(n)).to_bytes() for n in ("default", "small", "no-wpq-flush")]
+    tables = [nfit.nfit_from_platform_config(preset(n)).to_bytes()
+              for n in ("default", "small", "no-wpq-flush")]
     tables.append(nfit.virtual_nfit([(1 << 32, 1 << 28), (1 << 33, 1 << 22)], 0x7FFF_F000, "adr").to_bytes())
     tables.append(odd_table().to_bytes())
     return tables
@@ -689,7 +726,8 @@ def corrupted_tables(draw: st.DrawFn) -> bytes:
     b = bytearray(draw(st.sampled_from(BASES)))
     starts = list(nfit.parse(bytes(b)).offsets())
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete", "sublen", "field", "field"]))
+        op = draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete", "sublen", "field",
+                                   "field"]))
         pos = draw(st.integers(0, max(len(b) - 1, 0)))
         if op == "flip" and b:
             b[pos] ^= 1 << draw(st.integers(0, 7))
@@ -745,9 +783,9 @@ def test_cli_build_then_info_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     info = json.loads(capsys.readouterr().out)
     assert info["wpq_flush"] is True and info["persistence_domain"] == "adr"
     assert info["controllers"] == cfg.to_dict()["controllers"]
-    assert [{k: d[k] for k in ("handle", "node", "socket", "imc", "channel", "dimm", "size")}
-            for d in info["nvdimms"]] == [{k: d[k] for k in ("handle", "node", "socket", "imc", "channel", "dimm",
-                                                            "size")} for d in cfg.to_dict()["nvdimms"]]
+    keys = ("handle", "node", "socket", "imc", "channel", "dimm", "size")
+    assert [{k: d[k] for k in keys} for d in info["nvdimms"]] == \
+        [{k: d[k] for k in keys} for d in cfg.to_dict()["nvdimms"]]
     assert info["spa_ranges"] == [{"index": 1, "base": 4 * GiB, "length": cfg.pmem_bytes, "type": "pm"}]
     assert all(isinstance(h, int) for c in info["controllers"] for h in c["flush_hints"])
 
@@ -799,4 +837,5 @@ def test_cli_numbers(text: str, value: int) -> None:
 
 
 def test_platform_config_type_is_exported() -> None:
-    assert isinstance(nfit.platform_config_from_nfit(nfit.nfit_from_platform_config(preset())), PlatformConfig)
+    table = nfit.nfit_from_platform_config(preset())
+    assert isinstance(nfit.platform_config_from_nfit(table), PlatformConfig)
