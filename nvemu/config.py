@@ -184,9 +184,10 @@ FHA_BASE = 0xC000_0000  # where the built-in presets put the iMCs' flush hint MM
 def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int = 1,
                   dimm_bytes: int = 256 * MiB, granularity: int = 4 * KiB, hints_per_dimm: int = 1,
                   wpq_depth: int = 64, domain: str = "adr", dram_bytes: int = 2 * GiB,
-                  spa_base: int = 4 * GiB, name: str = "custom") -> PlatformConfig:
-    """A regular platform: ``sockets`` x ``imcs_per_socket`` controllers, one interleave set
-    across all NVDIMMs. Each controller's hints live in its own 4 KiB MMIO page."""
+                  spa_base: int = 4 * GiB, interleave: str = "all", name: str = "custom") -> PlatformConfig:
+    """A regular platform: ``sockets`` x ``imcs_per_socket`` controllers; one interleave set across
+    all NVDIMMs (``interleave="all"``) or one per socket (``"socket"``, as two-socket servers
+    usually configure their regions). Each controller's hints live in its own 4 KiB MMIO page."""
     controllers = []
     nvdimms = []
     for s in range(sockets):
@@ -198,8 +199,18 @@ def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int
                               for h in range(hints_per_dimm))
                 nvdimms.append(NvdimmConfig(controller=ci, size=dimm_bytes, channel=d, dimm=0,
                                             flush_hints=hints))
-    iset = InterleaveSetConfig(spa_base=spa_base, dimms=tuple(range(len(nvdimms))), granularity=granularity)
-    return PlatformConfig(controllers=tuple(controllers), nvdimms=tuple(nvdimms), interleave_sets=(iset,),
+    if interleave == "all":
+        groups = [list(range(len(nvdimms)))]
+    elif interleave == "socket":
+        groups = [[i for i, d in enumerate(nvdimms) if controllers[d.controller].socket == s]
+                  for s in range(sockets)]
+    else:
+        raise ConfigError(f"interleave={interleave!r}: 'all' or 'socket'")
+    sets, base = [], spa_base
+    for group in groups:
+        sets.append(InterleaveSetConfig(spa_base=base, dimms=tuple(group), granularity=granularity))
+        base += dimm_bytes * len(group)
+    return PlatformConfig(controllers=tuple(controllers), nvdimms=tuple(nvdimms), interleave_sets=tuple(sets),
                           wpq_depth=wpq_depth, domain=domain, dram_bytes=dram_bytes, name=name)
 
 
@@ -209,6 +220,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eadr": {"domain": "eadr"},
     "no-domain": {"domain": "none"},
     "no-wpq-flush": {"hints_per_dimm": 0},
+    "per-socket": {"interleave": "socket"},
     "single": {"sockets": 1, "imcs_per_socket": 1, "dimm_bytes": 512 * MiB},
     "wide": {"sockets": 2, "imcs_per_socket": 3, "dimms_per_imc": 2, "dimm_bytes": 128 * MiB},
     "small": {"sockets": 1, "imcs_per_socket": 2, "dimm_bytes": 4 * MiB, "dram_bytes": 16 * MiB,

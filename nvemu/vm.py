@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._constants import EPT_RWX, Op, TRACE_DTYPE
-from .errors import LifecycleError
+from .errors import ConfigError, LifecycleError
 from .flush_hints import VirtualFlushHint
 from .stats import Stats
 
@@ -221,7 +221,7 @@ class VM:
             chunk = min(n, 4096 - gpa % 4096)
             hpa = self.gpa_to_hpa(gpa)
             if hpa is None:
-                raise LifecycleError(f"GPA {gpa:#x} is not mapped in vm {self.id}")
+                raise ConfigError(f"GPA {gpa:#x} is not mapped in vm {self.id}")
             out += self.hypervisor.platform.read_memory(hpa, chunk)
             gpa, n = gpa + chunk, n - chunk
         return out

@@ -1,0 +1,53 @@
+"""The core's C enums (nvemu/_core.pxd) agree with the Python constants; CI can't pass on the
+pure-Python fallback by accident."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import nvemu
+from nvemu import _constants as c
+
+PXD = Path(nvemu.__file__).with_name("_core.pxd").read_text()
+
+
+def enum_block(first: str) -> list[str]:
+    """Names of the enum whose first member is ``first``, in order."""
+    start = PXD.index(first)
+    block = PXD[start:PXD.index("\n\n", start)]
+    return re.findall(r"^\s+([A-Z_]+)", "    " + block, re.M)
+
+
+def test_stat_enum_matches_stat_names():
+    names = enum_block("ST_LOADS = 0")
+    assert names[-1] == "ST_COUNT"
+    assert [n[3:].lower() for n in names[:-1]] == list(c.STAT_NAMES)
+
+
+def test_ctrl_stat_enum_matches():
+    names = enum_block("CT_ENQUEUED = 0")
+    assert [n[3:].lower() for n in names[:-1]] == list(c.CTRL_STAT_NAMES)
+
+
+@pytest.mark.parametrize("prefix, enum", [("OP_", c.Op), ("LINE_", c.LineState), ("DOMAIN_", c.Domain),
+                                          ("FHA_", c.FhaMode), ("EXIT_", c.ExitReason),
+                                          ("RUN_", c.RunStatus), ("BAD_", c.BadRecord)])
+def test_enum_values(prefix, enum):
+    found = dict(re.findall(rf"^\s+{prefix}([A-Z_]+) = (\d+)", PXD, re.M))
+    assert {k: int(v) for k, v in found.items()} == {m.name: int(m) for m in enum}
+
+
+def test_trace_dtype_is_24_packed_bytes():
+    assert nvemu.TRACE_DTYPE.itemsize == 24
+    assert [nvemu.TRACE_DTYPE.fields[n][1] for n in ("op", "vcpu", "vm", "size", "gpa", "value")] == \
+        [0, 1, 2, 4, 8, 16]
+
+
+def test_backend_is_compiled():
+    if os.environ.get("NVEMU_REQUIRE_COMPILED") == "1":
+        assert nvemu.COMPILED, "CI asked for the compiled core but nvemu runs on the reference model"
+    if nvemu.COMPILED:
+        from nvemu import _core
+        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 1
