@@ -16,7 +16,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_embedder_builds_and_runs(tmp_path):
-    pytest.importorskip("Cython")
     for name in ("sim_loop.pyx", "setup.py"):
         shutil.copy(EXAMPLE / name, tmp_path / name)
     build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
