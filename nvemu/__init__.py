@@ -10,7 +10,7 @@ from ._constants import TRACE_DTYPE, Domain, ExitReason, FhaMode, LineState, Op
 from ._version import __version__
 from .config import CostModel, PlatformConfig, preset
 from .errors import (ConfigError, GuestFault, LifecycleError, NfitError, NvemuError, ResourceError,
-                     TraceError)
+                     SnapshotError, TraceError)
 from .hypervisor import Hypervisor, ReplayResult
 from .platform import Platform
 from .stats import Stats
@@ -19,6 +19,6 @@ from .vm import VM, Vcpu, VmState
 __all__ = [
     "BACKEND", "COMPILED", "TRACE_DTYPE", "Op", "LineState", "Domain", "ExitReason", "FhaMode",
     "__version__", "CostModel", "PlatformConfig", "preset", "NvemuError", "ConfigError", "GuestFault",
-    "LifecycleError", "NfitError", "ResourceError", "TraceError", "Hypervisor", "ReplayResult",
+    "LifecycleError", "NfitError", "ResourceError", "SnapshotError", "TraceError", "Hypervisor", "ReplayResult",
     "Platform", "Stats", "VM", "Vcpu", "VmState",
 ]

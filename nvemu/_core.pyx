@@ -803,6 +803,95 @@ cdef class Engine:
         """{page HPA: 4096 bytes} for every non-zero page of NVDIMM media."""
         return self._pages(self.media, self.pmem_base)
 
+    def get_state(self):
+        """Everything that evolves, as a dict of numpy arrays in the engines' shared canonical
+        form (non-zero pages only; WPQs oldest first; TLBs as (vpn, entry, hpa, leaf slot))."""
+        cdef vm_t* v
+        mem = self.memory_pages()
+        med = self.media_pages()
+        lines = self.line_states()
+        wpq = [(c, line, data) for c in range(self.n_controllers) for line, data in self.wpq_entries(c)]
+        tables = self.tables()
+        out = {
+            "memory_hpa": np.array(list(mem), np.uint64),
+            "memory_data": np.frombuffer(b"".join(mem.values()), np.uint8).reshape(-1, 4096),
+            "media_hpa": np.array(list(med), np.uint64),
+            "media_data": np.frombuffer(b"".join(med.values()), np.uint8).reshape(-1, 4096),
+            "line_hpa": np.array(list(lines), np.uint64),
+            "line_state": np.array(list(lines.values()), np.uint8),
+            "wpq_ctrl": np.array([w[0] for w in wpq], np.uint32),
+            "wpq_line": np.array([w[1] for w in wpq], np.uint64),
+            "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, 64),
+            "ctrl_stats": self.ctrl_stats.copy(),
+            "table_ids": np.array(list(tables), np.uint32),
+            "table_data": np.stack([self.pool[t * ENTRIES:(t + 1) * ENTRIES] for t in tables])
+                          if tables else np.zeros((0, ENTRIES), np.uint64),
+            "free_tables": np.array(self._free_tables, np.uint32),
+            "scalars": np.array([self.next_table, self.last_value], np.uint64),
+            "vm_ids": np.array(sorted(self.vm_arrays), np.uint32),
+        }
+        for vm in sorted(self.vm_arrays):
+            v = &self.vms[vm]
+            a = self.vm_arrays[vm]
+            out[f"vm{vm}_meta"] = np.array([v.root, v.nvcpus, v.tlb_entries, v.running, v.fha_vpn, v.fha_mode],
+                                           np.uint64)
+            out[f"vm{vm}_fanout"] = a[5].copy()
+            out[f"vm{vm}_stats"] = a[4].copy()
+            out[f"vm{vm}_tlb"] = np.stack([a[0], a[1], a[2], a[3]], axis=1)
+        return out
+
+    def set_state(self, state):
+        """Replace everything with ``state`` (from ``get_state`` of either engine, same layout)."""
+        cdef vm_t* v
+        for vm in list(self.vm_arrays):
+            memset(&self.vms[vm], 0, sizeof(vm_t))
+        self.vm_arrays = {}
+        memory = np.zeros_like(self.memory)
+        media = np.zeros_like(self.media)
+        for hpa, page in zip(state["memory_hpa"].tolist(), state["memory_data"]):
+            i = self._index(hpa, 4096)
+            memory[i:i + 4096] = page
+        for hpa, page in zip(state["media_hpa"].tolist(), state["media_data"]):
+            off = hpa - self.pmem_base
+            media[off:off + 4096] = page
+        self.memory, self.media = memory, media
+        self.line_state[:] = 0
+        self.queued[:] = 0
+        for hpa, st in zip(state["line_hpa"].tolist(), state["line_state"].tolist()):
+            self.line_state[(hpa - self.pmem_base) // 64] = st
+        self.wpq_head[:] = 0
+        self.wpq_len[:] = 0
+        for c, line, data in zip(state["wpq_ctrl"].tolist(), state["wpq_line"].tolist(), state["wpq_data"]):
+            slot = c * self.wpq_depth + self.wpq_len[c]
+            k = (line - self.pmem_base) // 64
+            self.wpq_line[slot] = k
+            self.wpq_data[slot * 64:(slot + 1) * 64] = data
+            self.wpq_len[c] += 1
+            self.queued[k] += 1
+        self.ctrl_stats[:] = state["ctrl_stats"]
+        self.pool[:] = 0
+        for t, row in zip(state["table_ids"].tolist(), state["table_data"]):
+            self.pool[t * ENTRIES:(t + 1) * ENTRIES] = row
+        self._free_tables = state["free_tables"].tolist()
+        self.next_table, self.last_value = (int(x) for x in state["scalars"])
+        self._bind()
+        for vm in state["vm_ids"].tolist():
+            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = state[f"vm{vm}_meta"].tolist()
+            tlb = state[f"vm{vm}_tlb"]
+            arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
+                state[f"vm{vm}_stats"].astype(np.uint64).copy(), state[f"vm{vm}_fanout"].astype(np.uint8).copy())
+            self.vm_arrays[vm] = arrays
+            v = &self.vms[vm]
+            v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
+            v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
+            v.tlb_vpn = <uint64_t*>_ptr(arrays[0])
+            v.tlb_entry = <uint64_t*>_ptr(arrays[1])
+            v.tlb_hpa = <uint64_t*>_ptr(arrays[2])
+            v.tlb_slot = <uint64_t*>_ptr(arrays[3])
+            v.stats = <uint64_t*>_ptr(arrays[4])
+            v.fanout = <uint8_t*>_ptr(arrays[5])
+            v.active = True
+
     def power_fail(self):
         """Lose power, then reboot. Returns the durable image (uint8[pmem_bytes]): media, then
         under adr/eadr the queued copies in FIFO order, then under eadr the dirty lines.

@@ -590,6 +590,77 @@ class Engine:
     def media_pages(self) -> dict[int, bytes]:
         return self._nonzero(self.med)
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything that evolves, in the canonical form the core uses too."""
+        mem, med, lines = self.memory_pages(), self.media_pages(), self.line_states()
+        wpq = [(c, line, data) for c in range(self.n_controllers) for line, data in self.wpq[c]]
+        out = {
+            "memory_hpa": np.array(list(mem), np.uint64),
+            "memory_data": np.frombuffer(b"".join(mem.values()), np.uint8).reshape(-1, PAGE),
+            "media_hpa": np.array(list(med), np.uint64),
+            "media_data": np.frombuffer(b"".join(med.values()), np.uint8).reshape(-1, PAGE),
+            "line_hpa": np.array(list(lines), np.uint64),
+            "line_state": np.array([int(s) for s in lines.values()], np.uint8),
+            "wpq_ctrl": np.array([w[0] for w in wpq], np.uint32),
+            "wpq_line": np.array([w[1] for w in wpq], np.uint64),
+            "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, LINE),
+            "ctrl_stats": np.array(self.ctrl, np.uint64),
+            "table_ids": np.array(sorted(self.pool), np.uint32),
+            "table_data": np.array([self.pool[t] for t in sorted(self.pool)], np.uint64).reshape(-1, 512),
+            "free_tables": np.array(self.free_tables, np.uint32),
+            "scalars": np.array([self.next_table, self.last_value], np.uint64),
+            "vm_ids": np.array(sorted(self.vms), np.uint32),
+        }
+        for vm_id in sorted(self.vms):
+            v = self.vms[vm_id]
+            none = 2**64 - 1
+            out[f"vm{vm_id}_meta"] = np.array([v.root, v.nvcpus, v.tlb_entries, int(v.running),
+                                               none if v.fha_vpn is None else v.fha_vpn, int(v.fha_mode)],
+                                              np.uint64)
+            out[f"vm{vm_id}_fanout"] = np.array([int(c in v.fanout) for c in range(self.n_controllers)], np.uint8)
+            out[f"vm{vm_id}_stats"] = np.array(v.stats, np.uint64)
+            rows = []
+            for cpu in range(v.nvcpus):
+                for entry in v.tlb[cpu]:
+                    if entry is None:
+                        rows.append((none, 0, 0, 0))
+                    else:
+                        vpn, e, page, (t, i) = entry
+                        rows.append((vpn, e, page, t * 512 + i))
+            out[f"vm{vm_id}_tlb"] = np.array(rows, np.uint64).reshape(-1, 4)
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        def pages(addrs, data):
+            return {int(a): bytearray(d.tobytes()) for a, d in zip(addrs, data)}
+        self.mem = pages(state["memory_hpa"], state["memory_data"])
+        self.med = pages(state["media_hpa"], state["media_data"])
+        self.state = {int(a): LineState(int(s)) for a, s in zip(state["line_hpa"], state["line_state"])}
+        self.wpq = [deque() for _ in range(self.n_controllers)]
+        self.copies = {}
+        for c, line, data in zip(state["wpq_ctrl"].tolist(), state["wpq_line"].tolist(), state["wpq_data"]):
+            self.wpq[c].append((line, data.tobytes()))
+            self.copies[line] = self.copies.get(line, 0) + 1
+        self.ctrl = state["ctrl_stats"].astype(np.uint64).tolist()
+        self.pool = {int(t): [int(e) for e in row] for t, row in zip(state["table_ids"], state["table_data"])}
+        self.free_tables = state["free_tables"].tolist()
+        self.next_table, self.last_value = (int(x) for x in state["scalars"])
+        self.vms = {}
+        for vm_id in state["vm_ids"].tolist():
+            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = state[f"vm{vm_id}_meta"].tolist()
+            v = _Vm(root, nvcpus, tlb_entries, self.n_controllers)
+            v.running = bool(running)
+            v.fha_vpn = None if fha_vpn == 2**64 - 1 else fha_vpn
+            v.fha_mode = FhaMode(fha_mode)
+            v.fanout = [c for c, on in enumerate(state[f"vm{vm_id}_fanout"].tolist()) if on]
+            v.stats = state[f"vm{vm_id}_stats"].astype(np.uint64).tolist()
+            rows = state[f"vm{vm_id}_tlb"].tolist()
+            for cpu in range(nvcpus):
+                for k in range(tlb_entries):
+                    vpn, e, page, slot = rows[cpu * tlb_entries + k]
+                    v.tlb[cpu][k] = None if vpn == 2**64 - 1 else (vpn, e, page, (slot // 512, slot % 512))
+            self.vms[vm_id] = v
+
     def power_fail(self) -> np.ndarray:
         if self.domain >= Domain.ADR:
             for q in self.wpq:

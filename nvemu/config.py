@@ -162,6 +162,20 @@ class PlatformConfig:
         """A copy with some fields changed (``wpq_depth``, ``domain``, ...)."""
         return replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PlatformConfig":
+        """The inverse of :meth:`to_dict` (derived fields such as handles are ignored)."""
+        try:
+            return cls(
+                controllers=tuple(ControllerConfig(c["node"], c["socket"], c["imc"]) for c in d["controllers"]),
+                nvdimms=tuple(NvdimmConfig(n["controller"], n["size"], n["channel"], n["dimm"],
+                                           tuple(n["flush_hints"])) for n in d["nvdimms"]),
+                interleave_sets=tuple(InterleaveSetConfig(s["spa_base"], tuple(s["dimms"]), s["granularity"])
+                                      for s in d["interleave_sets"]),
+                wpq_depth=d["wpq_depth"], domain=d["domain"], dram_bytes=d["dram_bytes"], name=d["name"])
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a platform description: missing or malformed {e}") from None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "domain": self.domain, "wpq_depth": self.wpq_depth,
@@ -262,6 +276,13 @@ class CostModel:
 
     def to_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> "CostModel":
+        unknown = set(d) - set(cls.FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown cost parameters: {', '.join(sorted(unknown))}")
+        return cls(**d)
 
 
 DEFAULT_COSTS = CostModel()

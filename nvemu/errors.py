@@ -27,6 +27,10 @@ class NfitError(NvemuError, ValueError):
     """A malformed ACPI NFIT: names the byte offset and the field."""
 
 
+class SnapshotError(NvemuError, ValueError):
+    """A snapshot file that cannot be restored: unreadable, truncated, corrupted or of another format."""
+
+
 class GuestFault(NvemuError):
     """An exit the hypervisor does not handle, delivered as an exception carrying the exit's fields.
 

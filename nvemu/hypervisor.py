@@ -230,6 +230,17 @@ class Hypervisor:
                   "opname": Op(op).name if op < len(Op) else str(op)}
         return TraceError(f"record {i}: " + BAD_RECORD_TEXT[code].format(**fields))
 
+    def snapshot(self, path: str) -> None:
+        """Save the whole hypervisor (platform state, every VM) to one ``.npz`` file."""
+        from .snapshot import save
+        save(self, path)
+
+    @classmethod
+    def restore(cls, path: str, backend: str | None = None) -> "Hypervisor":
+        """A new hypervisor from a snapshot (of a hypervisor or of one VM); SnapshotError if bad."""
+        from .snapshot import load
+        return load(path, backend)
+
     def running(self) -> list[VM]:
         return [vm for vm in self.vms.values() if vm.state is VmState.RUNNING]
 

@@ -36,6 +36,15 @@ class RangeAllocator:
         raise ResourceError(f"out of host {what}: no free {size:#x}-byte range aligned to {align:#x} "
                             f"({self.free_bytes:#x} bytes free in all)")
 
+    def claim(self, addr: int, size: int) -> None:
+        """Take exactly ``[addr, addr+size)``, which must be free (restoring a snapshot)."""
+        for k, (start, n) in enumerate(self._free):
+            if start <= addr and addr + size <= start + n:
+                pieces = [(start, addr - start), (addr + size, start + n - addr - size)]
+                self._free[k:k + 1] = [(a, m) for a, m in pieces if m]
+                return
+        raise ResourceError(f"host range [{addr:#x}, {addr + size:#x}) is not free")
+
     def free(self, addr: int, size: int) -> None:
         self._free.append((addr, size))
         self._free.sort()
@@ -155,13 +164,19 @@ class Platform:
         raise ResourceError(f"out of host NVDIMM space: no interleave set has {size:#x} free bytes "
                             f"({sum(a.free_bytes for a in self.pmem_sets):#x} bytes free in all)")
 
-    def free_pmem(self, hpa: int, size: int) -> None:
+    def _pmem_allocator(self, hpa: int) -> tuple[RangeAllocator, int]:
         for k, allocator in enumerate(self.pmem_sets):
             if allocator.base <= hpa < allocator.base + allocator.length:
-                stripe = self.stripe_bytes(k)
-                allocator.free(hpa, -(-size // stripe) * stripe)
-                return
+                return allocator, self.stripe_bytes(k)
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
+    def claim_pmem(self, hpa: int, size: int) -> None:
+        allocator, stripe = self._pmem_allocator(hpa)
+        allocator.claim(hpa, -(-size // stripe) * stripe)
+
+    def free_pmem(self, hpa: int, size: int) -> None:
+        allocator, stripe = self._pmem_allocator(hpa)
+        allocator.free(hpa, -(-size // stripe) * stripe)
 
     def prefault(self, hpa: int, n: int) -> None:
         """Touch the host arrays behind ``[hpa, hpa+n)`` now (as QEMU's -mem-prealloc does), so

@@ -197,6 +197,13 @@ class VM:
         if self.state is not VmState.DESTROYED:
             self.destroy()
 
+    def snapshot(self, path: str) -> None:
+        """Save this VM (its memory, NVDIMM media and lines, queued copies, page table, TLBs,
+        counters) with the platform description; ``Hypervisor.restore(path)`` brings it back
+        on a fresh host at the same host addresses."""
+        from .snapshot import save
+        save(self._live().hypervisor, path, vm=self)
+
     def vcpu(self, index: int = 0) -> Vcpu:
         return self.vcpus[index]
 

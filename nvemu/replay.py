@@ -1,0 +1,361 @@
+"""Streaming replay: a trace of any format through a hypervisor's VMs, chunk by chunk, with summary stats.
+
+:func:`replay` is the one-call form (what ``nvemu replay`` runs); :class:`Replayer` is the same run as
+an iterator of per-chunk stats, for notebooks and simulators that watch a long replay as it goes.
+
+A native ``.npy`` trace is never read whole: each chunk is mapped from the file on its own and
+unmapped once replayed (:meth:`nvemu.trace.NpyTrace.chunks`), so resident memory stays that of the
+emulated machine plus one chunk however long the trace. Text traces and pmemcheck logs are parsed
+into memory first. Unless told how many, the driver creates as many VMs and vCPUs as the trace's
+``vm`` and ``vcpu`` fields name (a pmemcheck log: one of each), all alike: the default VM (256 MiB
+DRAM, one 256 MiB vNVDIMM), shrunk to fit smaller platforms.
+
+Errors name the global record index (and, for text and pmemcheck input, the line or log record it
+came from): a malformed record or a ``vm``/``vcpu`` with no VM raises TraceError, so does an access
+to a GPA outside every mapping of its VM; nothing past that record has been replayed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .config import DEFAULT_COSTS, MiB, CostModel, PlatformConfig
+from .errors import ConfigError, GuestFault, LifecycleError, TraceError
+from .hypervisor import ExitHandler, Hypervisor
+from .platform import Platform
+from .stats import Stats
+from .trace import DEFAULT_CHUNK, TraceSource, detect_format, id_extent, open_trace
+from .vm import VM
+from .workloads import VmLayout
+
+PAGE = 4096
+DEFAULT_VM_BYTES = 256 * MiB
+EXIT_REASONS = (48, 49, 18)
+
+
+# ---- the VMs a replay runs in -------------------------------------------------------------------
+
+def vm_sizes(platform: Platform, vms: int) -> tuple[int, int]:
+    """``(dram, nvdimm)`` bytes of each of ``vms`` identical VMs: the default VM's 256 MiB each,
+    shrunk (DRAM to whole MiB, the vNVDIMM to whole stripes of the largest interleave set) until
+    ``vms`` of them fit the platform."""
+    dram = min(DEFAULT_VM_BYTES, (platform.config.dram_bytes // vms - PAGE) // MiB * MiB)
+    best = 0
+    for k, (_, _, length) in enumerate(platform.set_ranges):
+        stripe = platform.stripe_bytes(k)
+        best = max(best, min(DEFAULT_VM_BYTES, length // vms) // stripe * stripe)
+    if dram < 0 or best < PAGE:
+        raise ConfigError(f"platform {platform.name!r} has no room for {vms} VMs "
+                          f"({platform.config.dram_bytes:#x} bytes of DRAM, {platform.pmem_bytes:#x} of NVDIMM)")
+    return max(dram, 0), best - best % PAGE
+
+
+def create_vms(hv: Hypervisor, vms: int, vcpus: int, strategy: str = "auto", fanout: str = "broadcast",
+               dram: int | None = None, nvdimm: int | None = None, prefault: bool = False,
+               start: bool = True) -> list[VM]:
+    """``vms`` identical VMs of ``vcpus`` vCPUs on ``hv`` (sizes from :func:`vm_sizes` unless
+    given), started unless ``start`` is False."""
+    if not isinstance(vms, int) or vms < 1:
+        raise ConfigError(f"vms={vms!r}: must be at least 1")
+    auto_dram, auto_nvdimm = vm_sizes(hv.platform, vms)
+    made = []
+    for _ in range(vms):
+        vm = hv.create_vm(dram=auto_dram if dram is None else dram,
+                          nvdimms=[auto_nvdimm if nvdimm is None else nvdimm], vcpus=vcpus,
+                          strategy=strategy, fanout=fanout, prefault=prefault)
+        made.append(vm.start() if start else vm)
+    return made
+
+
+def vm_layouts(platform: str | PlatformConfig | Platform = "default", vms: int = 1, *,
+               dram: int | None = None, nvdimm: int | None = None) -> list[VmLayout]:
+    """Where the VMs :func:`replay` would create sit in guest-physical space (for generators and
+    importers that must write valid GPAs)."""
+    hv = Hypervisor(platform)
+    return [VmLayout.of(vm) for vm in create_vms(hv, vms, 1, dram=dram, nvdimm=nvdimm, start=False)]
+
+
+# ---- results --------------------------------------------------------------------------------------
+
+def _vm_counters(vm: int, s: Stats) -> dict[str, Any]:
+    t = s.total
+    return {"vm": vm, "ops": t["ops"], "loads": t["loads"], "stores": t["stores"] + t["nt_stores"],
+            "flushes": t["clwb"] + t["clflushopt"] + t["clflush"], "fences": t["sfence"] + t["mfence"],
+            "exits": {r: s.exits[r] for r in EXIT_REASONS}, "vfha_writes": t["vfha_writes"],
+            "fha_writes": t["fha_writes"], "lines_drained": t["lines_drained"], "cycles": s.cycles,
+            "tlb_hits": t["tlb_hits"], "tlb_misses": t["tlb_misses"]}
+
+
+_SUMMED = ("ops", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes", "lines_drained", "cycles",
+           "tlb_hits", "tlb_misses")
+
+
+def _total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: sum(r[k] for r in rows) for k in _SUMMED}
+    out["exits"] = {r: sum(row["exits"][r] for row in rows) for r in EXIT_REASONS}
+    return out
+
+
+def _rates(row: dict[str, Any]) -> dict[str, Any]:
+    looked = row["tlb_hits"] + row["tlb_misses"]
+    return {**row, "cycles_per_op": row["cycles"] / row["ops"] if row["ops"] else 0.0,
+            "tlb_hit_rate": row["tlb_hits"] / looked if looked else 0.0}
+
+
+@dataclass
+class ChunkStats:
+    """What one chunk of a replay did (counters are the chunk's own, summed over VMs)."""
+
+    index: int
+    start: int                  # index of the chunk's first record in the trace
+    ops: int
+    seconds: float
+    exits: dict[int, int]
+    flushes: int
+    vfha_writes: int
+    lines_drained: int
+    cycles: int
+
+    @property
+    def mops(self) -> float:
+        return self.ops / self.seconds / 1e6 if self.seconds else 0.0
+
+
+@dataclass
+class Result:
+    """A finished replay: the fields of ``nvemu replay --json``. ``seconds`` counts the replay
+    loop only (not building the platform or reading a text/pmemcheck trace); ``lines_drained`` are
+    lines the VMs' flushes drained to media, ``wpq_full_drains`` lines a full WPQ drained on its
+    own. ``per_vm`` has the same counters for each VM; ``hypervisor`` is the machine afterwards."""
+
+    ops: int
+    seconds: float
+    mops: float
+    exits: dict[int, int]
+    loads: int
+    stores: int
+    flushes: int
+    fences: int
+    vfha_writes: int
+    fha_writes: int
+    lines_drained: int
+    wpq_full_drains: int
+    cycles: int
+    cycles_per_op: float
+    tlb_hit_rate: float
+    python_exits: int
+    chunks: int
+    trace: str | None
+    format: str
+    platform: str
+    strategy: str
+    fanout: str
+    vms: int
+    vcpus: int
+    per_vm: list[dict[str, Any]] = field(default_factory=list)
+    hypervisor: Hypervisor | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: exit reasons as string keys, no hypervisor."""
+        def clean(row: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in row.items() if k not in ("hypervisor", "tlb_hits", "tlb_misses")}
+            out["exits"] = {str(k): v for k, v in row["exits"].items()}
+            return out
+        out = clean(self.__dict__)
+        out["per_vm"] = [clean(r) for r in self.per_vm]
+        return out
+
+    CSV_COLUMNS = ("vm", "ops", "seconds", "mops", "exits_48", "exits_49", "exits_18", "loads", "stores",
+                   "flushes", "fences", "vfha_writes", "fha_writes", "lines_drained", "cycles", "cycles_per_op",
+                   "tlb_hit_rate")
+
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """One row per VM and a ``total`` row, with :attr:`CSV_COLUMNS`."""
+        rows = []
+        for row in [*self.per_vm, {**self.__dict__, "vm": "total"}]:
+            flat = {**row, **{f"exits_{r}": row["exits"][r] for r in EXIT_REASONS}}
+            flat.setdefault("seconds", self.seconds)
+            flat["mops"] = flat["ops"] / self.seconds / 1e6 if self.seconds else 0.0
+            rows.append({c: flat[c] for c in self.CSV_COLUMNS})
+        return rows
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+
+_RECORD = re.compile(r"record (\d+): (.*)", re.DOTALL)
+
+
+class Replayer:
+    """One replay of one trace, run chunk by chunk.
+
+    ``trace``: a path (npy, text or pmemcheck, recognised by content unless ``format`` is given)
+    or a TRACE_DTYPE array. The machine is ``hypervisor`` with its running VMs if given, else a new
+    ``platform`` (preset name, PlatformConfig or Platform) with ``vms`` VMs of ``vcpus`` vCPUs
+    (default: what the trace names) of ``dram``/``nvdimm`` bytes (default :func:`vm_sizes`), flush
+    ``strategy`` and ``fanout``, their vNVDIMMs prefaulted so timing skips first-touch faults.
+    ``handler`` sees exits the core does not handle (op_index counted in the whole trace); by
+    default an access outside every mapping raises TraceError and any other such exit GuestFault.
+    ``progress``: a tqdm bar on stderr for runs over a second (None: when stderr is a terminal).
+
+    Examples
+    --------
+    >>> from nvemu.workloads import generate
+    >>> r = Replayer(generate("seq-log", 5000), chunk_ops=2000)
+    >>> [c.ops for c in r.chunks()], r.result().ops
+    ([2000, 2000, 1000], 5000)
+    """
+
+    def __init__(self, trace: str | os.PathLike[str] | np.ndarray, *,
+                 platform: str | PlatformConfig | Platform = "default", strategy: str = "auto",
+                 fanout: str = "broadcast", vms: int | None = None, vcpus: int | None = None,
+                 dram: int | None = None, nvdimm: int | None = None, costs: CostModel = DEFAULT_COSTS,
+                 prefault: bool = True, chunk_ops: int = DEFAULT_CHUNK, hypervisor: Hypervisor | None = None,
+                 format: str | None = None, unregistered: str = "error", handler: ExitHandler | None = None,
+                 progress: bool | None = False) -> None:
+        if chunk_ops <= 0:
+            raise ConfigError(f"chunk_ops={chunk_ops!r}: must be positive")
+        self.chunk_ops = chunk_ops
+        self.handler = handler
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        is_array = isinstance(trace, np.ndarray)
+        fmt = "array" if is_array else format or detect_format(trace)
+        self.hv = hypervisor if hypervisor is not None else Hypervisor(platform, costs)
+        source: TraceSource | None = None
+        if hypervisor is not None:
+            self.vms = sorted(hypervisor.running(), key=lambda v: v.id)
+            if not self.vms:
+                raise LifecycleError("the hypervisor runs no VM to replay the trace in")
+        else:
+            if fmt == "pmemcheck":           # no thread ids in the log: one VM, one vCPU
+                vms, vcpus = vms or 1, vcpus or 1
+            else:
+                source = open_trace(trace, None if is_array else fmt)
+                if vms is None or vcpus is None:
+                    top_vm, top_vcpu = id_extent(c for _, c in source.chunks(chunk_ops))
+                    vms = vms or top_vm + 1 or 1
+                    vcpus = vcpus or top_vcpu + 1 or 1
+            self.vms = create_vms(self.hv, vms, vcpus, strategy, fanout, dram, nvdimm, prefault)
+        if source is None:
+            nv = self.vms[0].nvdimms[0]
+            source = open_trace(trace, None if is_array else fmt, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size,
+                                unregistered=unregistered)
+        self.source = source
+        self._before = {vm.id: vm.stats() for vm in self.vms}
+        self._full_before = self._full_drains()
+        self._seconds = 0.0
+        self._ops = self._python_exits = self._chunks = 0
+        self._ran = False
+
+    def _full_drains(self) -> int:
+        return sum(c["drained_full"] for c in self.hv.platform.controller_stats())
+
+    def _counters(self) -> list[dict[str, Any]]:
+        return [_vm_counters(vm.id, vm.stats() - self._before[vm.id]) for vm in self.vms]
+
+    def _handle(self, offset: int) -> ExitHandler:
+        """The exit handler for a chunk starting at record ``offset``: faults re-indexed into the
+        whole trace, then the user's handler or the default policy."""
+        def handle(fault: GuestFault) -> str:
+            f = GuestFault(fault.reason, fault.qualification, fault.gpa, fault.op_index + offset,
+                           fault.vm, fault.vcpu, fault.op)
+            if self.handler is not None:
+                return self.handler(f)
+            if f.reason == 48 and not f.qualification & 0x38:      # R/W/X all clear: not mapped
+                access = "write" if f.write else "read"
+                raise TraceError(f"{self.source.where(f.op_index)}, field gpa: GPA {f.gpa:#x} is outside "
+                                 f"every mapping of vm {f.vm} ({access} by cpu{f.vcpu})")
+            raise f
+        return handle
+
+    def _relocate(self, exc: Exception, offset: int) -> Exception:
+        """A TraceError/LifecycleError naming a chunk's record, re-worded for the whole trace."""
+        m = _RECORD.match(str(exc))
+        if not m:
+            return exc
+        return type(exc)(f"{self.source.where(int(m.group(1)) + offset)}: {m.group(2)}")
+
+    def chunks(self) -> Iterator[ChunkStats]:
+        """Replay the trace, yielding each chunk's stats as it finishes (once per Replayer)."""
+        if self._ran:
+            raise LifecycleError("this Replayer has already run; make a new one")
+        self._ran = True
+        bar = self._bar()
+        before = _total(self._counters())
+        try:
+            for index, (start, records) in enumerate(self.source.chunks(self.chunk_ops)):
+                t0 = time.perf_counter()
+                try:
+                    done = self.hv.replay(records, self._handle(start))
+                except (TraceError, LifecycleError) as e:
+                    raise self._relocate(e, start) from None
+                seconds = time.perf_counter() - t0
+                del records
+                self._seconds += seconds
+                self._ops += done.ops
+                self._python_exits += done.python_exits
+                self._chunks += 1
+                now = _total(self._counters())
+                delta = {k: now[k] - before[k] for k in _SUMMED}
+                exits = {r: now["exits"][r] - before["exits"][r] for r in EXIT_REASONS}
+                before = now
+                if bar is not None:
+                    bar.update(done.ops)
+                yield ChunkStats(index, start, done.ops, seconds, exits, delta["flushes"], delta["vfha_writes"],
+                                 delta["lines_drained"], delta["cycles"])
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _bar(self) -> Any:
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=len(self.source), unit="op", unit_scale=True, delay=1.0, file=sys.stderr,
+                    leave=False, dynamic_ncols=True, desc="replay")
+
+    def run(self) -> "Result":
+        """Replay the whole trace and return the result."""
+        for _ in self.chunks():
+            pass
+        return self.result()
+
+    def result(self) -> Result:
+        """The summary of what has been replayed so far."""
+        per_vm = [_rates(row) for row in self._counters()]
+        total = _rates(_total(per_vm))
+        first = self.vms[0]
+        return Result(ops=self._ops, seconds=self._seconds,
+                      mops=self._ops / self._seconds / 1e6 if self._seconds else 0.0, exits=total["exits"],
+                      loads=total["loads"], stores=total["stores"], flushes=total["flushes"],
+                      fences=total["fences"], vfha_writes=total["vfha_writes"], fha_writes=total["fha_writes"],
+                      lines_drained=total["lines_drained"], wpq_full_drains=self._full_drains() - self._full_before,
+                      cycles=total["cycles"], cycles_per_op=total["cycles_per_op"],
+                      tlb_hit_rate=total["tlb_hit_rate"], python_exits=self._python_exits, chunks=self._chunks,
+                      trace=self.source.path, format=self.source.format, platform=self.hv.platform.name,
+                      strategy=",".join(sorted({vm.strategy for vm in self.vms})),
+                      fanout=",".join(sorted({vm.fanout for vm in self.vms})), vms=len(self.vms),
+                      vcpus=max(len(vm.vcpus) for vm in self.vms), per_vm=per_vm, hypervisor=self.hv)
+
+
+def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Result:
+    """Replay a trace (path of any format, or a TRACE_DTYPE array) and return its :class:`Result`;
+    ``options`` are :class:`Replayer`'s.
+
+    Examples
+    --------
+    >>> from nvemu.workloads import generate
+    >>> r = replay(generate("linux-fsync", 10_000, seed=1), strategy="write-protect")
+    >>> r.ops, r.exits[48] == r.vfha_writes > 0
+    (10000, True)
+    """
+    return Replayer(trace, **options).run()
+
+
+__all__ = ["ChunkStats", "Replayer", "Result", "create_vms", "replay", "vm_layouts", "vm_sizes"]

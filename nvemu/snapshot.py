@@ -1,0 +1,155 @@
+"""Snapshot and restore of a whole hypervisor, or of one VM, to one ``.npz`` file.
+
+The file holds the engine's canonical state (non-zero pages, line states, WPQs oldest first,
+page tables, TLBs, counters) and a JSON description of the platform, costs and VMs, sealed with
+a SHA-256 digest so a truncated or altered file is refused rather than half-restored.
+Restoring builds a new :class:`Hypervisor`; nothing running is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import CostModel, PlatformConfig
+from .errors import NvemuError, SnapshotError
+from .flush_hints import VirtualFlushHint
+from .vm import VM, MemoryRange, VmState
+
+if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
+
+FORMAT = "nvemu-snapshot-1"
+PAGE = 4096
+
+
+def _digest(arrays: dict[str, np.ndarray], meta: str) -> str:
+    h = hashlib.sha256(meta.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _inside(addrs: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    keep = np.zeros(len(addrs), bool)
+    for base, size in ranges:
+        keep |= (addrs >= base) & (addrs < base + size)
+    return keep
+
+
+def _only_vm(state: dict[str, np.ndarray], vm: VM) -> dict[str, np.ndarray]:
+    """The part of an engine state that belongs to one VM: its pages, lines, queued copies and
+    page-table tree (WPQ order kept; other tables become free)."""
+    memory = [(r.hpa, r.size) for r in vm.dram + vm.nvdimms] + [(vm.vfha_hpa, PAGE)]
+    pmem = [(r.hpa, r.size) for r in vm.nvdimms]
+    out = {k: v for k, v in state.items() if not k.startswith("vm")}
+    for prefix, ranges in (("memory", memory), ("media", pmem)):
+        keep = _inside(state[f"{prefix}_hpa"], ranges)
+        out[f"{prefix}_hpa"], out[f"{prefix}_data"] = state[f"{prefix}_hpa"][keep], state[f"{prefix}_data"][keep]
+    keep = _inside(state["line_hpa"], pmem)
+    out["line_hpa"], out["line_state"] = state["line_hpa"][keep], state["line_state"][keep]
+    keep = _inside(state["wpq_line"], pmem)
+    for k in ("wpq_ctrl", "wpq_line", "wpq_data"):
+        out[k] = state[k][keep]
+    rows = dict(zip(state["table_ids"].tolist(), state["table_data"]))
+    root = int(state[f"vm{vm.id}_meta"][0])
+    tree, todo = [], [(root, 4)]
+    while todo:
+        t, level = todo.pop()
+        tree.append(t)
+        if level > 1:
+            for e in rows[t].tolist():
+                if e & 7 and not e & 0x80:
+                    todo.append(((e & 0x000F_FFFF_FFFF_F000) >> 12, level - 1))
+    tree.sort()
+    out["table_ids"] = np.array(tree, np.uint32)
+    out["table_data"] = np.array([rows[t] for t in tree], np.uint64).reshape(-1, 512)
+    others = [t for t in rows if t not in set(tree)]
+    out["free_tables"] = np.array(state["free_tables"].tolist() + sorted(others, reverse=True), np.uint32)
+    out["vm_ids"] = np.array([vm.id], np.uint32)
+    for k, v in state.items():
+        if k.startswith(f"vm{vm.id}_"):
+            out[k] = v
+    return out
+
+
+def _vm_meta(vm: VM) -> dict[str, Any]:
+    return {"id": vm.id, "state": vm.state.value, "strategy": vm.strategy, "fanout": vm.fanout,
+            "fanout_controllers": list(vm.fanout_controllers), "reserved": vm.reserved,
+            "dram": [r.to_dict() for r in vm.dram], "nvdimms": [r.to_dict() for r in vm.nvdimms],
+            "vfha_gpa": vm.vfha_gpa, "vfha_hpa": vm.vfha_hpa, "tlb_entries": vm.tlb_entries,
+            "page_size": vm.page_size, "vcpus": len(vm.vcpus),
+            "vfha_table": [{"nvdimm": h.nvdimm, "gpa": h.gpa, "physical": list(h.physical)} for h in vm.vfha_table]}
+
+
+def save(hv: "Hypervisor", path: str | Path, vm: VM | None = None) -> None:
+    """Write ``hv`` (or only ``vm`` and the platform it runs on) to ``path`` (.npz)."""
+    state = hv.platform.engine.get_state()
+    vms = list(hv.vms.values()) if vm is None else [vm._live()]
+    if vm is not None:
+        state = _only_vm(state, vm)
+    p = hv.platform
+    meta = json.dumps({"format": FORMAT, "platform": p.config.to_dict(), "costs": p.costs.to_dict(),
+                       "pool_tables": p.layout.pool_tables, "max_vms": p.layout.max_vms,
+                       "vms": [_vm_meta(v) for v in vms]}, sort_keys=True)
+    arrays = {f"engine_{k}": v for k, v in state.items()}
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(meta.encode(), np.uint8),
+                 digest=np.frombuffer(_digest(arrays, meta).encode(), np.uint8), **arrays)
+
+
+def load(path: str | Path, backend: str | None = None) -> "Hypervisor":
+    """A new Hypervisor holding what ``path`` saved; raises SnapshotError for a bad file."""
+    from .hypervisor import Hypervisor
+    from .platform import Platform
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise SnapshotError(f"{path}: not a readable nvemu snapshot ({type(e).__name__}: {e})") from None
+    try:
+        meta_text = files.pop("meta").tobytes().decode()
+        digest = files.pop("digest").tobytes().decode()
+        meta = json.loads(meta_text)
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapshotError(f"{path}: snapshot description is missing or unreadable ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise SnapshotError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    if _digest(files, meta_text) != digest:
+        raise SnapshotError(f"{path}: contents do not match their digest: the file is corrupted")
+    state = {k[len("engine_"):]: v for k, v in files.items() if k.startswith("engine_")}
+    try:
+        platform = Platform(PlatformConfig.from_dict(meta["platform"]), CostModel.from_dict(meta["costs"]),
+                            pool_tables=meta["pool_tables"], max_vms=meta["max_vms"], backend=backend)
+        hv = Hypervisor(platform)
+        for m in meta["vms"]:
+            _restore_vm(hv, m)
+        platform.engine.set_state(state)
+    except (NvemuError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise SnapshotError(f"{path}: cannot restore: {type(e).__name__}: {e}") from None
+    return hv
+
+
+def _restore_vm(hv: "Hypervisor", m: dict[str, Any]) -> None:
+    p = hv.platform
+    dram = [MemoryRange(r["gpa"], r["size"], r["hpa"], "dram") for r in m["dram"]]
+    nvdimms = [MemoryRange(r["gpa"], r["size"], r["hpa"], "nvdimm") for r in m["nvdimms"]]
+    for r in dram:
+        p.dram.claim(r.hpa, r.size)
+    for r in nvdimms:
+        p.claim_pmem(r.hpa, r.size)
+    p.dram.claim(m["vfha_hpa"], PAGE)
+    vm = VM(hv, m["id"], dram=dram, nvdimms=nvdimms, vcpus=m["vcpus"], strategy=m["strategy"],
+            fanout=m["fanout"], fanout_controllers=tuple(m["fanout_controllers"]),
+            reserved=[tuple(r) for r in m["reserved"]], vfha_gpa=m["vfha_gpa"], vfha_hpa=m["vfha_hpa"],
+            vfha_table=[VirtualFlushHint(h["nvdimm"], h["gpa"], tuple(h["physical"])) for h in m["vfha_table"]],
+            tlb_entries=m["tlb_entries"], page_size=m["page_size"])
+    vm.state = VmState(m["state"])
+    hv.vms[vm.id] = vm

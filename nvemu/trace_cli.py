@@ -1,0 +1,273 @@
+"""The trace subcommands of ``nvemu``: ``gen`` (workload generators), ``import`` (format conversion,
+pmemcheck logs) and ``replay`` (streaming replay with a summary).
+
+The main CLI calls :func:`add_commands` with its subparsers and later ``args.func(args)``; each
+handler returns the exit code: 0 ok, 1 an output file not writable, and nvemu errors (bad trace,
+bad configuration) propagate to ``nvemu.cli.main``, which prints them on one line and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from typing import Any, Sequence
+
+from . import trace as tr
+from .config import PRESETS
+from .errors import ConfigError
+from .flush_hints import FANOUTS, STRATEGIES
+from .nfit_cli import parse_number
+from .platform import Platform
+from .replay import EXIT_REASONS, Replayer, Result, vm_layouts
+from .workloads import WORKLOADS, Workload, iter_generate
+
+_COUNT = re.compile(r"([0-9][0-9_]*)\s*([kKmMgG]?)")
+_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """A count with an optional decimal suffix: "10M" is 10,000,000, "500k" 500,000."""
+    m = _COUNT.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (digits, optional k/M/G = 10^3/10^6/10^9)")
+    return int(m.group(1)) * _DECIMAL[m.group(2).lower()]
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} B"
+
+
+def _fail(err: BaseException) -> int:
+    print(f"nvemu: error: {err}", file=sys.stderr)
+    return 1
+
+
+def _platform(args: argparse.Namespace) -> str | Platform:
+    """The platform ``--preset`` names, or the one ``--nfit`` describes."""
+    if getattr(args, "nfit", None):
+        try:
+            with open(args.nfit, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read NFIT {args.nfit}: {e.strerror or e}") from None
+        return Platform.from_nfit(data)
+    return args.preset
+
+
+def _add_machine(p: argparse.ArgumentParser, what: str) -> None:
+    """--preset/--nfit and the VM size options, shared by the three commands."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
+                       help=f"platform preset ({', '.join(PRESETS)}; default: default)")
+    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
+    p.add_argument("--dram", metavar="SIZE", type=parse_number,
+                   help=f"DRAM of each VM {what} (default 256M, less on a small platform)")
+    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number,
+                   help=f"vNVDIMM of each VM {what} (default 256M, less on a small platform)")
+
+
+# ---- gen ------------------------------------------------------------------------------------------
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    """``gen WORKLOAD -n OPS -o FILE``: write a generated trace (.npy, or text for other names)."""
+    params = {k: v for k, v in (("deep_flush_every", args.deep_flush_every), ("read_fraction", args.read_fraction),
+                                ("max_blocks", args.max_blocks)) if v is not None}
+    params = {k: v for k, v in params.items() if k in WORKLOADS[args.workload].defaults}
+    layouts = vm_layouts(_platform(args), args.vms, dram=args.dram, nvdimm=args.nvdimm)
+    chunks = iter_generate(args.workload, args.ops, layouts, seed=args.seed, vms=args.vms, vcpus=args.vcpus,
+                           footprint=args.footprint, **params)
+    try:
+        n = tr.save_trace(args.output, chunks)
+    except OSError as e:
+        return _fail(e)
+    footprint = args.footprint or min(lay.nvdimm_size for lay in layouts)
+    print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
+          f"{_size(footprint)}, seed {args.seed}) to {args.output}")
+    return 0
+
+
+# ---- import ---------------------------------------------------------------------------------------
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
+    fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
+    if fmt == "pmemcheck":
+        if args.nvdimm_gpa is not None or args.nvdimm_size is not None:
+            default = tr.DEFAULT_NVDIMM_GPA, tr.DEFAULT_NVDIMM_SIZE
+        else:
+            lay = vm_layouts(_platform(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
+            default = lay.nvdimm_gpa, lay.nvdimm_size
+        gpa = default[0] if args.nvdimm_gpa is None else args.nvdimm_gpa
+        size = default[1] if args.nvdimm_size is None else args.nvdimm_size
+        imp = tr.import_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered else "error")
+        records: Any = imp.records
+        files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({_size(f.size)})" for f in imp.files) or "no files"
+        what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
+                + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
+    elif fmt == "npy":
+        npy = tr.NpyTrace(args.input)
+        records = (chunk for _, chunk in npy.chunks())
+        what = "a native trace"
+    elif fmt == "text":
+        records = tr.load_text(args.input)
+        what = f"a text trace"
+    else:
+        raise ConfigError(f"unknown format {fmt!r}")
+    try:
+        n = tr.save_trace(args.output, records)
+    except OSError as e:
+        return _fail(e)
+    print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
+    return 0
+
+
+# ---- replay ---------------------------------------------------------------------------------------
+
+_ROWS: tuple[tuple[str, str, Any], ...] = (
+    ("ops", "ops", lambda r: f"{r['ops']:,}"),
+    ("exits 48 (EPT violation)", "", lambda r: f"{r['exits'][48]:,}"),
+    ("exits 49 (EPT misconfig)", "", lambda r: f"{r['exits'][49]:,}"),
+    ("exits 18 (VMCALL)", "", lambda r: f"{r['exits'][18]:,}"),
+    ("flushes (clwb/clflushopt/clflush)", "", lambda r: f"{r['flushes']:,}"),
+    ("fences", "", lambda r: f"{r['fences']:,}"),
+    ("vFHA writes", "", lambda r: f"{r['vfha_writes']:,}"),
+    ("physical FHA writes", "", lambda r: f"{r['fha_writes']:,}"),
+    ("lines drained", "", lambda r: f"{r['lines_drained']:,}"),
+    ("cycles/op", "", lambda r: f"{r['cycles_per_op']:,.1f}"),
+    ("TLB hit rate", "", lambda r: f"{r['tlb_hit_rate']:.4f}"),
+)
+
+
+def summary_table(result: Result) -> str:
+    """The replay summary: a header, then one column per VM (when more than one) and the total."""
+    from .cli import format_table          # here, not at import: cli imports this module
+    total = {**result.__dict__}
+    cols = [(f"vm{row['vm']}", row) for row in result.per_vm] if result.vms > 1 else []
+    cols.append(("total", total))
+    rows = [{"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
+            {"metric": "Mops/s", **{c: "" for c, _ in cols}, "total": f"{result.mops:.2f}"}]
+    for label, _, fmt in _ROWS:
+        rows.append({"metric": label, **{c: fmt(r) for c, r in cols}})
+    table = format_table(rows, [("metric", "", "")] + [(c, c, "") for c, _ in cols])
+    vm_word = "VM" if result.vms == 1 else "VMs"
+    head = [f"trace     {result.trace or '<array>'} ({result.format}, {result.ops:,} ops in {result.chunks} "
+            f"chunk{'s' * (result.chunks != 1)})",
+            f"platform  {result.platform}: {result.vms} {vm_word} x {result.vcpus} vCPU, strategy "
+            f"{result.strategy}, fan-out {result.fanout}"]
+    tail = [f"WPQ-full drains: {result.wpq_full_drains:,} lines"] if result.wpq_full_drains else []
+    return "\n".join(head + ["", table] + tail)
+
+
+def _write_outputs(result: Result, json_path: str | None, csv_path: str | None) -> None:
+    if json_path:
+        text = json.dumps(result.as_dict(), indent=2) + "\n"
+        if json_path == "-":
+            sys.stdout.write(text)
+        else:
+            with open(json_path, "w") as f:
+                f.write(text)
+    if csv_path:
+        with (sys.stdout if csv_path == "-" else open(csv_path, "w", newline="")) as f:
+            writer = csv.DictWriter(f, fieldnames=Result.CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(result.csv_rows())
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``replay TRACE``: replay a trace of any format and print the summary."""
+    run = Replayer(args.trace, platform=_platform(args), strategy=args.strategy, fanout=args.fanout,
+                   vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
+                   chunk_ops=args.chunk, format=None if args.format == "auto" else args.format,
+                   unregistered="skip" if args.skip_unregistered else "error", progress=args.progress)
+    result = run.run()
+    if "-" not in (args.json, args.csv):
+        print(summary_table(result))
+    try:
+        _write_outputs(result, args.json, args.csv)
+    except OSError as e:
+        return _fail(e)
+    return 0
+
+
+# ---- wiring ---------------------------------------------------------------------------------------
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``gen``, ``import`` and ``replay`` to an argparse subparsers object."""
+    names = ", ".join(WORKLOADS)
+    gen = subparsers.add_parser(
+        "gen", help="write a generated workload trace",
+        description="Write a workload's trace (deterministic per seed) for the VMs `nvemu replay` builds on "
+                    "the same platform. Output is .npy, or the text format for any other file name.",
+        epilog="workloads:\n" + "\n".join(f"  {w.name:13s} {w.help}" for w in WORKLOADS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("workload", metavar="WORKLOAD", choices=list(WORKLOADS), help=names)
+    gen.add_argument("-n", "--ops", metavar="OPS", type=parse_count, required=True,
+                     help="number of records (k/M/G = 10^3/10^6/10^9)")
+    gen.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    gen.add_argument("--footprint", metavar="SIZE", type=parse_number,
+                     help="bytes of each vNVDIMM the workload touches (default: all of it)")
+    gen.add_argument("--vms", metavar="N", type=int, default=1, help="VMs (default 1)")
+    gen.add_argument("--vcpus", metavar="N", type=int, default=1, help="vCPUs per VM (default 1)")
+    gen.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--deep-flush-every", metavar="N", type=int,
+                     help="write the vFHA after every N-th unit, 0 never (pmdk-tx, kv-put, random-rw, seq-log)")
+    gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
+    gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync)")
+    _add_machine(gen, "the trace is for")
+    gen.set_defaults(func=cmd_gen)
+
+    imp = subparsers.add_parser(
+        "import", help="convert a pmemcheck log, text or npy trace",
+        description="Convert a trace: a pmemcheck store log (--log-stores=yes), a text trace or a native "
+                    "trace, to FILE.npy or (any other name) the text format. A pmemcheck log's files are "
+                    "placed on the vNVDIMM of the first VM `nvemu replay` builds on the platform.")
+    imp.add_argument("format", metavar="FORMAT", choices=("pmemcheck", "text", "npy", "auto"),
+                     help="pmemcheck, text, npy, or auto (recognise by content)")
+    imp.add_argument("input", metavar="INPUT")
+    imp.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number, help="place pmemcheck files at this GPA")
+    imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number, help="... within this many bytes")
+    imp.add_argument("--skip-unregistered", action="store_true",
+                     help="drop pmemcheck stores/flushes outside every registered file instead of failing")
+    _add_machine(imp, "to place pmemcheck files on")
+    imp.set_defaults(func=cmd_import)
+
+    rep = subparsers.add_parser(
+        "replay", help="replay a trace and print a summary",
+        description="Replay a trace (.npy streamed from disk, a text trace or a pmemcheck log, recognised by "
+                    "content) on a platform with as many VMs and vCPUs as the trace names, and print ops, "
+                    "Mops/s, exits by reason, flushes, lines drained, cycles per op and the TLB hit rate.")
+    rep.add_argument("trace", metavar="TRACE")
+    rep.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
+                     help="how the vFHA is virtualised (default auto: write-protect where the host has WPQ "
+                          "flush hints, else writable)")
+    rep.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
+    rep.add_argument("--vms", metavar="N", type=int, help="VMs to create (default: as the trace names)")
+    rep.add_argument("--vcpus", metavar="N", type=int, help="vCPUs per VM (default: as the trace names)")
+    rep.add_argument("--format", default="auto", choices=("auto", *tr.FORMATS), help="default: by content")
+    rep.add_argument("--chunk", metavar="OPS", type=parse_count, default=tr.DEFAULT_CHUNK,
+                     help=f"records replayed per chunk (default {tr.DEFAULT_CHUNK:,})")
+    rep.add_argument("--skip-unregistered", action="store_true",
+                     help="pmemcheck: drop records outside every registered file instead of failing")
+    rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, no table)")
+    rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, no table)")
+    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr for runs over a second (default: when stderr is a terminal)")
+    _add_machine(rep, "to create")
+    rep.set_defaults(func=cmd_replay)
+
+
+__all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "parse_count", "summary_table"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - for `python -m nvemu.trace_cli`
+    parser = argparse.ArgumentParser(prog="nvemu")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
