@@ -803,6 +803,33 @@ cdef class Engine:
         """{page HPA: 4096 bytes} for every non-zero page of NVDIMM media."""
         return self._pages(self.media, self.pmem_base)
 
+    def durable_read(self, uint64_t hpa, uint64_t n):
+        """``n`` bytes at ``hpa`` as they would survive a power failure now (SPEC 7.3), without
+        failing: media, then under adr/eadr the queued copies oldest first, then under eadr the
+        dirty lines. Lets a checker probe crash points without stopping the run."""
+        cdef uint32_t c
+        cdef uint64_t k, slot, line, first, last, lo, hi
+        if not (hpa >= self.pmem_base and hpa + n <= self.pmem_base + self.pmem_bytes):
+            raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
+        off = hpa - self.pmem_base
+        out = bytearray(self.media[off:off + n].tobytes())
+        first, last = off // 64, (off + n + 63) // 64
+        if self.domain >= DOMAIN_ADR:
+            for c in range(self.n_controllers):
+                for k in range(self.wlen[c]):
+                    slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
+                    line = self.wline[slot]
+                    if first <= line < last:
+                        lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
+                        out[lo - off:hi - off] = self.wpq_data[slot * 64 + lo - line * 64:
+                                                               slot * 64 + hi - line * 64].tobytes()
+        if self.domain == DOMAIN_EADR:
+            for line in range(first, last):
+                if self.line_state[line] == LINE_DIRTY:
+                    lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
+                    out[lo - off:hi - off] = self.memory[self.dram_bytes + lo:self.dram_bytes + hi].tobytes()
+        return bytes(out)
+
     def get_state(self):
         """Everything that evolves, as a dict of numpy arrays in the engines' shared canonical
         form (non-zero pages only; WPQs oldest first; TLBs as (vpn, entry, hpa, leaf slot))."""

@@ -590,6 +590,21 @@ class Engine:
     def media_pages(self) -> dict[int, bytes]:
         return self._nonzero(self.med)
 
+    def durable_read(self, hpa: int, n: int) -> bytes:
+        """What ``[hpa, hpa+n)`` would hold after a power failure now (SPEC 7.3), without one."""
+        media = bytearray(self.read_media(hpa, n))
+        survivors: list[tuple[int, bytes]] = []
+        if self.domain >= Domain.ADR:
+            survivors += [entry for q in self.wpq for entry in q]
+        if self.domain == Domain.EADR:
+            survivors += [(line, self._get(self.mem, line, LINE)) for line, state in sorted(self.state.items())
+                          if state == LineState.DIRTY]
+        for line, data in survivors:
+            for k in range(LINE):
+                if hpa <= line + k < hpa + n:
+                    media[line + k - hpa] = data[k]
+        return bytes(media)
+
     def get_state(self) -> dict[str, np.ndarray]:
         """Everything that evolves, in the canonical form the core uses too."""
         mem, med, lines = self.memory_pages(), self.media_pages(), self.line_states()

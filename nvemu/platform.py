@@ -191,6 +191,10 @@ class Platform:
         """What the NVDIMM media durably holds at ``hpa``."""
         return self.engine.read_media(hpa, n)
 
+    def durable_read(self, hpa: int, n: int) -> bytes:
+        """What ``[hpa, hpa+n)`` would hold after a power failure now; nothing is failed."""
+        return self.engine.durable_read(hpa, n)
+
     def line_states(self) -> dict[int, int]:
         """{line HPA: LineState} of every NVDIMM line that is not CLEAN."""
         return self.engine.line_states()

@@ -20,7 +20,7 @@ from conftest import tiny_platform
 pytestmark = pytest.mark.skipif(os.environ.get("NVEMU_PUREPYTHON") == "1",
                                 reason="needs the compiled core to compare against")
 
-EXAMPLES = int(os.environ.get("NVEMU_DIFF_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("NVEMU_DIFF_EXAMPLES", "300"))
 
 vm_spec = st.fixed_dictionaries({
     "vcpus": st.integers(1, 2),
@@ -126,6 +126,7 @@ def state(hv, vms):
         "tables": e.tables(), "tables_in_use": e.tables_in_use,
         "stats": [vm.stats().rows.tolist() for vm in vms],
         "ctrl": e.controller_stats().tolist(),
+        "durable": [e.durable_read(vm.nvdimms[0].hpa, vm.nvdimms[0].size) for vm in vms],
     }
 
 

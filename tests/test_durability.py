@@ -31,7 +31,10 @@ def test_durable_image_per_domain(make_hv, domain):
     cpu.store(c, 3); cpu.clwb(c); cpu.store(c, 33); cpu.clwb(c)  # C: queued twice
     cpu.store(c, 333)                                          # ... and dirty again
     cpu.store(vm.dram[0].gpa, 0x77)                            # DRAM: lost in every domain
+    probe = hv.platform.durable_read(hpa + 8, 4 * LINE - 8)    # the same answer, nothing failed
+    assert hv.platform.line_states()[hpa] == 1
     image = hv.platform.power_fail()
+    assert probe == hv.platform.read_media(hpa + 8, 4 * LINE - 8)
     expect = {
         "none": [0, 0, 0, 4],
         "adr": [0, 2, 33, 4],
