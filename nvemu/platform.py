@@ -3,7 +3,7 @@ the persistence domain, and host memory, built from a :class:`PlatformConfig` or
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -95,10 +95,13 @@ class Platform:
         self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
 
     @classmethod
-    def from_nfit(cls, data: bytes, **kwargs) -> "Platform":
-        """Capability discovery: build the platform a physical NFIT describes."""
+    def from_nfit(cls, data: bytes, *, wpq_depth: int = 64, dram_bytes: int = 2 << 30,
+                  costs: CostModel = DEFAULT_COSTS, **kwargs: Any) -> "Platform":
+        """Capability discovery: build the platform a physical NFIT describes (controllers,
+        NVDIMMs, interleave, flush hints, persistence domain). The NFIT does not say the WPQ
+        depth or how much DRAM the host has: those are parameters."""
         from .nfit import platform_config_from_nfit
-        return cls(platform_config_from_nfit(data), **kwargs)
+        return cls(platform_config_from_nfit(data, wpq_depth=wpq_depth, dram_bytes=dram_bytes), costs, **kwargs)
 
     # ---- description ----------------------------------------------------------------------
 
