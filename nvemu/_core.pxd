@@ -135,6 +135,7 @@ cdef struct vm_t:                    # one VM as the replay loop sees it
     uint64_t fha_vpn                 # vFHA GPA >> 12, ~0 when none
     int fha_mode                     # fha_mode_t
     uint8_t* fanout                  # [n_controllers] 1 = written on a vFHA flush
+    uint64_t* drained                # [n_controllers] lines this VM's flushes drained, per controller
 
 cdef struct exit_t:                  # the last exit the core did not handle itself
     uint32_t reason                  # exit_reason_t

@@ -213,7 +213,7 @@ cdef class Engine:
         n = nvcpus * tlb_entries
         arrays = (np.full(n, NO_VPN, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
                   np.zeros(n, np.uint64), np.zeros((nvcpus, ST_COUNT), np.uint64),
-                  np.zeros(self.n_controllers, np.uint8))
+                  np.zeros(self.n_controllers, np.uint8), np.zeros(self.n_controllers, np.uint64))
         self.vm_arrays[vm] = arrays
         cdef vm_t* v = &self.vms[vm]
         v.root = root
@@ -225,6 +225,7 @@ cdef class Engine:
         v.tlb_slot = <uint64_t*>_ptr(arrays[3])
         v.stats = <uint64_t*>_ptr(arrays[4])
         v.fanout = <uint8_t*>_ptr(arrays[5])
+        v.drained = <uint64_t*>_ptr(arrays[6])
         v.fha_vpn = NO_VPN
         v.fha_mode = FHA_NONE
         v.active = True
@@ -265,9 +266,15 @@ cdef class Engine:
         self._vm(vm)
         return self.vm_arrays[vm][4].copy()
 
+    def drained_by_controller(self, int vm):
+        """Lines the flushes of ``vm`` drained, per controller: a copy, ``uint64[n_controllers]``."""
+        self._vm(vm)
+        return self.vm_arrays[vm][6].copy()
+
     def reset_stats(self, int vm):
         self._vm(vm)
         self.vm_arrays[vm][4][:] = 0
+        self.vm_arrays[vm][6][:] = 0
 
     # ---- page tables -----------------------------------------------------------------------
 
@@ -543,6 +550,7 @@ cdef class Engine:
                 st[ST_CYCLES_FHA] += self.cost.fha_write
                 self.cstats[c * CT_COUNT + CT_FHA_WRITES] += 1
                 n = self.drain_controller(c)
+                vm.drained[c] += n
                 total += n
         st[ST_LINES_DRAINED] += total
         st[ST_CYCLES_DRAIN] += total * self.cost.drain_line
@@ -864,6 +872,7 @@ cdef class Engine:
                                            np.uint64)
             out[f"vm{vm}_fanout"] = a[5].copy()
             out[f"vm{vm}_stats"] = a[4].copy()
+            out[f"vm{vm}_drained"] = a[6].copy()
             out[f"vm{vm}_tlb"] = np.stack([a[0], a[1], a[2], a[3]], axis=1)
         return out
 
@@ -906,7 +915,8 @@ cdef class Engine:
             root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = state[f"vm{vm}_meta"].tolist()
             tlb = state[f"vm{vm}_tlb"]
             arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
-                state[f"vm{vm}_stats"].astype(np.uint64).copy(), state[f"vm{vm}_fanout"].astype(np.uint8).copy())
+                state[f"vm{vm}_stats"].astype(np.uint64).copy(), state[f"vm{vm}_fanout"].astype(np.uint8).copy(),
+                state[f"vm{vm}_drained"].astype(np.uint64).copy())
             self.vm_arrays[vm] = arrays
             v = &self.vms[vm]
             v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
@@ -917,6 +927,7 @@ cdef class Engine:
             v.tlb_slot = <uint64_t*>_ptr(arrays[3])
             v.stats = <uint64_t*>_ptr(arrays[4])
             v.fanout = <uint8_t*>_ptr(arrays[5])
+            v.drained = <uint64_t*>_ptr(arrays[6])
             v.active = True
 
     def power_fail(self):

@@ -38,6 +38,7 @@ class _Vm:
         self.fha_vpn: int | None = None
         self.fha_mode = FhaMode.NONE
         self.fanout: list[int] = []
+        self.drained = [0] * n_controllers      # lines this VM's flushes drained, per controller
         self.running = True
 
 
@@ -160,7 +161,9 @@ class Engine:
                 st[STAT["fha_writes"]] += 1
                 st[STAT["cycles_fha"]] += self.cost["fha_write"]
                 self.ctrl[c][CTRL_STAT["fha_writes"]] += 1
-                total += self._drain_controller(c)
+                n = self._drain_controller(c)
+                vm.drained[c] += n
+                total += n
         st[STAT["lines_drained"]] += total
         st[STAT["cycles_drain"]] += total * self.cost["drain_line"]
 
@@ -243,9 +246,13 @@ class Engine:
     def stats(self, vm: int) -> np.ndarray:
         return np.array(self._vm(vm).stats, dtype=np.uint64)
 
+    def drained_by_controller(self, vm: int) -> np.ndarray:
+        return np.array(self._vm(vm).drained, dtype=np.uint64)
+
     def reset_stats(self, vm: int) -> None:
         v = self._vm(vm)
         v.stats = [[0] * STAT_COUNT for _ in range(v.nvcpus)]
+        v.drained = [0] * self.n_controllers
 
     def _flush_tlbs(self, v: _Vm) -> None:
         for cpu in range(v.nvcpus):
@@ -634,6 +641,7 @@ class Engine:
                                               np.uint64)
             out[f"vm{vm_id}_fanout"] = np.array([int(c in v.fanout) for c in range(self.n_controllers)], np.uint8)
             out[f"vm{vm_id}_stats"] = np.array(v.stats, np.uint64)
+            out[f"vm{vm_id}_drained"] = np.array(v.drained, np.uint64)
             rows = []
             for cpu in range(v.nvcpus):
                 for entry in v.tlb[cpu]:
@@ -669,6 +677,7 @@ class Engine:
             v.fha_mode = FhaMode(fha_mode)
             v.fanout = [c for c, on in enumerate(state[f"vm{vm_id}_fanout"].tolist()) if on]
             v.stats = state[f"vm{vm_id}_stats"].astype(np.uint64).tolist()
+            v.drained = state[f"vm{vm_id}_drained"].astype(np.uint64).tolist()
             rows = state[f"vm{vm_id}_tlb"].tolist()
             for cpu in range(nvcpus):
                 for k in range(tlb_entries):

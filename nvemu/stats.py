@@ -21,6 +21,12 @@ class Stats:
     """
 
     rows: np.ndarray   # uint64[nvcpus, len(STAT_NAMES)]
+    drained_by_controller: tuple[int, ...] = ()   # lines this VM's flushes drained, per controller
+
+    @property
+    def walks(self) -> int:
+        """Hardware page walks (one per TLB miss)."""
+        return self.total["tlb_misses"]
 
     @property
     def per_vcpu(self) -> list[dict[str, int]]:
@@ -56,7 +62,8 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.total, "exits": {str(k): v for k, v in self.exits.items()}, "cycles": self.cycles,
-                "per_vcpu": self.per_vcpu}
+                "lines_drained_by_controller": list(self.drained_by_controller), "per_vcpu": self.per_vcpu}
 
     def __sub__(self, other: "Stats") -> "Stats":
-        return Stats(self.rows - other.rows)
+        return Stats(self.rows - other.rows, tuple(a - b for a, b in zip(self.drained_by_controller,
+                                                                         other.drained_by_controller)))

@@ -210,7 +210,8 @@ class VM:
     def stats(self) -> Stats:
         if self.state is VmState.DESTROYED and self._final_stats is not None:
             return self._final_stats
-        return Stats(self._live().hypervisor.platform.engine.stats(self.id))
+        engine = self._live().hypervisor.platform.engine
+        return Stats(engine.stats(self.id), tuple(int(n) for n in engine.drained_by_controller(self.id)))
 
     def reset_stats(self) -> None:
         self._live().hypervisor.platform.engine.reset_stats(self.id)

@@ -124,7 +124,7 @@ def state(hv, vms):
         "lines": {a: int(s) for a, s in e.line_states().items()},
         "wpq": [e.wpq_entries(c) for c in range(e.n_controllers)],
         "tables": e.tables(), "tables_in_use": e.tables_in_use,
-        "stats": [vm.stats().rows.tolist() for vm in vms],
+        "stats": [(vm.stats().rows.tolist(), vm.stats().drained_by_controller) for vm in vms],
         "ctrl": e.controller_stats().tolist(),
         "durable": [e.durable_read(vm.nvdimms[0].hpa, vm.nvdimms[0].size) for vm in vms],
     }

@@ -210,11 +210,13 @@ def test_targeted_fanout_drains_fewer_lines_and_keeps_own_lines_identical():
         hv, (a, b) = run_everywhere("write-protect", fanout, two_vms, platform, nvdimm=2 << 20)
         assert hv.platform.controller_of(a.nvdimms[0].hpa) != hv.platform.controller_of(b.nvdimms[0].hpa)
         own = hv.platform.read_media(a.nvdimms[0].hpa, a.nvdimms[0].size)
-        out[fanout] = (a.stats()["lines_drained"], a.stats()["fha_writes"], own, a.fanout_controllers)
+        out[fanout] = (a.stats()["lines_drained"], a.stats()["fha_writes"], own, a.fanout_controllers,
+                       a.stats().drained_by_controller)
     assert out["targeted"][0] < out["broadcast"][0]
     assert out["targeted"][1] == 80 and out["broadcast"][1] == 160
     assert out["targeted"][2] == out["broadcast"][2]
     assert out["targeted"][3] == (0, 1) and out["broadcast"][3] == (0, 1, 2, 3)
+    assert out["targeted"][4][2:] == (0, 0) and out["broadcast"][4][2:] != (0, 0)   # B's controllers
 
 
 @settings(max_examples=40, deadline=None)
