@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from . import __version__, nfit_cli
+from . import __version__, nfit_cli, trace_cli
 from ._backend import BACKEND
 from .config import PRESETS, preset
 from .errors import NvemuError
@@ -82,7 +82,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_layout(args: argparse.Namespace) -> int:
     hv = Hypervisor(args.preset)
     vm = hv.create_vm()
-    layout = {"platform": hv.platform.summary(), "vm": vm.layout()}
+    nv = vm.nvdimms[0]
+    layout = {"nvdimm_gpa": nv.gpa, "nvdimm_size": nv.size, "fha_gpa": vm.vfha_gpa,
+              "dram_size": sum(r.size for r in vm.dram), "platform": hv.platform.summary(), "vm": vm.layout()}
     if args.json:
         print(json.dumps(layout, indent=2))
     else:
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     layout.set_defaults(func=cmd_layout)
 
     nfit_cli.add_commands(sub)
+    trace_cli.add_commands(sub)
     return parser
 
 

@@ -43,6 +43,8 @@ def test_demo_table(capsys, tmp_path):
 def test_layout_json(capsys):
     assert main(["layout", "--json"]) == 0
     layout = json.loads(capsys.readouterr().out)
+    assert (layout["nvdimm_gpa"], layout["nvdimm_size"], layout["fha_gpa"], layout["dram_size"]) == \
+        (0x1_0000_0000, 256 << 20, 0x1_1000_0000, 256 << 20)
     vm = layout["vm"]
     assert vm["nvdimms"][0]["gpa"] == 0x1_0000_0000 and vm["nvdimms"][0]["size"] == 256 << 20
     assert vm["vfha"] == 0x1_1000_0000
