@@ -195,6 +195,8 @@ cdef class Engine:
     cdef uint32_t _alloc_table(self) except? 0xFFFFFFFF
     cdef uint64_t _free_tree(self, uint64_t t, int level)
     cdef vm_t* _vm(self, vm) except NULL
+    cdef _install_vm(self, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
+                     uint64_t fha_vpn, int fha_mode, tuple arrays)
     cdef void _flush_tlbs(self, vm_t* v) noexcept
     cdef uint64_t _split(self, uint64_t slot, int level) except? 0
     cdef object _leaf(self, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span)

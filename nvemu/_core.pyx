@@ -214,11 +214,28 @@ cdef class Engine:
         arrays = (np.full(n, NO_VPN, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
                   np.zeros(n, np.uint64), np.zeros((nvcpus, ST_COUNT), np.uint64),
                   np.zeros(self.n_controllers, np.uint8), np.zeros(self.n_controllers, np.uint64))
+        self._install_vm(vm, root, nvcpus, tlb_entries, True, NO_VPN, FHA_NONE, arrays)
+        return root
+
+    cdef _install_vm(self, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
+                     uint64_t fha_vpn, int fha_mode, tuple arrays):
+        """Fill VM slot ``vm`` from its numpy arrays (TLB vpn/entry/hpa/slot, stats, fan-out,
+        drained), after checking every shape the nogil loop will index by."""
+        n = nvcpus * tlb_entries
+        shapes = [(n,), (n,), (n,), (n,), (nvcpus, ST_COUNT), (self.n_controllers,), (self.n_controllers,)]
+        dtypes = [np.uint64] * 5 + [np.uint8, np.uint64]
+        if root >= self.pool_tables or not 1 <= nvcpus <= 256 or tlb_entries < 1 or tlb_entries & (tlb_entries - 1):
+            raise ConfigError(f"vm {vm}: root table {root}, {nvcpus} vCPUs, {tlb_entries} TLB entries are not valid")
+        if not FHA_NONE <= fha_mode <= FHA_NATIVE:
+            raise ConfigError(f"vm {vm}: fha mode {fha_mode} is not an FhaMode")
+        for a, shape, dtype in zip(arrays, shapes, dtypes):
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                raise ConfigError(f"vm {vm}: state array of shape {getattr(a, 'shape', None)} where {shape} "
+                                  f"{np.dtype(dtype).name} is needed")
         self.vm_arrays[vm] = arrays
         cdef vm_t* v = &self.vms[vm]
-        v.root = root
-        v.nvcpus = nvcpus
-        v.tlb_entries = tlb_entries
+        v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
+        v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
         v.tlb_vpn = <uint64_t*>_ptr(arrays[0])
         v.tlb_entry = <uint64_t*>_ptr(arrays[1])
         v.tlb_hpa = <uint64_t*>_ptr(arrays[2])
@@ -226,11 +243,7 @@ cdef class Engine:
         v.stats = <uint64_t*>_ptr(arrays[4])
         v.fanout = <uint8_t*>_ptr(arrays[5])
         v.drained = <uint64_t*>_ptr(arrays[6])
-        v.fha_vpn = NO_VPN
-        v.fha_mode = FHA_NONE
         v.active = True
-        v.running = True
-        return root
 
     def remove_vm(self, int vm):
         """Forget VM ``vm`` and free its page-table pages; returns how many were freed."""
@@ -876,59 +889,137 @@ cdef class Engine:
             out[f"vm{vm}_tlb"] = np.stack([a[0], a[1], a[2], a[3]], axis=1)
         return out
 
+    def _checked_state(self, state):
+        """``state`` as arrays of the right kinds and shapes, every address and index in range,
+        or ConfigError naming what is not. Nothing is changed."""
+        def get(name, dtype, tail=None):
+            try:
+                a = np.asarray(state[name])
+            except (KeyError, TypeError) as e:
+                raise ConfigError(f"engine state lacks {name!r}") from None
+            if a.dtype.kind not in "ui" or (tail is not None and a.shape[1:] != tail) or \
+                    (tail is None and a.ndim != 1):
+                raise ConfigError(f"engine state {name!r}: {a.dtype} array of shape {a.shape} is not what it needs")
+            return a.astype(dtype)
+        s = {k: get(k, t, tail) for k, t, tail in (
+            ("memory_hpa", np.uint64, None), ("memory_data", np.uint8, (4096,)),
+            ("media_hpa", np.uint64, None), ("media_data", np.uint8, (4096,)),
+            ("line_hpa", np.uint64, None), ("line_state", np.uint8, None),
+            ("wpq_ctrl", np.uint32, None), ("wpq_line", np.uint64, None), ("wpq_data", np.uint8, (64,)),
+            ("ctrl_stats", np.uint64, (CT_COUNT,)), ("table_ids", np.uint32, None),
+            ("table_data", np.uint64, (ENTRIES,)), ("free_tables", np.uint32, None),
+            ("scalars", np.uint64, None), ("vm_ids", np.uint32, None))}
+        pmem_end = self.pmem_base + self.pmem_bytes
+        for a, b in (("memory_hpa", "memory_data"), ("media_hpa", "media_data"), ("line_hpa", "line_state"),
+                     ("wpq_line", "wpq_data"), ("wpq_line", "wpq_ctrl"), ("table_ids", "table_data")):
+            if len(s[a]) != len(s[b]):
+                raise ConfigError(f"engine state: {a} and {b} differ in length")
+        for hpa in s["memory_hpa"].tolist():
+            if hpa % 4096:
+                raise ConfigError(f"engine state: page {hpa:#x} is not aligned")
+            self._check_hpa(hpa, 4096)
+        for name, align in (("media_hpa", 4096), ("line_hpa", 64), ("wpq_line", 64)):
+            bad = (s[name] < self.pmem_base) | (s[name] >= pmem_end) | (s[name] % align != 0)
+            if bad.any():
+                raise ConfigError(f"engine state: {name} {int(s[name][bad][0]):#x} is not an aligned NVDIMM address")
+        if (s["line_state"] > LINE_QUEUED).any():
+            raise ConfigError("engine state: a line state is not CLEAN, DIRTY or QUEUED")
+        if (s["wpq_ctrl"] >= self.n_controllers).any() or \
+                (np.bincount(s["wpq_ctrl"], minlength=self.n_controllers) > self.wpq_depth).any():
+            raise ConfigError("engine state: WPQ entries name a missing controller or overfill a queue")
+        if s["ctrl_stats"].shape[0] != self.n_controllers:
+            raise ConfigError("engine state: ctrl_stats has the wrong number of controllers")
+        if len(s["scalars"]) != 2 or s["scalars"][0] > self.pool_tables:
+            raise ConfigError("engine state: scalars are not (next_table, last_value)")
+        tables = np.concatenate([s["table_ids"], s["free_tables"]])
+        if (tables >= s["scalars"][0]).any() or len(np.unique(tables)) != len(tables):
+            raise ConfigError("engine state: table ids are out of range or repeated")
+        vms = []
+        for vm in s["vm_ids"].tolist():
+            if vm >= self.max_vms:
+                raise ConfigError(f"engine state: vm id {vm} is out of range")
+            meta = get(f"vm{vm}_meta", np.uint64)
+            if len(meta) != 6:
+                raise ConfigError(f"engine state: vm{vm}_meta needs 6 numbers")
+            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = meta.tolist()
+            if root not in set(s["table_ids"].tolist()):
+                raise ConfigError(f"engine state: vm {vm}'s root table {root} is not among the tables")
+            tlb = get(f"vm{vm}_tlb", np.uint64, (4,))
+            arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
+                get(f"vm{vm}_stats", np.uint64, (ST_COUNT,)), get(f"vm{vm}_fanout", np.uint8),
+                get(f"vm{vm}_drained", np.uint64))
+            valid = arrays[0] != NO_VPN
+            if (arrays[3][valid] >= s["scalars"][0] * ENTRIES).any():
+                raise ConfigError(f"engine state: vm {vm}'s TLB names a table that does not exist")
+            for hpa in arrays[2][valid].tolist():
+                self._check_hpa(hpa, 4096)
+            self._check_tree(dict(zip(s["table_ids"].tolist(), s["table_data"])), root)
+            vms.append((vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays))
+        return s, vms
+
+    def _check_tree(self, rows, root):
+        """Every entry reachable from ``root`` points at a table in ``rows`` or maps host memory
+        that exists: what the unchecked walk relies on."""
+        todo, seen = [(root, 4)], set()
+        while todo:
+            t, level = todo.pop()
+            if (t, level) in seen:
+                continue
+            seen.add((t, level))
+            row = rows[t]
+            present = (row & E_RWX) != 0
+            usable = present & ((row & 3) != E_W)
+            large = usable & ((row & E_LARGE) != 0) if level in (2, 3) else np.zeros(ENTRIES, bool)
+            if level == 4 and (usable & ((row & E_LARGE) != 0)).any():
+                raise ConfigError(f"engine state: table {t} has a large page at level 4")
+            leaves = usable & (large | (level == 1))
+            size = 1 << (12 + 9 * (level - 1))
+            for e in row[leaves].tolist():
+                self._check_hpa(e & ADDR_MASK & ~(size - 1), size)
+            for e in row[usable & ~leaves].tolist():
+                child = (e & ADDR_MASK) >> 12
+                if child not in rows:
+                    raise ConfigError(f"engine state: table {t} points at table {child}, which is not in the state")
+                todo.append((child, level - 1))
+
     def set_state(self, state):
-        """Replace everything with ``state`` (from ``get_state`` of either engine, same layout)."""
-        cdef vm_t* v
+        """Replace everything with ``state`` (from ``get_state`` of either engine, same layout).
+        The whole state is checked first: a bad one raises ConfigError and changes nothing."""
+        s, vms = self._checked_state(state)
         for vm in list(self.vm_arrays):
             memset(&self.vms[vm], 0, sizeof(vm_t))
         self.vm_arrays = {}
         memory = np.zeros_like(self.memory)
         media = np.zeros_like(self.media)
-        for hpa, page in zip(state["memory_hpa"].tolist(), state["memory_data"]):
+        for hpa, page in zip(s["memory_hpa"].tolist(), s["memory_data"]):
             i = self._index(hpa, 4096)
             memory[i:i + 4096] = page
-        for hpa, page in zip(state["media_hpa"].tolist(), state["media_data"]):
+        for hpa, page in zip(s["media_hpa"].tolist(), s["media_data"]):
             off = hpa - self.pmem_base
             media[off:off + 4096] = page
         self.memory, self.media = memory, media
         self.line_state[:] = 0
         self.queued[:] = 0
-        for hpa, st in zip(state["line_hpa"].tolist(), state["line_state"].tolist()):
+        for hpa, st in zip(s["line_hpa"].tolist(), s["line_state"].tolist()):
             self.line_state[(hpa - self.pmem_base) // 64] = st
         self.wpq_head[:] = 0
         self.wpq_len[:] = 0
-        for c, line, data in zip(state["wpq_ctrl"].tolist(), state["wpq_line"].tolist(), state["wpq_data"]):
+        for c, line, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
             slot = c * self.wpq_depth + self.wpq_len[c]
             k = (line - self.pmem_base) // 64
             self.wpq_line[slot] = k
             self.wpq_data[slot * 64:(slot + 1) * 64] = data
             self.wpq_len[c] += 1
             self.queued[k] += 1
-        self.ctrl_stats[:] = state["ctrl_stats"]
+        self.ctrl_stats[:] = s["ctrl_stats"]
         self.pool[:] = 0
-        for t, row in zip(state["table_ids"].tolist(), state["table_data"]):
+        for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
             self.pool[t * ENTRIES:(t + 1) * ENTRIES] = row
-        self._free_tables = state["free_tables"].tolist()
-        self.next_table, self.last_value = (int(x) for x in state["scalars"])
+        self._free_tables = s["free_tables"].tolist()
+        self.next_table, self.last_value = (int(x) for x in s["scalars"])
         self._bind()
-        for vm in state["vm_ids"].tolist():
-            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = state[f"vm{vm}_meta"].tolist()
-            tlb = state[f"vm{vm}_tlb"]
-            arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
-                state[f"vm{vm}_stats"].astype(np.uint64).copy(), state[f"vm{vm}_fanout"].astype(np.uint8).copy(),
-                state[f"vm{vm}_drained"].astype(np.uint64).copy())
-            self.vm_arrays[vm] = arrays
-            v = &self.vms[vm]
-            v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
-            v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
-            v.tlb_vpn = <uint64_t*>_ptr(arrays[0])
-            v.tlb_entry = <uint64_t*>_ptr(arrays[1])
-            v.tlb_hpa = <uint64_t*>_ptr(arrays[2])
-            v.tlb_slot = <uint64_t*>_ptr(arrays[3])
-            v.stats = <uint64_t*>_ptr(arrays[4])
-            v.fanout = <uint8_t*>_ptr(arrays[5])
-            v.drained = <uint64_t*>_ptr(arrays[6])
-            v.active = True
+        for vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays in vms:
+            self._install_vm(vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays)
 
     def power_fail(self):
         """Lose power, then reboot. Returns the durable image (uint8[pmem_bytes]): media, then
