@@ -13,6 +13,7 @@ from .errors import (ConfigError, GuestFault, LifecycleError, NfitError, NvemuEr
                      SnapshotError, TraceError)
 from .hypervisor import Hypervisor, ReplayResult
 from .platform import Platform
+from .replay import Replayer, Result, replay
 from .stats import Stats
 from .vm import VM, Vcpu, VmState
 
@@ -20,5 +21,5 @@ __all__ = [
     "BACKEND", "COMPILED", "TRACE_DTYPE", "Op", "LineState", "Domain", "ExitReason", "FhaMode",
     "__version__", "CostModel", "PlatformConfig", "preset", "NvemuError", "ConfigError", "GuestFault",
     "LifecycleError", "NfitError", "ResourceError", "SnapshotError", "TraceError", "Hypervisor", "ReplayResult",
-    "Platform", "Stats", "VM", "Vcpu", "VmState",
+    "Platform", "Stats", "VM", "Vcpu", "VmState", "replay", "Replayer", "Result",
 ]

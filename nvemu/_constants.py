@@ -97,6 +97,9 @@ BAD_RECORD_TEXT = {
     BadRecord.VALUE: "value {value:#x} does not fit a {size}-byte store",
 }
 
+BAD_RECORD_FIELD = {BadRecord.OP: "op", BadRecord.VM: "vm", BadRecord.VCPU: "vcpu", BadRecord.SIZE: "size",
+                    BadRecord.CROSSES_LINE: "gpa", BadRecord.VALUE: "value"}
+
 # Per-vCPU counters, in the order of the core's stats rows. The first eight are indexed by op code.
 STAT_NAMES = (
     "loads", "stores", "nt_stores", "clwb", "clflushopt", "clflush", "sfence", "mfence",

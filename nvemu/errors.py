@@ -4,7 +4,20 @@ from __future__ import annotations
 
 
 class NvemuError(Exception):
-    """Base of every nvemu exception."""
+    """Base of every nvemu exception. Errors about one trace record also carry ``index`` (the
+    record), ``field`` (the field refused, when one is) and ``detail`` (the text after
+    "record N: "), so callers can re-word them for a larger trace without parsing the message."""
+
+    index: int | None = None
+    field: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def at_record(cls, index: int, detail: str, field: str | None = None) -> "NvemuError":
+        """``cls("record {index}: {detail}")`` with the structured fields set."""
+        e = cls(f"record {index}: {detail}")
+        e.index, e.field, e.detail = index, field, detail
+        return e
 
 
 class ConfigError(NvemuError, ValueError):

@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._constants import (BAD_RECORD_TEXT, BadRecord, EPT_RWX, ExitReason, Op, RunStatus)
+from ._constants import (BAD_RECORD_FIELD, BAD_RECORD_TEXT, BadRecord, EPT_RWX, ExitReason, Op, RunStatus)
 from .config import DEFAULT_COSTS, GiB, MiB, CostModel, PlatformConfig
 from .errors import ConfigError, GuestFault, LifecycleError, ResourceError, TraceError
 from .flush_hints import FANOUTS, STRATEGIES, VirtualFlushHint, allocate_vfha, resolve_strategy
@@ -223,12 +223,12 @@ class Hypervisor:
         vm_id = int(rec["vm"])
         if code == BadRecord.VM and vm_id in self.vms:
             state = self.vms[vm_id].state
-            return LifecycleError(f"record {i}: vm {vm_id} is {state.value}, not running")
+            return LifecycleError.at_record(i, f"vm {vm_id} is {state.value}, not running", "vm")
         op = int(rec["op"])
         fields = {"op": op, "vm": vm_id, "vcpu": int(rec["vcpu"]), "size": int(rec["size"]),
                   "gpa": int(rec["gpa"]), "value": int(rec["value"]),
                   "opname": Op(op).name if op < len(Op) else str(op)}
-        return TraceError(f"record {i}: " + BAD_RECORD_TEXT[code].format(**fields))
+        return TraceError.at_record(i, BAD_RECORD_TEXT[code].format(**fields), BAD_RECORD_FIELD[code])
 
     def snapshot(self, path: str) -> None:
         """Save the whole hypervisor (platform state, every VM) to one ``.npz`` file."""

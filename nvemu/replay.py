@@ -17,16 +17,17 @@ to a GPA outside every mapping of its VM; nothing past that record has been repl
 
 from __future__ import annotations
 
+import itertools
 import os
-import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from .config import DEFAULT_COSTS, MiB, CostModel, PlatformConfig
+from .config import DEFAULT_COSTS, CostModel, MiB, PlatformConfig
 from .errors import ConfigError, GuestFault, LifecycleError, TraceError
 from .hypervisor import ExitHandler, Hypervisor
 from .platform import Platform
@@ -80,6 +81,39 @@ def vm_layouts(platform: str | PlatformConfig | Platform = "default", vms: int =
     importers that must write valid GPAs)."""
     hv = Hypervisor(platform)
     return [VmLayout.of(vm) for vm in create_vms(hv, vms, 1, dram=dram, nvdimm=nvdimm, start=False)]
+
+
+def prepare(hv: Hypervisor, trace: str | os.PathLike[str] | np.ndarray, *, create: bool = True,
+            vms: int | None = None, vcpus: int | None = None, strategy: str = "auto", fanout: str = "broadcast",
+            dram: int | None = None, nvdimm: int | None = None, prefault: bool = False, format: str | None = None,
+            unregistered: str = "error", deep_flush: bool = False) -> tuple[list[VM], TraceSource]:
+    """The VMs a trace runs in and the trace, opened: with ``create``, ``vms`` new VMs of ``vcpus``
+    vCPUs on ``hv`` (default: as many as the trace's fields name, read in chunks; a pmemcheck log,
+    which names no threads: one), as :func:`create_vms` makes them; else ``hv``'s running VMs. A
+    pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a vFHA
+    write after each persist, as :func:`nvemu.trace.import_pmemcheck`)."""
+    fmt = "array" if isinstance(trace, np.ndarray) else format or detect_format(trace)
+    given = None if fmt == "array" else fmt
+    source: TraceSource | None = None
+    if not create:
+        made = sorted(hv.running(), key=lambda v: v.id)
+        if not made:
+            raise LifecycleError("the hypervisor runs no VM to replay the trace in")
+    else:
+        if fmt == "pmemcheck":
+            vms, vcpus = vms or 1, vcpus or 1
+        else:
+            source = open_trace(trace, given)
+            if vms is None or vcpus is None:
+                top_vm, top_vcpu = id_extent(c for _, c in source.chunks())
+                vms = vms or top_vm + 1 or 1
+                vcpus = vcpus or top_vcpu + 1 or 1
+        made = create_vms(hv, vms, vcpus or 1, strategy, fanout, dram, nvdimm, prefault)
+    if source is None:
+        nv = made[0].nvdimms[0]
+        source = open_trace(trace, given, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size, unregistered=unregistered,
+                            deep_flush=made[0].vfha_gpa if deep_flush else None)
+    return made, source
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -189,9 +223,6 @@ class Result:
 
 # ---- the driver -----------------------------------------------------------------------------------
 
-_RECORD = re.compile(r"record (\d+): (.*)", re.DOTALL)
-
-
 class Replayer:
     """One replay of one trace, run chunk by chunk.
 
@@ -200,7 +231,8 @@ class Replayer:
     ``platform`` (preset name, PlatformConfig or Platform) with ``vms`` VMs of ``vcpus`` vCPUs
     (default: what the trace names) of ``dram``/``nvdimm`` bytes (default :func:`vm_sizes`), flush
     ``strategy`` and ``fanout``, their vNVDIMMs prefaulted so timing skips first-touch faults.
-    ``handler`` sees exits the core does not handle (op_index counted in the whole trace); by
+    A pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a
+    vFHA write after each persist, as :func:`nvemu.trace.import_pmemcheck`). ``handler`` sees exits the core does not handle (op_index counted in the whole trace); by
     default an access outside every mapping raises TraceError and any other such exit GuestFault.
     ``progress``: a tqdm bar on stderr for runs over a second (None: when stderr is a terminal).
 
@@ -217,36 +249,18 @@ class Replayer:
                  fanout: str = "broadcast", vms: int | None = None, vcpus: int | None = None,
                  dram: int | None = None, nvdimm: int | None = None, costs: CostModel = DEFAULT_COSTS,
                  prefault: bool = True, chunk_ops: int = DEFAULT_CHUNK, hypervisor: Hypervisor | None = None,
-                 format: str | None = None, unregistered: str = "error", handler: ExitHandler | None = None,
-                 progress: bool | None = False) -> None:
+                 format: str | None = None, unregistered: str = "error", deep_flush: bool = False,
+                 handler: ExitHandler | None = None, progress: bool | None = False) -> None:
         if chunk_ops <= 0:
             raise ConfigError(f"chunk_ops={chunk_ops!r}: must be positive")
         self.chunk_ops = chunk_ops
         self.handler = handler
         self.progress = sys.stderr.isatty() if progress is None else progress
-        is_array = isinstance(trace, np.ndarray)
-        fmt = "array" if is_array else format or detect_format(trace)
         self.hv = hypervisor if hypervisor is not None else Hypervisor(platform, costs)
-        source: TraceSource | None = None
-        if hypervisor is not None:
-            self.vms = sorted(hypervisor.running(), key=lambda v: v.id)
-            if not self.vms:
-                raise LifecycleError("the hypervisor runs no VM to replay the trace in")
-        else:
-            if fmt == "pmemcheck":           # no thread ids in the log: one VM, one vCPU
-                vms, vcpus = vms or 1, vcpus or 1
-            else:
-                source = open_trace(trace, None if is_array else fmt)
-                if vms is None or vcpus is None:
-                    top_vm, top_vcpu = id_extent(c for _, c in source.chunks(chunk_ops))
-                    vms = vms or top_vm + 1 or 1
-                    vcpus = vcpus or top_vcpu + 1 or 1
-            self.vms = create_vms(self.hv, vms, vcpus, strategy, fanout, dram, nvdimm, prefault)
-        if source is None:
-            nv = self.vms[0].nvdimms[0]
-            source = open_trace(trace, None if is_array else fmt, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size,
-                                unregistered=unregistered)
-        self.source = source
+        self.vms, self.source = prepare(self.hv, trace, create=hypervisor is None, vms=vms, vcpus=vcpus,
+                                        strategy=strategy, fanout=fanout, dram=dram, nvdimm=nvdimm,
+                                        prefault=prefault, format=format, unregistered=unregistered,
+                                        deep_flush=deep_flush)
         self._before = {vm.id: vm.stats() for vm in self.vms}
         self._full_before = self._full_drains()
         self._seconds = 0.0
@@ -276,10 +290,12 @@ class Replayer:
 
     def _relocate(self, exc: Exception, offset: int) -> Exception:
         """A TraceError/LifecycleError naming a chunk's record, re-worded for the whole trace."""
-        m = _RECORD.match(str(exc))
-        if not m:
+        if exc.index is None:
             return exc
-        return type(exc)(f"{self.source.where(int(m.group(1)) + offset)}: {m.group(2)}")
+        where = self.source.where(exc.index + offset) + (f", field {exc.field}" if exc.field else "")
+        moved = type(exc)(f"{where}: {exc.detail}")
+        moved.index, moved.field, moved.detail = exc.index + offset, exc.field, exc.detail
+        return moved
 
     def chunks(self) -> Iterator[ChunkStats]:
         """Replay the trace, yielding each chunk's stats as it finishes (once per Replayer)."""
@@ -288,9 +304,13 @@ class Replayer:
         self._ran = True
         bar = self._bar()
         before = _total(self._counters())
+        chunks = self.source.chunks(self.chunk_ops)
         try:
-            for index, (start, records) in enumerate(self.source.chunks(self.chunk_ops)):
-                t0 = time.perf_counter()
+            for index in itertools.count():
+                t0 = time.perf_counter()            # the timed loop: mapping a chunk, then replaying it
+                start, records = next(chunks, (-1, None))
+                if records is None:
+                    break
                 try:
                     done = self.hv.replay(records, self._handle(start))
                 except (TraceError, LifecycleError) as e:
@@ -320,7 +340,7 @@ class Replayer:
         return tqdm(total=len(self.source), unit="op", unit_scale=True, delay=1.0, file=sys.stderr,
                     leave=False, dynamic_ncols=True, desc="replay")
 
-    def run(self) -> "Result":
+    def run(self) -> Result:
         """Replay the whole trace and return the result."""
         for _ in self.chunks():
             pass
@@ -330,7 +350,6 @@ class Replayer:
         """The summary of what has been replayed so far."""
         per_vm = [_rates(row) for row in self._counters()]
         total = _rates(_total(per_vm))
-        first = self.vms[0]
         return Result(ops=self._ops, seconds=self._seconds,
                       mops=self._ops / self._seconds / 1e6 if self._seconds else 0.0, exits=total["exits"],
                       loads=total["loads"], stores=total["stores"], flushes=total["flushes"],
@@ -358,4 +377,4 @@ def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Result
     return Replayer(trace, **options).run()
 
 
-__all__ = ["ChunkStats", "Replayer", "Result", "create_vms", "replay", "vm_layouts", "vm_sizes"]
+__all__ = ["ChunkStats", "Replayer", "Result", "create_vms", "prepare", "replay", "vm_layouts", "vm_sizes"]

@@ -39,9 +39,10 @@ import io
 import mmap
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence, Union
+from typing import IO, Any, Union
 
 import numpy as np
 
@@ -105,16 +106,22 @@ def record_problem(op: int, size: int, gpa: int, value: int) -> tuple[str, str] 
 
 NPY_MAGIC = b"\x93NUMPY"
 _MAX_HEADER = 1 << 20
+_MAP_READ: dict[str, int] = ({"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
+                             if hasattr(mmap, "MAP_POPULATE") else {"access": mmap.ACCESS_READ})
+"""How a chunk is mapped: read-only, and on Linux populated in one go (MAP_POPULATE) rather than
+page fault by page fault as the core reads it."""
 
 
 def _dtype_problem(dtype: np.dtype) -> str:
     """Which field of ``dtype`` differs from TRACE_DTYPE, in words."""
-    if dtype.names is None:
+    if dtype.names is None or dtype.fields is None:
         return f"dtype {dtype} is not the structured TRACE_DTYPE {TRACE_DTYPE}"
+    want_fields = TRACE_DTYPE.fields
+    assert want_fields is not None and TRACE_DTYPE.names is not None
     for name in TRACE_DTYPE.names:
         if name not in dtype.names:
             return f"field {name!r} is missing (dtype {dtype})"
-        want, have = TRACE_DTYPE.fields[name], dtype.fields[name]
+        want, have = want_fields[name], dtype.fields[name]
         if have[0] != want[0]:
             return f"field {name!r} is {have[0].str}, expected {want[0].str}"
         if have[1] != want[1]:
@@ -185,7 +192,7 @@ class NpyTrace:
             raise TraceError(f"{where}: the header is not the dict of descr, fortran_order and shape")
         try:
             dtype = np.lib.format.descr_to_dtype(header["descr"])
-        except Exception as e:  # numpy raises several kinds for a malformed descr
+        except Exception as e:  # noqa: BLE001 - numpy raises several kinds for a malformed descr
             raise TraceError(f"{where}: bad dtype description ({type(e).__name__}: {e})") from None
         if dtype != TRACE_DTYPE:
             raise TraceError(f"{self.path}: wrong dtype: {_dtype_problem(dtype)}")
@@ -213,8 +220,7 @@ class NpyTrace:
                 hi = min(lo + size, stop)
                 first, end = self.offset + lo * RECORD_BYTES, self.offset + hi * RECORD_BYTES
                 base = first - first % mmap.ALLOCATIONGRANULARITY
-                mapping = mmap.mmap(f.fileno(), end - base, access=mmap.ACCESS_READ, offset=base)
-                mapping.madvise(mmap.MADV_SEQUENTIAL)
+                mapping = mmap.mmap(f.fileno(), end - base, offset=base, **_MAP_READ)
                 chunk = np.frombuffer(mapping, TRACE_DTYPE, hi - lo, first - base)
                 del mapping          # the chunk now holds the only reference
                 yield lo, chunk
@@ -250,7 +256,7 @@ class NpyWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
         self.n = 0
-        self._file = open(self.path, "wb")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - open until close()
         self._header_bytes = self._header(0)
         self._file.write(self._header_bytes)
 
@@ -279,7 +285,7 @@ class NpyWriter:
         self._file.write(header)
         self._file.close()
 
-    def __enter__(self) -> "NpyWriter":
+    def __enter__(self) -> NpyWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -315,17 +321,25 @@ _CPU = re.compile(r"v?cpu([0-9]+)", re.IGNORECASE)
 _TEXT_BATCH = 1 << 16
 
 
+class _FieldError(ValueError):
+    """A malformed field of one text line or log record: ``args`` are (field, problem)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(field, problem)
+        self.field, self.problem = field, problem
+
+
 def _number(token: str, what: str, bits: int) -> int:
     if not _NUMBER.fullmatch(token):
-        raise ValueError(what, f"{token!r} is not a number (decimal or 0x hex)")
+        raise _FieldError(what, f"{token!r} is not a number (decimal or 0x hex)")
     value = int(token, 16 if token[:2] in ("0x", "0X") else 10)
     if value >> bits:
-        raise ValueError(what, f"{token} does not fit {bits} bits")
+        raise _FieldError(what, f"{token} does not fit {bits} bits")
     return value
 
 
 def _parse_line(tokens: list[str]) -> tuple[int, int, int, int, int, int]:
-    """One text record as (op, vcpu, vm, size, gpa, value); raises ValueError(field, problem)."""
+    """One text record as (op, vcpu, vm, size, gpa, value); raises _FieldError."""
     vm = vcpu = 0
     k = 0
     m = _VM.fullmatch(tokens[k])
@@ -337,11 +351,13 @@ def _parse_line(tokens: list[str]) -> tuple[int, int, int, int, int, int]:
         vcpu = _number(m.group(1), "cpu", 8)
         k += 1
     if k == len(tokens):
-        raise ValueError("op", "missing")
+        raise _FieldError("op", "missing")
     op = _OP_NAMES.get(tokens[k].upper())
     if op is None:
-        raise ValueError("op", f"{tokens[k]!r} is not an operation ({', '.join(_OP_NAMES)})")
+        raise _FieldError("op", f"{tokens[k]!r} is not an operation ({', '.join(_OP_NAMES)})")
     args = tokens[k + 1:]
+    names: tuple[str, ...]
+    defaults: tuple[int, ...]
     if op in (Op.STORE, Op.NT_STORE):
         names, defaults = ("gpa", "size", "value"), ()
     elif op == Op.LOAD:
@@ -351,19 +367,19 @@ def _parse_line(tokens: list[str]) -> tuple[int, int, int, int, int, int]:
     else:
         names, defaults = (), ()
     if len(args) > len(names):
-        raise ValueError("-", f"unexpected {args[len(names)]!r}: {op.name} takes "
+        raise _FieldError("-", f"unexpected {args[len(names)]!r}: {op.name} takes "
                          f"{' '.join(names) or 'no operands'}")
     required = len(names) - len(defaults)
     if len(args) < required:
-        raise ValueError(names[len(args)], f"missing ({op.name} takes {' '.join(names)})")
+        raise _FieldError(names[len(args)], f"missing ({op.name} takes {' '.join(names)})")
     widths = {"gpa": 64, "size": 32, "value": 64}
-    vals = dict(zip(names, [_number(t, n, widths[n]) for t, n in zip(args, names)]))
+    vals: dict[str, int] = {n: _number(t, n, widths[n]) for t, n in zip(args, names)}
     for n, d in zip(names[required:], defaults):
         vals.setdefault(n, d)
     rec = (int(op), vcpu, vm, vals.get("size", 0), vals.get("gpa", 0), vals.get("value", 0))
     problem = record_problem(rec[0], rec[3], rec[4], rec[5])
     if problem:
-        raise ValueError(*problem)
+        raise _FieldError(*problem)
     return rec
 
 
@@ -379,9 +395,8 @@ def parse_text(lines: Iterable[str], source: str = "<text>") -> tuple[np.ndarray
             continue
         try:
             pending.append(_parse_line(tokens))
-        except ValueError as e:
-            fname, problem = e.args if len(e.args) == 2 else ("-", str(e))
-            raise TraceError(f"{source} line {lineno}, field {fname}: {problem}: {_shorten(raw)!r}") from None
+        except _FieldError as e:
+            raise TraceError(f"{source} line {lineno}, field {e.field}: {e.problem}: {_shorten(raw)!r}") from None
         numbers.append(lineno)
         if len(pending) == _TEXT_BATCH:
             batches.append(np.array(pending, TRACE_DTYPE))
@@ -432,8 +447,7 @@ def save_text(path: PathLike, records: np.ndarray | Iterable[np.ndarray], header
         if header:
             f.write("# nvemu text trace: [vmN] [cpuN] OP operands (see nvemu.trace)\n")
         for chunk in ([records] if isinstance(records, np.ndarray) else records):
-            for line in format_text(chunk, n):
-                f.write(line + "\n")
+            f.writelines(line + "\n" for line in format_text(chunk, n))
             n += len(chunk)
     return n
 
@@ -544,10 +558,10 @@ def _hex(text: str, what: str, bits: int = 64) -> int:
     t = text.strip()
     digits = t[2:] if t[:2] in ("0x", "0X") else t
     if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
-        raise ValueError(what, f"{text!r} is not a hex number")
+        raise _FieldError(what, f"{text!r} is not a hex number")
     value = int(digits, 16)
     if value >> bits:
-        raise ValueError(what, f"{text} does not fit {bits} bits")
+        raise _FieldError(what, f"{text} does not fit {bits} bits")
     return value
 
 
@@ -566,10 +580,10 @@ def _store_pieces(gpa: int, size: int, value: int) -> Iterator[tuple[int, int, i
 def _register_fields(text: str) -> tuple[str, int, int, int]:
     parts = text.split(";")
     if len(parts) < 5:
-        raise ValueError("-", "REGISTER_FILE needs PATH;ADDR;SIZE;OFFSET")
+        raise _FieldError("-", "REGISTER_FILE needs PATH;ADDR;SIZE;OFFSET")
     name = ";".join(parts[1:-3])        # a path may itself hold ';': the numbers are the last three
     if not name:
-        raise ValueError("path", "empty")
+        raise _FieldError("path", "empty")
     return name, _hex(parts[-3], "addr"), _hex(parts[-2], "size"), _hex(parts[-1], "offset")
 
 
@@ -578,12 +592,12 @@ class _PmemcheckReader:
     turns the records between START and STOP into trace records."""
 
     def __init__(self, blocks: Callable[[], Iterable[str]], source: str, nvdimm_gpa: int, nvdimm_size: int,
-                 vm: int, vcpu: int, unregistered: str) -> None:
+                 vm: int, vcpu: int, unregistered: str, deep_flush: int | None) -> None:
         if unregistered not in ("error", "skip"):
             raise ValueError(f"unregistered={unregistered!r}: 'error' or 'skip'")
         self.blocks, self.source = blocks, source
         self.nvdimm_gpa, self.nvdimm_size = nvdimm_gpa, nvdimm_size
-        self.vm, self.vcpu, self.unregistered = vm, vcpu, unregistered
+        self.vm, self.vcpu, self.unregistered, self.deep_flush = vm, vcpu, unregistered, deep_flush
 
     def _error(self, number: int, line: int, fname: str, problem: str, text: str) -> TraceError:
         return TraceError(f"{self.source} pmemcheck record {number} (line {line}), field {fname}: {problem}: "
@@ -609,16 +623,16 @@ class _PmemcheckReader:
             if text.startswith("REGISTER_FILE;"):
                 try:
                     name, _, size, offset = _register_fields(text)
-                except ValueError as e:
-                    raise self._error(number, line, *e.args, text) from None
+                except _FieldError as e:
+                    raise self._error(number, line, e.field, e.problem, text) from None
                 extents[name] = max(extents.get(name, 0), offset + size)
                 where.setdefault(name, (number, line, text))
         files, cursor = {}, 0
         for name, extent in extents.items():
             if cursor + extent > self.nvdimm_size:
-                raise self._error(*where[name][:2], "size",
-                                  f"file {name} needs {extent:#x} bytes at vNVDIMM offset {cursor:#x}; the "
-                                  f"vNVDIMM holds {self.nvdimm_size:#x}", where[name][2])
+                number, line, text = where[name]
+                raise self._error(number, line, "size", f"file {name} needs {extent:#x} bytes at vNVDIMM offset "
+                                  f"{cursor:#x}; the vNVDIMM holds {self.nvdimm_size:#x}", text)
             files[name] = PmemFile(name, self.nvdimm_gpa + cursor, extent)
             cursor += -(-extent // PAGE) * PAGE
         return files
@@ -630,6 +644,7 @@ class _PmemcheckReader:
         origin: list[int] = []
         result = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64), files=list(files.values()))
         head = (self.vcpu, self.vm)
+        flushed = False                              # a FLUSH since the last FENCE
         for number, line, text in self._records():
             result.log_records += 1
             kind = text.split(";", 1)[0]
@@ -637,13 +652,13 @@ class _PmemcheckReader:
                 if kind == "STORE":
                     parts = text.split(";")          # fields past the fourth are stack frames
                     if len(parts) < 4:
-                        raise ValueError("-", "STORE needs ADDR;VALUE;SIZE")
+                        raise _FieldError("-", "STORE needs ADDR;VALUE;SIZE")
                     va, value, size = (_hex(parts[1], "addr"), _hex(parts[2], "value"),
                                        _hex(parts[3], "size"))
                     if not 1 <= size <= 8:
-                        raise ValueError("size", f"a {size}-byte store (pmemcheck logs 1 to 8 bytes)")
+                        raise _FieldError("size", f"a {size}-byte store (pmemcheck logs 1 to 8 bytes)")
                     if value >> (8 * size):
-                        raise ValueError("value", f"{value:#x} does not fit {size} bytes")
+                        raise _FieldError("value", f"{value:#x} does not fit {size} bytes")
                     pieces = self._place(maps, va, size)
                     if pieces is None:
                         result.skipped += 1
@@ -659,7 +674,7 @@ class _PmemcheckReader:
                 elif kind == "FLUSH":
                     parts = text.split(";")
                     if len(parts) != 3:
-                        raise ValueError("-", "FLUSH needs ADDR;SIZE")
+                        raise _FieldError("-", "FLUSH needs ADDR;SIZE")
                     va, size = _hex(parts[1], "addr"), _hex(parts[2], "size")
                     pieces = self._place(maps, va, size) if size else []
                     if pieces is None:
@@ -669,20 +684,25 @@ class _PmemcheckReader:
                         for g in range(gpa - gpa % LINE, gpa + n, LINE):
                             out.append((Op.CLWB, *head, 0, g, 0))
                             origin.append(number)
+                            flushed = True
                 elif kind == "FENCE":
                     if text != "FENCE":
-                        raise ValueError("-", "FENCE takes no fields")
+                        raise _FieldError("-", "FENCE takes no fields")
                     out.append((Op.SFENCE, *head, 0, 0, 0))
                     origin.append(number)
+                    if flushed and self.deep_flush is not None:     # pmem_deep_persist's vFHA write
+                        out += [(Op.STORE, *head, 8, self.deep_flush, 1), (Op.SFENCE, *head, 0, 0, 0)]
+                        origin += [number, number]
+                    flushed = False
                 elif kind == "REGISTER_FILE":
                     name, va, size, offset = _register_fields(text)
                     maps.register(name, va, size, offset)
                 elif kind in _ENGINE_MARKS or kind.endswith((".BEGIN", ".END")) and ";" not in text:
                     result.markers.append((len(out), text))
                 else:
-                    raise ValueError("record", f"unknown record {kind!r}")
-            except ValueError as e:
-                raise self._error(number, line, *e.args, text) from None
+                    raise _FieldError("record", f"unknown record {kind!r}")
+            except _FieldError as e:
+                raise self._error(number, line, e.field, e.problem, text) from None
             except _Unregistered as e:
                 raise self._error(number, line, "addr", str(e), text) from None
         result.records = np.array(out, TRACE_DTYPE) if out else np.zeros(0, TRACE_DTYPE)
@@ -693,7 +713,7 @@ class _PmemcheckReader:
         pieces = maps.translate(va, n)
         if pieces is None and self.unregistered == "error":
             raise _Unregistered(f"[{va:#x}, {va + n:#x}) is not inside any file the log registered "
-                                f"(REGISTER_FILE); import with unregistered='skip' to drop such records")
+                                f"(REGISTER_FILE); unregistered='skip' (--skip-unregistered) drops such records")
         return pieces
 
 
@@ -714,7 +734,7 @@ def _text_blocks(path: PathLike) -> Callable[[], Iterator[str]]:
 
 def import_pmemcheck(path: PathLike, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA,
                      nvdimm_size: int = DEFAULT_NVDIMM_SIZE, *, vm: int = 0, vcpu: int = 0,
-                     unregistered: str = "error") -> PmemcheckImport:
+                     unregistered: str = "error", deep_flush: int | None = None) -> PmemcheckImport:
     """Import a pmemcheck store log onto the vNVDIMM at ``[nvdimm_gpa, nvdimm_gpa+nvdimm_size)``.
 
     Each registered file gets its own page-aligned stretch of the vNVDIMM, in order of first
@@ -725,19 +745,23 @@ def import_pmemcheck(path: PathLike, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA,
     covers (none for an empty one), FENCE an SFENCE; markers are kept aside (see
     :class:`PmemcheckImport`). A STORE or FLUSH touching an address outside every registered
     file raises TraceError naming the record (``unregistered="error"``) or is dropped and counted
-    (``"skip"``). pmemcheck logs carry no thread ids: every record goes to ``vm``/``vcpu``.
+    (``"skip"``). With ``deep_flush`` (the vFHA's GPA) every FENCE that closes a flush is also
+    followed by a vFHA write and a fence, as if each persist were PMDK's ``pmem_deep_persist``
+    (logs themselves never show one: the deep flush happens in the kernel). pmemcheck logs carry
+    no thread ids: every record goes to ``vm``/``vcpu``.
     Log records are numbered from 0 in file order; the trace covers those between START and STOP.
     """
     reader = _PmemcheckReader(_text_blocks(path), os.fspath(path), nvdimm_gpa, nvdimm_size, vm, vcpu,
-                              unregistered)
+                              unregistered, deep_flush)
     return reader.convert()
 
 
 def parse_pmemcheck(text: str, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA, nvdimm_size: int = DEFAULT_NVDIMM_SIZE,
-                    *, vm: int = 0, vcpu: int = 0, unregistered: str = "error",
+                    *, vm: int = 0, vcpu: int = 0, unregistered: str = "error", deep_flush: int | None = None,
                     source: str = "<pmemcheck>") -> PmemcheckImport:
     """:func:`import_pmemcheck` on a log held in a string."""
-    reader = _PmemcheckReader(lambda: [text], source, nvdimm_gpa, nvdimm_size, vm, vcpu, unregistered)
+    reader = _PmemcheckReader(lambda: [text], source, nvdimm_gpa, nvdimm_size, vm, vcpu, unregistered,
+                              deep_flush)
     return reader.convert()
 
 
@@ -782,15 +806,25 @@ class TraceSource:
     pmemcheck: PmemcheckImport | None = None
 
     def __len__(self) -> int:
-        return len(self.npy) if self.npy is not None else len(self.records)
+        return len(self.npy) if self.npy is not None else len(self._records())
+
+    def _records(self) -> np.ndarray:
+        if self.records is None:
+            raise ValueError("a TraceSource holds records or an NpyTrace")
+        return self.records
 
     def chunks(self, size: int = DEFAULT_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
         """``(first index, records)`` chunks: mapped one by one for npy, views otherwise."""
         if self.npy is not None:
             yield from self.npy.chunks(size)
         else:
-            for lo in range(0, len(self.records), size):
-                yield lo, self.records[lo:lo + size]
+            records = self._records()
+            for lo in range(0, len(records), size):
+                yield lo, records[lo:lo + size]
+
+    def array(self) -> np.ndarray:
+        """All records: in memory, or a read-only memory map of the whole npy file."""
+        return self.npy.array() if self.npy is not None else self._records()
 
     def where(self, index: int) -> str:
         """How an error names record ``index``: ``"record 5"`` or ``"record 5 (line 12)"``."""
@@ -801,9 +835,10 @@ class TraceSource:
 
 def open_trace(trace: PathLike | np.ndarray, format: str | None = None, *,
                nvdimm_gpa: int = DEFAULT_NVDIMM_GPA, nvdimm_size: int = DEFAULT_NVDIMM_SIZE,
-               unregistered: str = "error") -> TraceSource:
+               unregistered: str = "error", deep_flush: int | None = None) -> TraceSource:
     """Open a trace file of any format (detected by content unless ``format`` is given), or wrap
-    a TRACE_DTYPE array. A pmemcheck log is imported onto ``[nvdimm_gpa, nvdimm_gpa+nvdimm_size)``."""
+    a TRACE_DTYPE array. A pmemcheck log is imported onto ``[nvdimm_gpa, nvdimm_gpa+nvdimm_size)``
+    (see :func:`import_pmemcheck` for ``unregistered`` and ``deep_flush``)."""
     if isinstance(trace, np.ndarray):
         if trace.dtype != TRACE_DTYPE or trace.ndim != 1:
             raise TraceError(f"a trace array must be one-dimensional TRACE_DTYPE: "
@@ -817,17 +852,16 @@ def open_trace(trace: PathLike | np.ndarray, format: str | None = None, *,
         records, lines = _read_text(path)
         return TraceSource("text", path, records=records, origin=lines, origin_name="line")
     if fmt == "pmemcheck":
-        imp = import_pmemcheck(path, nvdimm_gpa, nvdimm_size, unregistered=unregistered)
+        imp = import_pmemcheck(path, nvdimm_gpa, nvdimm_size, unregistered=unregistered, deep_flush=deep_flush)
         return TraceSource("pmemcheck", path, records=imp.records, origin=imp.origin,
                            origin_name="pmemcheck record", pmemcheck=imp)
     raise ValueError(f"unknown trace format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
-def load_trace(trace: PathLike, format: str | None = None, **importer: object) -> np.ndarray:
+def load_trace(trace: PathLike, format: str | None = None, **importer: Any) -> np.ndarray:
     """Any trace file as TRACE_DTYPE records (a read-only memory map for npy). ``importer``
-    options (``nvdimm_gpa``, ``nvdimm_size``, ``unregistered``) apply to pmemcheck logs."""
-    src = open_trace(trace, format, **importer)
-    return src.npy.array() if src.npy is not None else src.records
+    options (``nvdimm_gpa``, ``nvdimm_size``, ``unregistered``, ``deep_flush``) apply to pmemcheck logs."""
+    return open_trace(trace, format, **importer).array()
 
 
 def save_trace(path: PathLike, records: np.ndarray | Iterable[np.ndarray]) -> int:
@@ -837,7 +871,7 @@ def save_trace(path: PathLike, records: np.ndarray | Iterable[np.ndarray]) -> in
     return save_text(path, records)
 
 
-__all__ = ["FORMATS", "DEFAULT_CHUNK", "NpyTrace", "NpyWriter", "PmemFile", "PmemcheckImport", "TraceSource",
-           "detect_format", "format_text", "id_extent", "import_pmemcheck", "load_npy", "load_text",
-           "load_trace", "open_trace", "parse_pmemcheck", "parse_text", "record_problem", "save_npy",
-           "save_text", "save_trace"]
+__all__ = ["DEFAULT_CHUNK", "FORMATS", "NpyTrace", "NpyWriter", "PmemFile", "PmemcheckImport",
+           "TraceSource", "detect_format", "format_text", "id_extent", "import_pmemcheck", "load_npy",
+           "load_text", "load_trace", "open_trace", "parse_pmemcheck", "parse_text", "record_problem",
+           "save_npy", "save_text", "save_trace"]

@@ -13,7 +13,7 @@ import csv
 import json
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 from . import trace as tr
 from .config import PRESETS
@@ -21,8 +21,8 @@ from .errors import ConfigError
 from .flush_hints import FANOUTS, STRATEGIES
 from .nfit_cli import parse_number
 from .platform import Platform
-from .replay import EXIT_REASONS, Replayer, Result, vm_layouts
-from .workloads import WORKLOADS, Workload, iter_generate
+from .replay import Replayer, Result, vm_layouts
+from .workloads import WORKLOADS, iter_generate
 
 _COUNT = re.compile(r"([0-9][0-9_]*)\s*([kKmMgG]?)")
 _DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -78,7 +78,6 @@ def cmd_gen(args: argparse.Namespace) -> int:
     """``gen WORKLOAD -n OPS -o FILE``: write a generated trace (.npy, or text for other names)."""
     params = {k: v for k, v in (("deep_flush_every", args.deep_flush_every), ("read_fraction", args.read_fraction),
                                 ("max_blocks", args.max_blocks)) if v is not None}
-    params = {k: v for k, v in params.items() if k in WORKLOADS[args.workload].defaults}
     layouts = vm_layouts(_platform(args), args.vms, dram=args.dram, nvdimm=args.nvdimm)
     chunks = iter_generate(args.workload, args.ops, layouts, seed=args.seed, vms=args.vms, vcpus=args.vcpus,
                            footprint=args.footprint, **params)
@@ -98,14 +97,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
     fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
     if fmt == "pmemcheck":
-        if args.nvdimm_gpa is not None or args.nvdimm_size is not None:
-            default = tr.DEFAULT_NVDIMM_GPA, tr.DEFAULT_NVDIMM_SIZE
-        else:
-            lay = vm_layouts(_platform(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
-            default = lay.nvdimm_gpa, lay.nvdimm_size
-        gpa = default[0] if args.nvdimm_gpa is None else args.nvdimm_gpa
-        size = default[1] if args.nvdimm_size is None else args.nvdimm_size
-        imp = tr.import_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered else "error")
+        lay = vm_layouts(_platform(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
+        gpa = lay.nvdimm_gpa if args.nvdimm_gpa is None else args.nvdimm_gpa
+        size = lay.nvdimm_size if args.nvdimm_size is None else args.nvdimm_size
+        custom = args.nvdimm_gpa is not None or args.nvdimm_size is not None     # the vFHA: the page above
+        fha = -(-(gpa + size) // 4096) * 4096 if custom else lay.fha_gpa
+        imp = tr.import_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered else "error",
+                                  deep_flush=fha if args.deep_flush else None)
         records: Any = imp.records
         files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({_size(f.size)})" for f in imp.files) or "no files"
         what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
@@ -116,7 +114,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         what = "a native trace"
     elif fmt == "text":
         records = tr.load_text(args.input)
-        what = f"a text trace"
+        what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
     try:
@@ -129,37 +127,37 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 # ---- replay ---------------------------------------------------------------------------------------
 
-_ROWS: tuple[tuple[str, str, Any], ...] = (
-    ("ops", "ops", lambda r: f"{r['ops']:,}"),
-    ("exits 48 (EPT violation)", "", lambda r: f"{r['exits'][48]:,}"),
-    ("exits 49 (EPT misconfig)", "", lambda r: f"{r['exits'][49]:,}"),
-    ("exits 18 (VMCALL)", "", lambda r: f"{r['exits'][18]:,}"),
-    ("flushes (clwb/clflushopt/clflush)", "", lambda r: f"{r['flushes']:,}"),
-    ("fences", "", lambda r: f"{r['fences']:,}"),
-    ("vFHA writes", "", lambda r: f"{r['vfha_writes']:,}"),
-    ("physical FHA writes", "", lambda r: f"{r['fha_writes']:,}"),
-    ("lines drained", "", lambda r: f"{r['lines_drained']:,}"),
-    ("cycles/op", "", lambda r: f"{r['cycles_per_op']:,.1f}"),
-    ("TLB hit rate", "", lambda r: f"{r['tlb_hit_rate']:.4f}"),
+_ROWS: tuple[tuple[str, Any], ...] = (
+    ("exits 48 (EPT violation)", lambda r: f"{r['exits'][48]:,}"),
+    ("exits 49 (EPT misconfig)", lambda r: f"{r['exits'][49]:,}"),
+    ("exits 18 (VMCALL)", lambda r: f"{r['exits'][18]:,}"),
+    ("flushes (clwb/clflushopt/clflush)", lambda r: f"{r['flushes']:,}"),
+    ("fences", lambda r: f"{r['fences']:,}"),
+    ("vFHA writes", lambda r: f"{r['vfha_writes']:,}"),
+    ("physical FHA writes", lambda r: f"{r['fha_writes']:,}"),
+    ("lines drained", lambda r: f"{r['lines_drained']:,}"),
+    ("cycles/op", lambda r: f"{r['cycles_per_op']:,.1f}"),
+    ("TLB hit rate", lambda r: f"{r['tlb_hit_rate']:.4f}"),
 )
 
 
 def summary_table(result: Result) -> str:
     """The replay summary: a header, then one column per VM (when more than one) and the total."""
-    from .cli import format_table          # here, not at import: cli imports this module
+    from .cli import format_table  # here, not at import: cli imports this module
     total = {**result.__dict__}
     cols = [(f"vm{row['vm']}", row) for row in result.per_vm] if result.vms > 1 else []
     cols.append(("total", total))
-    rows = [{"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
+    rows = [{"metric": "ops", **{c: f"{r['ops']:,}" for c, r in cols}},
+            {"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
             {"metric": "Mops/s", **{c: "" for c, _ in cols}, "total": f"{result.mops:.2f}"}]
-    for label, _, fmt in _ROWS:
+    for label, fmt in _ROWS:
         rows.append({"metric": label, **{c: fmt(r) for c, r in cols}})
     table = format_table(rows, [("metric", "", "")] + [(c, c, "") for c, _ in cols])
     vm_word = "VM" if result.vms == 1 else "VMs"
-    head = [f"trace     {result.trace or '<array>'} ({result.format}, {result.ops:,} ops in {result.chunks} "
-            f"chunk{'s' * (result.chunks != 1)})",
-            f"platform  {result.platform}: {result.vms} {vm_word} x {result.vcpus} vCPU, strategy "
-            f"{result.strategy}, fan-out {result.fanout}"]
+    head = [(f"trace     {result.trace or '<array>'} ({result.format}, {result.ops:,} ops in {result.chunks} "
+             f"chunk{'s' * (result.chunks != 1)})"),
+            (f"platform  {result.platform}: {result.vms} {vm_word} x {result.vcpus} vCPU, strategy "
+             f"{result.strategy}, fan-out {result.fanout}")]
     tail = [f"WPQ-full drains: {result.wpq_full_drains:,} lines"] if result.wpq_full_drains else []
     return "\n".join(head + ["", table] + tail)
 
@@ -172,11 +170,17 @@ def _write_outputs(result: Result, json_path: str | None, csv_path: str | None) 
         else:
             with open(json_path, "w") as f:
                 f.write(text)
-    if csv_path:
-        with (sys.stdout if csv_path == "-" else open(csv_path, "w", newline="")) as f:
-            writer = csv.DictWriter(f, fieldnames=Result.CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(result.csv_rows())
+    if csv_path == "-":
+        _write_csv(result, sys.stdout)
+    elif csv_path:
+        with open(csv_path, "w", newline="") as f:
+            _write_csv(result, f)
+
+
+def _write_csv(result: Result, f: Any) -> None:
+    writer = csv.DictWriter(f, fieldnames=Result.CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(result.csv_rows())
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -184,7 +188,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     run = Replayer(args.trace, platform=_platform(args), strategy=args.strategy, fanout=args.fanout,
                    vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
                    chunk_ops=args.chunk, format=None if args.format == "auto" else args.format,
-                   unregistered="skip" if args.skip_unregistered else "error", progress=args.progress)
+                   unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
+                   progress=args.progress)
     result = run.run()
     if "-" not in (args.json, args.csv):
         print(summary_table(result))
@@ -235,6 +240,8 @@ def add_commands(subparsers: Any) -> None:
     imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number, help="... within this many bytes")
     imp.add_argument("--skip-unregistered", action="store_true",
                      help="drop pmemcheck stores/flushes outside every registered file instead of failing")
+    imp.add_argument("--deep-flush", action="store_true",
+                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
     _add_machine(imp, "to place pmemcheck files on")
     imp.set_defaults(func=cmd_import)
 
@@ -255,6 +262,8 @@ def add_commands(subparsers: Any) -> None:
                      help=f"records replayed per chunk (default {tr.DEFAULT_CHUNK:,})")
     rep.add_argument("--skip-unregistered", action="store_true",
                      help="pmemcheck: drop records outside every registered file instead of failing")
+    rep.add_argument("--deep-flush", action="store_true",
+                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
     rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, no table)")
     rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, no table)")
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -265,9 +274,3 @@ def add_commands(subparsers: Any) -> None:
 
 __all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "parse_count", "summary_table"]
 
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - for `python -m nvemu.trace_cli`
-    parser = argparse.ArgumentParser(prog="nvemu")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)

@@ -31,8 +31,11 @@ values are random (masked to the store's size) except for commit records and vFH
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -156,7 +159,7 @@ class VmLayout:
     dram_size: int = 256 * MiB
 
     @classmethod
-    def of(cls, vm: "VM") -> "VmLayout":
+    def of(cls, vm: VM) -> VmLayout:
         """The layout of a VM's first vNVDIMM and its vFHA."""
         nv = vm.nvdimms[0]
         return cls(nv.gpa, nv.size, vm.vfha_gpa, sum(r.size for r in vm.dram))
@@ -250,19 +253,22 @@ class Workload:
     name = ""
     help = ""
     unit_ops = 1                # records per unit, roughly (sizes the batches)
-    min_slice = BLOCK           # smallest per-vCPU slice the workload fits in
-    defaults: dict[str, Any] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise ConfigError(f"workload {self.name} takes no parameter {sorted(unknown)[0]!r} "
+            raise ConfigError(f"workload {self.name} takes no parameter {min(unknown)!r} "
                               f"(it takes: {', '.join(self.defaults) or 'none'})")
         self.params = {**self.defaults, **params}
         self.templates = _Templates(self.builders())
 
     def builders(self) -> list[Callable[[TraceWriter], None]]:
         raise NotImplementedError
+
+    def min_slice(self) -> int:
+        """The smallest per-vCPU slice of the footprint the workload fits in."""
+        return BLOCK
 
     def units(self, rng: np.random.Generator, streams: _Streams, n: int, state: dict[str, Any]
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +288,9 @@ class Workload:
 def _sized(sizes: Sequence[int], unit: Callable[[TraceWriter, int, bool], None]
            ) -> list[Callable[[TraceWriter], None]]:
     """Builders for every (size, deep) pair, in the order variant = 2 * size index + deep."""
-    return [lambda t, s=s, d=d: unit(t, s, d) for s in sizes for d in (False, True)]
+    def bind(size: int, deep: bool) -> Callable[[TraceWriter], None]:
+        return lambda t: unit(t, size, deep)
+    return [bind(s, d) for s in sizes for d in (False, True)]
 
 
 def _pick(rng: np.random.Generator, count: np.ndarray | int, shape: tuple[int, ...]) -> np.ndarray:
@@ -317,16 +325,15 @@ class LinuxFsync(Workload):
     name = "linux-fsync"
     help = "write 1-8 4 KiB blocks with non-temporal stores, then fsync: nvdimm_flush() (vFHA write)"
     unit_ops = 2307
-    defaults = {"max_blocks": 8}
+    defaults: ClassVar[dict[str, Any]] = {"max_blocks": 8}
 
     def builders(self):
         def write_fsync(t: TraceWriter, k: int) -> None:
             for off in range(0, k * BLOCK, 8):
                 t.nt_store(region(0) + off, 0)
             nvdimm_flush(t, [[FHA]])
-        return [lambda t, k=k: write_fsync(t, k) for k in range(1, int(self.params["max_blocks"]) + 1)]
+        return [functools.partial(write_fsync, k=k) for k in range(1, int(self.params["max_blocks"]) + 1)]
 
-    @property
     def min_slice(self) -> int:
         return int(self.params["max_blocks"]) * BLOCK
 
@@ -341,10 +348,12 @@ class PmdkTx(Workload):
     name = "pmdk-tx"
     help = "undo-log transaction: read the object, log it + persist, write it + persist, commit + persist"
     unit_ops = 60
-    min_slice = 16 * 1024
-    defaults = {"deep_flush_every": 1}
+    defaults: ClassVar[dict[str, Any]] = {"deep_flush_every": 1}
     SIZES = (64, 128, 256)
     SLOT = 512                  # bytes of one undo-log slot: commit word, then entry header + old data
+
+    def min_slice(self) -> int:
+        return 16 * 1024        # a log of 8 slots and 48 objects
 
     def builders(self):
         def tx(t: TraceWriter, size: int, deep: bool) -> None:
@@ -372,9 +381,11 @@ class KvPut(Workload):
     name = "kv-put"
     help = "hash-indexed put: read the bucket, write a 64-256 B value + persist, set the bucket + persist"
     unit_ops = 25
-    min_slice = 16 * 1024
-    defaults = {"deep_flush_every": 1}
+    defaults: ClassVar[dict[str, Any]] = {"deep_flush_every": 1}
     SIZES = (64, 128, 192, 256)
+
+    def min_slice(self) -> int:
+        return 16 * 1024        # a page of buckets and 48 value slots
 
     def builders(self):
         def put(t: TraceWriter, size: int, deep: bool) -> None:
@@ -399,7 +410,7 @@ class RandomRw(Workload):
     name = "random-rw"
     help = "8-byte loads and persisted stores (store, clwb, sfence) at random addresses of the footprint"
     unit_ops = 2
-    defaults = {"read_fraction": 0.5, "deep_flush_every": 0}
+    defaults: ClassVar[dict[str, Any]] = {"read_fraction": 0.5, "deep_flush_every": 0}
 
     def builders(self):
         def read(t: TraceWriter) -> None:
@@ -408,7 +419,7 @@ class RandomRw(Workload):
         def write(t: TraceWriter, deep: bool) -> None:
             t.store(region(0), 0)
             pmem_persist(t, region(0), 8, FHA if deep else None)
-        return [read, lambda t: write(t, False), lambda t: write(t, True)]
+        return [read, functools.partial(write, deep=False), functools.partial(write, deep=True)]
 
     def units(self, rng, streams, n, state):
         shape = (n, len(streams))
@@ -425,7 +436,7 @@ class SeqLog(Workload):
     name = "seq-log"
     help = "append 64-256 B records to a circular log + persist, then the tail pointer + persist"
     unit_ops = 20
-    defaults = {"deep_flush_every": 16}
+    defaults: ClassVar[dict[str, Any]] = {"deep_flush_every": 16}
     SIZES = (64, 128, 192, 256)
 
     def builders(self):
@@ -470,7 +481,9 @@ def _streams(layouts: VmLayout | Sequence[VmLayout] | None, vms: int, vcpus: int
     if layouts is None:
         layouts = DEFAULT_LAYOUT
     if isinstance(layouts, VmLayout):
-        layouts = [layouts] * vms
+        layouts = [layouts]
+    if len(layouts) == 1:
+        layouts = list(layouts) * vms
     if len(layouts) < vms:
         raise ConfigError(f"{vms} VMs but only {len(layouts)} layouts")
     smallest = min(lay.nvdimm_size for lay in layouts[:vms])
@@ -484,12 +497,12 @@ def _streams(layouts: VmLayout | Sequence[VmLayout] | None, vms: int, vcpus: int
                           f"workload needs at least {min_slice:#x}")
     vm = np.repeat(np.arange(vms), vcpus)
     vcpu = np.tile(np.arange(vcpus), vms)
-    vm_base = np.array([layouts[v].nvdimm_gpa for v in vm], np.int64)
+    vm_base = np.array([layouts[v].nvdimm_gpa for v in vm.tolist()], np.int64)
     for lay in layouts[:vms]:
         if lay.nvdimm_gpa % BLOCK:
             raise ConfigError(f"vNVDIMM GPA {lay.nvdimm_gpa:#x} is not 4 KiB aligned")
     return _Streams(vm=vm.astype(np.uint16), vcpu=vcpu.astype(np.uint8),
-                    fha=np.array([layouts[v].fha_gpa for v in vm], np.uint64), base=vm_base + vcpu * size,
+                    fha=np.array([layouts[v].fha_gpa for v in vm.tolist()], np.uint64), base=vm_base + vcpu * size,
                     size=size, vm_base=vm_base, footprint=fp)
 
 
@@ -524,7 +537,7 @@ def iter_generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] 
     if chunk_ops <= 0:
         raise ConfigError(f"chunk_ops={chunk_ops!r}: must be positive")
     workload = WORKLOADS[name](**params)
-    streams = _streams(layouts, vms, vcpus, footprint, workload.min_slice)
+    streams = _streams(layouts, vms, vcpus, footprint, workload.min_slice())
     if name == "persist-loop" and len(streams) == 1:
         lay = layouts if isinstance(layouts, VmLayout) else (layouts or [DEFAULT_LAYOUT])[0]
         chunks = persist_loop_chunks(n_ops, lay.nvdimm_gpa, streams.footprint, lay.fha_gpa, seed)
@@ -534,17 +547,16 @@ def iter_generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] 
 
 
 def _batches(workload: Workload, streams: _Streams, seed: int) -> Iterator[np.ndarray]:
-    n = max(1, _BATCH_OPS // (workload.unit_ops * len(streams)))
+    """Endless batches of ``n`` units of every stream, unit ``j`` of stream ``s`` at ``j * S + s``."""
+    s = len(streams)
+    n = max(1, _BATCH_OPS // (workload.unit_ops * s))
+    vm, vcpu, fha = (np.broadcast_to(a, (n, s)).reshape(-1) for a in (streams.vm, streams.vcpu, streams.fha))
     state: dict[str, Any] = {}
-    batch = 0
-    while True:
+    for batch in itertools.count():
         rng = np.random.default_rng([seed, batch])
         variant, bases = workload.units(rng, streams, n, state)
-        s = len(streams)
-        flat = lambda a: np.broadcast_to(a, (n, s)).reshape(-1)  # noqa: E731 (unit j of stream s at j*S+s)
-        yield workload.templates.expand(variant.reshape(-1), bases.reshape(n * s, -1).astype(np.uint64),
-                                        flat(streams.vm), flat(streams.vcpu), flat(streams.fha), rng)
-        batch += 1
+        yield workload.templates.expand(variant.reshape(-1), bases.reshape(n * s, -1).astype(np.uint64), vm, vcpu,
+                                        fha, rng)
 
 
 def generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] | None = None, *,
@@ -552,7 +564,8 @@ def generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] | Non
              **params: Any) -> np.ndarray:
     """``n_ops`` records of workload ``name`` (see :data:`WORKLOADS`), deterministic per seed.
 
-    ``layouts``: the VMs' layouts (one for all, or one per VM; default :data:`DEFAULT_LAYOUT`);
+    ``layouts``: the VMs' layouts (one, or a list of one, for all; or one per VM; default
+    :data:`DEFAULT_LAYOUT`);
     ``vms`` x ``vcpus`` streams, interleaved unit by unit; ``footprint``: bytes of each vNVDIMM the
     workload touches (default: all of the smallest); ``params``: the workload's own
     (``deep_flush_every``, ``read_fraction``, ``max_blocks``). With one stream, ``persist-loop``
@@ -569,5 +582,5 @@ def generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] | Non
     return chunks[0] if chunks else np.zeros(0, TRACE_DTYPE)
 
 
-__all__ = ["DEFAULT_LAYOUT", "VmLayout", "WORKLOADS", "Workload", "generate", "iter_generate", "persist_loop",
+__all__ = ["DEFAULT_LAYOUT", "WORKLOADS", "VmLayout", "Workload", "generate", "iter_generate", "persist_loop",
            "persist_loop_chunks"]

@@ -1,0 +1,271 @@
+"""Streaming replay (nvemu.replay) and the gen / import / replay commands: the same machine state as a
+direct replay, global record indices in errors, bounded memory while streaming, CLI outputs."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nvemu import COMPILED, GuestFault, Hypervisor, Op, TraceError
+from nvemu.cli import main
+from nvemu.replay import Replayer, replay, vm_layouts, vm_sizes
+from nvemu.trace import load_trace, save_npy, save_text
+from nvemu.workloads import VmLayout, generate
+
+DATA = Path(__file__).parent / "data" / "trace"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "pmemcheck"
+G = 1 << 32
+SMALL = {"platform": "small", "dram": 4 << 20, "nvdimm": 2 << 20}
+LAYOUT = VmLayout(G, 2 << 20, G + (2 << 20), 4 << 20)
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def nvdimm_state(result) -> list[tuple[bytes, bytes]]:
+    """Every VM's vNVDIMM as CPUs see it and as its media holds it."""
+    hv = result.hypervisor
+    out = []
+    for vm in sorted(hv.vms.values(), key=lambda v: v.id):
+        nv = vm.nvdimms[0]
+        out.append((vm.read(nv.gpa, nv.size), hv.platform.read_media(nv.hpa, nv.size)))
+    return out
+
+
+# ---- the Python API -------------------------------------------------------------------------------
+
+def test_replay_matches_a_direct_replay_exactly():
+    trace = generate("pmdk-tx", 20_000, [LAYOUT], seed=1, vms=2, vcpus=2)
+    result = replay(trace, strategy="write-protect", chunk_ops=3000, **SMALL)
+    hv = Hypervisor("small")
+    vms = [hv.create_vm(dram=4 << 20, nvdimms=[2 << 20], vcpus=2, strategy="write-protect").start()
+           for _ in range(2)]
+    hv.replay(trace)
+    assert (result.ops, result.vms, result.vcpus, result.chunks) == (20_000, 2, 2, 7)
+    for row, vm in zip(result.per_vm, vms):
+        s = vm.stats()
+        assert row["ops"] == s["ops"] and row["exits"][48] == s.exits[48] and row["cycles"] == s.cycles
+        assert row["lines_drained"] == s["lines_drained"]
+        assert result.hypervisor.vms[vm.id].read(G, 2 << 20) == vm.read(G, 2 << 20)
+    assert result.exits[48] == result.vfha_writes == int((trace["gpa"] == LAYOUT.fha_gpa).sum())
+    assert result.flushes == int(np.isin(trace["op"], (Op.CLWB, Op.CLFLUSHOPT, Op.CLFLUSH)).sum())
+    assert result.cycles == sum(vm.stats().cycles for vm in vms)
+    assert result.mops > 0 and 0 < result.tlb_hit_rate <= 1
+
+
+def test_streamed_npy_leaves_the_same_state_as_an_in_memory_replay(tmp_path):
+    trace = generate("kv-put", 30_000, [LAYOUT], seed=3)
+    save_npy(tmp_path / "t.npy", trace)
+    streamed = replay(tmp_path / "t.npy", chunk_ops=1000, **SMALL)
+    whole = replay(trace, chunk_ops=1 << 20, **SMALL)
+    assert streamed.format == "npy" and streamed.chunks == 30 and whole.chunks == 1
+    assert nvdimm_state(streamed) == nvdimm_state(whole)
+    assert streamed.as_dict() | {"seconds": 0, "mops": 0, "chunks": 0, "trace": 0, "format": 0} == \
+        whole.as_dict() | {"seconds": 0, "mops": 0, "chunks": 0, "trace": 0, "format": 0}
+
+
+def test_chunk_iterator_reports_each_chunk():
+    run = Replayer(generate("linux-fsync", 12_000, [LAYOUT], seed=2), chunk_ops=5000, **SMALL)
+    chunks = list(run.chunks())
+    result = run.result()
+    assert [(c.index, c.start, c.ops) for c in chunks] == [(0, 0, 5000), (1, 5000, 5000), (2, 10000, 2000)]
+    assert sum(c.exits[48] for c in chunks) == result.exits[48] > 0
+    assert sum(c.lines_drained for c in chunks) == result.lines_drained
+    assert sum(c.cycles for c in chunks) == result.cycles
+    with pytest.raises(Exception, match="already run"):
+        list(run.chunks())
+
+
+def test_strategies_leave_identical_memory_and_media():
+    """SPEC 7.6 through the replay driver: write-protect, mmio and hypercall differ only in exits."""
+    trace = generate("seq-log", 20_000, [LAYOUT], seed=4, vms=2)
+    results = {s: replay(trace, strategy=s, **SMALL) for s in ("write-protect", "mmio", "hypercall")}
+    states = [nvdimm_state(r) for r in results.values()]
+    assert states[0] == states[1] == states[2]
+    fha = int((trace["gpa"] == LAYOUT.fha_gpa).sum())
+    assert results["write-protect"].exits == {48: fha, 49: 0, 18: 0}
+    assert results["mmio"].exits == {48: 0, 49: fha, 18: 0}
+    assert results["hypercall"].exits == {48: 0, 49: 0, 18: fha}
+
+
+def test_vms_and_vcpus_come_from_the_trace():
+    r = replay(DATA / "basic.txt", **SMALL)
+    assert (r.format, r.vms, r.vcpus, r.ops) == ("text", 2, 2, 13)
+    vm0 = r.hypervisor.vms[0]
+    assert vm0.read(G, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert vm0.read(G + 0x40, 10) == bytes.fromhex("efbeadde00000000efbe")
+    assert r.hypervisor.vms[1].read(G + 0x1000, 1) == b"\xff"
+    assert r.exits[48] == 1 and r.per_vm[0]["exits"][48] == 1 and r.per_vm[1]["fences"] == 1
+    # vm0 flushed two lines and then wrote the vFHA: they are on media now, and so is the line vm1
+    # flushed, as the WPQs are physical (SPEC 7.5: it only makes vm1's data more durable)
+    platform, nv0, nv1 = r.hypervisor.platform, vm0.nvdimms[0], r.hypervisor.vms[1].nvdimms[0]
+    assert platform.read_media(nv0.hpa, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert platform.read_media(nv1.hpa + 0x1000, 1) == b"\xff"
+    assert r.lines_drained == 3 and r.per_vm[0]["lines_drained"] == 3
+
+
+def test_replay_into_an_existing_hypervisor():
+    hv = Hypervisor("small")
+    vm = hv.create_vm(dram=4 << 20, nvdimms=[2 << 20]).start()
+    r = replay(DATA / "two_files.log", hypervisor=hv)
+    assert r.format == "pmemcheck" and r.ops == 9 and r.hypervisor is hv
+    assert vm.read(G + 0x103C, 10) == bytes.fromhex("1122334455667788cdab")
+
+
+def test_errors_name_the_global_record_and_nothing_after_it_runs(tmp_path):
+    trace = generate("random-rw", 5000, [LAYOUT], seed=1)
+    trace[2500]["vm"] = 7
+    save_npy(tmp_path / "t.npy", trace)
+    run = Replayer(tmp_path / "t.npy", chunk_ops=1000, vms=1, vcpus=1, **SMALL)
+    with pytest.raises(TraceError, match=r"^record 2500, field vm: vm 7 does not exist"):
+        run.run()
+    assert run.vms[0].stats()["ops"] == 2500
+
+    trace = generate("random-rw", 5000, [LAYOUT], seed=1)
+    trace[3333]["gpa"] = 0x9_0000_0000
+    run = Replayer(trace, chunk_ops=1000, **SMALL)
+    with pytest.raises(TraceError, match=r"^record 3333, field gpa: GPA 0x900000000 is outside every mapping of vm 0"):
+        run.run()
+    assert run.vms[0].stats()["ops"] == 3334 and run.vms[0].stats().exits[48] == 1   # the access that exited
+
+    save_text(tmp_path / "t.txt", trace[3330:3340])
+    with pytest.raises(TraceError, match=r"^record 3 \(line 5\), field gpa: GPA 0x900000000"):
+        replay(tmp_path / "t.txt", chunk_ops=2, **SMALL)
+
+    trace[3333]["gpa"] = G + 0x13C                          # a record the core refuses, in the 4th chunk
+    trace[3333]["op"], trace[3333]["size"] = Op.STORE, 8
+    with pytest.raises(TraceError, match=r"^record 3333, field gpa: access of 8 bytes at GPA 0x10000013c"):
+        replay(trace, chunk_ops=1000, **SMALL)
+
+
+def test_user_handler_sees_faults_indexed_in_the_whole_trace():
+    trace = generate("random-rw", 3000, [LAYOUT], seed=1, read_fraction=1.0)
+    trace[2100]["gpa"] = 0x9_0000_0000
+    seen: list[int] = []
+
+    def skip(fault: GuestFault) -> str:
+        seen.append(fault.op_index)
+        return "skip"
+    r = replay(trace, chunk_ops=1000, handler=skip, **SMALL)
+    assert seen == [2100] and r.python_exits == 1 and r.ops == 3000
+
+
+@pytest.mark.skipif(not COMPILED, reason="replays 4 M ops: a minute on the reference model")
+def test_streaming_keeps_resident_memory_flat(tmp_path):
+    """A 96 MB trace streamed in 1.5 MB chunks (scanned for its VMs first, then replayed): resident
+    memory grows by the small platform and a chunk or two, not by the trace (a memory map of the
+    whole file would add its 96 MB)."""
+    path = tmp_path / "big.npy"
+    save_npy(path, (generate("random-rw", 1 << 20, [LAYOUT], seed=s) for s in range(4)))
+    gc.collect()
+    before = rss_kib()
+    run = Replayer(path, chunk_ops=1 << 16, **SMALL)
+    samples = [rss_kib()] + [rss_kib() for _ in run.chunks()]
+    assert len(samples) == 65 and run.result().ops == 4 << 20
+    assert max(samples) - before < 32 * 1024, (before, samples)
+
+
+def test_vm_sizes_shrink_to_fit_small_platforms():
+    hv = Hypervisor("small")
+    assert vm_sizes(hv.platform, 1) == (15 << 20, 8 << 20)
+    assert vm_sizes(hv.platform, 2) == (7 << 20, 4 << 20)
+    assert vm_sizes(Hypervisor("default").platform, 1) == (256 << 20, 256 << 20)
+    assert vm_layouts("default")[0] == VmLayout(G, 256 << 20, G + (256 << 20), 256 << 20)
+
+
+# ---- the command line ------------------------------------------------------------------------------
+
+def test_gen_then_replay_prints_the_summary_and_writes_json_and_csv(tmp_path, capsys):
+    npy = tmp_path / "tx.npy"
+    assert main(["gen", "pmdk-tx", "-n", "20k", "-o", str(npy), "--preset", "small", "--vms", "2", "--seed", "3"]) == 0
+    assert "wrote 20,000 ops of pmdk-tx (2 VM x 1 vCPU" in capsys.readouterr().out
+    assert np.array_equal(load_trace(npy), generate("pmdk-tx", 20_000, vm_layouts("small", 2), seed=3, vms=2))
+
+    rc = main(["replay", str(npy), "--preset", "small", "--strategy", "mmio", "--json", str(tmp_path / "r.json"),
+               "--csv", str(tmp_path / "r.csv"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0 and out.err == ""
+    assert "platform  small: 2 VMs x 1 vCPU, strategy mmio, fan-out broadcast" in out.out
+    for label in ("ops", "Mops/s", "exits 49 (EPT misconfig)", "flushes", "lines drained", "cycles/op",
+                  "TLB hit rate"):
+        assert label in out.out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert {"ops", "seconds", "mops", "exits", "lines_drained", "cycles"} <= set(doc)
+    assert doc["ops"] == 20_000 and doc["exits"]["49"] == sum(v["exits"]["49"] for v in doc["per_vm"]) > 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))
+    assert [r["vm"] for r in rows] == ["0", "1", "total"] and int(rows[2]["ops"]) == 20_000
+    assert int(rows[0]["exits_49"]) + int(rows[1]["exits_49"]) == int(rows[2]["exits_49"])
+
+
+def test_json_to_stdout_replaces_the_table(capsys):
+    assert main(["replay", str(DATA / "basic.txt"), "--preset", "small", "--nvdimm", "2M", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ops"] == 13 and doc["vms"] == 2 and doc["format"] == "text"
+
+
+def test_import_converts_every_format_both_ways(tmp_path, capsys):
+    out = tmp_path / "two.npy"
+    assert main(["import", "pmemcheck", str(DATA / "two_files.log"), "-o", str(out), "--preset", "small"]) == 0
+    assert "9 ops from 13 pmemcheck records (/mnt/pmem/a at GPA 0x100000000 (8 KiB); /mnt/pmem/b at GPA " \
+           "0x100002000 (4 KiB); 2 markers)" in capsys.readouterr().out
+    assert main(["import", "auto", str(out), "-o", str(tmp_path / "two.txt")]) == 0
+    assert main(["import", "text", str(tmp_path / "two.txt"), "-o", str(tmp_path / "again.npy")]) == 0
+    assert np.array_equal(load_trace(tmp_path / "again.npy"), load_trace(out))
+    assert (tmp_path / "two.txt").read_text().splitlines()[1:3] == ["vm0 cpu0 SFENCE",
+                                                                    "vm0 cpu0 STORE 0x10000103c 4 0x44332211"]
+
+
+def test_replay_takes_an_nfit_and_a_pmemcheck_log(tmp_path, capsys):
+    aml = tmp_path / "small.aml"
+    assert main(["nfit", "build", "--preset", "small", "-o", str(aml)]) == 0
+    assert main(["replay", str(DATA / "two_files.log"), "--nfit", str(aml), "--deep-flush", "--strategy",
+                 "write-protect", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "pmemcheck" and doc["ops"] == 11 and doc["exits"]["48"] == 1 and doc["lines_drained"] == 3
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared/samples/pmemcheck not present")
+def test_real_pmemcheck_logs_replay_from_the_command_line(capsys):
+    for log in sorted(SAMPLES.glob("*.log")):
+        assert main(["replay", str(log), "--preset", "small", "--json", "-"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["format"] == "pmemcheck" and doc["ops"] > 500 and doc["fences"] > 80
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"vm0 cpu0 STORE 0x100000000 3 0x1\n", "t line 1, field size: size 3 is not valid for STORE"),
+    (b"\x93NUMPY\x01\x00\x36\x00{'descr': 'x', 'fortran_order': False, 'shape': (1,)}\n", "bad dtype description"),
+    (b"START|STORE;0x1000;0x1;0x8|STOP\n", "pmemcheck record 1 (line 1), field addr: [0x1000, 0x1008) is not inside"),
+    (b"LOAD 0x900000000\n", "record 0 (line 1), field gpa: GPA 0x900000000 is outside every mapping of vm 0"),
+])
+def test_bad_traces_fail_with_one_line_and_exit_code_2(tmp_path, capsys, content, message):
+    (tmp_path / "t").write_bytes(content)
+    assert main(["replay", str(tmp_path / "t"), "--preset", "small"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nvemu: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_unwritable_outputs_and_bad_arguments(tmp_path, capsys):
+    assert main(["gen", "seq-log", "-n", "10", "-o", str(tmp_path / "no" / "x.npy")]) == 1
+    assert "No such file or directory" in capsys.readouterr().err
+    assert main(["gen", "kv-put", "-n", "10", "-o", str(tmp_path / "x.npy"), "--footprint", "8K"]) == 2
+    assert "needs at least" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["gen", "kv-put", "-n", "ten", "-o", "x.npy"])
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+    trace = generate("random-rw", 1000, [LAYOUT])
+    assert Replayer(trace, progress=None, **SMALL)._bar() is None          # stderr is not a terminal here
+    bar = Replayer(trace, progress=True, **SMALL)._bar()
+    assert bar is not None and bar.total == 1000 and bar.delay == 1.0     # shown only after a second
+    bar.close()
+    replay(trace, progress=None, **SMALL)
+    assert capsys.readouterr().err == ""
