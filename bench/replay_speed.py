@@ -13,6 +13,7 @@ the same ``.npy``, alternating with the core, and prints the median core/yardsti
 from __future__ import annotations
 
 import argparse
+import json
 import gc
 import os
 import re
@@ -75,6 +76,13 @@ def yardstick_run(exe: Path, npy: Path, gpa: int, size: int, fha: int) -> tuple[
     return float(re.search(r"([\d.]+) Mops/s", out).group(1)), out.splitlines()[0]
 
 
+def cli_run(npy: Path, out: Path) -> float:
+    """``nvemu replay`` on the saved trace, as a user runs it; its own Mops/s figure."""
+    subprocess.run([sys.executable, "-m", "nvemu.cli", "replay", str(npy), "--strategy", "write-protect",
+                    "--json", str(out), "--no-progress"], check=True, capture_output=True, text=True)
+    return json.loads(out.read_text())["mops"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", type=int, default=10_000_000)
@@ -98,7 +106,7 @@ def main() -> int:
         del hv, vm
         exe = build_yardstick(tmp)
 
-        core, yard, ratios, held = [], [], [], []
+        core, yard, ratios, held, cli = [], [], [], [], []
         for r in range(args.rounds):
             mops, counters, rss = core_run(trace_for, args.ops)
             core.append(mops)
@@ -109,6 +117,9 @@ def main() -> int:
                 yard.append(y)
                 ratios.append(mops / y)
                 line += f"   yardstick {y:6.1f} Mops/s   ratio {mops / y:.2f}"
+            c = cli_run(npy, tmp / "cli.json")
+            cli.append(c)
+            line += f"   nvemu replay {c:6.1f} Mops/s"
             print(line, flush=True)
         print(f"core counters:      {' '.join(f'{k}={v}' for k, v in counters.items())}")
         if exe is not None:
@@ -119,6 +130,8 @@ def main() -> int:
     core_med = statistics.median(core)
     print()
     print(f"core       {core_med:8.2f} Mops/s (median of {len(core)})")
+    print(f"nvemu replay {statistics.median(cli):6.2f} Mops/s (the CLI on the .npy, median; "
+          f"{statistics.median(cli) / core_med:.2f} of the core, target >= 0.85)")
     print(f"reference  {ref_mops:8.4f} Mops/s (on a {args.reference_ops:,}-op prefix)")
     print(f"core / reference   {core_med / ref_mops:8.0f}x   (target >= 100x)")
     if ratios:
