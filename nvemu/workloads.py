@@ -467,8 +467,33 @@ class SeqLog(Workload):
         return variant, np.stack([base + LINE + offset, np.broadcast_to(base, shape)], axis=-1)
 
 
+class FhaReadback(Workload):
+    name = "fha-readback"
+    help = "persist a 64-256 B record, then write the flush hint and read it back (a driver that polls its FHA)"
+    unit_ops = 14
+    defaults: ClassVar[dict[str, Any]] = {"reads": 1}
+    SIZES = (64, 128, 192, 256)
+
+    def builders(self):
+        def flush_and_poll(t: TraceWriter, size: int, reads: int) -> None:
+            write_persist(t, region(0), bytes(size))
+            t.store(FHA, 1)
+            for _ in range(reads):
+                t.load(FHA)               # the read-back: exits under mmio, free when write-protected
+            t.sfence()
+        reads = int(self.params["reads"])
+        if reads < 0:
+            raise ConfigError(f"reads={reads}: must be >= 0")
+        return [functools.partial(flush_and_poll, size=size, reads=reads) for size in self.SIZES]
+
+    def units(self, rng, streams, n, state):
+        shape = (n, len(streams))
+        slot = _pick(rng, streams.size // 256, shape)
+        return _pick(rng, len(self.SIZES), shape), (streams.base[None, :] + slot * 256)[..., None]
+
+
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (PersistLoop, LinuxFsync, PmdkTx, KvPut, RandomRw,
-                                                             SeqLog)}
+                                                             SeqLog, FhaReadback)}
 """The registry: workload name -> class."""
 
 

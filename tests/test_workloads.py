@@ -93,7 +93,9 @@ def test_every_workload_replays_inside_its_footprint(name):
         s = vm.stats()
         mine = t[t["vm"] == vm.id]
         assert s["ops"] == len(mine)
-        assert s.exits[48] == s["vfha_writes"] == int((mine["gpa"] == vm.vfha_gpa).sum())
+        fha_stores = (mine["gpa"] == vm.vfha_gpa) & (mine["op"] == Op.STORE)
+        assert s.exits[48] == s["vfha_writes"] == int(fha_stores.sum())
+        assert s["vfha_reads"] == int(((mine["gpa"] == vm.vfha_gpa) & (mine["op"] == Op.LOAD)).sum())
         assert s["clwb"] == int((mine["op"] == Op.CLWB).sum())
 
 
@@ -195,3 +197,19 @@ def test_bad_requests_raise_config_error():
         generate("seq-log", 10, seed=-1)
     with pytest.raises(ConfigError, match="read_fraction"):
         generate("random-rw", 10, read_fraction=2.0)
+
+
+def test_fha_readback_reads_exit_only_under_mmio():
+    out = {}
+    for strategy in ("write-protect", "mmio"):
+        hv = small_hv()
+        (vm,) = vms_on(hv, 1, vcpus=1, strategy=strategy)
+        t = generate("fha-readback", 5000, [VmLayout.of(vm)], seed=2, reads=2)
+        hv.replay(t)
+        s = vm.stats()
+        reads = int(((t["gpa"] == vm.vfha_gpa) & (t["op"] == Op.LOAD)).sum())
+        writes = int(((t["gpa"] == vm.vfha_gpa) & (t["op"] == Op.STORE)).sum())
+        assert reads == 2 * writes > 0 and s["vfha_reads"] == reads
+        out[strategy] = s.exits
+    assert out["write-protect"] == {48: writes, 49: 0, 18: 0}
+    assert out["mmio"] == {48: 0, 49: writes + reads, 18: 0}
