@@ -156,12 +156,14 @@ class Platform:
 
     def alloc_pmem(self, size: int) -> int:
         """NVDIMM space in whole stripes of an interleave set, so the range spreads over the
-        controllers as the host's does."""
-        for k, allocator in enumerate(self.pmem_sets):
+        controllers as the host's does; the set with the most free space first, which spreads
+        VMs over sockets where each socket has its own set."""
+        order = sorted(range(len(self.pmem_sets)), key=lambda k: (-self.pmem_sets[k].free_bytes, k))
+        for k in order:
             stripe = self.stripe_bytes(k)
             need = -(-size // stripe) * stripe
             try:
-                return allocator.alloc(need, stripe, "NVDIMM space")
+                return self.pmem_sets[k].alloc(need, stripe, "NVDIMM space")
             except ResourceError:
                 continue
         raise ResourceError(f"out of host NVDIMM space: no interleave set has {size:#x} free bytes "

@@ -1,0 +1,287 @@
+"""``nvemu bench``, ``nvemu sweep`` and ``nvemu fleet``: grids of independent replays run on a
+local process pool or a Dask cluster (:mod:`nvemu.tasks`), results as CSV and JSON.
+
+Sweep file (TOML): every list is an axis of the grid, every scalar applies to all cells::
+
+    ops = 50000                      # records per generated trace
+    workloads = ["persist-loop", "kv-put"]   # generators, and/or
+    traces = ["runs/app.npy"]        # trace files (.npy, text, pmemcheck), relative to this file
+    platforms = ["default", "nfit:host.aml"] # presets or NFIT files
+    strategy = ["write-protect", "mmio"]
+    fanout = ["broadcast"]
+    wpq_depth = [16, 64]
+    [costs]                          # cost-model parameters, each a list of values
+    exit = [1200, 2500]
+
+Fleet file (TOML): hosts, each a platform and its VMs::
+
+    [[host]]
+    name = "rack1-a"
+    platform = "default"
+    [[host.vm]]
+    workload = "kv-put"
+    ops = 100000
+    strategy = "write-protect"
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .cells import CELL_DEFAULTS, cell, run_cell, run_host
+from .config import PRESETS, CostModel
+from .errors import ConfigError
+from .microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid, native_costs, parse_sweep, plots,
+                         rate_cells, run_bench, save, sensitivity)
+from .tasks import execute, write_results
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                            # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SWEEP_AXES = {"workloads": "workload", "traces": "trace", "platforms": "platform", "strategy": "strategy",
+              "fanout": "fanout", "wpq_depth": "wpq_depth", "domain": "domain", "vms": "vms", "vcpus": "vcpus",
+              "controllers": "controllers", "hints": "hints", "seed": "seed", "ops": "ops"}
+HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exits", "exits_48", "exits_49",
+                "exits_18", "lines_drained", "cycles", "cycles_per_op")
+
+
+def _load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    """Trace paths and ``nfit:`` platforms relative to the sweep file."""
+    if isinstance(value, str) and value.startswith("nfit:"):
+        return "nfit:" + str((base / value[5:]).resolve())
+    return value
+
+
+def sweep_cells(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
+    """Expand a sweep description into cells (every combination of its list-valued axes)."""
+    spec = dict(spec)
+    costs = spec.pop("costs", {})
+    if not isinstance(costs, dict):
+        raise ConfigError("sweep: [costs] must be a table of lists")
+    for name in costs:
+        if name not in CostModel.FIELDS:
+            raise ConfigError(f"sweep: unknown cost {name!r}; known: {', '.join(CostModel.FIELDS)}")
+    axes: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    sources: list[tuple[str, Any]] = []
+    for key, value in spec.items():
+        field = SWEEP_AXES.get(key, key)
+        if field not in CELL_DEFAULTS:
+            raise ConfigError(f"sweep: unknown key {key!r}")
+        if key in ("workloads", "traces"):
+            for v in (value if isinstance(value, list) else [value]):
+                sources.append((field, str((base / v).resolve()) if field == "trace" else v))
+        elif isinstance(value, list):
+            if not value:
+                raise ConfigError(f"sweep: axis {key!r} is empty")
+            axes[field] = [_resolve(v, base) for v in value]
+        else:
+            fixed[field] = _resolve(value, base)
+    if not sources:
+        sources = [("workload", CELL_DEFAULTS["workload"])]
+    cost_names = list(costs)
+    cost_values = [costs[n] if isinstance(costs[n], list) else [costs[n]] for n in cost_names]
+    names = list(axes)
+    cells = []
+    for field, source in sources:
+        for combo in itertools.product(*(axes[n] for n in names)):
+            for cost_combo in itertools.product(*cost_values):
+                c = {**fixed, **dict(zip(names, combo)), field: source,
+                     "costs": dict(zip(cost_names, cost_combo))}
+                cells.append(cell(**c))
+    return cells
+
+
+def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
+    hosts = spec.get("host")
+    if not isinstance(hosts, list) or not hosts:
+        raise ConfigError("fleet: no [[host]] tables")
+    out = []
+    for k, h in enumerate(hosts):
+        h = dict(h)
+        vms = h.pop("vm", h.pop("vms", [{}]))
+        for key in h:
+            if key != "name" and key not in CELL_DEFAULTS:
+                raise ConfigError(f"fleet: host {k}: unknown key {key!r}")
+        vms = [{**v, **({"trace": str((base / v["trace"]).resolve())} if v.get("trace") else {})} for v in vms]
+        for v in vms:
+            for key in v:
+                if key not in CELL_DEFAULTS:
+                    raise ConfigError(f"fleet: host {k}: vm key {key!r} is unknown")
+        out.append({"name": h.pop("name", f"host{k}"), **{key: _resolve(v, base) for key, v in h.items()},
+                    "vms": vms})
+    return out
+
+
+def fleet_total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if not r.get("error")]
+    total = {"host": "fleet", "vms": sum(r["vms"] for r in ok), "ops": sum(r["ops"] for r in ok),
+             **{k: sum(r[k] for r in ok) for k in ("exits", "exits_48", "exits_49", "exits_18", "lines_drained",
+                                                   "cycles")},
+             "hosts": len(rows), "failed": len(rows) - len(ok)}
+    total["cycles_per_op"] = total["cycles"] / total["ops"] if total["ops"] else 0.0
+    return total
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+
+def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"scheduler": args.scheduler, "workers": args.workers, "progress": args.progress}
+
+
+def _table(rows: Sequence[dict[str, Any]], columns) -> str:
+    from .cli import format_table
+    ok = [{k: r.get(k) for k, _, _ in columns} for r in rows if not r.get("error")]
+    return format_table(ok, columns) if ok else "(no successful rows)"
+
+
+def _report_failures(rows: Sequence[dict[str, Any]]) -> int:
+    failed = [r for r in rows if r.get("error")]
+    for r in failed:
+        params = {k: r.get(k) for k in ("workload", "trace", "platform", "strategy", "fanout", "wpq_depth", "host")
+                  if r.get(k) is not None}
+        print(f"nvemu: task failed {json.dumps(params, default=str)}: {r['error']}", file=sys.stderr)
+    return len(failed)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    axes = dict(workloads=args.workloads, strategies=args.strategies, fanouts=args.fanout, domains=args.domains,
+                controllers=args.controllers, wpq_depths=args.wpq_depth, hints=args.hints, ops=args.ops,
+                seed=args.seed, vms=args.vms, interleave=args.interleave)
+    out = Path(args.out)
+    costs = CostModel()
+    if args.sweep_cost:
+        name, values = parse_sweep(args.sweep_cost)
+        cells = []
+        for v in values:
+            cells += grid(**axes, costs={name: v})
+        rows = run_bench(cells, out_dir=out, resume=args.resume, **_execute_options(args))
+        for r, c in zip(rows, cells):
+            r[name] = c["costs"][name]
+        save(rows, out)
+        by_value: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_value.setdefault(r[name], []).append(r)
+        table = sensitivity(by_value)
+        write_results(table, out / "sensitivity", ("workload", "value", "ranking", "changed"))
+        print(f"cost-model sensitivity: {name} from {values[0]} to {values[-1]} cycles "
+              f"(other costs: {', '.join(f'{k}={v}' for k, v in costs.to_dict().items() if k != name)})")
+        print(_table(table, (("workload", "workload", ""), ("value", name, "d"), ("ranking", "cheapest first", ""),
+                             ("changed", "changed", ""))))
+        changes = [t for t in table if t["changed"]]
+        print("ranking changes: " + ("; ".join(f"{t['workload']} at {name}={t['value']}: {t['ranking']}"
+                                               for t in changes) or "none in this range"))
+        print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'sensitivity' / 'results.csv'}")
+        return 1 if _report_failures(rows) else 0
+    cells = grid(**axes)
+    rate = [] if args.no_rate else rate_cells(args.strategies, ops=min(args.ops, 100_000),
+                                               **{k: [v[0]] if isinstance(v, list) else v for k, v in axes.items()
+                                                  if k in ("fanouts", "domains", "controllers", "wpq_depths",
+                                                           "hints")},
+                                               seed=args.seed, vms=args.vms, interleave=args.interleave)
+    rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
+    main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
+    save(main_rows, out)
+    if rate_rows:
+        write_results(rate_rows, out / "rate", COLUMNS)
+    print(f"nvemu bench: {len(cells)} cells, {args.ops:,} ops each; cost model (cycles): "
+          + ", ".join(f"{k}={v}" for k, v in costs.to_dict().items()))
+    print(_table(main_rows, TABLE_COLUMNS))
+    written = [out / "results.csv", out / "results.json"]
+    try:
+        written += plots(main_rows, rate_rows, out, costs)
+    except ImportError:
+        print("(plots skipped: matplotlib is not installed; pip install 'nvemu[plot]')", file=sys.stderr)
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 1 if _report_failures(rows) else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec_path = Path(args.spec)
+    cells = sweep_cells(_load_toml(spec_path), spec_path.parent)
+    rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
+    for r, c in zip(rows, cells):
+        r.update({f"cost_{k}": v for k, v in c["costs"].items()})
+    write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]))
+    print(f"nvemu sweep: {len(cells)} tasks, {len(cells) - sum(bool(r.get('error')) for r in rows)} done")
+    print(_table(rows, (("workload", "workload", ""), ("platform", "platform", ""), ("strategy", "strategy", ""),
+                        ("fanout", "fan-out", ""), ("wpq_depth", "WPQ", "d"), ("exits", "exits", ",d"),
+                        ("lines_drained", "lines drained", ",d"), ("cycles_per_op", "cycles/op", ".1f"))))
+    print(f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    return 1 if _report_failures(rows) else 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    spec_path = Path(args.spec)
+    hosts = fleet_hosts(_load_toml(spec_path), spec_path.parent)
+    rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
+    total = fleet_total(rows)
+    write_results([*rows, total], args.out, HOST_COLUMNS)
+    print(f"nvemu fleet: {len(hosts)} hosts")
+    print(_table([*rows, {**total, "platform": "", "domain": "", "controllers": 0}],
+                 (("host", "host", ""), ("platform", "platform", ""), ("vms", "VMs", "d"), ("ops", "ops", ",d"),
+                  ("exits", "exits", ",d"), ("lines_drained", "lines drained", ",d"),
+                  ("cycles_per_op", "cycles/op", ".1f"))))
+    print(f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    return 1 if _report_failures(rows) else 0
+
+
+def _runner_options(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: a local pool of processes)")
+    p.add_argument("--workers", type=int, help="local processes (default: one per core)")
+    p.add_argument("--out", default=out, help=f"output directory (default {out})")
+    p.add_argument("--resume", action="store_true", help="skip tasks whose rows are already in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar (default: when stderr is a terminal)")
+
+
+def add_commands(sub: Any) -> None:
+    b = sub.add_parser("bench", help="compare flushing strategies on a grid of workloads and platforms",
+                       description="Each cell: the workload's trace under one strategy, against the same "
+                                   "trace natively. Figures are emulated cycles (deterministic).")
+    b.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    b.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    b.add_argument("--fanout", nargs="+", default=["broadcast"], choices=["broadcast", "targeted"])
+    b.add_argument("--domains", nargs="+", default=["adr"], choices=["none", "adr", "eadr"])
+    b.add_argument("--controllers", nargs="+", type=int, default=[4])
+    b.add_argument("--wpq-depth", nargs="+", type=int, default=[64])
+    b.add_argument("--hints", nargs="+", type=int, default=[1], help="flush hints per NVDIMM (0: no WPQ flush)")
+    b.add_argument("--vms", type=int, default=1)
+    b.add_argument("--interleave", default="all", choices=["all", "socket"])
+    b.add_argument("--ops", type=int, default=200_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--sweep-cost", metavar="NAME=LO:HI:STEP", help="cost-model sensitivity: sweep one cost")
+    b.add_argument("--no-rate", action="store_true", help="skip the vFHA write-rate sweep behind the line plot")
+    _runner_options(b, "nvemu-bench")
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("sweep", help="run a grid of replays described by a TOML file")
+    s.add_argument("spec", metavar="SPEC.toml")
+    _runner_options(s, "nvemu-sweep")
+    s.set_defaults(func=cmd_sweep)
+
+    f = sub.add_parser("fleet", help="replay many hosts, each with its VMs, described by a TOML file")
+    f.add_argument("spec", metavar="FLEET.toml")
+    _runner_options(f, "nvemu-fleet")
+    f.set_defaults(func=cmd_fleet)
+
+
+__all__ = ["add_commands", "sweep_cells", "fleet_hosts", "fleet_total", "native_costs", "PRESETS"]
