@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Sequence
 
-from . import __version__, nfit_cli, trace_cli
+from . import __version__, nfit_cli, sweep, trace_cli
 from ._backend import BACKEND
 from .config import PRESETS, preset
 from .errors import NvemuError
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     nfit_cli.add_commands(sub)
     trace_cli.add_commands(sub)
+    sweep.add_commands(sub)
     return parser
 
 
