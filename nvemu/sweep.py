@@ -221,8 +221,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         r.update({f"cost_{k}": v for k, v in c["costs"].items()})
     write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]))
     print(f"nvemu sweep: {len(cells)} tasks, {len(cells) - sum(bool(r.get('error')) for r in rows)} done")
+    costs = sorted({k for c in cells for k in c["costs"]})
     print(_table(rows, (("workload", "workload", ""), ("platform", "platform", ""), ("strategy", "strategy", ""),
-                        ("fanout", "fan-out", ""), ("wpq_depth", "WPQ", "d"), ("exits", "exits", ",d"),
+                        ("fanout", "fan-out", ""), ("wpq_depth", "WPQ", "d"),
+                        *((f"cost_{k}", k, "d") for k in costs), ("exits", "exits", ",d"),
                         ("lines_drained", "lines drained", ",d"), ("cycles_per_op", "cycles/op", ".1f"))))
     print(f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
     return 1 if _report_failures(rows) else 0

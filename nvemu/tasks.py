@@ -54,8 +54,8 @@ def _progress(total: int, enabled: bool | None, desc: str):
     return tqdm(total=total, desc=desc, unit="task", file=sys.stderr)
 
 
-def _local(fn: TaskFunction, tasks: Sequence[Task], workers: int) -> Iterator[tuple[int, Row]]:
-    if workers <= 1:
+def _local(fn: TaskFunction, tasks: Sequence[Task], workers: int, inline: bool) -> Iterator[tuple[int, Row]]:
+    if inline:
         for i, task in enumerate(tasks):
             yield i, run_one(fn, task)
         return
@@ -83,11 +83,12 @@ def _dask(fn: TaskFunction, tasks: Sequence[Task], scheduler: Any) -> Iterator[t
 
 def execute(fn: TaskFunction, tasks: Sequence[Task], *, scheduler: Any = None, workers: int | None = None,
             out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
-            progress: bool | None = None, desc: str = "tasks") -> list[Row]:
+            progress: bool | None = None, desc: str = "tasks", inline: bool | None = None) -> list[Row]:
     """Run ``fn`` over ``tasks`` and return one row per task, in task order.
 
-    ``scheduler``: None for a local pool of ``workers`` processes (default: one per core; 1 runs
-    in this process), a Dask address such as ``tcp://host:8786``, or a ``dask.distributed.Client``.
+    ``scheduler``: None for a local pool of ``workers`` processes (default: one per core), a Dask
+    address such as ``tcp://host:8786``, or a ``dask.distributed.Client``. ``inline``: run in this
+    process instead of a pool (default: when ``workers`` is 1).
     """
     journal = None
     done: dict[str, Row] = {}
@@ -111,7 +112,8 @@ def execute(fn: TaskFunction, tasks: Sequence[Task], *, scheduler: Any = None, w
     if bar is not None:
         bar.update(len(tasks) - len(todo))
     workers = workers or os.cpu_count() or 1
-    runs = (_local(fn, [tasks[i] for i in todo], workers) if scheduler is None
+    inline = workers <= 1 if inline is None else inline
+    runs = (_local(fn, [tasks[i] for i in todo], workers, inline) if scheduler is None
             else _dask(fn, [tasks[i] for i in todo], scheduler))
     with (open(journal, "a") if journal else open(os.devnull, "w")) as log:
         for k, row in runs:
