@@ -136,6 +136,19 @@ def plots(rows: Sequence[dict[str, Any]], rate_rows: Sequence[dict[str, Any]], o
     out = Path(out_dir)
     model = ", ".join(f"{k}={v}" for k, v in costs.to_dict().items())
     made = []
+
+    def finish(fig, ax, title: str, name: str) -> Path:
+        """Label the y axis with units, title, legend and the cost model; save the PNG."""
+        ax.set_ylabel("emulated cycles per guest op / native (x)")
+        ax.set_title(title, fontsize=11)
+        fig.text(0.01, 0.01, f"cost model (cycles): {model}", fontsize=7)
+        ax.legend()
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
     workloads = list(dict.fromkeys(r["workload"] for r in cells))
     strategies = list(dict.fromkeys(r["strategy"] for r in cells))
@@ -148,15 +161,7 @@ def plots(rows: Sequence[dict[str, Any]], rate_rows: Sequence[dict[str, Any]], o
             ax.bar([i + k * width for i in range(len(workloads))], ys, width, label=s)
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="native")
         ax.set_xticks([i + width * (len(strategies) - 1) / 2 for i in range(len(workloads))], workloads)
-        ax.set_ylabel("emulated cycles per guest op / native (x)")
-        ax.set_title("Overhead of virtualized WPQ flushing by strategy", fontsize=11)
-        fig.text(0.01, 0.01, f"cost model (cycles): {model}", fontsize=7)
-        ax.legend()
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = out / "overhead_by_strategy.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        made.append(finish(fig, ax, "Overhead of virtualized WPQ flushing by strategy", "overhead_by_strategy.png"))
     rate = [r for r in rate_rows if r["strategy"] != "native" and not r.get("error")]
     if rate:
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -165,15 +170,7 @@ def plots(rows: Sequence[dict[str, Any]], rate_rows: Sequence[dict[str, Any]], o
             ax.plot([1000 * r["vfha_writes"] / r["ops"] for r in mine], [r["overhead_vs_native"] for r in mine],
                     marker="o", label=s)
         ax.set_xlabel(f"vFHA writes per 1,000 guest ops ({RATE_WORKLOAD}, deep flush every N puts)")
-        ax.set_ylabel("emulated cycles per guest op / native (x)")
-        ax.set_title("Overhead as the vFHA write rate grows", fontsize=11)
-        fig.text(0.01, 0.01, f"cost model (cycles): {model}", fontsize=7)
-        ax.legend()
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = out / "overhead_vs_vfha_rate.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        made.append(finish(fig, ax, "Overhead as the vFHA write rate grows", "overhead_vs_vfha_rate.png"))
     return made
 
 
