@@ -51,3 +51,16 @@ def test_backend_is_compiled():
     if nvemu.COMPILED:
         from nvemu import _core
         assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 1
+
+
+def test_both_engines_offer_the_same_methods_and_the_stub_lists_them():
+    from nvemu import _core, _reference
+    stub = Path(nvemu.__file__).with_name("_core.pyi").read_text()
+    properties = set(re.findall(r"@property\n    def (\w+)\(", stub))
+    listed = set(re.findall(r"def (\w+)\(", stub)) - {"__init__"} - properties
+
+    def methods(cls):
+        return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+    assert methods(_core.Engine) == methods(_reference.Engine) == listed
+    assert properties == {"tables_in_use", "last_exit"}
+    assert all(hasattr(_core.Engine, p) and hasattr(_reference.Engine, p) for p in properties)
