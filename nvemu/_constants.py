@@ -86,6 +86,7 @@ class BadRecord(enum.IntEnum):
     SIZE = 4
     CROSSES_LINE = 5
     VALUE = 6
+    GPA = 7
 
 
 BAD_RECORD_TEXT = {
@@ -95,10 +96,11 @@ BAD_RECORD_TEXT = {
     BadRecord.SIZE: "size {size} is not valid for {opname} (loads/stores: 1, 2, 4, 8; flushes: 0 or 64)",
     BadRecord.CROSSES_LINE: "access of {size} bytes at GPA {gpa:#x} is unaligned: it crosses a 64-byte line",
     BadRecord.VALUE: "value {value:#x} does not fit a {size}-byte store",
+    BadRecord.GPA: "GPA {gpa:#x} is outside the 48-bit guest-physical space",
 }
 
 BAD_RECORD_FIELD = {BadRecord.OP: "op", BadRecord.VM: "vm", BadRecord.VCPU: "vcpu", BadRecord.SIZE: "size",
-                    BadRecord.CROSSES_LINE: "gpa", BadRecord.VALUE: "value"}
+                    BadRecord.CROSSES_LINE: "gpa", BadRecord.VALUE: "value", BadRecord.GPA: "gpa"}
 
 # Per-vCPU counters, in the order of the core's stats rows. The first eight are indexed by op code.
 STAT_NAMES = (

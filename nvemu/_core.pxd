@@ -70,6 +70,7 @@ cdef enum bad_record_t:
     BAD_SIZE = 4
     BAD_CROSSES_LINE = 5
     BAD_VALUE = 6
+    BAD_GPA = 7
 
 cdef enum:                           # stat_t: per-vCPU counters; the first eight are indexed by op code
     ST_LOADS = 0
@@ -200,8 +201,8 @@ cdef class Engine:
     cdef void _flush_tlbs(self, vm_t* v) noexcept
     cdef uint64_t _split(self, uint64_t slot, int level) except? 0
     cdef object _leaf(self, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span)
-    cdef _check_hpa(self, uint64_t hpa, uint64_t length)
-    cdef uint64_t _index(self, uint64_t hpa, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
+    cdef _check_hpa(self, object hpa, object length)
+    cdef uint64_t _index(self, object hpa, object n) except? 0xFFFFFFFFFFFFFFFF
 
     # kernels
     cdef void drain_one(self, uint32_t c) noexcept nogil

@@ -10,6 +10,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport calloc, free
 
+import operator
+
 import numpy as np
 
 from nvemu._constants import TRACE_DTYPE
@@ -32,6 +34,49 @@ cdef enum:
 cdef uint64_t ADDR_MASK = 0x000FFFFFFFFFF000ULL
 cdef uint64_t NO_VPN = 0xFFFFFFFFFFFFFFFFULL
 cdef uint64_t GPA_LIMIT = 1ULL << 48
+HPA_LIMIT = 1 << 52                  # an EPT entry holds address bits 12-51
+
+
+def _int(x, name, lo=0, hi=None):
+    """``x`` as a Python int (integers only: no float truncation), at least ``lo`` and below
+    ``hi`` when given; TypeError or ConfigError naming ``name`` otherwise."""
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(x).__name__}") from None
+    if v < lo or (hi is not None and v >= hi):
+        bound = f"{lo}..{hi - 1}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{name}={v} is out of range ({bound})")
+    return v
+
+
+def _live(engine):
+    if engine.memory is None:
+        raise ConfigError("this Engine was never initialised (construct it with an EngineLayout)")
+
+
+def _nonzero_pages(arr, base_hpa):
+    pages = arr.reshape(-1, 4096)
+    nz = np.flatnonzero(pages.any(axis=1))
+    return {int(base_hpa + 4096 * p): pages[p].tobytes() for p in nz}
+
+
+def _check_vm_slot(n_controllers, pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays):
+    """Everything the nogil loop will index by, for one VM slot: ConfigError otherwise."""
+    if root >= pool_tables or not 1 <= nvcpus <= 256 or tlb_entries < 1 or tlb_entries & (tlb_entries - 1) \
+            or tlb_entries > (1 << 20):
+        raise ConfigError(f"vm {vm}: root table {root}, {nvcpus} vCPUs, {tlb_entries} TLB entries are not valid")
+    if not FHA_NONE <= fha_mode <= FHA_NATIVE:
+        raise ConfigError(f"vm {vm}: fha mode {fha_mode} is not an FhaMode")
+    n = nvcpus * tlb_entries
+    shapes = [(n,), (n,), (n,), (n,), (nvcpus, ST_COUNT), (n_controllers,), (n_controllers,)]
+    dtypes = [np.uint64] * 5 + [np.uint8, np.uint64]
+    if len(arrays) != len(shapes):
+        raise ConfigError(f"vm {vm}: {len(arrays)} state arrays where {len(shapes)} are needed")
+    for a, shape, dtype in zip(arrays, shapes, dtypes):
+        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+            raise ConfigError(f"vm {vm}: state array of shape {getattr(a, 'shape', None)} where {shape} "
+                              f"{np.dtype(dtype).name} is needed")
 
 
 cdef inline uint64_t _ptr(object arr):
@@ -89,46 +134,57 @@ cdef class Engine:
         free(self.vms)
 
     def __init__(self, layout):
-        cdef uint64_t pmem_bytes = layout.pmem_bytes
-        if layout.n_controllers < 1 or layout.n_controllers > 256:
-            raise ConfigError(f"n_controllers={layout.n_controllers}: must be 1..256")
-        if layout.wpq_depth < 1 or layout.wpq_depth > 4096:
-            raise ConfigError(f"wpq_depth={layout.wpq_depth}: must be 1..4096")
-        if layout.max_vms < 1 or layout.max_vms > 65536:
-            raise ConfigError(f"max_vms={layout.max_vms}: must be 1..65536")
-        if layout.pool_tables < 1 or layout.pool_tables > (1 << 24):
-            raise ConfigError(f"pool_tables={layout.pool_tables}: must be 1..2**24")
-        if layout.domain not in (DOMAIN_NONE, DOMAIN_ADR, DOMAIN_EADR):
-            raise ConfigError(f"domain={layout.domain}: must be 0 (none), 1 (adr) or 2 (eadr)")
-        if layout.dram_bytes % 4096 or layout.pmem_base % 4096 or layout.dram_bytes > layout.pmem_base:
+        if self.memory is not None:
+            raise ConfigError("this Engine is already initialised; build a new one")
+        try:
+            nctl = _int(layout.n_controllers, "n_controllers", 1, 257)
+            depth = _int(layout.wpq_depth, "wpq_depth", 1, 4097)
+            max_vms = _int(layout.max_vms, "max_vms", 1, 65537)
+            pool_tables = _int(layout.pool_tables, "pool_tables", 1, (1 << 24) + 1)
+            domain = _int(layout.domain, "domain", DOMAIN_NONE, DOMAIN_EADR + 1)
+            dram = _int(layout.dram_bytes, "dram_bytes")
+            pmem_base = _int(layout.pmem_base, "pmem_base")
+            costs = [_int(c, "cost") for c in layout.costs]
+            sets = [(_int(s.hpa_base, "set hpa_base"), _int(s.length, "set length", 1),
+                     _int(s.granularity, "set granularity", 64),
+                     [_int(c, "set controller", 0, nctl) for c in s.controllers]) for s in layout.sets]
+        except (AttributeError, TypeError) as e:
+            raise ConfigError(f"not an engine layout: {e}") from None
+        pmem_bytes = sum(length for _, length, _, _ in sets)
+        if len(costs) != 8 or any(c >= 1 << 63 for c in costs):
+            raise ConfigError("costs must be 8 non-negative cycle counts below 2**63")
+        if dram % 4096 or pmem_base % 4096 or dram > pmem_base:
             raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
-        self.dram_bytes = layout.dram_bytes
-        self.pmem_base = layout.pmem_base
+        if pmem_base + pmem_bytes > HPA_LIMIT:
+            raise ConfigError(f"NVDIMM space ends at {pmem_base + pmem_bytes:#x}, beyond the 52 address bits "
+                              f"an EPT entry holds")
+        granularity = min((g for _, _, g, _ in sets), default=4096)
+        offset = 0
+        for base, length, g, ctls in sets:
+            if g & (g - 1) or not ctls or base != pmem_base + offset or length % g:
+                raise ConfigError("interleave sets must lie back to back from pmem_base, each a whole "
+                                  "number of power-of-two granules of at least 64 bytes over some controllers")
+            offset += length
+        self.dram_bytes = dram
+        self.pmem_base = pmem_base
         self.pmem_bytes = pmem_bytes
-        self.pmem_delta = self.pmem_base - self.dram_bytes
-        self.n_controllers = layout.n_controllers
-        self.wpq_depth = layout.wpq_depth
-        self.domain = layout.domain
-        self.pool_tables = layout.pool_tables
-        self.max_vms = layout.max_vms
+        self.pmem_delta = pmem_base - dram
+        self.n_controllers = nctl
+        self.wpq_depth = depth
+        self.domain = domain
+        self.pool_tables = pool_tables
+        self.max_vms = max_vms
         (self.cost.op, self.cost.walk_level, self.cost.exit, self.cost.write_protect, self.cost.mmio,
-         self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = layout.costs
-
-        granularity = min((s.granularity for s in layout.sets), default=4096)
+         self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = costs
         self.granule_shift = granularity.bit_length() - 1
         granule_ctrl = np.zeros(pmem_bytes >> self.granule_shift, np.uint8)
         offset = 0
-        for s in layout.sets:
-            if s.hpa_base != self.pmem_base + offset or s.length % s.granularity:
-                raise ConfigError("interleave sets must lie back to back from pmem_base, "
-                                  "each a whole number of granules")
-            if any(not 0 <= c < self.n_controllers for c in s.controllers):
-                raise ConfigError(f"interleave set at {s.hpa_base:#x} names a controller that does not exist")
-            granule = np.arange(s.length >> self.granule_shift, dtype=np.uint64) << self.granule_shift
-            member = (granule // s.granularity) % len(s.controllers)
+        for base, length, g, ctls in sets:
+            granule = np.arange(length >> self.granule_shift, dtype=np.uint64) << self.granule_shift
+            member = (granule // g) % len(ctls)
             start = offset >> self.granule_shift
-            granule_ctrl[start:start + len(granule)] = np.asarray(s.controllers, np.uint8)[member]
-            offset += s.length
+            granule_ctrl[start:start + len(granule)] = np.asarray(ctls, np.uint8)[member]
+            offset += length
 
         nctl, depth = self.n_controllers, self.wpq_depth
         self.memory = np.zeros(self.dram_bytes + pmem_bytes, np.uint8)
@@ -195,14 +251,20 @@ cdef class Engine:
         return n
 
     cdef vm_t* _vm(self, vm) except NULL:
-        if not isinstance(vm, int) or not 0 <= vm < self.max_vms or not self.vms[vm].active:
-            raise ConfigError(f"vm {vm!r} does not exist in the engine")
-        return &self.vms[vm]
+        try:
+            v = operator.index(vm)
+        except TypeError:
+            raise TypeError(f"vm must be an integer, not {type(vm).__name__}") from None
+        if not 0 <= v < self.max_vms or not self.vms[v].active:
+            raise ConfigError(f"vm {v!r} does not exist in the engine")
+        return &self.vms[v]
 
     # ---- VMs -------------------------------------------------------------------------------
 
-    def add_vm(self, int vm, int nvcpus, int tlb_entries=256):
+    def add_vm(self, vm, nvcpus, tlb_entries=256):
         """Register VM ``vm`` with an empty page table; returns its root table index."""
+        _live(self)
+        vm, nvcpus, tlb_entries = _int(vm, "vm"), _int(nvcpus, "nvcpus"), _int(tlb_entries, "tlb_entries")
         if not 0 <= vm < self.max_vms or self.vms[vm].active:
             raise ConfigError(f"vm id {vm} is out of range or in use")
         if not 1 <= nvcpus <= 256:
@@ -221,17 +283,7 @@ cdef class Engine:
                      uint64_t fha_vpn, int fha_mode, tuple arrays):
         """Fill VM slot ``vm`` from its numpy arrays (TLB vpn/entry/hpa/slot, stats, fan-out,
         drained), after checking every shape the nogil loop will index by."""
-        n = nvcpus * tlb_entries
-        shapes = [(n,), (n,), (n,), (n,), (nvcpus, ST_COUNT), (self.n_controllers,), (self.n_controllers,)]
-        dtypes = [np.uint64] * 5 + [np.uint8, np.uint64]
-        if root >= self.pool_tables or not 1 <= nvcpus <= 256 or tlb_entries < 1 or tlb_entries & (tlb_entries - 1):
-            raise ConfigError(f"vm {vm}: root table {root}, {nvcpus} vCPUs, {tlb_entries} TLB entries are not valid")
-        if not FHA_NONE <= fha_mode <= FHA_NATIVE:
-            raise ConfigError(f"vm {vm}: fha mode {fha_mode} is not an FhaMode")
-        for a, shape, dtype in zip(arrays, shapes, dtypes):
-            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-                raise ConfigError(f"vm {vm}: state array of shape {getattr(a, 'shape', None)} where {shape} "
-                                  f"{np.dtype(dtype).name} is needed")
+        _check_vm_slot(self.n_controllers, self.pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays)
         self.vm_arrays[vm] = arrays
         cdef vm_t* v = &self.vms[vm]
         v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
@@ -245,49 +297,54 @@ cdef class Engine:
         v.drained = <uint64_t*>_ptr(arrays[6])
         v.active = True
 
-    def remove_vm(self, int vm):
+    def remove_vm(self, vm):
         """Forget VM ``vm`` and free its page-table pages; returns how many were freed."""
         cdef vm_t* v = self._vm(vm)
         freed = self._free_tree(v.root, 4)
         memset(v, 0, sizeof(vm_t))
-        del self.vm_arrays[vm]
+        del self.vm_arrays[operator.index(vm)]
         return freed
 
-    def set_fha(self, int vm, fha_gpa, int mode, fanout):
+    def set_fha(self, vm, fha_gpa, mode, fanout):
         """Register the vFHA page of ``vm`` (or None), how accesses to it are handled (FhaMode)
         and the controllers a vFHA flush writes (``fanout``, a sequence of controller indices)."""
         cdef vm_t* v = self._vm(vm)
-        if not FHA_NONE <= mode <= FHA_NATIVE:
-            raise ConfigError(f"fha mode {mode} is not an FhaMode")
-        if fha_gpa is not None and not (0 <= fha_gpa < GPA_LIMIT):
-            raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
+        mode = _int(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
+        if fha_gpa is not None:
+            fha_gpa = _int(fha_gpa, "vFHA GPA")
+            if fha_gpa >= GPA_LIMIT:
+                raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
         ctl = np.zeros(self.n_controllers, np.uint8)
-        for c in fanout:
+        try:
+            controllers = [_int(c, "fan-out controller") for c in fanout]
+        except TypeError as e:
+            raise TypeError(f"fanout must be a sequence of controller indices: {e}") from None
+        for c in controllers:
             if not 0 <= c < self.n_controllers:
                 raise ConfigError(f"fan-out names controller {c}, which does not exist")
             ctl[c] = 1
-        self.vm_arrays[vm][5][:] = ctl
+        self.vm_arrays[operator.index(vm)][5][:] = ctl
         v.fha_vpn = NO_VPN if fha_gpa is None else fha_gpa >> 12
         v.fha_mode = mode if fha_gpa is not None else FHA_NONE
 
-    def set_running(self, int vm, bint running):
+    def set_running(self, vm, bint running):
         """Whether records of ``vm`` may execute (a paused VM's records are refused)."""
         self._vm(vm).running = running
 
-    def stats(self, int vm):
+    def stats(self, vm):
         """Per-vCPU counters of ``vm``: a copy, ``uint64[nvcpus, STAT_COUNT]``."""
         self._vm(vm)
-        return self.vm_arrays[vm][4].copy()
+        return self.vm_arrays[operator.index(vm)][4].copy()
 
-    def drained_by_controller(self, int vm):
+    def drained_by_controller(self, vm):
         """Lines the flushes of ``vm`` drained, per controller: a copy, ``uint64[n_controllers]``."""
         self._vm(vm)
-        return self.vm_arrays[vm][6].copy()
+        return self.vm_arrays[operator.index(vm)][6].copy()
 
-    def reset_stats(self, int vm):
+    def reset_stats(self, vm):
         self._vm(vm)
-        self.vm_arrays[vm][4][:] = 0
-        self.vm_arrays[vm][6][:] = 0
+        self.vm_arrays[operator.index(vm)][4][:] = 0
+        self.vm_arrays[operator.index(vm)][6][:] = 0
 
     # ---- page tables -----------------------------------------------------------------------
 
@@ -335,19 +392,22 @@ cdef class Engine:
                 t = (e & ADDR_MASK) >> 12
         return (target, t * ENTRIES + ((gpa >> (12 + 9 * (target - 1))) & 511))
 
-    cdef _check_hpa(self, uint64_t hpa, uint64_t length):
+    cdef _check_hpa(self, object hpa, object length):
+        hpa, length = _int(hpa, "hpa"), _int(length, "length")
         if hpa + length <= self.dram_bytes:
             return
         if hpa >= self.pmem_base and hpa + length <= self.pmem_base + self.pmem_bytes:
             return
         raise ConfigError(f"HPA range [{hpa:#x}, {hpa + length:#x}) is not host DRAM or NVDIMM space")
 
-    def map(self, int vm, uint64_t gpa, uint64_t hpa, uint64_t length, int perms, uint64_t page_size=4096):
+    def map(self, vm, gpa, hpa, length, perms, page_size=4096):
         """Map ``[gpa, gpa+length)`` to ``[hpa, ...)`` with R/W/X ``perms`` (bits 0-2) in pages of
         ``page_size`` (4 KiB or 2 MiB). Existing leaves of the same size are replaced."""
         cdef vm_t* v = self._vm(vm)
         cdef uint64_t off, entry
         cdef int target
+        gpa, hpa, length = _int(gpa, "gpa"), _int(hpa, "hpa"), _int(length, "length")
+        perms, page_size = _int(perms, "perms"), _int(page_size, "page_size")
         if page_size == 4096:
             target = 1
         elif page_size == 2 << 20:
@@ -374,12 +434,13 @@ cdef class Engine:
         finally:
             self._flush_tlbs(v)
 
-    def _each_leaf(self, int vm, uint64_t gpa, uint64_t length):
+    def _each_leaf(self, vm, gpa, length):
         cdef vm_t* v = self._vm(vm)
-        cdef uint64_t pos = gpa, end = gpa + length
-        if gpa % 4096 or length % 4096 or length == 0 or end > GPA_LIMIT:
+        gpa, length = _int(gpa, "gpa"), _int(length, "length")
+        if gpa % 4096 or length % 4096 or length == 0 or gpa + length > GPA_LIMIT:
             raise ConfigError(f"range of {length:#x} bytes at GPA {gpa:#x} is not whole 4 KiB pages "
                               f"inside the 48-bit guest-physical space")
+        cdef uint64_t pos = gpa, end = gpa + length
         leaves = []
         while pos < end:
             found = self._leaf(v, pos, 1, False, end - pos)
@@ -389,10 +450,11 @@ cdef class Engine:
             pos += 1ULL << (12 + 9 * (found[0] - 1))
         return leaves
 
-    def protect(self, int vm, uint64_t gpa, uint64_t length, int perms):
+    def protect(self, vm, gpa, length, perms):
         """Set the R/W/X bits of every leaf mapping ``[gpa, gpa+length)`` (splitting large pages
         that the range covers only in part), then invalidate every vCPU's TLB."""
         cdef vm_t* v = self._vm(vm)
+        perms = _int(perms, "perms")
         if not 0 <= perms <= 7:
             raise ConfigError(f"perms {perms}: must be an R/W/X mask 0..7")
         try:
@@ -401,7 +463,7 @@ cdef class Engine:
         finally:
             self._flush_tlbs(v)
 
-    def unmap(self, int vm, uint64_t gpa, uint64_t length):
+    def unmap(self, vm, gpa, length):
         """Remove the mappings of ``[gpa, gpa+length)``; tables stay until the VM is removed."""
         cdef vm_t* v = self._vm(vm)
         try:
@@ -410,13 +472,14 @@ cdef class Engine:
         finally:
             self._flush_tlbs(v)
 
-    def walk(self, int vm, uint64_t gpa):
+    def walk(self, vm, gpa):
         """Every level a hardware walk of ``gpa`` visits: a list of (level, table, index, entry),
         level 4 (PML4) first, ending at the leaf or the first non-present or misconfigured
         entry. Inspection only: sets no accessed bits and counts nothing."""
         cdef vm_t* v = self._vm(vm)
         cdef uint64_t t = v.root, e, idx
         cdef int level
+        gpa = _int(gpa, "gpa")
         if gpa >= GPA_LIMIT:
             raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
         path = []
@@ -431,6 +494,7 @@ cdef class Engine:
 
     def tables(self):
         """Non-zero entries of every allocated table: {table: {index: entry}} (for comparisons)."""
+        _live(self)
         free = set(self._free_tables)
         out = {}
         for t in range(self.next_table):
@@ -504,12 +568,13 @@ cdef class Engine:
         hpa[0] = vm.tlb_hpa[ts] | (gpa & 0xFFF)
         return 0
 
-    def translate(self, int vm, int vcpu, uint64_t gpa, bint write=False):
+    def translate(self, vm, vcpu, gpa, bint write=False):
         """HPA of ``gpa`` as ``vcpu`` of ``vm`` sees it (TLB, walk, A/D bits, counters);
         raises GuestFault when the access would exit."""
         cdef vm_t* v = self._vm(vm)
         cdef uint64_t hpa = 0, entry = 0
         cdef int rc
+        vcpu, gpa = _int(vcpu, "vcpu"), _int(gpa, "gpa")
         if not 0 <= vcpu < v.nvcpus:
             raise ConfigError(f"vcpu {vcpu} does not exist in vm {vm}")
         if gpa >= GPA_LIMIT:
@@ -642,6 +707,10 @@ cdef class Engine:
                 st[ST_OPS] += 1
                 st[ST_CYCLES_OPS] += cost_op
                 continue
+            if r.gpa >= GPA_LIMIT:
+                self.bad_record = BAD_GPA
+                stopped[0] = i
+                return RUN_BAD_RECORD
             size = r.size
             if op <= OP_NT_STORE:
                 if size != 8 and size != 4 and size != 2 and size != 1:
@@ -721,6 +790,9 @@ cdef class Engine:
         cdef uint64_t n = raw.shape[0] // sizeof(trace_rec_t)
         cdef uint64_t stopped = n
         cdef int status = RUN_DONE
+        if self.vms == NULL:
+            self.bad_record = BAD_VM
+            return 0, RUN_BAD_RECORD
         if start < 0 or <uint64_t>start > n:
             raise TraceError(f"start index {start} is outside the trace of {n} records")
         self.bad_record = BAD_NONE
@@ -741,20 +813,33 @@ cdef class Engine:
         """Drain the WPQs of ``controllers`` fully, FIFO (an FHA write with no VM behind it);
         returns the number of lines written to media."""
         cdef uint64_t total = 0
-        for c in controllers:
+        _live(self)
+        chosen = [_int(c, "controller") for c in controllers]
+        for c in chosen:
             if not 0 <= c < self.n_controllers:
                 raise ConfigError(f"controller {c} does not exist")
+        for c in chosen:
             self.cstats[c * CT_COUNT + CT_FHA_WRITES] += 1
             total += self.drain_controller(c)
         return total
 
     # ---- state, for the Python layer and for comparisons ---------------------------------
 
-    cdef uint64_t _index(self, uint64_t hpa, uint64_t n) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t _index(self, object hpa, object n) except? 0xFFFFFFFFFFFFFFFF:
+        """Index into ``memory`` of host range ``[hpa, hpa+n)``, which must be DRAM or NVDIMM space."""
+        _live(self)
         self._check_hpa(hpa, n)
         return hpa - self.pmem_delta if hpa >= self.pmem_base else hpa
 
-    def prefault(self, uint64_t hpa, uint64_t n):
+    def _pmem_offset(self, hpa, n):
+        """Offset into NVDIMM space of ``[hpa, hpa+n)``, which must lie inside it."""
+        _live(self)
+        hpa, n = _int(hpa, "hpa"), _int(n, "n")
+        if not (hpa >= self.pmem_base and hpa + n <= self.pmem_base + self.pmem_bytes):
+            raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
+        return hpa - self.pmem_base
+
+    def prefault(self, hpa, n):
         """Touch every page of the arrays behind ``[hpa, hpa+n)`` (memory, and for NVDIMM space
         media, line states and queue counts) without changing them."""
         cdef uint64_t i = self._index(hpa, n)
@@ -767,30 +852,33 @@ cdef class Engine:
             touch = arr[start:start + count][::max(1, 4096 // arr.itemsize)]
             touch |= 0        # a real write per page (numpy skips a self-assignment)
 
-    def read_memory(self, uint64_t hpa, uint64_t n):
+    def read_memory(self, hpa, n):
         """``n`` bytes of host memory (what CPUs see) at ``hpa``."""
         cdef uint64_t i = self._index(hpa, n)
         return self.memory[i:i + n].tobytes()
 
-    def read_media(self, uint64_t hpa, uint64_t n):
+    def read_media(self, hpa, n):
         """``n`` bytes of NVDIMM media at ``hpa`` (NVDIMM space only)."""
-        if not (hpa >= self.pmem_base and hpa + n <= self.pmem_base + self.pmem_bytes):
-            raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
-        cdef uint64_t i = hpa - self.pmem_base
+        i = self._pmem_offset(hpa, n)
         return self.media[i:i + n].tobytes()
 
-    def write_memory(self, uint64_t hpa, data):
+    def write_memory(self, hpa, data):
         """Host write (no guest, no line state): how the hypervisor fills a page."""
+        data = memoryview(data).tobytes()          # a bytes-like object, not bytes(int)
         cdef uint64_t i = self._index(hpa, len(data))
-        self.memory[i:i + len(data)] = np.frombuffer(bytes(data), np.uint8)
+        self.memory[i:i + len(data)] = np.frombuffer(data, np.uint8)
 
     def line_states(self):
         """{line HPA: state} for every NVDIMM line that is not CLEAN."""
+        if self.line_state is None:
+            return {}
         nz = np.flatnonzero(self.line_state)
         return {int(self.pmem_base + 64 * k): int(self.line_state[k]) for k in nz}
 
-    def wpq_entries(self, int c):
+    def wpq_entries(self, c):
         """The WPQ of controller ``c``, oldest first: [(line HPA, 64 bytes)]."""
+        _live(self)
+        c = _int(c, "controller")
         if not 0 <= c < self.n_controllers:
             raise ConfigError(f"controller {c} does not exist")
         out = []
@@ -800,39 +888,34 @@ cdef class Engine:
                         self.wpq_data[slot * 64:(slot + 1) * 64].tobytes()))
         return out
 
-    def controller_of(self, uint64_t hpa):
+    def controller_of(self, hpa):
         """Controller index of the NVDIMM line at ``hpa`` (the interleave rule)."""
-        if not (self.pmem_base <= hpa < self.pmem_base + self.pmem_bytes):
-            raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
-        return int(self.granule_ctrl[(hpa - self.pmem_base) >> self.granule_shift])
+        off = self._pmem_offset(hpa, 1)
+        return int(self.granule_ctrl[off >> self.granule_shift])
 
     def controller_stats(self):
+        _live(self)
         return self.ctrl_stats.copy()
-
-    def _pages(self, arr, uint64_t base_hpa):
-        pages = arr.reshape(-1, 4096)
-        nz = np.flatnonzero(pages.any(axis=1))
-        return {int(base_hpa + 4096 * p): pages[p].tobytes() for p in nz}
 
     def memory_pages(self):
         """{page HPA: 4096 bytes} for every non-zero page of host memory."""
-        out = self._pages(self.memory[:self.dram_bytes], 0)
-        out.update(self._pages(self.memory[self.dram_bytes:], self.pmem_base))
+        _live(self)
+        out = _nonzero_pages(self.memory[:self.dram_bytes], 0)
+        out.update(_nonzero_pages(self.memory[self.dram_bytes:], self.pmem_base))
         return out
 
     def media_pages(self):
         """{page HPA: 4096 bytes} for every non-zero page of NVDIMM media."""
-        return self._pages(self.media, self.pmem_base)
+        _live(self)
+        return _nonzero_pages(self.media, self.pmem_base)
 
-    def durable_read(self, uint64_t hpa, uint64_t n):
+    def durable_read(self, hpa, n):
         """``n`` bytes at ``hpa`` as they would survive a power failure now (SPEC 7.3), without
         failing: media, then under adr/eadr the queued copies oldest first, then under eadr the
         dirty lines. Lets a checker probe crash points without stopping the run."""
         cdef uint32_t c
         cdef uint64_t k, slot, line, first, last, lo, hi
-        if not (hpa >= self.pmem_base and hpa + n <= self.pmem_base + self.pmem_bytes):
-            raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
-        off = hpa - self.pmem_base
+        off = self._pmem_offset(hpa, n)
         out = bytearray(self.media[off:off + n].tobytes())
         first, last = off // 64, (off + n + 63) // 64
         if self.domain >= DOMAIN_ADR:
@@ -855,6 +938,7 @@ cdef class Engine:
         """Everything that evolves, as a dict of numpy arrays in the engines' shared canonical
         form (non-zero pages only; WPQs oldest first; TLBs as (vpn, entry, hpa, leaf slot))."""
         cdef vm_t* v
+        _live(self)
         mem = self.memory_pages()
         med = self.media_pages()
         lines = self.line_states()
@@ -892,6 +976,9 @@ cdef class Engine:
     def _checked_state(self, state):
         """``state`` as arrays of the right kinds and shapes, every address and index in range,
         or ConfigError naming what is not. Nothing is changed."""
+        _live(self)
+        if not isinstance(state, dict):
+            raise ConfigError(f"engine state must be a dict of arrays, not {type(state).__name__}")
         def get(name, dtype, tail=None):
             try:
                 a = np.asarray(state[name])
@@ -900,6 +987,8 @@ cdef class Engine:
             if a.dtype.kind not in "ui" or (tail is not None and a.shape[1:] != tail) or \
                     (tail is None and a.ndim != 1):
                 raise ConfigError(f"engine state {name!r}: {a.dtype} array of shape {a.shape} is not what it needs")
+            if a.size and (int(a.min()) < 0 or int(a.max()) > np.iinfo(dtype).max):
+                raise ConfigError(f"engine state {name!r}: values outside {np.dtype(dtype).name}")
             return a.astype(dtype)
         s = {k: get(k, t, tail) for k, t, tail in (
             ("memory_hpa", np.uint64, None), ("memory_data", np.uint8, (4096,)),
@@ -948,6 +1037,7 @@ cdef class Engine:
             arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
                 get(f"vm{vm}_stats", np.uint64, (ST_COUNT,)), get(f"vm{vm}_fanout", np.uint8),
                 get(f"vm{vm}_drained", np.uint64))
+            _check_vm_slot(self.n_controllers, self.pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays)
             valid = arrays[0] != NO_VPN
             if (arrays[3][valid] >= s["scalars"][0] * ENTRIES).any():
                 raise ConfigError(f"engine state: vm {vm}'s TLB names a table that does not exist")
@@ -960,6 +1050,8 @@ cdef class Engine:
     def _check_tree(self, rows, root):
         """Every entry reachable from ``root`` points at a table in ``rows`` or maps host memory
         that exists: what the unchecked walk relies on."""
+        if not isinstance(rows, dict) or root not in rows:
+            raise ConfigError(f"engine state: root table {root!r} is not among the tables")
         todo, seen = [(root, 4)], set()
         while todo:
             t, level = todo.pop()
@@ -1028,6 +1120,7 @@ cdef class Engine:
         are empty. Page tables (hypervisor state) are kept."""
         cdef uint32_t c
         cdef uint64_t k, slot, line
+        _live(self)
         media = self.media
         if self.domain >= DOMAIN_ADR:
             for c in range(self.n_controllers):

@@ -476,6 +476,8 @@ class Engine:
             return BadRecord.VCPU
         if op > Op.MFENCE:
             return BadRecord.OP
+        if op not in (Op.SFENCE, Op.MFENCE) and gpa >= GPA_LIMIT:
+            return BadRecord.GPA
         if op in (Op.LOAD, Op.STORE, Op.NT_STORE):
             if size not in (1, 2, 4, 8):
                 return BadRecord.SIZE

@@ -9,6 +9,7 @@ import time
 from typing import Sequence
 
 from . import __version__, nfit_cli, sweep, trace_cli
+from . import check
 from ._backend import BACKEND
 from .config import PRESETS, preset
 from .errors import NvemuError
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     nfit_cli.add_commands(sub)
     trace_cli.add_commands(sub)
     sweep.add_commands(sub)
+    check.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,812 @@
+"""Crash-consistency checking across the virtualization boundary: did every store the guest had
+finished persisting survive a power failure at each of its persist points?
+
+The guest's side is a *persistence protocol* (SPEC 1, 3, 7.3). A STORE or NT_STORE by vCPU ``c`` of
+VM ``v`` to its vNVDIMM has *completed* it when
+
+1. after the store its line was written back (a CLWB, CLFLUSHOPT or CLFLUSH of the line by any vCPU
+   of ``v``; an NT_STORE writes itself back),
+2. then vCPU ``c`` executed a fence (SFENCE or MFENCE) -- with ``fence_scope="vm"``, a fence by any
+   vCPU of ``v`` counts,
+3. and, where the platform's persistence domain is ``none``, after that fence some vCPU of ``v``
+   wrote the vFHA (a STORE or NT_STORE to any byte of the vFHA page) and then that vCPU fenced
+   (``fence_scope="vm"``: any vCPU of ``v``), as Linux's ``nvdimm_flush()`` does.
+
+``protocol`` names the ladder: ``"flush"`` is steps 1-2 (PMDK's ``pmem_persist``), ``"deep"`` steps
+1-3 (``pmem_deep_persist``), ``"fence"`` only a fence after the store (what a guest written for
+eADR does) and ``"auto"`` (the default) is ``deep`` on a ``none`` platform and ``flush`` otherwise.
+Choosing a protocol other than ``auto`` checks a guest against what *it* believes: a guest that
+skips the flush-hint write and its fence on a ``none`` host, checked with ``protocol="flush"``,
+shows exactly the stores it would lose.
+
+*Crash points* are the op indices after which the guest could observe persistence: after each fence
+and after each vFHA write (``points="all"``), or ``N`` evenly sampled among them, or a list. The
+trace is replayed in segments up to each point (``Hypervisor.replay``), and
+``Platform.durable_read`` tells what a power failure then would leave; nothing is failed. For each
+byte of every completed store the durable value must be that of the *last completed* store to the
+byte (latest in trace order) or of any later store to it (later stores may legitimately have
+reached the media too). Anything else is a :class:`Violation`, reported with the op index of the
+store, the crash point and the line (GPA and HPA).
+
+A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while
+one of its write-backs (or NT stores) is not yet fenced is an *ordering* violation (``kind
+"unfenced"``, reported at the vFHA write). x86 orders CLWB/CLFLUSHOPT/NT stores before a later store
+only through a fence, which is why ``nvdimm_flush()`` fences before the flush-hint write: on hardware
+the drain may miss such a write-back. The emulator performs write-backs at once (fences move no
+data), so the durable image alone can never show this guest bug; the ordering check does.
+
+Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
+its vFHA page are never checked. Lines are re-read at a point when something could have changed
+their durable value since the last point (a store, write-back, completion, or -- on a ``none``
+platform -- a WPQ drain of the line), and every line is re-read at every ``full_every``-th point
+and the last one, so a fault that touches lines the guest did not is caught too. ``verify`` also
+checks that many points against a real ``power_fail()`` of a snapshot-restored copy.
+
+Memory: about 1.2 KiB per distinct 64-byte line with a completed store, plus the pending stores.
+
+Examples
+--------
+>>> from nvemu import Hypervisor
+>>> from nvemu.guest import TraceWriter, write_persist
+>>> hv = Hypervisor(build_platform("small", domain="none"))
+>>> vm = hv.create_vm(dram=1 << 20, nvdimms=[1 << 20], strategy="drop").start()
+>>> t = TraceWriter()
+>>> write_persist(t, vm.nvdimms[0].gpa, b"hello!!!", deep_flush=vm.vfha_gpa)
+>>> result = check(hv, t.to_array())      # store, clwb, sfence, vFHA write, sfence
+>>> result.points, [(v.store, v.point) for v in result.violations]
+([2, 3, 4], [(0, 4)])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._constants import DOMAIN_NAMES, TRACE_DTYPE, Op
+from .config import PlatformConfig, preset
+from .errors import ConfigError, GuestFault, LifecycleError, TraceError
+from .hypervisor import ExitHandler, Hypervisor, raise_fault
+from .platform import Platform
+
+LINE = 64
+PROTOCOLS = ("auto", "fence", "flush", "deep")
+FENCE_SCOPES = ("vcpu", "vm")
+PROTOCOL_TEXT = {
+    "fence": "store, fence",
+    "flush": "store, write-back, fence",
+    "deep": "store, write-back, fence, vFHA write, fence",
+}
+_SPAN_LIMIT = 64 << 20          # never read more than this in one durable_read to probe sparse lines
+_RUN_COST = 4096                # one durable_read call costs about as much as reading this many bytes
+_RECORD = re.compile(r"record (\d+)(.*)", re.DOTALL)
+
+_LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Violation:
+    """A completed store whose data a power failure at ``point`` would lose (``kind`` "lost"), or a
+    store whose write-back a vFHA write at ``point`` overtook before any fence (``kind`` "unfenced").
+
+    ``lost`` has bit ``k`` set when byte ``k`` of the store is in the durable image neither as this
+    store wrote it nor as any later store to that byte wrote it; ``found`` is what the durable image
+    holds at the store's ``size`` bytes, ``expected`` what the store wrote there. An "unfenced"
+    violation has ``completed`` -1, ``found`` empty and ``lost`` 0."""
+
+    store: int          # op index of the store
+    point: int          # crash point: power fails right after this op (unfenced: the vFHA write)
+    completed: int      # op index at which the store's protocol completed
+    vm: int
+    vcpu: int
+    op: str             # "STORE" or "NT_STORE"
+    size: int
+    gpa: int
+    hpa: int
+    expected: bytes
+    found: bytes
+    lost: int
+    kind: str = "lost"
+
+    @property
+    def line_gpa(self) -> int:
+        return self.gpa & ~(LINE - 1)
+
+    @property
+    def line_hpa(self) -> int:
+        return self.hpa & ~(LINE - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "store": self.store, "point": self.point, "completed": self.completed, "vm": self.vm,
+                "vcpu": self.vcpu, "op": self.op, "size": self.size, "gpa": self.gpa, "hpa": self.hpa,
+                "line_gpa": self.line_gpa, "line_hpa": self.line_hpa, "expected": self.expected.hex(),
+                "found": self.found.hex(), "lost_bytes": [k for k in range(self.size) if self.lost >> k & 1]}
+
+    def __str__(self) -> str:
+        if self.kind == "unfenced":
+            return (f"store {self.store} (vm{self.vm} cpu{self.vcpu} {self.op} {self.size} B at GPA {self.gpa:#x}, "
+                    f"line GPA {self.line_gpa:#x} / HPA {self.line_hpa:#x}) was written back but not fenced "
+                    f"before the vFHA write at op {self.point}")
+        return (f"store {self.store} (vm{self.vm} cpu{self.vcpu} {self.op} {self.size} B at GPA {self.gpa:#x}, "
+                f"line GPA {self.line_gpa:#x} / HPA {self.line_hpa:#x}), completed at op {self.completed}, "
+                f"lost at crash point {self.point}: durable {self.found.hex()}, expected {self.expected.hex()}")
+
+
+@dataclass
+class CheckResult:
+    """What :func:`check` found. ``ok`` when there is no violation."""
+
+    ops: int                                    # records in the trace
+    points: list[int]                           # crash points checked (op indices), ascending
+    candidates: int                             # persist points in the trace (fences + vFHA writes)
+    violations: list[Violation]                 # one per (store, crash point), by point then store
+    completed_stores: int                       # stores whose protocol completed before the last point
+    protocol: str                               # the resolved ladder: fence, flush or deep
+    fence_scope: str
+    domain: str
+    platform: str
+    strategies: dict[int, str]                  # vm id -> flush strategy
+    fanouts: dict[int, str]
+    verified: list[int] = field(default_factory=list)          # points compared with a real power failure
+    verify_mismatches: list[tuple[int, int]] = field(default_factory=list)  # (point, first differing HPA)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.verify_mismatches
+
+    @property
+    def lost_stores(self) -> list[int]:
+        """Op indices of the stores that are lost at some crash point, ascending."""
+        return sorted({v.store for v in self.violations if v.kind == "lost"})
+
+    @property
+    def unfenced_stores(self) -> list[int]:
+        """Op indices of the stores a vFHA write overtook before they were fenced, ascending."""
+        return sorted({v.store for v in self.violations if v.kind == "unfenced"})
+
+    def by_store(self, kind: str = "lost") -> dict[int, list[Violation]]:
+        """Violations of ``kind`` grouped by store (op index), each group in crash-point order."""
+        out: dict[int, list[Violation]] = {}
+        for v in self.violations:
+            if v.kind == kind:
+                out.setdefault(v.store, []).append(v)
+        return dict(sorted(out.items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "ops": self.ops, "platform": self.platform, "domain": self.domain,
+                "protocol": self.protocol, "fence_scope": self.fence_scope,
+                "strategies": {str(k): v for k, v in self.strategies.items()},
+                "fanouts": {str(k): v for k, v in self.fanouts.items()},
+                "candidates": self.candidates, "points": self.points, "completed_stores": self.completed_stores,
+                "lost_stores": self.lost_stores, "unfenced_stores": self.unfenced_stores,
+                "violations": [v.as_dict() for v in self.violations],
+                "verified": self.verified,
+                "verify_mismatches": [{"point": p, "hpa": h} for p, h in self.verify_mismatches]}
+
+    def report(self, limit: int = 20) -> str:
+        """A human-readable report: the setup, the counts, then up to ``limit`` lost stores."""
+        strategies = ",".join(sorted(set(self.strategies.values())))
+        fanouts = ",".join(sorted(set(self.fanouts.values())))
+        whose = "storing vCPU" if self.fence_scope == "vcpu" else "any vCPU of the VM"
+        lines = [(f"platform  {self.platform} (domain {self.domain}), {len(self.strategies)} VM(s), "
+                  f"strategy {strategies}, fan-out {fanouts}"),
+                 f"protocol  {self.protocol} ({PROTOCOL_TEXT[self.protocol]}; fence by the {whose})",
+                 (f"checked   {len(self.points):,} of {self.candidates:,} crash points (after each fence and "
+                  f"vFHA write) in {self.ops:,} ops; {self.completed_stores:,} stores completed their protocol")]
+        if self.verified:
+            lines.append(f"verified  {len(self.verified)} point(s) against a real power failure: "
+                         + ("MISMATCH at " + ", ".join(f"point {p} HPA {h:#x}" for p, h in self.verify_mismatches)
+                            if self.verify_mismatches else "identical"))
+        if not self.violations:
+            lines.append("result    OK: no completed store is lost at any checked crash point")
+            return "\n".join(lines)
+        groups, unfenced = self.by_store(), self.by_store("unfenced")
+        lines.append(f"result    {len(self.violations):,} violation(s): {len(groups):,} completed store(s) lost"
+                     + (f", {len(unfenced):,} store(s) not fenced before a vFHA write" if unfenced else ""))
+        for k, (store, vs) in enumerate(unfenced.items()):
+            if k == limit:
+                lines.append(f"  ... and {len(unfenced) - limit:,} more unfenced stores (see --json)")
+                break
+            lines.append(f"  {vs[0]}")
+        for k, (store, vs) in enumerate(groups.items()):
+            if k == limit:
+                lines.append(f"  ... and {len(groups) - limit:,} more lost stores (see --json)")
+                break
+            v = vs[0]
+            pts = ", ".join(str(x.point) for x in vs[:6]) + (", ..." if len(vs) > 6 else "")
+            lines.append(f"  store {store}: vm{v.vm} cpu{v.vcpu} {v.op} {v.size} B at GPA {v.gpa:#x} "
+                         f"(line GPA {v.line_gpa:#x}, HPA {v.line_hpa:#x}), completed at op {v.completed}; "
+                         f"lost at {len(vs)} crash point(s): {pts}; durable {v.found.hex()} "
+                         f"expected {v.expected.hex()}")
+        return "\n".join(lines)
+
+
+# ---- the model of the guest's persistence protocol ---------------------------------------------------
+
+class _Lines:
+    """Per 64-byte host line with a store: the last completed store of each byte (its op index, the
+    op index its protocol completed at, its value), the latest stored value, and the stores since
+    the last completed one (to know which later values are allowed)."""
+
+    def __init__(self) -> None:
+        self.slot: dict[int, int] = {}
+        self.n = 0
+        cap = 256
+        self.hpa = np.zeros(cap, np.int64)
+        self.lc = np.full((cap, LINE), -1, np.int64)        # op index of the last completed store
+        self.done = np.full((cap, LINE), -1, np.int64)      # ... and where its protocol completed
+        self.exp = np.zeros((cap, LINE), np.uint8)          # ... and the value it wrote
+        self.latest = np.zeros((cap, LINE), np.uint8)       # value of the latest store to the byte
+        self.active = np.zeros(cap, bool)                   # some byte has a completed store
+        self.hist: list[list[tuple[int, int, int, int]]] = []   # (op index, offset, size, value)
+        self.prune_at: list[int] = []
+
+    def get(self, line: int) -> int:
+        s = self.slot.get(line)
+        if s is None:
+            s = self.slot[line] = self.n
+            if s == len(self.hpa):
+                self._grow()
+            self.hpa[s] = line
+            self.hist.append([])
+            self.prune_at.append(32)
+            self.n += 1
+        return s
+
+    def _grow(self) -> None:
+        cap = 2 * len(self.hpa)
+        for name, fill in (("hpa", 0), ("lc", -1), ("done", -1), ("exp", 0), ("latest", 0), ("active", False)):
+            old = getattr(self, name)
+            new = np.full((cap,) + old.shape[1:], fill, old.dtype)
+            new[:len(old)] = old
+            setattr(self, name, new)
+
+    def store(self, s: int, i: int, off: int, size: int, value: int) -> None:
+        h = self.hist[s]
+        h.append((i, off, size, value))
+        self.latest[s, off:off + size] = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
+        if len(h) >= self.prune_at[s]:
+            self.prune(s)
+            self.prune_at[s] = max(32, 2 * len(h))
+
+    def complete(self, s: int, i: int, off: int, size: int, value: int, at: int) -> None:
+        lc = self.lc[s, off:off + size]
+        newer = lc < i
+        if not newer.any():
+            return                          # every byte already has a later completed store
+        data = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
+        if newer.all():
+            lc[:] = i
+            self.done[s, off:off + size] = at
+            self.exp[s, off:off + size] = data
+        else:
+            lc[newer] = i
+            self.done[s, off:off + size][newer] = at
+            self.exp[s, off:off + size][newer] = data[newer]
+        self.active[s] = True
+
+    def prune(self, s: int) -> None:
+        """Forget stores every byte of which has a later completed store."""
+        lc = self.lc[s]
+        self.hist[s] = [e for e in self.hist[s] if lc[e[1]:e[1] + e[2]].min() <= e[0]]
+
+    def allowed(self, s: int, b: int, value: int) -> bool:
+        """Is ``value`` at byte ``b`` of line ``s`` the last completed store's or a later store's?"""
+        last = int(self.lc[s, b])
+        if int(self.exp[s, b]) == value:
+            return True
+        for i, off, size, v in self.hist[s]:
+            if i > last and off <= b < off + size and (v >> (8 * (b - off))) & 0xFF == value:
+                return True
+        return False
+
+
+class _Model:
+    """Follows the trace op by op and records when each store completes its protocol."""
+
+    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, ordering: bool = True) -> None:
+        self.hv = hv
+        self.protocol = protocol
+        self.ordering = ordering and protocol == "deep"
+        self.unfenced: list[tuple[int, int, int]] = []     # (store, vFHA write, line slot)
+        self.flagged: set[int] = set()
+        self.per_vcpu = fence_scope == "vcpu"
+        p = hv.platform
+        self.pmem_lo, self.pmem_hi = p.pmem_base, p.pmem_base + p.pmem_bytes
+        self.vfha_page = {vm.id: vm.vfha_gpa >> 12 for vm in hv.vms.values()}
+        self.pages: dict[tuple[int, int], int] = {}       # (vm, GPA page) -> HPA page, -1: not NVDIMM
+        self.lines = _Lines()
+        self.wb: dict[tuple[int, int], list] = {}         # (vm, line HPA) -> stores awaiting a write-back
+        self.fence: dict[Any, list] = {}                  # fence key -> stores awaiting the fence
+        self.fha: dict[int, list] = {}                    # vm -> fenced stores awaiting a vFHA write
+        self.fha_fence: dict[Any, list] = {}              # fence key -> stores awaiting the final fence
+        self.touched: set[int] = set()                    # line slots whose durable value may have moved
+        self.completed = 0
+
+    def forget_translations(self) -> None:
+        self.pages.clear()
+
+    def _hpa(self, vm: int, gpa: int) -> int:
+        """HPA of an NVDIMM GPA (a fresh walk, cached per page), or -1 for DRAM and unmapped GPAs."""
+        key = (vm, gpa >> 12)
+        page = self.pages.get(key)
+        if page is None:
+            hpa = self.hv.vms[vm].gpa_to_hpa(gpa & ~0xFFF) if vm in self.hv.vms else None
+            page = hpa if hpa is not None and self.pmem_lo <= hpa < self.pmem_hi else -1
+            self.pages[key] = page
+        return -1 if page < 0 else page | (gpa & 0xFFF)
+
+    def _key(self, vm: int, vcpu: int) -> Any:
+        return (vm, vcpu) if self.per_vcpu else vm
+
+    def run(self, ops: np.ndarray, base: int, skipped: set[int]) -> None:
+        """Follow ``ops`` (records ``base``, ``base+1``, ...), leaving out the ``skipped`` indices."""
+        if not len(ops):
+            return
+        lines, touched = self.lines, self.touched
+        deep, fence_only = self.protocol == "deep", self.protocol == "fence"
+        cols = zip(ops["op"].tolist(), ops["vcpu"].tolist(), ops["vm"].tolist(), ops["size"].tolist(),
+                   ops["gpa"].tolist(), ops["value"].tolist())
+        for k, (op, cpu, vm, size, gpa, value) in enumerate(cols):
+            if op == _LOAD:
+                continue
+            i = base + k
+            if skipped and i in skipped:
+                continue
+            if op >= _SFENCE:
+                key = self._key(vm, cpu)
+                if deep:
+                    done = self.fha_fence.pop(key, None)
+                    if done:
+                        self._complete(done, i)
+                    fenced = self.fence.pop(key, None)
+                    if fenced:
+                        self.fha.setdefault(vm, []).extend(fenced)
+                else:
+                    done = self.fence.pop(key, None)
+                    if done:
+                        self._complete(done, i)
+                continue
+            if op <= _NT_STORE:
+                if gpa >> 12 == self.vfha_page.get(vm):
+                    if self.ordering:
+                        self._overtaken(vm, cpu, i)
+                    waiting = self.fha.pop(vm, None)
+                    if waiting:
+                        self.fha_fence.setdefault(self._key(vm, cpu), []).extend(waiting)
+                    continue
+                hpa = self._hpa(vm, gpa)
+                if hpa < 0:
+                    continue
+                line = hpa & ~(LINE - 1)
+                s = lines.get(line)
+                touched.add(s)
+                lines.store(s, i, hpa & (LINE - 1), size, value)
+                rec = (i, s, hpa & (LINE - 1), size, value)
+                if op == _NT_STORE or fence_only:
+                    self.fence.setdefault(self._key(vm, cpu), []).append(rec)
+                else:
+                    self.wb.setdefault((vm, line), []).append((rec, cpu))
+                continue
+            hpa = self._hpa(vm, gpa)                       # CLWB, CLFLUSHOPT, CLFLUSH
+            if hpa < 0:
+                continue
+            line = hpa & ~(LINE - 1)
+            s = lines.slot.get(line)
+            if s is not None:
+                touched.add(s)
+            waiting = self.wb.pop((vm, line), None)
+            if waiting:
+                for rec, store_cpu in waiting:
+                    self.fence.setdefault(self._key(vm, store_cpu), []).append(rec)
+
+    def _overtaken(self, vm: int, cpu: int, at: int) -> None:
+        """The vFHA write at ``at`` passes the writer's write-backs that no fence has ordered yet."""
+        for rec in self.fence.get(self._key(vm, cpu), ()):
+            if rec[0] not in self.flagged:
+                self.flagged.add(rec[0])
+                self.unfenced.append((rec[0], at, rec[1]))
+
+    def _complete(self, stores: list, at: int) -> None:
+        lines = self.lines
+        for i, s, off, size, value in stores:
+            lines.complete(s, i, off, size, value, at)
+            self.touched.add(s)
+        self.completed += len(stores)
+
+
+# ---- the checker ---------------------------------------------------------------------------------
+
+def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
+    """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
+    op = np.asarray(ops["op"])
+    points = (op == Op.SFENCE) | (op == Op.MFENCE)
+    if hv.vms:
+        table = np.full(max(max(hv.vms) + 1, int(ops["vm"].max()) + 1 if len(ops) else 0), -1, np.int64)
+        for vm in hv.vms.values():
+            table[vm.id] = vm.vfha_gpa >> 12
+        page = (np.asarray(ops["gpa"]) >> np.uint64(12)).astype(np.int64)
+        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == table[np.asarray(ops["vm"], np.int64)])
+    return np.flatnonzero(points)
+
+
+def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_ops: int) -> list[int]:
+    if isinstance(points, str):
+        if points == "all":
+            return candidates.tolist()
+        try:
+            points = int(points)
+        except ValueError:
+            raise ConfigError(f"points={points!r}: 'all', a count or a list of op indices") from None
+    if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
+        if points <= 0:
+            raise ConfigError(f"points={points}: must be positive (or 'all')")
+        if points >= len(candidates):
+            return candidates.tolist()
+        pick = np.unique(np.linspace(0, len(candidates) - 1, int(points)).round().astype(np.int64))
+        return candidates[pick].tolist()
+    chosen = sorted({int(p) for p in points})
+    if chosen and not (0 <= chosen[0] and chosen[-1] < n_ops):
+        raise ConfigError(f"crash points must be op indices 0..{n_ops - 1}")
+    return chosen
+
+
+def _relocate(exc: Exception, offset: int) -> Exception:
+    m = _RECORD.match(str(exc))
+    if not m:
+        return exc
+    return type(exc)(f"record {int(m.group(1)) + offset}{m.group(2)}")
+
+
+class _Checker:
+    def __init__(self, hv: Hypervisor, ops: np.ndarray, protocol: str, fence_scope: str,
+                 handler: ExitHandler, full_every: int, ordering: bool = True) -> None:
+        self.hv, self.ops, self.handler = hv, ops, handler
+        self.platform = hv.platform
+        self.domain = self.platform.domain
+        self.model = _Model(hv, protocol, fence_scope, ordering)
+        self.full_every = full_every
+        self.violating: set[int] = set()
+        self.violations: list[Violation] = []
+        self.skipped: set[int] = set()
+        self.pos = 0
+
+    def _replay(self, stop: int) -> None:
+        """Run ops[pos:stop] on the hypervisor, then follow them in the model."""
+        a = self.pos
+        if stop <= a:
+            return
+        seg = self.ops[a:stop]
+        if self.domain == "none":      # drains change what survives: the lines queued now may move
+            lines = self.model.lines
+            for c in range(self.platform.n_controllers):
+                for line, _ in self.platform.wpq(c):
+                    s = lines.slot.get(line)
+                    if s is not None:
+                        self.model.touched.add(s)
+        exits = []
+
+        def handle(fault: GuestFault) -> str:
+            f = GuestFault(fault.reason, fault.qualification, fault.gpa, fault.op_index + a, fault.vm,
+                           fault.vcpu, fault.op)
+            action = self.handler(f)
+            exits.append(f.op_index)
+            if action == "skip":
+                self.skipped.add(f.op_index)
+            return action
+        try:
+            self.hv.replay(seg, handle)
+        except (TraceError, LifecycleError) as e:
+            raise _relocate(e, a) from None
+        if exits:
+            self.model.forget_translations()       # the handler may have changed mappings
+        self.model.run(seg, a, self.skipped)
+        self.pos = stop
+        for store, at, s in self.model.unfenced:
+            self.violations.append(self._violation(store, at, s, [], None))
+        self.model.unfenced = []
+
+    def _durable(self, lines: np.ndarray) -> np.ndarray:
+        """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]."""
+        read = self.platform.durable_read
+        if not len(lines):
+            return np.zeros((0, LINE), np.uint8)
+        breaks = np.flatnonzero(np.diff(lines) != LINE) + 1
+        starts, ends = np.r_[0, breaks], np.r_[breaks, len(lines)]
+        span = int(lines[-1] - lines[0]) + LINE
+        if span <= _SPAN_LIMIT and span <= len(starts) * _RUN_COST + LINE * len(lines):
+            buf = np.frombuffer(read(int(lines[0]), span), np.uint8).reshape(-1, LINE)
+            return buf[(lines - lines[0]) // LINE]
+        parts = [np.frombuffer(read(int(lines[s]), LINE * int(e - s)), np.uint8) for s, e in zip(starts, ends)]
+        return np.concatenate(parts).reshape(-1, LINE)
+
+    def probe(self, point: int, full: bool) -> None:
+        L = self.model.lines
+        if full:
+            slots = np.flatnonzero(L.active[:L.n])
+        else:
+            want = self.model.touched | self.violating
+            slots = np.array(sorted(s for s in want if L.active[s]), np.int64)
+        self.model.touched = set()
+        if not len(slots):
+            self.violating = set()
+            return
+        order = np.argsort(L.hpa[slots], kind="stable")
+        slots = slots[order]
+        durable = self._durable(L.hpa[slots])
+        bad = (L.lc[slots] >= 0) & (durable != L.exp[slots]) & (durable != L.latest[slots])
+        rows = np.flatnonzero(bad.any(axis=1))
+        violating: set[int] = set()
+        for r in rows.tolist():
+            s = int(slots[r])
+            lost: dict[int, list[int]] = {}
+            for b in np.flatnonzero(bad[r]).tolist():
+                if not L.allowed(s, b, int(durable[r, b])):
+                    lost.setdefault(int(L.lc[s, b]), []).append(b)
+            if lost:
+                violating.add(s)
+                for store, offsets in sorted(lost.items()):
+                    self.violations.append(self._violation(store, point, s, offsets, durable[r]))
+        self.violating = violating
+
+    def _violation(self, store: int, point: int, s: int, offsets: list[int],
+                   durable: np.ndarray | None) -> Violation:
+        """A lost store (``durable``: its line's durable bytes) or, without ``durable``, an unfenced one."""
+        rec = self.ops[store]
+        size, gpa, value = int(rec["size"]), int(rec["gpa"]), int(rec["value"])
+        L = self.model.lines
+        off = gpa & (LINE - 1)              # the store's offset in its line (stores never cross lines)
+        common: dict[str, Any] = {
+            "store": store, "point": point, "vm": int(rec["vm"]), "vcpu": int(rec["vcpu"]),
+            "op": Op(int(rec["op"])).name, "size": size, "gpa": gpa, "hpa": int(L.hpa[s]) + off,
+            "expected": value.to_bytes(8, "little")[:size]}
+        if durable is None:
+            return Violation(completed=-1, found=b"", lost=0, kind="unfenced", **common)
+        return Violation(completed=int(L.done[s, offsets[0]]), found=durable[off:off + size].tobytes(),
+                         lost=sum(1 << (b - off) for b in offsets), **common)
+
+    def verify(self, point: int) -> int | None:
+        """Compare durable_read with a real power failure of a snapshot-restored copy over every
+        vNVDIMM range; the first differing HPA, or None."""
+        tmp = tempfile.mkdtemp(prefix="nvemu-check-")
+        try:
+            path = os.path.join(tmp, "point.npz")
+            self.hv.snapshot(path)
+            copy = Hypervisor.restore(path, backend=self.platform.backend)
+            image = copy.platform.power_fail()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        base = self.platform.pmem_base
+        for vm in self.hv.vms.values():
+            for r in vm.nvdimms:
+                probe = np.frombuffer(self.platform.durable_read(r.hpa, r.size), np.uint8)
+                real = image[r.hpa - base:r.hpa - base + r.size]
+                diff = np.flatnonzero(probe != real)
+                if len(diff):
+                    return r.hpa + int(diff[0])
+        return None
+
+
+def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
+          protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
+          verify: int = 0, full_every: int = 64, ordering: bool = True) -> CheckResult:
+    """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
+    persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
+    indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
+    sees exits the core does not handle (op_index in the whole trace); ops it skips are not
+    stores. ``verify``: also compare that many of the points (evenly spread) with a real power
+    failure of a snapshot-restored copy. ``full_every``: re-read every tracked line at every so
+    many points (and at the last). ``ordering``: report vFHA writes that overtake unfenced
+    write-backs (deep protocol only). Afterwards ``hv`` has replayed the whole trace.
+
+    Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
+    handler refuses, ConfigError for bad options."""
+    if not isinstance(ops, np.ndarray) or ops.dtype != TRACE_DTYPE or ops.ndim != 1:
+        raise TraceError("a trace must be a one-dimensional numpy array of TRACE_DTYPE")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if fence_scope not in FENCE_SCOPES:
+        raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
+    if not isinstance(full_every, int) or full_every < 1:
+        raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
+    domain = hv.platform.domain
+    resolved = protocol if protocol != "auto" else ("deep" if domain == "none" else "flush")
+    candidates = persist_points(hv, ops)
+    chosen = _choose_points(candidates, points, len(ops))
+    verify_at = set()
+    if verify and chosen:
+        verify_at = {chosen[int(k)] for k in np.unique(np.linspace(0, len(chosen) - 1, min(verify, len(chosen)))
+                                                        .round().astype(np.int64))}
+    checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering)
+    verified, mismatches = [], []
+    for n, p in enumerate(chosen):
+        checker._replay(p + 1)
+        checker.probe(p, full=(n + 1) % full_every == 0 or n == len(chosen) - 1)
+        if p in verify_at:
+            verified.append(p)
+            bad = checker.verify(p)
+            if bad is not None:
+                mismatches.append((p, bad))
+    checker._replay(len(ops))
+    violations = sorted(checker.violations, key=lambda v: (v.point, v.store, v.kind))
+    return CheckResult(ops=len(ops), points=chosen, candidates=len(candidates), violations=violations,
+                       completed_stores=checker.model.completed, protocol=resolved, fence_scope=fence_scope,
+                       domain=domain, platform=hv.platform.name,
+                       strategies={vm.id: vm.strategy for vm in hv.vms.values()},
+                       fanouts={vm.id: vm.fanout for vm in hv.vms.values()},
+                       verified=verified, verify_mismatches=mismatches)
+
+
+# ---- a trace file on a fresh machine -------------------------------------------------------------
+
+def build_platform(platform: str | PlatformConfig | Platform = "default", domain: str | None = None,
+                   backend: str | None = None) -> Platform:
+    """The platform a preset name, a config or a Platform describes, its domain replaced by
+    ``domain`` when given (``PlatformConfig.with_``)."""
+    if domain is not None and domain not in DOMAIN_NAMES:
+        raise ConfigError(f"unknown persistence domain {domain!r}; known: {', '.join(DOMAIN_NAMES)}")
+    if isinstance(platform, Platform):
+        if domain is None or domain == platform.domain:
+            return platform
+        return Platform(platform.config.with_(domain=domain), platform.costs, backend=backend or platform.backend)
+    config = preset(platform) if isinstance(platform, str) else platform
+    if domain is not None:
+        config = config.with_(domain=domain)
+    return Platform(config, backend=backend)
+
+
+def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | Iterable[int] = "all", *,
+                platform: str | PlatformConfig | Platform = "default", domain: str | None = None,
+                strategy: str = "auto", fanout: str = "broadcast", vms: int | None = None,
+                vcpus: int | None = None, dram: int | None = None, nvdimm: int | None = None,
+                format: str | None = None, unregistered: str = "error", deep_flush: bool = False,
+                backend: str | None = None, **options: Any) -> CheckResult:
+    """:func:`check` a trace file (npy, text or pmemcheck, by content unless ``format``) or array
+    on a fresh hypervisor: ``platform`` (domain replaced by ``domain``) with ``vms`` VMs of
+    ``vcpus`` vCPUs (default: as many as the trace names; a pmemcheck log: one), each with
+    ``dram``/``nvdimm`` bytes (default as ``nvemu replay``), flushing by ``strategy``/``fanout``.
+    A pmemcheck log lands on the first VM's vNVDIMM (``deep_flush``: a vFHA write and fence after
+    each persist). ``options`` go to :func:`check`."""
+    from .replay import create_vms
+    from .trace import detect_format, id_extent, open_trace
+
+    hv = Hypervisor(build_platform(platform, domain, backend))
+    is_array = isinstance(trace, np.ndarray)
+    fmt = "array" if is_array else format or detect_format(trace)
+    source = None
+    if fmt == "pmemcheck":
+        vms, vcpus = vms or 1, vcpus or 1
+    else:
+        source = open_trace(trace, None if is_array else fmt)
+        if vms is None or vcpus is None:
+            top_vm, top_vcpu = id_extent(c for _, c in source.chunks())
+            vms = vms or top_vm + 1 or 1
+            vcpus = vcpus or top_vcpu + 1 or 1
+    made = create_vms(hv, vms, vcpus, strategy, fanout, dram, nvdimm)
+    if source is None:
+        nv = made[0].nvdimms[0]
+        source = open_trace(trace, fmt, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size, unregistered=unregistered,
+                            deep_flush=made[0].vfha_gpa if deep_flush else None)
+    records = source.npy.array() if source.npy is not None else source.records
+    try:
+        return check(hv, records, points, **options)
+    except (TraceError, LifecycleError) as e:
+        m = _RECORD.match(str(e))
+        if m and source.origin is not None:
+            raise type(e)(f"{source.where(int(m.group(1)))}{m.group(2)}") from None
+        raise
+    except GuestFault as f:
+        if f.reason == 48 and not f.qualification & 0x38:
+            raise TraceError(f"{source.where(f.op_index)}: GPA {f.gpa:#x} is outside every mapping of vm {f.vm} "
+                             f"({'write' if f.write else 'read'} by cpu{f.vcpu})") from None
+        raise
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def _points_arg(text: str) -> str | int:
+    if text == "all":
+        return "all"
+    try:
+        n = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'all' or a positive count") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'all' or a positive count")
+    return n
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``check TRACE``: exit 0 when no completed store is lost, 1 when some is, 2 on bad input."""
+    from .nfit import platform_config_from_nfit
+    if args.nfit:
+        try:
+            with open(args.nfit, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read NFIT {args.nfit}: {e.strerror or e}") from None
+        platform: str | PlatformConfig = platform_config_from_nfit(data)
+    else:
+        platform = args.preset
+    result = check_trace(args.trace, args.points, platform=platform, domain=args.domain, strategy=args.strategy,
+                         fanout=args.fanout, vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
+                         format=None if args.format == "auto" else args.format,
+                         unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
+                         protocol=args.protocol, fence_scope=args.fence_scope, verify=args.verify,
+                         ordering=not args.no_ordering)
+    print(f"nvemu check: {args.trace}")
+    print(result.report(args.limit))
+    if args.json:
+        text = json.dumps(result.as_dict(), indent=2) + "\n"
+        try:
+            if args.json == "-":
+                sys.stdout.write(text)
+            else:
+                with open(args.json, "w") as f:
+                    f.write(text)
+        except OSError as e:
+            print(f"nvemu: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    return 0 if result.ok else 1
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``check`` to an argparse subparsers object."""
+    from .config import PRESETS
+    from .flush_hints import FANOUTS, STRATEGIES
+    from .nfit_cli import parse_number
+    from .trace import FORMATS
+
+    p = subparsers.add_parser(
+        "check", help="crash-consistency check: is every persisted store durable at every persist point?",
+        description="Replay a trace and, at every persist point of the guest (after each fence and each vFHA "
+                    "write; or N sampled ones), check that every store whose persistence protocol had completed "
+                    "(written back and fenced, plus a vFHA write and fence where the domain is none) is in the "
+                    "durable image. Exit status: 0 none lost, 1 violations, 2 bad input.")
+    p.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
+                       help=f"platform preset ({', '.join(PRESETS)}; default: default)")
+    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
+    p.add_argument("--domain", choices=list(DOMAIN_NAMES), help="override the platform's persistence domain")
+    p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
+                   help="how the hypervisor virtualises the vFHA (default auto; drop is broken on purpose)")
+    p.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
+    p.add_argument("--points", default="all", type=_points_arg, metavar="all|N",
+                   help="check after every fence and vFHA write (all, the default) or N evenly sampled ones")
+    p.add_argument("--protocol", default="auto", choices=list(PROTOCOLS),
+                   help="what the guest must do for a store to count as persisted: fence; flush (write-back, "
+                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush")
+    p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
+                   help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
+    p.add_argument("--no-ordering", action="store_true",
+                   help="do not report vFHA writes that overtake unfenced write-backs (deep protocol)")
+    p.add_argument("--verify", metavar="N", type=int, default=0,
+                   help="also compare N points with a real power failure of a snapshot-restored copy")
+    p.add_argument("--vms", metavar="N", type=int, help="VMs to create (default: as the trace names)")
+    p.add_argument("--vcpus", metavar="N", type=int, help="vCPUs per VM (default: as the trace names)")
+    p.add_argument("--dram", metavar="SIZE", type=parse_number, help="DRAM of each VM")
+    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number, help="vNVDIMM of each VM")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
+    p.add_argument("--skip-unregistered", action="store_true",
+                   help="pmemcheck: drop records outside every registered file instead of failing")
+    p.add_argument("--deep-flush", action="store_true",
+                   help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
+    p.add_argument("--limit", metavar="N", type=int, default=20, help="lost stores listed (default 20)")
+    p.add_argument("--json", metavar="FILE", help="write the result (every violation) as JSON ('-': stdout)")
+    p.set_defaults(func=cmd_check)
+
+
+__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "Violation", "add_commands", "build_platform", "check",
+           "check_trace", "cmd_check", "persist_points"]
