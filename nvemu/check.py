@@ -38,8 +38,8 @@ data), so the durable image alone can never show this guest bug; the ordering ch
 Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
 its vFHA page are never checked. Lines are re-read at a point when something could have changed
 their durable value since the last point (a store, write-back, completion, or -- on a ``none``
-platform -- a WPQ drain of the line), and every line is re-read at every ``full_every``-th point
-and the last one, so a fault that touches lines the guest did not is caught too. ``verify`` also
+platform -- a WPQ drain of the line), and every line is re-read at 16 points spread over the run
+(``full_every``) and at the last one, so a fault that touches lines the guest did not is caught too. ``verify`` also
 checks that many points against a real ``power_fail()`` of a snapshot-restored copy.
 
 Memory: about 1.2 KiB per distinct 64-byte line with a completed store, plus the pending stores.
@@ -67,7 +67,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,16 +97,19 @@ _LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE
 
 @dataclass(frozen=True)
 class Violation:
-    """A completed store whose data a power failure at ``point`` would lose (``kind`` "lost"), or a
-    store whose write-back a vFHA write at ``point`` overtook before any fence (``kind`` "unfenced").
+    """A completed store that a power failure would lose at every checked crash point from
+    ``point`` to ``until`` (``points`` of them; ``kind`` "lost"), or a store whose write-back the
+    vFHA write at ``point`` overtook before any fence (``kind`` "unfenced", ``until == point``).
 
-    ``lost`` has bit ``k`` set when byte ``k`` of the store is in the durable image neither as this
-    store wrote it nor as any later store to that byte wrote it; ``found`` is what the durable image
-    holds at the store's ``size`` bytes, ``expected`` what the store wrote there. An "unfenced"
-    violation has ``completed`` -1, ``found`` empty and ``lost`` 0."""
+    A lost store stays lost until its line changes (a store, write-back, completion or drain), so
+    one record covers the run of crash points; :meth:`CheckResult.pairs` lists every (store, crash
+    point). ``lost`` has bit ``k`` set when byte ``k`` of the store is in the durable image neither
+    as this store wrote it nor as any later store to that byte wrote it; ``found`` is what the
+    durable image holds at the store's ``size`` bytes at ``point``, ``expected`` what the store
+    wrote there. An "unfenced" violation has ``completed`` -1, ``found`` empty and ``lost`` 0."""
 
     store: int          # op index of the store
-    point: int          # crash point: power fails right after this op (unfenced: the vFHA write)
+    point: int          # first crash point it is lost at: power fails right after this op
     completed: int      # op index at which the store's protocol completed
     vm: int
     vcpu: int
@@ -118,6 +121,8 @@ class Violation:
     found: bytes
     lost: int
     kind: str = "lost"
+    until: int = -1     # last crash point of the run (set when the run ends)
+    points: int = 1     # checked crash points from point to until
 
     @property
     def line_gpa(self) -> int:
@@ -128,7 +133,8 @@ class Violation:
         return self.hpa & ~(LINE - 1)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "store": self.store, "point": self.point, "completed": self.completed, "vm": self.vm,
+        return {"kind": self.kind, "store": self.store, "point": self.point, "until": self.until,
+                "points": self.points, "completed": self.completed, "vm": self.vm,
                 "vcpu": self.vcpu, "op": self.op, "size": self.size, "gpa": self.gpa, "hpa": self.hpa,
                 "line_gpa": self.line_gpa, "line_hpa": self.line_hpa, "expected": self.expected.hex(),
                 "found": self.found.hex(), "lost_bytes": [k for k in range(self.size) if self.lost >> k & 1]}
@@ -140,7 +146,8 @@ class Violation:
                     f"before the vFHA write at op {self.point}")
         return (f"store {self.store} (vm{self.vm} cpu{self.vcpu} {self.op} {self.size} B at GPA {self.gpa:#x}, "
                 f"line GPA {self.line_gpa:#x} / HPA {self.line_hpa:#x}), completed at op {self.completed}, "
-                f"lost at crash point {self.point}: durable {self.found.hex()}, expected {self.expected.hex()}")
+                f"lost at {self.points} crash point(s) {self.point}..{self.until}: durable {self.found.hex()}, "
+                f"expected {self.expected.hex()}")
 
 
 @dataclass
@@ -150,7 +157,7 @@ class CheckResult:
     ops: int                                    # records in the trace
     points: list[int]                           # crash points checked (op indices), ascending
     candidates: int                             # persist points in the trace (fences + vFHA writes)
-    violations: list[Violation]                 # one per (store, crash point), by point then store
+    violations: list[Violation]                 # one per run of crash points a store is lost at
     completed_stores: int                       # stores whose protocol completed before the last point
     protocol: str                               # the resolved ladder: fence, flush or deep
     fence_scope: str
@@ -174,6 +181,19 @@ class CheckResult:
     def unfenced_stores(self) -> list[int]:
         """Op indices of the stores a vFHA write overtook before they were fenced, ascending."""
         return sorted({v.store for v in self.violations if v.kind == "unfenced"})
+
+    def pairs(self, kind: str = "lost") -> list[tuple[int, int]]:
+        """Every (store, crash point) at which a store is lost (or, for "unfenced", overtaken),
+        ordered by crash point, then store."""
+        index = {p: k for k, p in enumerate(self.points)}
+        out = []
+        for v in self.violations:
+            if v.kind == kind:
+                if v.point in index and v.until in index:
+                    out += [(v.store, p) for p in self.points[index[v.point]:index[v.until] + 1]]
+                else:
+                    out.append((v.store, v.point))
+        return sorted(out, key=lambda sp: (sp[1], sp[0]))
 
     def by_store(self, kind: str = "lost") -> dict[int, list[Violation]]:
         """Violations of ``kind`` grouped by store (op index), each group in crash-point order."""
@@ -212,7 +232,8 @@ class CheckResult:
             lines.append("result    OK: no completed store is lost at any checked crash point")
             return "\n".join(lines)
         groups, unfenced = self.by_store(), self.by_store("unfenced")
-        lines.append(f"result    {len(self.violations):,} violation(s): {len(groups):,} completed store(s) lost"
+        pairs = sum(v.points for v in self.violations if v.kind == "lost")
+        lines.append(f"result    {len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"
                      + (f", {len(unfenced):,} store(s) not fenced before a vFHA write" if unfenced else ""))
         for k, (store, vs) in enumerate(unfenced.items()):
             if k == limit:
@@ -224,11 +245,11 @@ class CheckResult:
                 lines.append(f"  ... and {len(groups) - limit:,} more lost stores (see --json)")
                 break
             v = vs[0]
-            pts = ", ".join(str(x.point) for x in vs[:6]) + (", ..." if len(vs) > 6 else "")
+            runs = ", ".join(f"{x.point}" if x.points == 1 else f"{x.point}..{x.until}" for x in vs[:4])
             lines.append(f"  store {store}: vm{v.vm} cpu{v.vcpu} {v.op} {v.size} B at GPA {v.gpa:#x} "
                          f"(line GPA {v.line_gpa:#x}, HPA {v.line_hpa:#x}), completed at op {v.completed}; "
-                         f"lost at {len(vs)} crash point(s): {pts}; durable {v.found.hex()} "
-                         f"expected {v.expected.hex()}")
+                         f"lost at {sum(x.points for x in vs)} crash point(s): {runs}"
+                         f"{', ...' if len(vs) > 4 else ''}; durable {v.found.hex()} expected {v.expected.hex()}")
         return "\n".join(lines)
 
 
@@ -477,8 +498,10 @@ class _Checker:
         self.domain = self.platform.domain
         self.model = _Model(hv, protocol, fence_scope, ordering)
         self.full_every = full_every
-        self.violating: set[int] = set()
+        self.open: dict[int, dict[int, Violation]] = {}    # line slot -> {store: its run of lost points}
         self.violations: list[Violation] = []
+        self.points: dict[int, int] = {}                    # crash points probed so far -> their rank
+        self.last = -1
         self.skipped: set[int] = set()
         self.pos = 0
 
@@ -514,51 +537,79 @@ class _Checker:
         self.model.run(seg, a, self.skipped)
         self.pos = stop
         for store, at, s in self.model.unfenced:
-            self.violations.append(self._violation(store, at, s, [], None))
+            self.violations.append(replace(self._violation(store, at, s, [], None), until=at))
         self.model.unfenced = []
 
     def _durable(self, lines: np.ndarray) -> np.ndarray:
-        """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]."""
+        """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
+        block of at most _SPAN_LIMIT bytes, one read of the whole span or one per run of adjacent
+        lines, whichever reads less (a call costs about _RUN_COST bytes)."""
         read = self.platform.durable_read
-        if not len(lines):
-            return np.zeros((0, LINE), np.uint8)
-        breaks = np.flatnonzero(np.diff(lines) != LINE) + 1
-        starts, ends = np.r_[0, breaks], np.r_[breaks, len(lines)]
-        span = int(lines[-1] - lines[0]) + LINE
-        if span <= _SPAN_LIMIT and span <= len(starts) * _RUN_COST + LINE * len(lines):
-            buf = np.frombuffer(read(int(lines[0]), span), np.uint8).reshape(-1, LINE)
-            return buf[(lines - lines[0]) // LINE]
-        parts = [np.frombuffer(read(int(lines[s]), LINE * int(e - s)), np.uint8) for s, e in zip(starts, ends)]
-        return np.concatenate(parts).reshape(-1, LINE)
+        out = np.empty((len(lines), LINE), np.uint8)
+        i = 0
+        while i < len(lines):
+            j = int(np.searchsorted(lines, lines[i] + _SPAN_LIMIT - LINE, side="right"))
+            block = lines[i:j]
+            breaks = np.flatnonzero(np.diff(block) != LINE) + 1
+            starts, ends = np.r_[0, breaks], np.r_[breaks, len(block)]
+            span = int(block[-1] - block[0]) + LINE
+            if span <= len(starts) * _RUN_COST + LINE * len(block):
+                buf = np.frombuffer(read(int(block[0]), span), np.uint8).reshape(-1, LINE)
+                out[i:j] = buf[(block - block[0]) // LINE]
+            else:
+                for a, b in zip(starts.tolist(), ends.tolist()):
+                    out[i + a:i + b] = np.frombuffer(read(int(block[a]), LINE * (b - a)), np.uint8).reshape(-1, LINE)
+            i = j
+        return out
 
     def probe(self, point: int, full: bool) -> None:
+        """Re-read the lines that may have changed since the last point (all of them when ``full``):
+        open a run for each store newly lost, end the run of each store no longer lost."""
         L = self.model.lines
+        previous = self.last
+        self.points[point] = len(self.points)
+        self.last = point
         if full:
             slots = np.flatnonzero(L.active[:L.n])
         else:
-            want = self.model.touched | self.violating
-            slots = np.array(sorted(s for s in want if L.active[s]), np.int64)
+            slots = np.array(sorted(s for s in self.model.touched if L.active[s]), np.int64)
         self.model.touched = set()
         if not len(slots):
-            self.violating = set()
             return
-        order = np.argsort(L.hpa[slots], kind="stable")
-        slots = slots[order]
+        slots = slots[np.argsort(L.hpa[slots], kind="stable")]
         durable = self._durable(L.hpa[slots])
         bad = (L.lc[slots] >= 0) & (durable != L.exp[slots]) & (durable != L.latest[slots])
-        rows = np.flatnonzero(bad.any(axis=1))
-        violating: set[int] = set()
-        for r in rows.tolist():
+        lost_now: dict[int, tuple[int, dict[int, list[int]]]] = {}
+        for r in np.flatnonzero(bad.any(axis=1)).tolist():
             s = int(slots[r])
             lost: dict[int, list[int]] = {}
             for b in np.flatnonzero(bad[r]).tolist():
                 if not L.allowed(s, b, int(durable[r, b])):
                     lost.setdefault(int(L.lc[s, b]), []).append(b)
             if lost:
-                violating.add(s)
-                for store, offsets in sorted(lost.items()):
-                    self.violations.append(self._violation(store, point, s, offsets, durable[r]))
-        self.violating = violating
+                lost_now[s] = (r, lost)
+        for s in [s for s in slots.tolist() if s in self.open]:    # probed lines with stores lost so far
+            now = lost_now.get(s, (0, {}))[1]
+            runs = self.open[s]
+            for store in [x for x in runs if x not in now]:
+                self._close(runs.pop(store), previous)
+            if not runs:
+                del self.open[s]
+        for s, (r, lost) in lost_now.items():
+            runs = self.open.setdefault(s, {})
+            for store, offsets in sorted(lost.items()):
+                if store not in runs:
+                    runs[store] = self._violation(store, point, s, offsets, durable[r])
+
+    def _close(self, v: Violation, until: int) -> None:
+        self.violations.append(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
+
+    def finish(self) -> None:
+        """End every open run at the last crash point."""
+        for runs in self.open.values():
+            for v in runs.values():
+                self._close(v, self.last)
+        self.open = {}
 
     def _violation(self, store: int, point: int, s: int, offsets: list[int],
                    durable: np.ndarray | None) -> Violation:
@@ -600,14 +651,14 @@ class _Checker:
 
 def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
-          verify: int = 0, full_every: int = 64, ordering: bool = True) -> CheckResult:
+          verify: int = 0, full_every: int | None = None, ordering: bool = True) -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
     indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
     sees exits the core does not handle (op_index in the whole trace); ops it skips are not
     stores. ``verify``: also compare that many of the points (evenly spread) with a real power
     failure of a snapshot-restored copy. ``full_every``: re-read every tracked line at every so
-    many points (and at the last). ``ordering``: report vFHA writes that overtake unfenced
+    many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``: report vFHA writes that overtake unfenced
     write-backs (deep protocol only). Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
@@ -618,7 +669,7 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
         raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if fence_scope not in FENCE_SCOPES:
         raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
-    if not isinstance(full_every, int) or full_every < 1:
+    if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
     domain = hv.platform.domain
     resolved = protocol if protocol != "auto" else ("deep" if domain == "none" else "flush")
@@ -628,6 +679,8 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     if verify and chosen:
         verify_at = {chosen[int(k)] for k in np.unique(np.linspace(0, len(chosen) - 1, min(verify, len(chosen)))
                                                         .round().astype(np.int64))}
+    if full_every is None:
+        full_every = max(64, -(-len(chosen) // 16))
     checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering)
     verified, mismatches = [], []
     for n, p in enumerate(chosen):
@@ -638,6 +691,7 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
             bad = checker.verify(p)
             if bad is not None:
                 mismatches.append((p, bad))
+    checker.finish()
     checker._replay(len(ops))
     violations = sorted(checker.violations, key=lambda v: (v.point, v.store, v.kind))
     return CheckResult(ops=len(ops), points=chosen, candidates=len(candidates), violations=violations,

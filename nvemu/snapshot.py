@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import CostModel, PlatformConfig
-from .errors import NvemuError, SnapshotError
+from .errors import ConfigError, NvemuError, SnapshotError
 from .flush_hints import VirtualFlushHint
 from .vm import VM, MemoryRange, VmState
 
@@ -130,11 +130,64 @@ def load(path: str | Path, backend: str | None = None) -> "Hypervisor":
                             pool_tables=meta["pool_tables"], max_vms=meta["max_vms"], backend=backend)
         hv = Hypervisor(platform)
         for m in meta["vms"]:
+            _check_vm(m, state, platform.layout.max_vms)
             _restore_vm(hv, m)
         platform.engine.set_state(state)
     except (NvemuError, KeyError, TypeError, ValueError, IndexError) as e:
         raise SnapshotError(f"{path}: cannot restore: {type(e).__name__}: {e}") from None
     return hv
+
+
+def _integer(value: Any, what: str, lo: int = 0, hi: int | None = None, align: int = 1) -> int:
+    if type(value) is not int or value < lo or (hi is not None and value >= hi) or value % align:
+        raise ConfigError(f"VM description: {what} {value!r} is not a valid number here")
+    return value
+
+
+def _mapped_bytes(state: dict[str, np.ndarray], root: int) -> int:
+    """Bytes of guest-physical space the page-table tree at ``root`` maps (present leaves)."""
+    rows = dict(zip(state["table_ids"].tolist(), state["table_data"]))
+    total, todo = 0, [(root, 4)]
+    while todo:
+        t, level = todo.pop()
+        row = rows[t]
+        present = (row & 7) != 0
+        leaf = present & (((row & 0x80) != 0) | (level == 1) | ((row & 3) == 2))
+        total += int(leaf.sum()) << (12 + 9 * (level - 1))
+        todo += [(int(e & 0x000F_FFFF_FFFF_F000) >> 12, level - 1) for e in row[present & ~leaf].tolist()]
+    return total
+
+
+def _check_vm(m: dict[str, Any], state: dict[str, np.ndarray], max_vms: int) -> None:
+    """A VM description must be well formed and agree with the engine state it comes with: a
+    resealed file with a doctored description is refused, not half-restored."""
+    from .flush_hints import FANOUTS, STRATEGIES
+    vm_id = _integer(m["id"], "id", 0, max_vms)
+    if vm_id not in state["vm_ids"].tolist():
+        raise ConfigError(f"VM description: vm {vm_id} has no engine state")
+    root, nvcpus, tlb_entries, _, fha_vpn, _ = state[f"vm{vm_id}_meta"].tolist()
+    if _integer(m["vcpus"], "vcpus", 1, 257) != nvcpus or _integer(m["tlb_entries"], "tlb_entries", 1) != tlb_entries:
+        raise ConfigError(f"VM description: vm {vm_id}'s vCPUs or TLB size differ from its engine state")
+    vfha = _integer(m["vfha_gpa"], "vfha_gpa", 0, 1 << 48, PAGE)
+    _integer(m["vfha_hpa"], "vfha_hpa", 0, 1 << 52, PAGE)
+    if fha_vpn != 2**64 - 1 and vfha >> 12 != fha_vpn:
+        raise ConfigError(f"VM description: vm {vm_id}'s vFHA {vfha:#x} is not the one its engine state traps")
+    if m["strategy"] not in STRATEGIES or m["fanout"] not in FANOUTS or m["page_size"] not in (PAGE, 2 << 20):
+        raise ConfigError(f"VM description: vm {vm_id} has an unknown strategy, fan-out or page size")
+    VmState(m["state"])
+    sizes = 0
+    for kind in ("dram", "nvdimms"):
+        for r in m[kind]:
+            _integer(r["gpa"], f"{kind} gpa", 0, 1 << 48, PAGE)
+            _integer(r["hpa"], f"{kind} hpa", 0, 1 << 52, PAGE)
+            sizes += _integer(r["size"], f"{kind} size", PAGE, None, PAGE)
+    for r in m["reserved"]:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ConfigError(f"VM description: reserved range {r!r} is not [gpa, size]")
+        _integer(r[0], "reserved gpa")
+        _integer(r[1], "reserved size", 1)
+    if _mapped_bytes(state, root) != sizes + PAGE:
+        raise ConfigError(f"VM description: vm {vm_id}'s ranges do not match what its page table maps")
 
 
 def _restore_vm(hv: "Hypervisor", m: dict[str, Any]) -> None:

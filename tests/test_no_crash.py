@@ -57,7 +57,7 @@ from nvemu import TRACE_DTYPE, NvemuError, Op
 from nvemu.platform import Platform
 from nvemu.config import make_platform
 
-resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))   # a runaway allocation: MemoryError, not the OOM killer
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))     # a runaway allocation: MemoryError, not the OOM killer
 ALLOWED = (NvemuError, TypeError, ValueError, OverflowError, MemoryError)
 CFG = make_platform(sockets=1, imcs_per_socket=2, dimm_bytes=1 << 20, dram_bytes=16 << 20, wpq_depth=8,
                     domain="adr", name="tiny")
