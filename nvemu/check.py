@@ -502,6 +502,10 @@ class _Checker:
         self.violations: list[Violation] = []
         self.points: dict[int, int] = {}                    # crash points probed so far -> their rank
         self.last = -1
+        self.verdicts: dict[int, tuple[bytes, dict[int, list[int]]]] = {}  # slot -> (what was judged, lost)
+        stats = self.platform.engine.controller_stats()
+        self.enqueued, self.drained = stats[:, 0].copy(), stats[:, 1].copy()
+        self.queues = [[line for line, _ in self.platform.wpq(c)] for c in range(self.platform.n_controllers)]
         self.skipped: set[int] = set()
         self.pos = 0
 
@@ -511,13 +515,6 @@ class _Checker:
         if stop <= a:
             return
         seg = self.ops[a:stop]
-        if self.domain == "none":      # drains change what survives: the lines queued now may move
-            lines = self.model.lines
-            for c in range(self.platform.n_controllers):
-                for line, _ in self.platform.wpq(c):
-                    s = lines.slot.get(line)
-                    if s is not None:
-                        self.model.touched.add(s)
         exits = []
 
         def handle(fault: GuestFault) -> str:
@@ -535,10 +532,29 @@ class _Checker:
         if exits:
             self.model.forget_translations()       # the handler may have changed mappings
         self.model.run(seg, a, self.skipped)
+        if self.domain == "none":
+            self._drained_lines()
         self.pos = stop
         for store, at, s in self.model.unfenced:
             self.violations.append(replace(self._violation(store, at, s, [], None), until=at))
         self.model.unfenced = []
+
+    def _drained_lines(self) -> None:
+        """Where only media survives, a drain changes what a power failure leaves: mark the lines
+        that left each WPQ since the last segment. Queues drain oldest first, so with ``d`` more
+        lines drained at controller ``c`` they are the ``d`` oldest of its queue as last seen (lines
+        queued and drained within the segment were written back in it, so are marked already)."""
+        drained = self.platform.engine.controller_stats()[:, 1]
+        lines, touched = self.model.lines, self.model.touched
+        for c in np.flatnonzero(drained != self.drained).tolist():
+            for line in self.queues[c][:int(drained[c] - self.drained[c])]:
+                s = lines.slot.get(line)
+                if s is not None:
+                    touched.add(s)
+        enqueued = self.platform.engine.controller_stats()[:, 0]
+        for c in np.flatnonzero((drained != self.drained) | (enqueued != self.enqueued)).tolist():
+            self.queues[c] = [line for line, _ in self.platform.wpq(c)]
+        self.drained, self.enqueued = drained.copy(), enqueued.copy()
 
     def _durable(self, lines: np.ndarray) -> np.ndarray:
         """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
@@ -580,12 +596,19 @@ class _Checker:
         durable = self._durable(L.hpa[slots])
         bad = (L.lc[slots] >= 0) & (durable != L.exp[slots]) & (durable != L.latest[slots])
         lost_now: dict[int, tuple[int, dict[int, list[int]]]] = {}
+        verdicts = self.verdicts
         for r in np.flatnonzero(bad.any(axis=1)).tolist():
             s = int(slots[r])
-            lost: dict[int, list[int]] = {}
-            for b in np.flatnonzero(bad[r]).tolist():
-                if not L.allowed(s, b, int(durable[r, b])):
-                    lost.setdefault(int(L.lc[s, b]), []).append(b)
+            key = durable[r].tobytes() + L.lc[s].tobytes() + L.latest[s].tobytes() + bytes([len(L.hist[s]) & 255])
+            seen = verdicts.get(s)
+            if seen is not None and seen[0] == key:           # nothing about this line changed: same verdict
+                lost = seen[1]
+            else:
+                lost = {}
+                for b in np.flatnonzero(bad[r]).tolist():
+                    if not L.allowed(s, b, int(durable[r, b])):
+                        lost.setdefault(int(L.lc[s, b]), []).append(b)
+                verdicts[s] = (key, lost)
             if lost:
                 lost_now[s] = (r, lost)
         for s in [s for s in slots.tolist() if s in self.open]:    # probed lines with stores lost so far
