@@ -233,8 +233,9 @@ class CheckResult:
             return "\n".join(lines)
         groups, unfenced = self.by_store(), self.by_store("unfenced")
         pairs = sum(v.points for v in self.violations if v.kind == "lost")
-        lines.append(f"result    {len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"
-                     + (f", {len(unfenced):,} store(s) not fenced before a vFHA write" if unfenced else ""))
+        found = ([f"{len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"] if groups else []) \
+            + ([f"{len(unfenced):,} store(s) not fenced before a vFHA write"] if unfenced else [])
+        lines.append("result    " + "; ".join(found))
         for k, (store, vs) in enumerate(unfenced.items()):
             if k == limit:
                 lines.append(f"  ... and {len(unfenced) - limit:,} more unfenced stores (see --json)")
