@@ -17,12 +17,12 @@ from ._constants import (BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MA
                          EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
                          Op, RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
 from ._layout import EngineLayout
+from .config import CostModel
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
 CAPI_VERSION = 1
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
-COST_NAMES = ("op", "walk_level", "exit", "write_protect", "mmio", "hypercall", "fha_write", "drain_line")
 PAGE = 4096
 LINE = 64
 
@@ -66,7 +66,7 @@ class Engine:
         self.domain = layout.domain
         self.pool_tables = layout.pool_tables
         self.max_vms = layout.max_vms
-        self.cost = dict(zip(COST_NAMES, layout.costs))
+        self.cost = dict(zip(CostModel.FIELDS, layout.costs))
         offset = 0
         for s in layout.sets:
             if s.hpa_base != self.pmem_base + offset or s.length % s.granularity:

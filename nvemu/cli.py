@@ -11,21 +11,13 @@ from typing import Sequence
 from . import __version__, nfit_cli, sweep, trace_cli
 from . import check
 from ._backend import BACKEND
-from .config import PRESETS, preset
+from .config import PRESETS
 from .errors import NvemuError
 from .hypervisor import Hypervisor
+from .trace_cli import parse_count
 from .workloads import persist_loop
 
 DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
-
-
-def _int(text: str) -> int:
-    """An integer with an optional 0x prefix and K/M/G suffix (binary)."""
-    text = text.strip().replace("_", "")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
-    if scale != 1:
-        text = text[:-1]
-    return int(text, 0) * scale
 
 
 def run_strategy(platform: str, strategy: str, fanout: str, n_ops: int, seed: int) -> dict:
@@ -104,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="default platform, one VM, the persist loop under each strategy")
     demo.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    demo.add_argument("--ops", type=_int, default=1_000_000)
+    demo.add_argument("--ops", type=parse_count, default=1_000_000)
     demo.add_argument("--fanout", default="broadcast", choices=("broadcast", "targeted"))
     demo.add_argument("--strategies", nargs="+", default=list(DEMO_STRATEGIES))
     demo.add_argument("--seed", type=int, default=0)

@@ -27,11 +27,10 @@ class RangeAllocator:
         return sum(n for _, n in self._free)
 
     def alloc(self, size: int, align: int, what: str) -> int:
-        for k, (start, n) in enumerate(self._free):
+        for start, n in self._free:
             addr = -(-start // align) * align
             if addr + size <= start + n:
-                pieces = [(start, addr - start), (addr + size, start + n - addr - size)]
-                self._free[k:k + 1] = [(a, m) for a, m in pieces if m]
+                self.claim(addr, size)
                 return addr
         raise ResourceError(f"out of host {what}: no free {size:#x}-byte range aligned to {align:#x} "
                             f"({self.free_bytes:#x} bytes free in all)")

@@ -39,6 +39,7 @@ from .errors import ConfigError
 from .microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid, native_costs, parse_sweep, plots,
                          rate_cells, run_bench, save, sensitivity)
 from .tasks import execute, write_results
+from .trace_cli import parse_count
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -268,7 +269,7 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--hints", nargs="+", type=int, default=[1], help="flush hints per NVDIMM (0: no WPQ flush)")
     b.add_argument("--vms", type=int, default=1)
     b.add_argument("--interleave", default="all", choices=["all", "socket"])
-    b.add_argument("--ops", type=int, default=200_000)
+    b.add_argument("--ops", type=parse_count, default=200_000)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--sweep-cost", metavar="NAME=LO:HI:STEP", help="cost-model sensitivity: sweep one cost")
     b.add_argument("--no-rate", action="store_true", help="skip the vFHA write-rate sweep behind the line plot")
