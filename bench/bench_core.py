@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nvemu import TRACE_DTYPE, Hypervisor, Op
-from nvemu.workloads import persist_loop
+from nvemu.guest.workloads import persist_loop
 
 N = 200_000
 
@@ -89,7 +89,7 @@ def test_drain_full_wpqs(benchmark, hv_vm):
     fill = batch(vm, Op.NT_STORE, n=depth * hv.platform.n_controllers, stride=64)
 
     def fill_then_drain():
-        hv.replay(fill)
+        hv.run(fill)
         return hv.platform.drain()
     assert benchmark(fill_then_drain) == len(fill)
 

@@ -2,7 +2,7 @@
 """Long-run soundness (issue 8, part 5): replay 200 M ops of the persist loop with periodic
 invariant checks (SPEC 7), in flat memory, and show that no 64-bit counter wrapped.
 
-The trace is generated on the fly (:func:`nvemu.workloads.persist_loop_chunks`, bit for bit the
+The trace is generated on the fly (:func:`nvemu.guest.workloads.persist_loop_chunks`, bit for bit the
 trace ``persist_loop`` would give) and replayed chunk by chunk on one default VM of the ``default``
 platform (SPEC 5: 4 controllers, WPQ depth 64, flush hints, ADR; strategy auto = write-protect), so
 memory stays that of the emulated machine plus one chunk. Every ``--check-every`` ops (and at the
@@ -44,8 +44,8 @@ import numpy as np
 
 from nvemu import GuestFault, Hypervisor, Op, __version__
 from nvemu._constants import STAT, STAT_NAMES, LineState
-from nvemu.trace_cli import parse_count
-from nvemu.workloads import persist_loop_chunks
+from nvemu.cli.common import parse_count
+from nvemu.guest.workloads import persist_loop_chunks
 
 LINE = 64
 EVENTS = [n for n in STAT_NAMES if n != "load_sum"]     # load_sum is a checksum modulo 2**64: it wraps by design
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         counts += np.bincount(chunk["op"], minlength=8)[:8]
         vfha_writes += int(np.count_nonzero(chunk["gpa"] == vm.vfha_gpa))
         t0 = time.perf_counter()
-        hv.replay(chunk)
+        hv.run(chunk)
         replay_s += time.perf_counter() - t0
         done += len(chunk)
         del chunk

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nvemu import Hypervisor, __version__
-from nvemu.workloads import persist_loop
+from nvemu.guest.workloads import persist_loop
 
 HERE = Path(__file__).resolve().parent
 YARDSTICK = HERE.parent.parent / "shared" / "yardstick" / "replay_yardstick.c"
@@ -51,7 +51,7 @@ def core_run(trace_for, n_ops: int, backend: str | None = None) -> tuple[float, 
     vm = hv.create_vm(prefault=True).start()
     trace = trace_for(vm, n_ops)
     t0 = time.perf_counter()
-    hv.replay(trace)
+    hv.run(trace)
     seconds = time.perf_counter() - t0
     held = rss_mib() - before - trace.nbytes / 2**20
     s = vm.stats()
@@ -78,7 +78,7 @@ def yardstick_run(exe: Path, npy: Path, gpa: int, size: int, fha: int) -> tuple[
 
 def cli_run(npy: Path, out: Path) -> float:
     """``nvemu replay`` on the saved trace, as a user runs it; its own Mops/s figure."""
-    subprocess.run([sys.executable, "-m", "nvemu.cli", "replay", str(npy), "--strategy", "write-protect",
+    subprocess.run([sys.executable, "-m", "nvemu", "replay", str(npy), "--strategy", "write-protect",
                     "--json", str(out), "--no-progress"], check=True, capture_output=True, text=True)
     return json.loads(out.read_text())["mops"]
 

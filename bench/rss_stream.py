@@ -2,7 +2,7 @@
 """Streaming replay keeps resident memory flat: ``nvemu replay`` on a 10 M and a 200 M op persist loop.
 
 Writes both traces with the generator's streaming writer (``nvemu gen persist-loop``; 240 MB and
-4.8 GB), then replays each through the CLI path (``nvemu.cli.main(["replay", ...])``) in a fresh
+4.8 GB), then replays each through the CLI path (``nvemu.cli.main.main(["replay", ...])``) in a fresh
 child process and reads the child's peak resident set (VmHWM). The two peaks should be within 10%
 of each other: what stays resident is the emulated machine (the default platform, its 256 MiB vNVDIMM
 prefaulted) and one chunk of the trace, not the trace. It also replays the 10 M loop from memory with
@@ -37,7 +37,7 @@ def peak_mib() -> float:
 def child(mode: str, arg: str) -> None:
     """Run in a fresh process: one replay, then one JSON line with its figures and the peak RSS."""
     if mode == "cli":
-        from nvemu.cli import main
+        from nvemu.cli.main import main
         out = Path(arg).with_suffix(".json")
         rc = main(["replay", arg, "--strategy", "write-protect", "--json", str(out), "--no-progress"])
         doc = json.loads(out.read_text())
@@ -46,13 +46,13 @@ def child(mode: str, arg: str) -> None:
                           "exits": doc["exits"]["48"], "peak_mib": peak_mib()}))
     else:
         from nvemu import Hypervisor
-        from nvemu.workloads import persist_loop
+        from nvemu.guest.workloads import persist_loop
         hv = Hypervisor("default")
         vm = hv.create_vm(strategy="write-protect", prefault=True).start()
         nv = vm.nvdimms[0]
         trace = persist_loop(int(arg), nv.gpa, nv.size, vm.vfha_gpa)
         t0 = time.perf_counter()
-        hv.replay(trace)
+        hv.run(trace)
         seconds = time.perf_counter() - t0
         print(json.dumps({"ops": len(trace), "seconds": seconds, "mops": len(trace) / seconds / 1e6,
                           "exits": vm.stats().exits[48], "peak_mib": peak_mib()}))
@@ -65,8 +65,8 @@ def run_child(mode: str, arg: str) -> dict:
 
 
 def generate(path: Path, n_ops: int) -> float:
-    from nvemu.trace import save_npy
-    from nvemu.workloads import iter_generate
+    from nvemu.formats.trace import save_npy
+    from nvemu.guest.workloads import iter_generate
     t0 = time.perf_counter()
     save_npy(path, iter_generate("persist-loop", n_ops))
     return time.perf_counter() - t0

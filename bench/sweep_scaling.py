@@ -11,9 +11,9 @@ import argparse
 import statistics
 import time
 
-from nvemu.cells import run_cell
-from nvemu.sweep import sweep_cells
-from nvemu.tasks import execute
+from nvemu.tools.cells import run_cell
+from nvemu.tools.sweep import sweep_cells
+from nvemu.tools.tasks import execute
 
 
 def main() -> None:

@@ -114,6 +114,9 @@ STAT_NAMES = (
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
 CYCLE_STATS = tuple(n for n in STAT_NAMES if n.startswith("cycles_"))
 
+# Cost-model fields, in the order of ``EngineLayout.costs`` and the core's ``cost_t``.
+COST_FIELDS = ("op", "walk_level", "exit", "write_protect", "mmio", "hypercall", "fha_write", "drain_line")
+
 # Per-controller counters.
 CTRL_STAT_NAMES = ("enqueued", "drained", "drained_full", "fha_writes")
 CTRL_STAT = {name: i for i, name in enumerate(CTRL_STAT_NAMES)}

@@ -13,11 +13,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._constants import (BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE,
+from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE,
                          EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
                          Op, RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
 from ._layout import EngineLayout
-from .config import CostModel
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
 CAPI_VERSION = 1
@@ -66,7 +65,7 @@ class Engine:
         self.domain = layout.domain
         self.pool_tables = layout.pool_tables
         self.max_vms = layout.max_vms
-        self.cost = dict(zip(CostModel.FIELDS, layout.costs))
+        self.cost = dict(zip(COST_FIELDS, layout.costs))
         offset = 0
         for s in layout.sets:
             if s.hpa_base != self.pmem_base + offset or s.length % s.granularity:

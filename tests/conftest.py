@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nvemu import TRACE_DTYPE, Hypervisor
-from nvemu.config import make_platform
+from nvemu.machine.config import make_platform
 
 BACKENDS = ["core", "reference"]
 if os.environ.get("NVEMU_PUREPYTHON") == "1":

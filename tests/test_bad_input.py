@@ -34,17 +34,17 @@ def test_malformed_record_names_index_and_field(setup, record, message):
     good = (Op.STORE, 0, 0, 8, gpa, 5)
     ops = trace(good, (op, cpu, vmid, size, gpa + off, value))
     with pytest.raises(TraceError, match=message) as info:
-        hv.replay(ops)
+        hv.run(ops)
     assert str(info.value).startswith("record 1:")
     assert vm.read(gpa, 8) == (5).to_bytes(8, "little")       # the records before it ran
     assert vm.stats()["ops"] == 1                             # the bad one did not
-    hv.replay(trace(good))                                     # and the hypervisor still works
+    hv.run(trace(good))                                     # and the hypervisor still works
 
 
 def test_gpa_outside_the_vm_is_a_guest_fault_with_the_exit_fields(setup):
     hv, vm, gpa = setup
     with pytest.raises(GuestFault) as info:
-        hv.replay(trace((Op.LOAD, 0, 0, 8, gpa, 0), (Op.STORE, 0, 0, 8, 0x7_0000_0000, 1)))
+        hv.run(trace((Op.LOAD, 0, 0, 8, gpa, 0), (Op.STORE, 0, 0, 8, 0x7_0000_0000, 1)))
     f = info.value
     assert (f.reason, f.qualification, f.gpa, f.op_index, f.vm, f.vcpu, f.op) == \
         (48, 0b10, 0x7_0000_0000, 1, 0, 0, Op.STORE)
@@ -60,17 +60,17 @@ def test_handler_can_skip_or_retry(setup):
         seen.append(fault.gpa)
         return "skip"
     ops = trace((Op.STORE, 0, 0, 8, 0x7_0000_0000, 1), (Op.STORE, 0, 0, 8, gpa, 2))
-    result = hv.replay(ops, handler=skip)
+    result = hv.run(ops, handler=skip)
     assert (result.ops, result.python_exits, seen) == (2, 1, [0x7_0000_0000])
     assert vm.read(gpa, 8) == (2).to_bytes(8, "little")
 
     def map_then_retry(fault):                                 # demand paging
         vm.page_table.map(fault.gpa & ~0xFFF, vm.dram[0].hpa, 0x1000)
         return "retry"
-    hv.replay(trace((Op.STORE, 0, 0, 8, 0x7_0000_0008, 3)), handler=map_then_retry)
+    hv.run(trace((Op.STORE, 0, 0, 8, 0x7_0000_0008, 3)), handler=map_then_retry)
     assert vm.read(0x7_0000_0008, 8) == (3).to_bytes(8, "little")
     with pytest.raises(ConfigError, match="expected 'skip' or 'retry'"):
-        hv.replay(trace((Op.LOAD, 0, 0, 8, 0x8_0000_0000, 0)), handler=lambda f: None)
+        hv.run(trace((Op.LOAD, 0, 0, 8, 0x8_0000_0000, 0)), handler=lambda f: None)
 
 
 @pytest.mark.parametrize("ops, message", [
@@ -81,7 +81,7 @@ def test_handler_can_skip_or_retry(setup):
 def test_wrong_trace_containers(setup, ops, message):
     hv, vm, gpa = setup
     with pytest.raises(TraceError, match=message):
-        hv.replay(ops)
+        hv.run(ops)
 
 
 def test_start_outside_the_trace(setup):
@@ -95,10 +95,10 @@ def test_start_outside_the_trace(setup):
 def test_strided_and_readonly_traces_replay(setup):
     hv, vm, gpa = setup
     ops = trace(*[(Op.STORE, 0, 0, 8, gpa + 8 * k, k) for k in range(8)])
-    hv.replay(ops[::2])
+    hv.run(ops[::2])
     ro = ops.copy()
     ro.flags.writeable = False
-    hv.replay(ro)
+    hv.run(ro)
     assert vm.stats()["stores"] == 12
 
 
@@ -106,12 +106,12 @@ def test_paused_and_destroyed_vms_refuse_records(setup):
     hv, vm, gpa = setup
     vm.pause()
     with pytest.raises(LifecycleError, match="record 0: vm 0 is paused"):
-        hv.replay(trace((Op.LOAD, 0, 0, 8, gpa, 0)))
+        hv.run(trace((Op.LOAD, 0, 0, 8, gpa, 0)))
     vm.resume()
-    hv.replay(trace((Op.LOAD, 0, 0, 8, gpa, 0)))
+    hv.run(trace((Op.LOAD, 0, 0, 8, gpa, 0)))
     cpu = vm.vcpu(0)
     vm.destroy()
     with pytest.raises(LifecycleError, match="destroyed"):
         cpu.load(gpa)
     with pytest.raises(TraceError, match="vm 0 does not exist"):
-        hv.replay(trace((Op.LOAD, 0, 0, 8, gpa, 0)))
+        hv.run(trace((Op.LOAD, 0, 0, 8, gpa, 0)))

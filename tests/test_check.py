@@ -11,11 +11,11 @@ import pytest
 from conftest import small_vm, tiny_platform, trace
 
 from nvemu import COMPILED, ConfigError, GuestFault, Hypervisor, Op, TraceError
-from nvemu.check import build_platform, check, check_trace, persist_points
-from nvemu.cli import main
-from nvemu.config import preset
-from nvemu.guest import TraceWriter
-from nvemu.workloads import WORKLOADS, VmLayout, generate
+from nvemu.tools.checker import build_platform, check, check_trace, persist_points
+from nvemu.cli.main import main
+from nvemu.machine.config import preset
+from nvemu.guest.drivers import TraceWriter
+from nvemu.guest.workloads import WORKLOADS, VmLayout, generate
 
 BACKEND = "core" if COMPILED else "reference"
 DATA = Path(__file__).parent / "data" / "trace"
@@ -294,7 +294,7 @@ def test_the_hypervisor_ends_as_after_a_plain_replay():
     ops = generate("pmdk-tx", 1500, VmLayout.of(vm), seed=8)
     check(hv, ops, 5)
     hv2, _ = machine("adr")
-    hv2.replay(ops)
+    hv2.run(ops)
     a, b = hv.platform.engine.get_state(), hv2.platform.engine.get_state()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -349,8 +349,8 @@ def test_build_platform_overrides_the_domain():
 
 
 def test_check_trace_on_an_npy_file(tmp_path):
-    from nvemu.replay import vm_layouts
-    from nvemu.trace import save_trace
+    from nvemu.tools.replayer import vm_layouts
+    from nvemu.formats.trace import save_trace
     lay = vm_layouts("small")[0]
     path = tmp_path / "t.npy"
     save_trace(path, generate("kv-put", 4000, lay, seed=1))
@@ -360,8 +360,8 @@ def test_check_trace_on_an_npy_file(tmp_path):
 
 
 def test_cli_exit_status_and_json(tmp_path, capsys):
-    from nvemu.replay import vm_layouts
-    from nvemu.trace import save_trace
+    from nvemu.tools.replayer import vm_layouts
+    from nvemu.formats.trace import save_trace
     path, out = tmp_path / "t.npy", tmp_path / "r.json"
     save_trace(path, generate("seq-log", 3000, vm_layouts("small")[0], seed=1))
     assert main(["check", str(path), "--preset", "small", "--domain", "none", "--strategy", "drop",
@@ -390,7 +390,7 @@ def test_cli_on_the_text_and_pmemcheck_samples(tmp_path, capsys):
 
 
 def test_cli_with_an_nfit(tmp_path, capsys):
-    from nvemu.nfit import build, nfit_from_platform_config
+    from nvemu.formats.nfit import build, nfit_from_platform_config
     nfit = tmp_path / "host.nfit"
     nfit.write_bytes(build(nfit_from_platform_config(preset("small"))))
     assert main(["check", str(DATA / "basic.txt"), "--nfit", str(nfit), "--domain", "none", "--strategy",

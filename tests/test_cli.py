@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from nvemu import __version__
-from nvemu.cli import main
+from nvemu.cli.main import main
 
 
 def test_version(capsys):

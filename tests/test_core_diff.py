@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nvemu import TRACE_DTYPE, GuestFault, Hypervisor, NvemuError, Op
-from nvemu.flush_hints import STRATEGIES
+from nvemu.machine.flush_hints import STRATEGIES
 
 from conftest import tiny_platform
 
@@ -90,7 +90,7 @@ def apply(hv, vms, act, log):
                 vm = vms[addr[0] % len(vms)]
                 recs.append((op, cpu, vm.id, size, gpa_of(vm, addr), value))
             faults = []
-            result = hv.replay(np.array(recs, TRACE_DTYPE), handler=lambda f: faults.append(
+            result = hv.run(np.array(recs, TRACE_DTYPE), handler=lambda f: faults.append(
                 (f.reason, f.qualification, f.gpa, f.op_index, f.vm, f.vcpu, f.op)) or "skip")
             log.append(("ops", result, faults, hv.platform.engine.last_value))
         elif kind in ("protect", "unmap", "remap"):

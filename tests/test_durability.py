@@ -72,7 +72,7 @@ def test_vfha_protocol_durability(make_hv, domain, strategy, when):
     hv = make_hv(domain=domain)
     vm = small_vm(hv, strategy=strategy)
     ops, fha_index = persist_then_flush_hint(vm, 0x5EED)
-    hv.replay(ops[:fha_index] if when == "before" else ops)
+    hv.run(ops[:fha_index] if when == "before" else ops)
     image = hv.platform.power_fail()
     durable = image_line(image, hv, vm.nvdimms[0].hpa)[:8] == (0x5EED).to_bytes(8, "little")
     drains = strategy in ("write-protect", "mmio", "hypercall")
@@ -84,7 +84,7 @@ def test_no_flush_hints_means_auto_is_writable_with_zero_exits(make_hv):
     vm = small_vm(hv)
     assert vm.strategy == "writable" and not hv.platform.wpq_flush
     ops, _ = persist_then_flush_hint(vm, 1)
-    hv.replay(ops)
+    hv.run(ops)
     assert vm.stats().exit_count == 0
     assert vm.stats()["lines_drained"] == 0
     assert vm.read(vm.vfha_gpa, 8) == (1).to_bytes(8, "little")   # an ordinary page

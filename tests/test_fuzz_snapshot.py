@@ -22,9 +22,10 @@ from conftest import tiny_platform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nvemu import restore_snapshot, save_snapshot
 from nvemu import Hypervisor, SnapshotError
-from nvemu.snapshot import _digest
-from nvemu.workloads import WORKLOADS, VmLayout, generate
+from nvemu.machine.snapshot import _digest
+from nvemu.guest.workloads import WORKLOADS, VmLayout, generate
 
 EXAMPLES = max(10, int(os.environ.get("NVEMU_FUZZ_EXAMPLES", "300")) // 5)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -59,7 +60,7 @@ def test_snapshots_at_random_points_then_finishing_equals_never_stopping(tmp_pat
     params = {"max_blocks": 1} if workload == "linux-fsync" else {}
     hv, vms = build(domain, strategies)
     ops = generate(workload, n, [VmLayout.of(v) for v in vms], seed=seed, vms=len(vms), vcpus=2, **params)
-    hv.replay(ops)
+    hv.run(ops)
     expected = everything(hv)
 
     current, _ = build(domain, strategies)
@@ -67,11 +68,11 @@ def test_snapshots_at_random_points_then_finishing_equals_never_stopping(tmp_pat
     folder = tmp_path_factory.mktemp("snap")
     for k, cut in enumerate(sorted(cuts)):                    # a chain: replay, save, restore, replay, ...
         stop = int(cut * len(ops))
-        current.replay(ops[done:stop])
+        current.run(ops[done:stop])
         done = max(done, stop)
-        current.snapshot(folder / f"{k}.npz")
-        current = Hypervisor.restore(folder / f"{k}.npz")
-    current.replay(ops[done:])
+        save_snapshot(current, folder / f"{k}.npz")
+        current = restore_snapshot(folder / f"{k}.npz")
+    current.run(ops[done:])
     assert everything(current) == expected
 
 
@@ -79,9 +80,9 @@ def test_snapshots_at_random_points_then_finishing_equals_never_stopping(tmp_pat
 
 def _saved(tmp_path_factory):
     hv, vms = build("adr", ("write-protect", "mmio"))
-    hv.replay(generate("kv-put", 1500, [VmLayout.of(v) for v in vms], seed=1, vms=2, vcpus=2))
+    hv.run(generate("kv-put", 1500, [VmLayout.of(v) for v in vms], seed=1, vms=2, vcpus=2))
     path = tmp_path_factory.mktemp("snap") / "hv.npz"
-    hv.snapshot(path)
+    save_snapshot(hv, path)
     return hv, vms, path
 
 
@@ -112,13 +113,13 @@ def test_byte_damage_is_refused_or_harmless(tmp_path_factory, damage):
     path.write_bytes(bytes(data))
     before = everything(hv)
     try:
-        restored = Hypervisor.restore(path)
+        restored = restore_snapshot(path)
     except SnapshotError as e:
         assert str(path) in str(e)
     else:                                          # the damage missed everything the digest seals
         assert everything(restored) == before
     assert everything(hv) == before
-    hv.replay(generate("kv-put", 200, [VmLayout.of(v) for v in vms], seed=2, vms=2, vcpus=2))
+    hv.run(generate("kv-put", 200, [VmLayout.of(v) for v in vms], seed=2, vms=2, vcpus=2))
 
 
 # Re-sealed damage: change what the snapshot says, then recompute its digest, so only the loader's
@@ -129,12 +130,12 @@ def test_byte_damage_is_refused_or_harmless(tmp_path_factory, damage):
 RESTORE = r"""
 import gc, json, os, resource, sys, tempfile
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))     # runaway allocation: MemoryError, not the OOM killer
-from nvemu import Hypervisor, NvemuError, SnapshotError
+from nvemu import Hypervisor, NvemuError, SnapshotError, restore_snapshot, save_snapshot
 tmp = os.path.join(tempfile.mkdtemp(), "again.npz")
 for path in sys.argv[1:]:
     print(json.dumps({"start": path}), flush=True)
     try:
-        hv = Hypervisor.restore(path)
+        hv = restore_snapshot(path)
         outcome = "restored"
         try:
             for vm in list(hv.vms.values()):
@@ -142,8 +143,8 @@ for path in sys.argv[1:]:
                 if vm.state.value == "running":
                     cpu, g = vm.vcpu(0), vm.nvdimms[0].gpa
                     cpu.store(g, 1); cpu.clwb(g); cpu.sfence(); cpu.store(vm.vfha_gpa, 1); cpu.load(g)
-            hv.snapshot(tmp)
-            Hypervisor.restore(tmp)
+            save_snapshot(hv, tmp)
+            restore_snapshot(tmp)
         except NvemuError as e:
             outcome = f"restored; use refused: {type(e).__name__}"
         except BaseException as e:                          # noqa: BLE001
@@ -292,7 +293,7 @@ def test_a_snapshot_is_a_plain_npz():
     hv, _ = build("adr", ("write-protect",))
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"nvemu-snap-{os.getpid()}.npz")
     try:
-        hv.snapshot(path)
+        save_snapshot(hv, path)
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             assert {"meta.npy", "digest.npy"} <= names and all(i.compress_type == 0 for i in z.infolist())

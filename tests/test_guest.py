@@ -2,8 +2,10 @@
 
 import pytest
 
-from nvemu import Hypervisor, Op, nfit
-from nvemu.guest import TraceWriter, nvdimm_flush, pmem_persist, write_persist
+from nvemu import Hypervisor, Op
+from nvemu.formats import nfit
+from nvemu.formats.nfit import virtual_nfit_of
+from nvemu.guest.drivers import TraceWriter, nvdimm_flush, pmem_persist, write_persist
 
 from conftest import tiny_platform
 
@@ -43,7 +45,7 @@ def test_write_persist_splits_into_aligned_pieces():
 def test_virtual_nfit_names_the_vfha_once_per_vnvdimm():
     hv = Hypervisor(tiny_platform(domain="adr"))
     vm = hv.create_vm(dram=1 << 20, nvdimms=[256 << 10, 256 << 10]).start()
-    table = nfit.parse(vm.to_nfit())
+    table = nfit.parse(virtual_nfit_of(vm))
     hints = table.select(nfit.FlushHintAddress)
     assert len(hints) == 2 and all(list(h.hint_addresses) == [vm.vfha_gpa] for h in hints)
     assert nfit.persistence_domain(table) == "adr"                 # never stronger than the host
@@ -57,7 +59,7 @@ def test_virtual_nfit_names_the_vfha_once_per_vnvdimm():
     t.store(g, 42)
     pmem_persist(t, g, 8)
     nvdimm_flush(t, per_dimm)
-    hv.replay(t.to_array())
+    hv.run(t.to_array())
     s = vm.stats()
     assert (s.exits[48], s["vfha_writes"], s["lines_drained"]) == (1, 1, 1)
     assert hv.platform.read_media(vm.nvdimms[1].hpa, 8) == (42).to_bytes(8, "little")
@@ -67,4 +69,4 @@ def test_virtual_nfit_names_the_vfha_once_per_vnvdimm():
 def test_virtual_nfit_mirrors_the_host_domain(domain):
     hv = Hypervisor(tiny_platform(domain=domain))
     vm = hv.create_vm(dram=1 << 20, nvdimms=[256 << 10])
-    assert nfit.persistence_domain(vm.to_nfit()) == domain
+    assert nfit.persistence_domain(virtual_nfit_of(vm)) == domain

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from nvemu import (TRACE_DTYPE, ConfigError, GuestFault, Hypervisor, LifecycleError, Op, ResourceError,
                    VmState)
 from nvemu._constants import EPT_R, EPT_RWX, EPT_W
-from nvemu.flush_hints import allocate_vfha
-from nvemu.workloads import persist_loop
+from nvemu.machine.flush_hints import allocate_vfha
+from nvemu.guest.workloads import persist_loop
 
 from conftest import small_vm, tiny_platform, trace
 
@@ -37,7 +37,7 @@ def test_lifecycle_transitions(make_hv):
     with pytest.raises(LifecycleError, match="created: cannot pause"):
         vm.pause()
     with pytest.raises(LifecycleError, match="not running"):
-        hv.replay(trace((Op.SFENCE, 0, vm.id, 0, 0, 0)))
+        hv.run(trace((Op.SFENCE, 0, vm.id, 0, 0, 0)))
     vm.start()
     with pytest.raises(LifecycleError, match="running: cannot start"):
         vm.start()
@@ -131,7 +131,7 @@ def test_exits_per_strategy(make_hv, strategy, exits, read_exits):
     cpu = vm.vcpu(0)
     cpu.store(vm.nvdimms[0].gpa, 5)
     cpu.clwb(vm.nvdimms[0].gpa)
-    hv.replay(fha_reads_and_writes(vm))
+    hv.run(fha_reads_and_writes(vm))
     s = vm.stats()
     assert s.exits == exits
     assert (s["vfha_reads"], s["vfha_writes"]) == (3, 3)
@@ -166,7 +166,7 @@ def run_everywhere(strategy, fanout, ops_for, platform_kw=None, nvms=2, backend=
     hv = Hypervisor(tiny_platform(**{"controllers": 4, **(platform_kw or {})}), backend=backend)
     vms = [hv.create_vm(dram=256 << 10, nvdimms=[nvdimm], strategy=strategy, fanout=fanout).start()
            for _ in range(nvms)]
-    hv.replay(ops_for(vms))
+    hv.run(ops_for(vms))
     return hv, vms
 
 
@@ -237,7 +237,7 @@ def test_isolation(seed, strategy, n):
     for c in range(hv.platform.n_controllers):
         for line, data in hv.platform.wpq(c):
             queued.setdefault(line, []).append(data)
-    hv.replay(only_a((a, b)))
+    hv.run(only_a((a, b)))
     assert [hv.platform.read_memory(r.hpa, r.size) for r in b.ranges()] == before
     assert (b.stats().rows == b_stats).all()
     media_after = hv.platform.read_media(b.nvdimms[0].hpa, b.nvdimms[0].size)

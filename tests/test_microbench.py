@@ -4,9 +4,9 @@ import csv
 
 import pytest
 
-from nvemu.cells import cell, run_cell
-from nvemu.cli import main
-from nvemu.microbench import grid, run_bench, sensitivity
+from nvemu.tools.cells import cell, run_cell
+from nvemu.cli.main import main
+from nvemu.tools.microbench import grid, run_bench, sensitivity
 
 OPS = 20_000
 
@@ -58,7 +58,7 @@ def test_targeted_writes_fewer_hints_when_vms_sit_on_different_controllers():
 def test_targeted_drains_fewer_lines_when_vms_sit_on_different_controllers():
     """VM A deep-flushes; VM B persists to the WPQ only (ADR). Broadcast makes A's flushes drain
     B's lines too; targeted drains only A's controllers."""
-    from nvemu.cells import run_host
+    from nvemu.tools.cells import run_host
     out = {}
     for fanout in ("broadcast", "targeted"):
         host = run_host({"controllers": 4, "interleave": "socket", "fanout": fanout, "ops": OPS, "vms": [

@@ -1,4 +1,4 @@
-"""Tests of nvemu.nfit (ACPI NFIT parse/build/discovery) and nvemu.nfit_cli.
+"""Tests of nvemu.formats.nfit (ACPI NFIT parse/build/discovery) and nvemu.cli.nfit.
 
 ACPICA's iasl is the independent oracle: its own NFIT template and the platforms in
 tests/data/nfit/*.asl are compiled by it and parsed by nvemu; tables nvemu builds are decoded by
@@ -22,11 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvemu import nfit, nfit_cli
-from nvemu.config import (PRESETS, ControllerConfig, GiB, InterleaveSetConfig, KiB, MiB, NvdimmConfig,
+from nvemu.cli import nfit as nfit_cli
+from nvemu.cli.common import parse_number
+from nvemu.formats import nfit
+from nvemu.machine.config import (PRESETS, ControllerConfig, GiB, InterleaveSetConfig, KiB, MiB, NvdimmConfig,
                           PlatformConfig, make_platform, preset)
 from nvemu.errors import ConfigError, NfitError
-from nvemu.nfit import (GUIDS, ControlRegion, DataRegion, FlushHintAddress, Interleave, MemoryMap, Nfit,
+from nvemu.formats.nfit import (GUIDS, ControlRegion, DataRegion, FlushHintAddress, Interleave, MemoryMap, Nfit,
                         PlatformCapabilities, RawSubtable, Smbios, SpaRange)
 
 DATA = Path(__file__).parent / "data" / "nfit"
@@ -834,7 +836,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                                         ("256M", 256 * M), ("0x10M", 16 * M), ("2g", 2 * GiB), ("0x1b", 27),
                                         ("010", 10)])
 def test_cli_numbers(text: str, value: int) -> None:
-    assert nfit_cli.parse_number(text) == value
+    assert parse_number(text) == value
 
 
 def test_platform_config_type_is_exported() -> None:

@@ -54,8 +54,8 @@ import dataclasses, json, os, pickle, copy, resource, signal, sys
 import numpy as np
 from nvemu._core import Engine, _trace_bytes
 from nvemu import TRACE_DTYPE, NvemuError, Op
-from nvemu.platform import Platform
-from nvemu.config import make_platform
+from nvemu.machine.platform import Platform
+from nvemu.machine.config import make_platform
 
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))     # a runaway allocation: MemoryError, not the OOM killer
 ALLOWED = (NvemuError, TypeError, ValueError, OverflowError, MemoryError)

@@ -6,7 +6,7 @@ import pytest
 from nvemu import ConfigError, GuestFault, Op, ResourceError
 from nvemu._constants import (EPT_ACCESSED, EPT_DIRTY, EPT_LARGE, EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W,
                               PAGE_2M)
-from nvemu.hypervisor import Hypervisor
+from nvemu.machine.hypervisor import Hypervisor
 
 from conftest import small_vm, tiny_platform, trace
 
@@ -96,7 +96,7 @@ def test_unmap_and_map_errors(engine):
 
 
 def test_pool_exhaustion_is_a_resource_error(backend):
-    from nvemu.platform import Platform
+    from nvemu.machine.platform import Platform
     p = Platform(tiny_platform(), pool_tables=3, backend=backend)
     p.engine.add_vm(0, 1, 16)
     with pytest.raises(ResourceError, match="pool is exhausted"):
@@ -136,6 +136,6 @@ def test_tlb_conflict_misses_are_counted(make_hv):
     base = vm.nvdimms[0].gpa
     # pages 0 and 4 share slot 0 of a 4-entry direct-mapped TLB
     ops = [(Op.LOAD, 0, vm.id, 8, base + p * 0x1000, 0) for p in (0, 4, 0, 4, 1, 1)]
-    hv.replay(trace(*ops))
+    hv.run(trace(*ops))
     t = vm.stats().total
     assert (t["tlb_misses"], t["tlb_hits"]) == (5, 1)

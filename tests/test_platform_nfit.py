@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nvemu import Hypervisor, Platform, nfit, preset
-from nvemu.guest import TraceWriter, pmem_persist
+from nvemu import Hypervisor, Platform, preset
+from nvemu.formats import nfit
+from nvemu.formats.nfit import platform_from_nfit
+from nvemu.guest.drivers import TraceWriter, pmem_persist
 
 DATA = Path(__file__).parent / "data" / "nfit"
 pytestmark = pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (acpica-tools) is not installed")
@@ -28,12 +30,12 @@ def flush_once(hv):
         t.store(vm.nvdimms[0].gpa + k * 4096, k + 1)
         pmem_persist(t, vm.nvdimms[0].gpa + k * 4096, 8)
     t.store(vm.vfha_gpa, 1)
-    hv.replay(t.to_array())
+    hv.run(t.to_array())
     return vm
 
 
 def test_two_socket_adr_table(tmp_path):
-    platform = Platform.from_nfit(compiled("two_socket_adr", tmp_path), dram_bytes=64 << 20)
+    platform = platform_from_nfit(compiled("two_socket_adr", tmp_path), dram_bytes=64 << 20)
     assert (platform.n_controllers, platform.domain, platform.wpq_flush) == (4, "adr", True)
     base = platform.pmem_base
     # the maps give region offsets 2,0,3,1 granules to handles 0x11000, 0x0, 0x11100, 0x100:
@@ -49,7 +51,7 @@ def test_two_socket_adr_table(tmp_path):
 
 
 def test_table_without_flush_hints_gives_writable_and_no_exits(tmp_path):
-    platform = Platform.from_nfit(compiled("no_hints", tmp_path), dram_bytes=64 << 20)
+    platform = platform_from_nfit(compiled("no_hints", tmp_path), dram_bytes=64 << 20)
     assert not platform.wpq_flush
     vm = flush_once(Hypervisor(platform))
     assert vm.strategy == "writable"
@@ -59,5 +61,5 @@ def test_table_without_flush_hints_gives_writable_and_no_exits(tmp_path):
 @pytest.mark.parametrize("name", ["default", "per-socket", "eadr", "no-wpq-flush"])
 def test_preset_survives_its_own_nfit(name):
     cfg = preset(name)
-    again = Platform.from_nfit(nfit.nfit_from_platform_config(cfg).to_bytes())
+    again = platform_from_nfit(nfit.nfit_from_platform_config(cfg).to_bytes())
     assert again.config.with_(name=cfg.name) == cfg

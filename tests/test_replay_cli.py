@@ -1,4 +1,4 @@
-"""Streaming replay (nvemu.replay) and the gen / import / replay commands: the same machine state as a
+"""Streaming replay (nvemu.tools.replayer) and the gen / import / replay commands: the same machine state as a
 direct replay, global record indices in errors, bounded memory while streaming, CLI outputs."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from nvemu import COMPILED, GuestFault, Hypervisor, Op, TraceError
-from nvemu.cli import main
-from nvemu.replay import Replayer, replay, vm_layouts, vm_sizes
-from nvemu.trace import load_trace, save_npy, save_text
-from nvemu.workloads import VmLayout, generate
+from nvemu.cli.main import main
+from nvemu.tools.replayer import Replayer, replay, vm_layouts, vm_sizes
+from nvemu.formats.trace import load_trace, save_npy, save_text
+from nvemu.guest.workloads import VmLayout, generate
 
 DATA = Path(__file__).parent / "data" / "trace"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "pmemcheck"
@@ -47,7 +47,7 @@ def test_replay_matches_a_direct_replay_exactly():
     hv = Hypervisor("small")
     vms = [hv.create_vm(dram=4 << 20, nvdimms=[2 << 20], vcpus=2, strategy="write-protect").start()
            for _ in range(2)]
-    hv.replay(trace)
+    hv.run(trace)
     assert (result.ops, result.vms, result.vcpus, result.chunks) == (20_000, 2, 2, 7)
     for row, vm in zip(result.per_vm, vms):
         s = vm.stats()

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nvemu import restore_snapshot, save_snapshot
 from nvemu import Hypervisor, Op, SnapshotError
-from nvemu.workloads import persist_loop
+from nvemu.guest.workloads import persist_loop
 
 from conftest import tiny_platform, trace
 
@@ -44,37 +45,37 @@ def test_restore_then_finish_equals_uninterrupted(tmp_path_factory, seed, n, cut
     hv, vms = build("core")
     ops = workload(vms, n, seed)
     k = int(cut * len(ops))
-    hv.replay(ops)
+    hv.run(ops)
     expected = everything(hv)
 
     hv2, vms2 = build("core")
-    hv2.replay(ops[:k])
+    hv2.run(ops[:k])
     path = tmp_path_factory.mktemp("snap") / "hv.npz"
-    hv2.snapshot(path)
-    hv3 = Hypervisor.restore(path, backend=restore_on)
-    hv3.replay(ops[k:])
+    save_snapshot(hv2, path)
+    hv3 = restore_snapshot(path, backend=restore_on)
+    hv3.run(ops[k:])
     assert everything(hv3) == expected
 
 
 def test_vm_snapshot_restores_one_vm_on_a_fresh_host(tmp_path):
     hv, (vm,) = build("core", strategies=("write-protect",))
     ops = workload([vm], 3000, 5)
-    hv.replay(ops)
+    hv.run(ops)
     expected = everything(hv)
     hv2, (vm2,) = build("core", strategies=("write-protect",))
-    hv2.replay(ops[:1234])
-    vm2.snapshot(tmp_path / "vm.npz")
-    hv3 = Hypervisor.restore(tmp_path / "vm.npz")
+    hv2.run(ops[:1234])
+    save_snapshot(vm2, tmp_path / "vm.npz")
+    hv3 = restore_snapshot(tmp_path / "vm.npz")
     assert list(hv3.vms) == [vm2.id] and hv3.vms[vm2.id].state.value == "running"
-    hv3.replay(ops[1234:])
+    hv3.run(ops[1234:])
     assert everything(hv3) == expected
 
 
 def test_vm_snapshot_leaves_out_other_vms(tmp_path):
     hv, (a, b) = build("core")
-    hv.replay(trace((Op.STORE, 0, a.id, 8, a.nvdimms[0].gpa, 1), (Op.STORE, 0, b.id, 8, b.nvdimms[0].gpa, 2)))
-    a.snapshot(tmp_path / "a.npz")
-    only_a = Hypervisor.restore(tmp_path / "a.npz")
+    hv.run(trace((Op.STORE, 0, a.id, 8, a.nvdimms[0].gpa, 1), (Op.STORE, 0, b.id, 8, b.nvdimms[0].gpa, 2)))
+    save_snapshot(a, tmp_path / "a.npz")
+    only_a = restore_snapshot(tmp_path / "a.npz")
     assert list(only_a.vms) == [a.id]
     assert only_a.vms[a.id].read(a.nvdimms[0].gpa, 8) == (1).to_bytes(8, "little")
     assert b.nvdimms[0].hpa not in {x - x % 4096 for x in only_a.platform.engine.memory_pages()}
@@ -86,9 +87,9 @@ def test_vm_snapshot_leaves_out_other_vms(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "missing"])
 def test_bad_snapshot_files_are_refused(tmp_path, damage):
     hv, vms = build("core")
-    hv.replay(workload(vms, 400, 1))
+    hv.run(workload(vms, 400, 1))
     path = tmp_path / "hv.npz"
-    hv.snapshot(path)
+    save_snapshot(hv, path)
     before = everything(hv)
     data = path.read_bytes()
     if damage == "truncate":
@@ -101,6 +102,6 @@ def test_bad_snapshot_files_are_refused(tmp_path, damage):
     else:
         path = tmp_path / "nope.npz"
     with pytest.raises(SnapshotError, match="nvemu snapshot|corrupted|cannot restore"):
-        Hypervisor.restore(path)
+        restore_snapshot(path)
     assert everything(hv) == before
-    hv.replay(workload(vms, 50, 2))                        # still running fine
+    hv.run(workload(vms, 50, 2))                        # still running fine

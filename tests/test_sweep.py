@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nvemu.cells import run_cell, run_host
-from nvemu.cli import main
+from nvemu.tools.cells import run_cell, run_host
+from nvemu.cli.main import main
 from nvemu.errors import ConfigError
-from nvemu.sweep import fleet_hosts, sweep_cells
-from nvemu.tasks import execute
+from nvemu.tools.sweep import fleet_hosts, sweep_cells
+from nvemu.tools.tasks import execute
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -151,7 +151,7 @@ def test_example_sweep_file_expands():
 
 
 def _load(path):
-    from nvemu.sweep import _load_toml
+    from nvemu.tools.sweep import load_toml as _load_toml
     return _load_toml(path)
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nvemu import TRACE_DTYPE, Hypervisor, Op, TraceError
-from nvemu.trace import (
+from nvemu.formats.trace import (
     NpyTrace,
     NpyWriter,
     detect_format,
@@ -237,7 +237,7 @@ def test_hand_made_log_places_files_splits_stores_and_expands_flushes():
 
     hv = Hypervisor("small")
     vm = small_vm(hv)
-    hv.replay(imp.records)
+    hv.run(imp.records)
     assert vm.read(a + 0x103C, 10) == bytes.fromhex("1122334455667788cdab")
     assert vm.read(b, 1) == b"\x07"
     assert len(hv.platform.line_states()) == 3               # the three flushed lines sit in WPQs
@@ -251,7 +251,7 @@ def test_deep_flush_option_writes_the_vfha_after_each_flushing_fence():
     imp = parse_pmemcheck(log, G, 2 << 20, deep_flush=vm.vfha_gpa)
     assert imp.records["op"].tolist() == [Op.STORE, Op.SFENCE, Op.CLWB, Op.SFENCE, Op.STORE, Op.SFENCE, Op.SFENCE]
     assert imp.records[4]["gpa"] == vm.vfha_gpa
-    hv.replay(imp.records)
+    hv.run(imp.records)
     hpa = vm.gpa_to_hpa(G)
     assert hv.platform.read_media(hpa, 8) == (5).to_bytes(8, "little")       # durable on media
     assert vm.stats().exits[48] == 1 and vm.stats()["lines_drained"] == 1
@@ -315,7 +315,7 @@ def test_real_simple_copy_log_replays_to_the_copied_bytes_and_with_deep_flush_to
     imp = import_pmemcheck(log, G, 2 << 20, deep_flush=vm.vfha_gpa)
     # 512 stores, one FLUSH of 4 KiB -> 64 CLWBs, 88 FENCEs, one deep flush after the flushing fence
     assert np.bincount(imp.records["op"], minlength=8).tolist() == [0, 513, 0, 64, 0, 0, 89, 0]
-    hv.replay(imp.records)
+    hv.run(imp.records)
     assert vm.read(G, 4096) == expected
     assert hv.platform.read_media(vm.gpa_to_hpa(G), 4096) == expected
     # the 4 KiB sit in one interleave granule, one controller whose WPQ (depth 8 on "small") drained 56
@@ -337,7 +337,7 @@ def test_real_queue_log_maps_one_file_twice_onto_the_same_guest_bytes():
     assert len(flushes) == 64 and flushes["gpa"].tolist() == list(range(G, G + 4096, 64))
     hv = Hypervisor("small")
     vm = small_vm(hv, nvdimms=[8 << 20], dram=1 << 20)
-    hv.replay(imp.records)
+    hv.run(imp.records)
     assert vm.read(G + 0xFF0, 8) == (0).to_bytes(8, "little") and vm.read(G + 0xFC8, 1) == b"\x00"
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from nvemu import TRACE_DTYPE, ConfigError, Hypervisor, Op
-from nvemu.config import make_platform
-from nvemu.workloads import (
+from nvemu.machine.config import make_platform
+from nvemu.guest.workloads import (
     DEFAULT_LAYOUT,
     WORKLOADS,
     VmLayout,
@@ -88,7 +88,7 @@ def test_every_workload_replays_inside_its_footprint(name):
     data = np.isin(t["op"], (Op.LOAD, Op.STORE, Op.NT_STORE, Op.CLWB))
     fha = t["gpa"] == vms[0].vfha_gpa
     assert ((t["gpa"][data & ~fha] >= G) & (t["gpa"][data & ~fha] < G + footprint)).all()
-    hv.replay(t)
+    hv.run(t)
     for vm in vms:
         s = vm.stats()
         mine = t[t["vm"] == vm.id]
@@ -175,7 +175,7 @@ def test_deep_persisting_workloads_are_durable_without_a_persistence_domain(name
     vm, = vms_on(hv, 1, strategy="write-protect")
     t = generate(name, 30_000, VmLayout.of(vm), seed=2)
     t = t[:np.flatnonzero(t["gpa"] == vm.vfha_gpa)[-1] + 2]          # end after a whole unit
-    hv.replay(t)
+    hv.run(t)
     hpa = vm.gpa_to_hpa(G)
     image = hv.platform.power_fail()
     base = hpa - hv.platform.pmem_base
@@ -205,7 +205,7 @@ def test_fha_readback_reads_exit_only_under_mmio():
         hv = small_hv()
         (vm,) = vms_on(hv, 1, vcpus=1, strategy=strategy)
         t = generate("fha-readback", 5000, [VmLayout.of(vm)], seed=2, reads=2)
-        hv.replay(t)
+        hv.run(t)
         s = vm.stats()
         reads = int(((t["gpa"] == vm.vfha_gpa) & (t["op"] == Op.LOAD)).sum())
         writes = int(((t["gpa"] == vm.vfha_gpa) & (t["op"] == Op.STORE)).sum())

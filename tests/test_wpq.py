@@ -86,7 +86,7 @@ def test_full_wpq_drains_its_oldest_line(setup):
     ops = []
     for k, line in enumerate(lines):
         ops += [(Op.STORE, 0, 0, 8, line, k + 1), (Op.CLWB, 0, 0, 0, line, 0)]
-    hv.replay(trace(*ops))
+    hv.run(trace(*ops))
     p = hv.platform
     assert [a for a, _ in p.wpq(0)] == [hpa + k * LINE for k in range(1, depth + 1)]
     assert p.read_media(hpa, LINE) == q(1)
@@ -132,7 +132,7 @@ def test_vfha_write_drains_every_wpq_fifo_before_the_next_op(setup):
     ops += [(Op.STORE, 0, 0, 8, gpa, 99), (Op.CLWB, 0, 0, 0, gpa, 0)]      # line 0 queued twice
     ops += [(Op.SFENCE, 0, 0, 0, 0, 0), (Op.STORE, 0, 0, 8, vm.vfha_gpa, 1)]
     ops += [(Op.LOAD, 0, 0, 8, gpa + 4096, 0)]
-    hv.replay(trace(*ops))
+    hv.run(trace(*ops))
     p = hv.platform
     assert p.wpq(0) == [] and p.wpq(1) == [] and p.line_states() == {}
     assert p.read_media(hpa, 8) == q(99)[:8]                 # FIFO: the later copy wins

@@ -1,154 +1,28 @@
-"""``nvemu bench``, ``nvemu sweep`` and ``nvemu fleet``: grids of independent replays run on a
-local process pool or a Dask cluster (:mod:`nvemu.tasks`), results as CSV and JSON.
-
-Sweep file (TOML): every list is an axis of the grid, every scalar applies to all cells::
-
-    ops = 50000                      # records per generated trace
-    workloads = ["persist-loop", "kv-put"]   # generators, and/or
-    traces = ["runs/app.npy"]        # trace files (.npy, text, pmemcheck), relative to this file
-    platforms = ["default", "nfit:host.aml"] # presets or NFIT files
-    strategy = ["write-protect", "mmio"]
-    fanout = ["broadcast"]
-    wpq_depth = [16, 64]
-    [costs]                          # cost-model parameters, each a list of values
-    exit = [1200, 2500]
-
-Fleet file (TOML): hosts, each a platform and its VMs::
-
-    [[host]]
-    name = "rack1-a"
-    platform = "default"
-    [[host.vm]]
-    workload = "kv-put"
-    ops = 100000
-    strategy = "write-protect"
-"""
+"""``nvemu bench``, ``nvemu sweep`` and ``nvemu fleet``: grids of independent replays on a local
+process pool or a Dask cluster (:mod:`nvemu.tools.tasks`), results as CSV and JSON."""
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cells import CELL_DEFAULTS, cell, run_cell, run_host
-from .config import PRESETS, CostModel
-from .errors import ConfigError
-from .microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid, native_costs, parse_sweep, plots,
-                         rate_cells, run_bench, save, sensitivity)
-from .tasks import execute, write_results
-from .trace_cli import parse_count
+from ..machine.config import CostModel
+from ..tools.cells import run_cell, run_host
+from ..tools.microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid, parse_sweep, plots, rate_cells,
+                                run_bench, save, sensitivity)
+from ..tools.sweep import HOST_COLUMNS, fleet_hosts, fleet_total, load_toml, sweep_cells
+from ..tools.tasks import execute, write_results
+from .common import format_table, parse_count
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:                                            # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-SWEEP_AXES = {"workloads": "workload", "traces": "trace", "platforms": "platform", "strategy": "strategy",
-              "fanout": "fanout", "wpq_depth": "wpq_depth", "domain": "domain", "vms": "vms", "vcpus": "vcpus",
-              "controllers": "controllers", "hints": "hints", "seed": "seed", "ops": "ops"}
-HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exits", "exits_48", "exits_49",
-                "exits_18", "lines_drained", "cycles", "cycles_per_op")
-
-
-def _load_toml(path: str | Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-
-
-def _resolve(value: Any, base: Path) -> Any:
-    """Trace paths and ``nfit:`` platforms relative to the sweep file."""
-    if isinstance(value, str) and value.startswith("nfit:"):
-        return "nfit:" + str((base / value[5:]).resolve())
-    return value
-
-
-def sweep_cells(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
-    """Expand a sweep description into cells (every combination of its list-valued axes)."""
-    spec = dict(spec)
-    costs = spec.pop("costs", {})
-    if not isinstance(costs, dict):
-        raise ConfigError("sweep: [costs] must be a table of lists")
-    for name in costs:
-        if name not in CostModel.FIELDS:
-            raise ConfigError(f"sweep: unknown cost {name!r}; known: {', '.join(CostModel.FIELDS)}")
-    axes: dict[str, list[Any]] = {}
-    fixed: dict[str, Any] = {}
-    sources: list[tuple[str, Any]] = []
-    for key, value in spec.items():
-        field = SWEEP_AXES.get(key, key)
-        if field not in CELL_DEFAULTS:
-            raise ConfigError(f"sweep: unknown key {key!r}")
-        if key in ("workloads", "traces"):
-            for v in (value if isinstance(value, list) else [value]):
-                sources.append((field, str((base / v).resolve()) if field == "trace" else v))
-        elif isinstance(value, list):
-            if not value:
-                raise ConfigError(f"sweep: axis {key!r} is empty")
-            axes[field] = [_resolve(v, base) for v in value]
-        else:
-            fixed[field] = _resolve(value, base)
-    if not sources:
-        sources = [("workload", CELL_DEFAULTS["workload"])]
-    cost_names = list(costs)
-    cost_values = [costs[n] if isinstance(costs[n], list) else [costs[n]] for n in cost_names]
-    names = list(axes)
-    cells = []
-    for field, source in sources:
-        for combo in itertools.product(*(axes[n] for n in names)):
-            for cost_combo in itertools.product(*cost_values):
-                c = {**fixed, **dict(zip(names, combo)), field: source,
-                     "costs": dict(zip(cost_names, cost_combo))}
-                cells.append(cell(**c))
-    return cells
-
-
-def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
-    hosts = spec.get("host")
-    if not isinstance(hosts, list) or not hosts:
-        raise ConfigError("fleet: no [[host]] tables")
-    out = []
-    for k, h in enumerate(hosts):
-        h = dict(h)
-        vms = h.pop("vm", h.pop("vms", [{}]))
-        for key in h:
-            if key != "name" and key not in CELL_DEFAULTS:
-                raise ConfigError(f"fleet: host {k}: unknown key {key!r}")
-        vms = [{**v, **({"trace": str((base / v["trace"]).resolve())} if v.get("trace") else {})} for v in vms]
-        for v in vms:
-            for key in v:
-                if key not in CELL_DEFAULTS:
-                    raise ConfigError(f"fleet: host {k}: vm key {key!r} is unknown")
-        out.append({"name": h.pop("name", f"host{k}"), **{key: _resolve(v, base) for key, v in h.items()},
-                    "vms": vms})
-    return out
-
-
-def fleet_total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in rows if not r.get("error")]
-    total = {"host": "fleet", "vms": sum(r["vms"] for r in ok), "ops": sum(r["ops"] for r in ok),
-             **{k: sum(r[k] for r in ok) for k in ("exits", "exits_48", "exits_49", "exits_18", "lines_drained",
-                                                   "cycles")},
-             "hosts": len(rows), "failed": len(rows) - len(ok)}
-    total["cycles_per_op"] = total["cycles"] / total["ops"] if total["ops"] else 0.0
-    return total
-
-
-# ---- the commands ---------------------------------------------------------------------------------
 
 def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"scheduler": args.scheduler, "workers": args.workers, "progress": args.progress}
 
 
 def _table(rows: Sequence[dict[str, Any]], columns) -> str:
-    from .cli import format_table
     ok = [{k: r.get(k) for k, _, _ in columns} for r in rows if not r.get("error")]
     return format_table(ok, columns) if ok else "(no successful rows)"
 
@@ -216,7 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
-    cells = sweep_cells(_load_toml(spec_path), spec_path.parent)
+    cells = sweep_cells(load_toml(spec_path), spec_path.parent)
     rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
     for r, c in zip(rows, cells):
         r.update({f"cost_{k}": v for k, v in c["costs"].items()})
@@ -233,7 +107,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
-    hosts = fleet_hosts(_load_toml(spec_path), spec_path.parent)
+    hosts = fleet_hosts(load_toml(spec_path), spec_path.parent)
     rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
     total = fleet_total(rows)
     write_results([*rows, total], args.out, HOST_COLUMNS)
@@ -285,6 +159,3 @@ def add_commands(sub: Any) -> None:
     f.add_argument("spec", metavar="FLEET.toml")
     _runner_options(f, "nvemu-fleet")
     f.set_defaults(func=cmd_fleet)
-
-
-__all__ = ["add_commands", "sweep_cells", "fleet_hosts", "fleet_total", "native_costs", "PRESETS"]

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cells import ROW_COLUMNS, cell, run_cell
-from .config import CostModel
-from .errors import ConfigError
+from ..machine.config import CostModel
+from ..errors import ConfigError
 from .tasks import execute, write_results
 
 WORKLOADS = ("persist-loop", "linux-fsync", "pmdk-tx", "kv-put", "seq-log", "random-rw", "fha-readback")

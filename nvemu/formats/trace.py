@@ -46,8 +46,8 @@ from typing import IO, Any, Union
 
 import numpy as np
 
-from ._constants import DATA_OPS, FENCE_OPS, FLUSH_OPS, TRACE_DTYPE, Op
-from .errors import TraceError
+from .._constants import DATA_OPS, FENCE_OPS, FLUSH_OPS, TRACE_DTYPE, Op
+from ..errors import TraceError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._constants import EPT_R, EPT_W, FhaMode
-from .errors import ConfigError, ResourceError
+from .._constants import EPT_R, EPT_W, FhaMode
+from ..errors import ConfigError, ResourceError
 
 PAGE = 4096
 

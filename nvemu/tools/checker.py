@@ -59,12 +59,9 @@ Examples
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -72,11 +69,12 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import DOMAIN_NAMES, TRACE_DTYPE, Op
-from .config import PlatformConfig, preset
-from .errors import ConfigError, GuestFault, LifecycleError, TraceError
-from .hypervisor import ExitHandler, Hypervisor, raise_fault
-from .platform import Platform
+from .._constants import DOMAIN_NAMES, TRACE_DTYPE, Op
+from ..machine.config import PlatformConfig, preset
+from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
+from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
+from ..machine.platform import Platform
+from ..machine.snapshot import restore_snapshot, save_snapshot
 
 LINE = 64
 PROTOCOLS = ("auto", "fence", "flush", "deep")
@@ -527,7 +525,7 @@ class _Checker:
                 self.skipped.add(f.op_index)
             return action
         try:
-            self.hv.replay(seg, handle)
+            self.hv.run(seg, handle)
         except (TraceError, LifecycleError) as e:
             raise _relocate(e, a) from None
         if exits:
@@ -657,8 +655,8 @@ class _Checker:
         tmp = tempfile.mkdtemp(prefix="nvemu-check-")
         try:
             path = os.path.join(tmp, "point.npz")
-            self.hv.snapshot(path)
-            copy = Hypervisor.restore(path, backend=self.platform.backend)
+            save_snapshot(self.hv, path)
+            copy = restore_snapshot(path, backend=self.platform.backend)
             image = copy.platform.power_fail()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -756,8 +754,8 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
     ``dram``/``nvdimm`` bytes (default as ``nvemu replay``), flushing by ``strategy``/``fanout``.
     A pmemcheck log lands on the first VM's vNVDIMM (``deep_flush``: a vFHA write and fence after
     each persist). ``options`` go to :func:`check`."""
-    from .replay import create_vms
-    from .trace import detect_format, id_extent, open_trace
+    from .replayer import create_vms
+    from ..formats.trace import detect_format, id_extent, open_trace
 
     hv = Hypervisor(build_platform(platform, domain, backend))
     is_array = isinstance(trace, np.ndarray)
@@ -791,100 +789,8 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
         raise
 
 
-# ---- command line --------------------------------------------------------------------------------
-
-def _points_arg(text: str) -> str | int:
-    if text == "all":
-        return "all"
-    try:
-        n = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: 'all' or a positive count") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: 'all' or a positive count")
-    return n
+PROTOCOL_NAMES = PROTOCOLS
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """``check TRACE``: exit 0 when no completed store is lost, 1 when some is, 2 on bad input."""
-    from .nfit import platform_config_from_nfit
-    if args.nfit:
-        try:
-            with open(args.nfit, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read NFIT {args.nfit}: {e.strerror or e}") from None
-        platform: str | PlatformConfig = platform_config_from_nfit(data)
-    else:
-        platform = args.preset
-    result = check_trace(args.trace, args.points, platform=platform, domain=args.domain, strategy=args.strategy,
-                         fanout=args.fanout, vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
-                         format=None if args.format == "auto" else args.format,
-                         unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
-                         protocol=args.protocol, fence_scope=args.fence_scope, verify=args.verify,
-                         ordering=not args.no_ordering)
-    print(f"nvemu check: {args.trace}")
-    print(result.report(args.limit))
-    if args.json:
-        text = json.dumps(result.as_dict(), indent=2) + "\n"
-        try:
-            if args.json == "-":
-                sys.stdout.write(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text)
-        except OSError as e:
-            print(f"nvemu: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 2
-    return 0 if result.ok else 1
-
-
-def add_commands(subparsers: Any) -> None:
-    """Add ``check`` to an argparse subparsers object."""
-    from .config import PRESETS
-    from .flush_hints import FANOUTS, STRATEGIES
-    from .nfit_cli import parse_number
-    from .trace import FORMATS
-
-    p = subparsers.add_parser(
-        "check", help="crash-consistency check: is every persisted store durable at every persist point?",
-        description="Replay a trace and, at every persist point of the guest (after each fence and each vFHA "
-                    "write; or N sampled ones), check that every store whose persistence protocol had completed "
-                    "(written back and fenced, plus a vFHA write and fence where the domain is none) is in the "
-                    "durable image. Exit status: 0 none lost, 1 violations, 2 bad input.")
-    p.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
-                       help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
-    p.add_argument("--domain", choices=list(DOMAIN_NAMES), help="override the platform's persistence domain")
-    p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
-                   help="how the hypervisor virtualises the vFHA (default auto; drop is broken on purpose)")
-    p.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
-    p.add_argument("--points", default="all", type=_points_arg, metavar="all|N",
-                   help="check after every fence and vFHA write (all, the default) or N evenly sampled ones")
-    p.add_argument("--protocol", default="auto", choices=list(PROTOCOLS),
-                   help="what the guest must do for a store to count as persisted: fence; flush (write-back, "
-                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush")
-    p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
-                   help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
-    p.add_argument("--no-ordering", action="store_true",
-                   help="do not report vFHA writes that overtake unfenced write-backs (deep protocol)")
-    p.add_argument("--verify", metavar="N", type=int, default=0,
-                   help="also compare N points with a real power failure of a snapshot-restored copy")
-    p.add_argument("--vms", metavar="N", type=int, help="VMs to create (default: as the trace names)")
-    p.add_argument("--vcpus", metavar="N", type=int, help="vCPUs per VM (default: as the trace names)")
-    p.add_argument("--dram", metavar="SIZE", type=parse_number, help="DRAM of each VM")
-    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number, help="vNVDIMM of each VM")
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
-    p.add_argument("--skip-unregistered", action="store_true",
-                   help="pmemcheck: drop records outside every registered file instead of failing")
-    p.add_argument("--deep-flush", action="store_true",
-                   help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
-    p.add_argument("--limit", metavar="N", type=int, default=20, help="lost stores listed (default 20)")
-    p.add_argument("--json", metavar="FILE", help="write the result (every violation) as JSON ('-': stdout)")
-    p.set_defaults(func=cmd_check)
-
-
-__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "Violation", "add_commands", "build_platform", "check",
-           "check_trace", "cmd_check", "persist_points"]
+__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "Violation", "build_platform", "check",
+           "check_trace", "persist_points"]

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._constants import TRACE_DTYPE, Op
+from .._constants import TRACE_DTYPE, Op
 
 LINE = 64
 

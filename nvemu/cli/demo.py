@@ -1,21 +1,17 @@
-"""The ``nvemu`` command line."""
+"""``nvemu demo`` and ``nvemu layout``: the default platform and VM, run and shown."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from typing import Sequence
 
-from . import __version__, nfit_cli, sweep, trace_cli
-from . import check
-from ._backend import BACKEND
-from .config import PRESETS
-from .errors import NvemuError
-from .hypervisor import Hypervisor
-from .trace_cli import parse_count
-from .workloads import persist_loop
+from .._version import __version__
+from .._backend import BACKEND
+from ..machine.config import PRESETS
+from ..machine.hypervisor import Hypervisor
+from .common import format_table, parse_count
+from ..guest.workloads import persist_loop
 
 DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
 
@@ -27,7 +23,7 @@ def run_strategy(platform: str, strategy: str, fanout: str, n_ops: int, seed: in
     nv = vm.nvdimms[0]
     trace = persist_loop(n_ops, nv.gpa, nv.size, vm.vfha_gpa, seed=seed)
     t0 = time.perf_counter()
-    hv.replay(trace)
+    hv.run(trace)
     seconds = time.perf_counter() - t0
     s = vm.stats()
     return {"platform": platform, "strategy": strategy, "resolved": vm.strategy, "ops": len(trace),
@@ -35,16 +31,6 @@ def run_strategy(platform: str, strategy: str, fanout: str, n_ops: int, seed: in
             "vfha_writes": s["vfha_writes"], "fha_writes": s["fha_writes"],
             "lines_drained": s["lines_drained"], "cycles_per_1k_ops": 1000 * s.cycles / max(len(trace), 1),
             "tlb_hit_rate": s.tlb_hit_rate, "mops": len(trace) / seconds / 1e6 if seconds else 0.0}
-
-
-def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
-    """Rows as an aligned text table; ``columns`` are (key, header, format)."""
-    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) for k, _, f in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 DEMO_COLUMNS = (("label", "strategy", ""), ("ops", "ops", ",d"), ("exits_48", "exits 48 (EPT viol)", ",d"),
@@ -89,11 +75,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nvemu", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"nvemu {__version__} ({BACKEND})")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
+    """Add ``demo`` and ``layout`` to an argparse subparsers object."""
     demo = sub.add_parser("demo", help="default platform, one VM, the persist loop under each strategy")
     demo.add_argument("--preset", default="default", choices=sorted(PRESETS))
     demo.add_argument("--ops", type=parse_count, default=1_000_000)
@@ -107,22 +90,3 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--preset", default="default", choices=sorted(PRESETS))
     layout.add_argument("--json", action="store_true")
     layout.set_defaults(func=cmd_layout)
-
-    nfit_cli.add_commands(sub)
-    trace_cli.add_commands(sub)
-    sweep.add_commands(sub)
-    check.add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except NvemuError as e:
-        print(f"nvemu: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,15 +3,15 @@ the persistence domain, and host memory, built from a :class:`PlatformConfig` or
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 
-from . import _backend
-from ._constants import DOMAIN_NAMES, CTRL_STAT_NAMES
-from ._layout import EngineLayout, InterleaveLayout
+from .. import _backend
+from .._constants import DOMAIN_NAMES, CTRL_STAT_NAMES
+from .._layout import EngineLayout, InterleaveLayout
 from .config import DEFAULT_COSTS, CostModel, PlatformConfig, preset
-from .errors import ConfigError, ResourceError
+from ..errors import ConfigError, ResourceError
 
 
 class RangeAllocator:
@@ -93,14 +93,6 @@ class Platform:
         self.dram = RangeAllocator(0, config.dram_bytes)
         self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
 
-    @classmethod
-    def from_nfit(cls, data: bytes, *, wpq_depth: int = 64, dram_bytes: int = 2 << 30,
-                  costs: CostModel = DEFAULT_COSTS, **kwargs: Any) -> "Platform":
-        """Capability discovery: build the platform a physical NFIT describes (controllers,
-        NVDIMMs, interleave, flush hints, persistence domain). The NFIT does not say the WPQ
-        depth or how much DRAM the host has: those are parameters."""
-        from .nfit import platform_config_from_nfit
-        return cls(platform_config_from_nfit(data, wpq_depth=wpq_depth, dram_bytes=dram_bytes), costs, **kwargs)
 
     # ---- description ----------------------------------------------------------------------
 

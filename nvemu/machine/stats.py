@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import CYCLE_STATS, STAT_NAMES, ExitReason
+from .._constants import CYCLE_STATS, STAT_NAMES, ExitReason
 
 EXIT_STATS = {ExitReason.EPT_VIOLATION: "exits_ept_violation", ExitReason.EPT_MISCONFIG: "exits_ept_misconfig",
               ExitReason.VMCALL: "exits_vmcall"}

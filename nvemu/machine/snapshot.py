@@ -12,17 +12,18 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .config import CostModel, PlatformConfig
-from .errors import ConfigError, NvemuError, SnapshotError
+from ..errors import ConfigError, NvemuError, SnapshotError
 from .flush_hints import VirtualFlushHint
+from .hypervisor import Hypervisor
+from .platform import Platform
 from .vm import VM, MemoryRange, VmState
+from .flush_hints import FANOUTS, STRATEGIES
 
-if TYPE_CHECKING:
-    from .hypervisor import Hypervisor
 
 FORMAT = "nvemu-snapshot-1"
 PAGE = 4096
@@ -89,8 +90,14 @@ def _vm_meta(vm: VM) -> dict[str, Any]:
             "vfha_table": [{"nvdimm": h.nvdimm, "gpa": h.gpa, "physical": list(h.physical)} for h in vm.vfha_table]}
 
 
-def save(hv: "Hypervisor", path: str | Path, vm: VM | None = None) -> None:
-    """Write ``hv`` (or only ``vm`` and the platform it runs on) to ``path`` (.npz)."""
+def save_snapshot(target: Hypervisor | VM, path: str | Path) -> None:
+    """Write a hypervisor (platform state, every VM) or one VM (its memory, NVDIMM media and
+    lines, queued copies, page table, TLBs, counters, with the platform description) to ``path``
+    (.npz); :func:`restore_snapshot` brings it back on a fresh host at the same host addresses."""
+    if isinstance(target, VM):
+        hv, vm = target._live().hypervisor, target
+    else:
+        hv, vm = target, None
     state = hv.platform.engine.get_state()
     vms = list(hv.vms.values()) if vm is None else [vm._live()]
     if vm is not None:
@@ -105,10 +112,8 @@ def save(hv: "Hypervisor", path: str | Path, vm: VM | None = None) -> None:
                  digest=np.frombuffer(_digest(arrays, meta).encode(), np.uint8), **arrays)
 
 
-def load(path: str | Path, backend: str | None = None) -> "Hypervisor":
+def restore_snapshot(path: str | Path, backend: str | None = None) -> Hypervisor:
     """A new Hypervisor holding what ``path`` saved; raises SnapshotError for a bad file."""
-    from .hypervisor import Hypervisor
-    from .platform import Platform
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
@@ -161,7 +166,6 @@ def _mapped_bytes(state: dict[str, np.ndarray], root: int) -> int:
 def _check_vm(m: dict[str, Any], state: dict[str, np.ndarray], max_vms: int) -> None:
     """A VM description must be well formed and agree with the engine state it comes with: a
     resealed file with a doctored description is refused, not half-restored."""
-    from .flush_hints import FANOUTS, STRATEGIES
     vm_id = _integer(m["id"], "id", 0, max_vms)
     if vm_id not in state["vm_ids"].tolist():
         raise ConfigError(f"VM description: vm {vm_id} has no engine state")
@@ -190,7 +194,7 @@ def _check_vm(m: dict[str, Any], state: dict[str, np.ndarray], max_vms: int) -> 
         raise ConfigError(f"VM description: vm {vm_id}'s ranges do not match what its page table maps")
 
 
-def _restore_vm(hv: "Hypervisor", m: dict[str, Any]) -> None:
+def _restore_vm(hv: Hypervisor, m: dict[str, Any]) -> None:
     p = hv.platform
     dram = [MemoryRange(r["gpa"], r["size"], r["hpa"], "dram") for r in m["dram"]]
     nvdimms = [MemoryRange(r["gpa"], r["size"], r["hpa"], "nvdimm") for r in m["nvdimms"]]

@@ -9,48 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import sys
 from typing import Any
 
-from . import nfit
-from .config import DOMAINS, PRESETS, preset
-from .errors import NvemuError
-
-_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_NUMBER = re.compile(r"(0x[0-9a-f]+|[0-9]+)\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE)
-
-
-def parse_number(text: str) -> int:
-    """An integer from decimal or 0x hex, with an optional K/M/G/T (binary) suffix: "0x1000", "256M"."""
-    m = _NUMBER.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (decimal or 0x hex, optional K/M/G/T "
-                                         f"suffix)")
-    digits = m.group(1)
-    value = int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
-    return value * _SUFFIX[(m.group(2) or "").lower()]
-
-
-def parse_range(text: str) -> tuple[int, int]:
-    """A vNVDIMM as ``BASE:SIZE``, e.g. "0x100000000:256M"."""
-    base, sep, size = text.partition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} is not BASE:SIZE")
-    return parse_number(base), parse_number(size)
-
-
-def _fail(err: BaseException, code: int) -> int:
-    print(f"nvemu nfit: error: {err}", file=sys.stderr)
-    return code
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
-
+from ..formats import nfit
+from ..machine.config import DOMAINS, PRESETS, preset
+from ..errors import NvemuError
+from .common import fail, format_size, parse_number, parse_range
 
 def _hex_list(values: list[int]) -> str:
     return ", ".join(f"{v:#x}" for v in values) if values else "none"
@@ -69,7 +33,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"WPQ flushing: {'yes' if info['wpq_flush'] else 'no'} ({why})")
     lines.append(f"SPA ranges: {len(info['spa_ranges'])}")
     for s in info["spa_ranges"]:
-        lines.append(f"  {s['index']:>3}  {s['base']:#014x}  {_size(s['length']):>9}  {s['type']}")
+        lines.append(f"  {s['index']:>3}  {s['base']:#014x}  {format_size(s['length']):>9}  {s['type']}")
     lines.append(f"memory controllers: {len(info['controllers'])}")
     for c in info["controllers"]:
         lines.append(f"  node {c['node']} socket {c['socket']} imc {c['imc']}: "
@@ -77,12 +41,12 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"NVDIMMs: {len(info['nvdimms'])}")
     for d in info["nvdimms"]:
         lines.append(f"  handle {d['handle']:#06x} (node {d['node']} socket {d['socket']} imc {d['imc']} "
-                     f"channel {d['channel']} dimm {d['dimm']}): {_size(d['size'])}, "
+                     f"channel {d['channel']} dimm {d['dimm']}): {format_size(d['size'])}, "
                      f"flush hints {_hex_list(d['flush_hints'])}")
     lines.append(f"interleave sets: {len(info['interleave_sets'])}")
     for s in info["interleave_sets"]:
         lines.append(f"  range {s['spa_index']} at {s['base']:#x}: {len(s['nvdimms'])}-way, "
-                     f"granularity {_size(s['granularity'])}, NVDIMMs {_hex_list(s['nvdimms'])}")
+                     f"granularity {format_size(s['granularity'])}, NVDIMMs {_hex_list(s['nvdimms'])}")
     if not info["modelable"]:
         lines.append(f"nvemu cannot model this platform: {info['model_error']}")
     for w in info["warnings"]:
@@ -96,11 +60,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as f:
             data = f.read()
     except OSError as e:
-        return _fail(e, 1)
+        return fail(e, 1)
     try:
         info = nfit.discover(data)
     except NvemuError as e:
-        return _fail(e, 2)
+        return fail(e, 2)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -111,7 +75,7 @@ def _write(path: str, table: nfit.Nfit) -> int:
         with open(path, "wb") as f:
             f.write(data)
     except OSError as e:
-        return _fail(e, 1)
+        return fail(e, 1)
     return 0
 
 
@@ -120,7 +84,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         table = nfit.nfit_from_platform_config(preset(args.preset))
     except NvemuError as e:
-        return _fail(e, 2)
+        return fail(e, 2)
     return _write(args.output, table)
 
 
@@ -129,7 +93,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
     try:
         table = nfit.virtual_nfit(args.nvdimm, args.vfha, args.domain)
     except NvemuError as e:
-        return _fail(e, 2)
+        return fail(e, 2)
     return _write(args.output, table)
 
 

@@ -8,9 +8,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ._constants import (BAD_RECORD_FIELD, BAD_RECORD_TEXT, BadRecord, EPT_RWX, ExitReason, Op, RunStatus)
+from .._constants import (BAD_RECORD_FIELD, BAD_RECORD_TEXT, BadRecord, EPT_RWX, ExitReason, Op, RunStatus)
 from .config import DEFAULT_COSTS, GiB, MiB, CostModel, PlatformConfig
-from .errors import ConfigError, GuestFault, LifecycleError, ResourceError, TraceError
+from ..errors import ConfigError, GuestFault, LifecycleError, ResourceError, TraceError
 from .flush_hints import FANOUTS, STRATEGIES, VirtualFlushHint, allocate_vfha, resolve_strategy
 from .platform import Platform
 from .vm import VM, MemoryRange, VmState
@@ -30,7 +30,7 @@ def raise_fault(fault: GuestFault) -> str:
 
 
 @dataclass(frozen=True)
-class ReplayResult:
+class RunResult:
     ops: int             # records executed
     python_exits: int    # exits handed to the Python handler
 
@@ -193,7 +193,7 @@ class Hypervisor:
 
     # ---- running guests ------------------------------------------------------------------------
 
-    def replay(self, ops: np.ndarray, handler: ExitHandler = raise_fault, start: int = 0) -> ReplayResult:
+    def run(self, ops: np.ndarray, handler: ExitHandler = raise_fault, start: int = 0) -> RunResult:
         """Run a TRACE_DTYPE array through the core. Exits the core finishes itself (vFHA
         flushes) never come back here; others go to ``handler``; a malformed record raises
         TraceError (or LifecycleError for a VM that is not running) naming its index."""
@@ -201,7 +201,7 @@ class Hypervisor:
         while True:
             i, status = self.platform.engine.run(ops, i)
             if status == RunStatus.DONE:
-                return ReplayResult(i - start, python_exits)
+                return RunResult(i - start, python_exits)
             if status == RunStatus.BAD_RECORD:
                 raise self._bad_record(ops, i)
             fault = GuestFault(*self.platform.engine.last_exit)
@@ -214,7 +214,7 @@ class Hypervisor:
 
     def execute(self, rec: np.ndarray) -> int:
         """Run one record (see :class:`Vcpu`); returns the loaded value for a LOAD."""
-        self.replay(rec)
+        self.run(rec)
         return int(self.platform.engine.last_value) if rec[0]["op"] == Op.LOAD else 0
 
     def _bad_record(self, ops: np.ndarray, i: int) -> Exception:
@@ -230,19 +230,8 @@ class Hypervisor:
                   "opname": Op(op).name if op < len(Op) else str(op)}
         return TraceError.at_record(i, BAD_RECORD_TEXT[code].format(**fields), BAD_RECORD_FIELD[code])
 
-    def snapshot(self, path: str) -> None:
-        """Save the whole hypervisor (platform state, every VM) to one ``.npz`` file."""
-        from .snapshot import save
-        save(self, path)
-
-    @classmethod
-    def restore(cls, path: str, backend: str | None = None) -> "Hypervisor":
-        """A new hypervisor from a snapshot (of a hypervisor or of one VM); SnapshotError if bad."""
-        from .snapshot import load
-        return load(path, backend)
-
     def running(self) -> list[VM]:
         return [vm for vm in self.vms.values() if vm.state is VmState.RUNNING]
 
 
-__all__ = ["Hypervisor", "ReplayResult", "raise_fault", "ExitReason", "ExitHandler"]
+__all__ = ["Hypervisor", "RunResult", "raise_fault", "ExitReason", "ExitHandler"]

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ._constants import TRACE_DTYPE, Op
-from .errors import ConfigError
-from .guest import TraceWriter, nvdimm_flush, pmem_persist, write_persist
+from .._constants import TRACE_DTYPE, Op
+from ..errors import ConfigError
+from .drivers import TraceWriter, nvdimm_flush, pmem_persist, write_persist
 
 if TYPE_CHECKING:
-    from .vm import VM
+    from ..machine.vm import VM
 
 LINE = 64
 LINES_PER_FENCE = 8

@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import DEFAULT_COSTS, CostModel, MiB, PlatformConfig
-from .errors import ConfigError, GuestFault, LifecycleError, TraceError
-from .hypervisor import ExitHandler, Hypervisor
-from .platform import Platform
-from .stats import Stats
-from .trace import DEFAULT_CHUNK, TraceSource, detect_format, id_extent, open_trace
-from .vm import VM
-from .workloads import VmLayout
+from ..machine.config import DEFAULT_COSTS, CostModel, MiB, PlatformConfig
+from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
+from ..machine.hypervisor import ExitHandler, Hypervisor
+from ..machine.platform import Platform
+from ..machine.stats import Stats
+from ..formats.trace import DEFAULT_CHUNK, TraceSource, detect_format, id_extent, open_trace
+from ..machine.vm import VM
+from ..guest.workloads import VmLayout
 
 PAGE = 4096
 DEFAULT_VM_BYTES = 256 * MiB
@@ -163,7 +163,7 @@ class ChunkStats:
 
 
 @dataclass
-class Result:
+class ReplayReport:
     """A finished replay: the fields of ``nvemu replay --json``. ``seconds`` counts the replay
     loop only (not building the platform or reading a text/pmemcheck trace); ``lines_drained`` are
     lines the VMs' flushes drained to media, ``wpq_full_drains`` lines a full WPQ drained on its
@@ -312,7 +312,7 @@ class Replayer:
                 if records is None:
                     break
                 try:
-                    done = self.hv.replay(records, self._handle(start))
+                    done = self.hv.run(records, self._handle(start))
                 except (TraceError, LifecycleError) as e:
                     raise self._relocate(e, start) from None
                 seconds = time.perf_counter() - t0
@@ -340,17 +340,17 @@ class Replayer:
         return tqdm(total=len(self.source), unit="op", unit_scale=True, delay=1.0, file=sys.stderr,
                     leave=False, dynamic_ncols=True, desc="replay")
 
-    def run(self) -> Result:
+    def run(self) -> ReplayReport:
         """Replay the whole trace and return the result."""
         for _ in self.chunks():
             pass
         return self.result()
 
-    def result(self) -> Result:
+    def result(self) -> ReplayReport:
         """The summary of what has been replayed so far."""
         per_vm = [_rates(row) for row in self._counters()]
         total = _rates(_total(per_vm))
-        return Result(ops=self._ops, seconds=self._seconds,
+        return ReplayReport(ops=self._ops, seconds=self._seconds,
                       mops=self._ops / self._seconds / 1e6 if self._seconds else 0.0, exits=total["exits"],
                       loads=total["loads"], stores=total["stores"], flushes=total["flushes"],
                       fences=total["fences"], vfha_writes=total["vfha_writes"], fha_writes=total["fha_writes"],
@@ -363,8 +363,8 @@ class Replayer:
                       vcpus=max(len(vm.vcpus) for vm in self.vms), per_vm=per_vm, hypervisor=self.hv)
 
 
-def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Result:
-    """Replay a trace (path of any format, or a TRACE_DTYPE array) and return its :class:`Result`;
+def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> ReplayReport:
+    """Replay a trace (path of any format, or a TRACE_DTYPE array) and return its :class:`ReplayReport`;
     ``options`` are :class:`Replayer`'s.
 
     Examples
@@ -377,4 +377,4 @@ def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Result
     return Replayer(trace, **options).run()
 
 
-__all__ = ["ChunkStats", "Replayer", "Result", "create_vms", "prepare", "replay", "vm_layouts", "vm_sizes"]
+__all__ = ["ChunkStats", "Replayer", "ReplayReport", "create_vms", "prepare", "replay", "vm_layouts", "vm_sizes"]

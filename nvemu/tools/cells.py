@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import CostModel, PlatformConfig, make_platform, preset
-from .errors import ConfigError
-from .hypervisor import Hypervisor
-from .replay import create_vms, replay
-from .workloads import VmLayout, generate
+from ..machine.config import CostModel, PlatformConfig, make_platform, preset
+from ..errors import ConfigError
+from ..machine.hypervisor import Hypervisor
+from .replayer import create_vms, replay
+from ..guest.workloads import VmLayout, generate
 
 ROW_COLUMNS = ("workload", "strategy", "fanout", "domain", "controllers", "wpq_depth", "hints", "vms", "ops",
                "exits", "exits_48", "exits_49", "exits_18", "exits_per_1k_ops", "vfha_writes", "vfha_reads",
@@ -46,7 +46,7 @@ def platform_of(c: dict[str, Any]) -> PlatformConfig:
     spec = c["platform"]
     if spec:
         if str(spec).startswith("nfit:"):
-            from .nfit import platform_config_from_nfit
+            from ..formats.nfit import platform_config_from_nfit
             cfg = platform_config_from_nfit(Path(str(spec)[5:]).read_bytes(), dram_bytes=c["dram_bytes"])
             return cfg.with_(**overrides)
         return preset(spec).with_(**overrides)
@@ -104,7 +104,7 @@ def run_host(host: dict[str, Any]) -> dict[str, Any]:
     traces = []
     for k, (v, vm) in enumerate(made):
         if v["trace"]:
-            from .trace import load_trace
+            from ..formats.trace import load_trace
             t = np.array(load_trace(v["trace"]))
             t["vm"] = vm.id
         else:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import ConfigError
+from .._constants import COST_FIELDS
+from ..errors import ConfigError
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -263,7 +264,7 @@ class CostModel:
     fha_write: int = 200        # one uncached write to a physical flush hint
     drain_line: int = 600       # one WPQ line written to media: ~200 ns (100-300 ns) at 3 GHz
 
-    FIELDS = ("op", "walk_level", "exit", "write_protect", "mmio", "hypercall", "fha_write", "drain_line")
+    FIELDS = COST_FIELDS
 
     def __post_init__(self) -> None:
         for name in self.FIELDS:

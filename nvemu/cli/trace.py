@@ -11,66 +11,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 from typing import Any
 
-from . import trace as tr
-from .config import PRESETS
-from .errors import ConfigError
-from .flush_hints import FANOUTS, STRATEGIES
-from .nfit_cli import parse_number
-from .platform import Platform
-from .replay import Replayer, Result, vm_layouts
-from .workloads import WORKLOADS, iter_generate
-
-_COUNT = re.compile(r"([0-9][0-9_]*)\s*([kKmMgG]?)")
-_DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-
-
-def parse_count(text: str) -> int:
-    """A count with an optional decimal suffix: "10M" is 10,000,000, "500k" 500,000."""
-    m = _COUNT.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (digits, optional k/M/G = 10^3/10^6/10^9)")
-    return int(m.group(1)) * _DECIMAL[m.group(2).lower()]
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n:,} B"
-
-
-def _fail(err: BaseException) -> int:
-    print(f"nvemu: error: {err}", file=sys.stderr)
-    return 1
-
-
-def _platform(args: argparse.Namespace) -> str | Platform:
-    """The platform ``--preset`` names, or the one ``--nfit`` describes."""
-    if getattr(args, "nfit", None):
-        try:
-            with open(args.nfit, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read NFIT {args.nfit}: {e.strerror or e}") from None
-        return Platform.from_nfit(data)
-    return args.preset
-
-
-def _add_machine(p: argparse.ArgumentParser, what: str) -> None:
-    """--preset/--nfit and the VM size options, shared by the three commands."""
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
-                       help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
-    p.add_argument("--dram", metavar="SIZE", type=parse_number,
-                   help=f"DRAM of each VM {what} (default 256M, less on a small platform)")
-    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number,
-                   help=f"vNVDIMM of each VM {what} (default 256M, less on a small platform)")
-
+from ..formats import trace as tr
+from ..errors import ConfigError
+from ..machine.flush_hints import FANOUTS, STRATEGIES
+from .common import (add_platform_options, fail, format_size, format_table, parse_count, parse_number,
+                     platform_of)
+from ..tools.replayer import Replayer, ReplayReport, vm_layouts
+from ..guest.workloads import WORKLOADS, iter_generate
 
 # ---- gen ------------------------------------------------------------------------------------------
 
@@ -78,16 +28,16 @@ def cmd_gen(args: argparse.Namespace) -> int:
     """``gen WORKLOAD -n OPS -o FILE``: write a generated trace (.npy, or text for other names)."""
     params = {k: v for k, v in (("deep_flush_every", args.deep_flush_every), ("read_fraction", args.read_fraction),
                                 ("max_blocks", args.max_blocks)) if v is not None}
-    layouts = vm_layouts(_platform(args), args.vms, dram=args.dram, nvdimm=args.nvdimm)
+    layouts = vm_layouts(platform_of(args), args.vms, dram=args.dram, nvdimm=args.nvdimm)
     chunks = iter_generate(args.workload, args.ops, layouts, seed=args.seed, vms=args.vms, vcpus=args.vcpus,
                            footprint=args.footprint, **params)
     try:
         n = tr.save_trace(args.output, chunks)
     except OSError as e:
-        return _fail(e)
+        return fail(e)
     footprint = args.footprint or min(lay.nvdimm_size for lay in layouts)
     print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
-          f"{_size(footprint)}, seed {args.seed}) to {args.output}")
+          f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
     return 0
 
 
@@ -97,7 +47,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
     fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
     if fmt == "pmemcheck":
-        lay = vm_layouts(_platform(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
+        lay = vm_layouts(platform_of(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
         gpa = lay.nvdimm_gpa if args.nvdimm_gpa is None else args.nvdimm_gpa
         size = lay.nvdimm_size if args.nvdimm_size is None else args.nvdimm_size
         custom = args.nvdimm_gpa is not None or args.nvdimm_size is not None     # the vFHA: the page above
@@ -105,7 +55,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         imp = tr.import_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered else "error",
                                   deep_flush=fha if args.deep_flush else None)
         records: Any = imp.records
-        files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({_size(f.size)})" for f in imp.files) or "no files"
+        files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
         what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
                 + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
     elif fmt == "npy":
@@ -120,7 +70,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         n = tr.save_trace(args.output, records)
     except OSError as e:
-        return _fail(e)
+        return fail(e)
     print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
     return 0
 
@@ -141,9 +91,8 @@ _ROWS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def summary_table(result: Result) -> str:
+def summary_table(result: ReplayReport) -> str:
     """The replay summary: a header, then one column per VM (when more than one) and the total."""
-    from .cli import format_table  # here, not at import: cli imports this module
     total = {**result.__dict__}
     cols = [(f"vm{row['vm']}", row) for row in result.per_vm] if result.vms > 1 else []
     cols.append(("total", total))
@@ -162,7 +111,7 @@ def summary_table(result: Result) -> str:
     return "\n".join(head + ["", table] + tail)
 
 
-def _write_outputs(result: Result, json_path: str | None, csv_path: str | None) -> None:
+def _write_outputs(result: ReplayReport, json_path: str | None, csv_path: str | None) -> None:
     if json_path:
         text = json.dumps(result.as_dict(), indent=2) + "\n"
         if json_path == "-":
@@ -177,15 +126,15 @@ def _write_outputs(result: Result, json_path: str | None, csv_path: str | None) 
             _write_csv(result, f)
 
 
-def _write_csv(result: Result, f: Any) -> None:
-    writer = csv.DictWriter(f, fieldnames=Result.CSV_COLUMNS)
+def _write_csv(result: ReplayReport, f: Any) -> None:
+    writer = csv.DictWriter(f, fieldnames=ReplayReport.CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(result.csv_rows())
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay TRACE``: replay a trace of any format and print the summary."""
-    run = Replayer(args.trace, platform=_platform(args), strategy=args.strategy, fanout=args.fanout,
+    run = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, fanout=args.fanout,
                    vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
                    chunk_ops=args.chunk, format=None if args.format == "auto" else args.format,
                    unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
@@ -196,7 +145,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         _write_outputs(result, args.json, args.csv)
     except OSError as e:
-        return _fail(e)
+        return fail(e)
     return 0
 
 
@@ -224,7 +173,7 @@ def add_commands(subparsers: Any) -> None:
                      help="write the vFHA after every N-th unit, 0 never (pmdk-tx, kv-put, random-rw, seq-log)")
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
     gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync)")
-    _add_machine(gen, "the trace is for")
+    add_platform_options(gen, "the trace is for")
     gen.set_defaults(func=cmd_gen)
 
     imp = subparsers.add_parser(
@@ -242,7 +191,7 @@ def add_commands(subparsers: Any) -> None:
                      help="drop pmemcheck stores/flushes outside every registered file instead of failing")
     imp.add_argument("--deep-flush", action="store_true",
                      help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
-    _add_machine(imp, "to place pmemcheck files on")
+    add_platform_options(imp, "to place pmemcheck files on")
     imp.set_defaults(func=cmd_import)
 
     rep = subparsers.add_parser(
@@ -268,9 +217,9 @@ def add_commands(subparsers: Any) -> None:
     rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, no table)")
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr for runs over a second (default: when stderr is a terminal)")
-    _add_machine(rep, "to create")
+    add_platform_options(rep, "to create")
     rep.set_defaults(func=cmd_replay)
 
 
-__all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "parse_count", "summary_table"]
+__all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
 

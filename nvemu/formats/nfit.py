@@ -36,13 +36,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
-from .config import (DOMAINS, PAGE_BYTES, ControllerConfig, GiB, InterleaveSetConfig, KiB, NvdimmConfig,
-                     PlatformConfig, decode_handle, device_handle)
-from .errors import ConfigError, NfitError
+from ..errors import ConfigError, NfitError
+from ..machine.config import (DEFAULT_COSTS, DOMAINS, PAGE_BYTES, ControllerConfig, CostModel, GiB,
+                              InterleaveSetConfig, KiB, NvdimmConfig, PlatformConfig, decode_handle, device_handle)
+from ..machine.platform import Platform
+from ..machine.vm import VM
 
 __all__ = [
     "SIGNATURE", "HEADER_BYTES", "GUIDS", "CAP_CACHE_FLUSH", "CAP_MEM_FLUSH", "CAP_MEM_MIRRORING",
-    "DOMAIN_CAPABILITIES", "DEFAULT_GRANULARITY",
+    "DOMAIN_CAPABILITIES", "DEFAULT_GRANULARITY", "platform_from_nfit", "virtual_nfit_of",
     "SpaRange", "MemoryMap", "Interleave", "Smbios", "ControlRegion", "DataRegion", "FlushHintAddress",
     "PlatformCapabilities", "RawSubtable", "Subtable", "Nfit",
     "parse", "build", "persistence_domain", "platform_config_from_nfit", "discover",
@@ -1016,3 +1018,21 @@ def virtual_nfit(vnvdimms: Sequence[tuple[int, int]] | Iterable[tuple[int, int]]
         subtables += [FlushHintAddress(device_handle=h, hint_addresses=(vfha_gpa,)) for h in handles]
     subtables.append(caps)
     return Nfit(subtables=tuple(subtables), oem_table_id="NVEMUVM ")
+
+
+def platform_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_bytes: int = 2 * GiB,
+                       costs: CostModel = DEFAULT_COSTS, **kwargs: Any) -> Platform:
+    """Capability discovery: the :class:`~nvemu.machine.platform.Platform` a physical NFIT describes
+    (controllers, NVDIMMs, interleave, flush hints, persistence domain). The NFIT does not say the
+    WPQ depth or how much DRAM the host has: those are parameters."""
+    return Platform(platform_config_from_nfit(data, wpq_depth=wpq_depth, dram_bytes=dram_bytes), costs, **kwargs)
+
+
+def virtual_nfit_of(vm: VM) -> bytes:
+    """``vm``'s virtual NFIT as an ACPI binary: SPA ranges and memory-device maps of its vNVDIMMs,
+    one flush hint structure per vNVDIMM naming the vFHA, and a platform capabilities structure
+    no stronger than the host's domain."""
+    platform = vm._live().hypervisor.platform
+    table = virtual_nfit([(r.gpa, r.size) for r in vm.nvdimms], vm.vfha_gpa if vm.vfha_table else None,
+                         platform.domain)
+    return table.to_bytes()

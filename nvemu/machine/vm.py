@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._constants import EPT_RWX, Op, TRACE_DTYPE
-from .errors import ConfigError, LifecycleError
+from .._constants import EPT_RWX, Op, TRACE_DTYPE
+from ..errors import ConfigError, LifecycleError
 from .flush_hints import VirtualFlushHint
 from .stats import Stats
 
@@ -197,13 +197,6 @@ class VM:
         if self.state is not VmState.DESTROYED:
             self.destroy()
 
-    def snapshot(self, path: str) -> None:
-        """Save this VM (its memory, NVDIMM media and lines, queued copies, page table, TLBs,
-        counters) with the platform description; ``Hypervisor.restore(path)`` brings it back
-        on a fresh host at the same host addresses."""
-        from .snapshot import save
-        save(self._live().hypervisor, path, vm=self)
-
     def vcpu(self, index: int = 0) -> Vcpu:
         return self.vcpus[index]
 
@@ -244,12 +237,3 @@ class VM:
                                for h in self.vfha_table],
                 "fanout_controllers": list(self.fanout_controllers), "vcpus": len(self.vcpus)}
 
-    def to_nfit(self) -> bytes:
-        """The VM's virtual NFIT as an ACPI binary: SPA ranges and memory-device maps of its
-        vNVDIMMs, one flush hint structure per vNVDIMM naming the vFHA, and a platform
-        capabilities structure no stronger than the host's domain."""
-        from .nfit import virtual_nfit
-        platform = self._live().hypervisor.platform
-        table = virtual_nfit([(r.gpa, r.size) for r in self.nvdimms],
-                             self.vfha_gpa if self.vfha_table else None, platform.domain)
-        return table.to_bytes()
