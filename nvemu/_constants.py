@@ -132,6 +132,8 @@ EPT_ACCESSED = 1 << 8
 EPT_DIRTY = 1 << 9
 EPT_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 
+LINE_BYTES = 64          # a cache line, the unit of write-back and of a WPQ entry
+PAGE_BYTES = 1 << 12     # a 4 KiB page
 PAGE_4K = 1 << 12
 PAGE_2M = 1 << 21
 GPA_LIMIT = 1 << 48

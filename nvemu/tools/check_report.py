@@ -1,0 +1,174 @@
+"""What a crash-consistency check found: :class:`Violation` records and the :class:`CheckResult`
+that holds them, with the text report and the JSON form ``nvemu check`` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._constants import LINE_BYTES as LINE
+
+PROTOCOL_TEXT = {
+    "fence": "store, fence",
+    "flush": "store, write-back, fence",
+    "deep": "store, write-back, fence, vFHA write, fence",
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A completed store that a power failure would lose at every checked crash point from
+    ``point`` to ``until`` (``points`` of them; ``kind`` "lost"), or a store whose write-back the
+    vFHA write at ``point`` overtook before any fence (``kind`` "unfenced", ``until == point``).
+
+    A lost store stays lost until its line changes (a store, write-back, completion or drain), so
+    one record covers the run of crash points; :meth:`CheckResult.pairs` lists every (store, crash
+    point). ``lost`` has bit ``k`` set when byte ``k`` of the store is in the durable image neither
+    as this store wrote it nor as any later store to that byte wrote it; ``found`` is what the
+    durable image holds at the store's ``size`` bytes at ``point``, ``expected`` what the store
+    wrote there. An "unfenced" violation has ``completed`` -1, ``found`` empty and ``lost`` 0."""
+
+    store: int          # op index of the store
+    point: int          # first crash point it is lost at: power fails right after this op
+    completed: int      # op index at which the store's protocol completed
+    vm: int
+    vcpu: int
+    op: str             # "STORE" or "NT_STORE"
+    size: int
+    gpa: int
+    hpa: int
+    expected: bytes
+    found: bytes
+    lost: int
+    kind: str = "lost"
+    until: int = -1     # last crash point of the run (set when the run ends)
+    points: int = 1     # checked crash points from point to until
+
+    @property
+    def line_gpa(self) -> int:
+        return self.gpa & ~(LINE - 1)
+
+    @property
+    def line_hpa(self) -> int:
+        return self.hpa & ~(LINE - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "store": self.store, "point": self.point, "until": self.until,
+                "points": self.points, "completed": self.completed, "vm": self.vm,
+                "vcpu": self.vcpu, "op": self.op, "size": self.size, "gpa": self.gpa, "hpa": self.hpa,
+                "line_gpa": self.line_gpa, "line_hpa": self.line_hpa, "expected": self.expected.hex(),
+                "found": self.found.hex(), "lost_bytes": [k for k in range(self.size) if self.lost >> k & 1]}
+
+    def __str__(self) -> str:
+        if self.kind == "unfenced":
+            return (f"store {self.store} (vm{self.vm} cpu{self.vcpu} {self.op} {self.size} B at GPA {self.gpa:#x}, "
+                    f"line GPA {self.line_gpa:#x} / HPA {self.line_hpa:#x}) was written back but not fenced "
+                    f"before the vFHA write at op {self.point}")
+        return (f"store {self.store} (vm{self.vm} cpu{self.vcpu} {self.op} {self.size} B at GPA {self.gpa:#x}, "
+                f"line GPA {self.line_gpa:#x} / HPA {self.line_hpa:#x}), completed at op {self.completed}, "
+                f"lost at {self.points} crash point(s) {self.point}..{self.until}: durable {self.found.hex()}, "
+                f"expected {self.expected.hex()}")
+
+
+@dataclass
+class CheckResult:
+    """What :func:`check` found. ``ok`` when there is no violation."""
+
+    ops: int                                    # records in the trace
+    points: list[int]                           # crash points checked (op indices), ascending
+    candidates: int                             # persist points in the trace (fences + vFHA writes)
+    violations: list[Violation]                 # one per run of crash points a store is lost at
+    completed_stores: int                       # stores whose protocol completed before the last point
+    protocol: str                               # the resolved ladder: fence, flush or deep
+    fence_scope: str
+    domain: str
+    platform: str
+    strategies: dict[int, str]                  # vm id -> flush strategy
+    fanouts: dict[int, str]
+    verified: list[int] = field(default_factory=list)          # points compared with a real power failure
+    verify_mismatches: list[tuple[int, int]] = field(default_factory=list)  # (point, first differing HPA)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.verify_mismatches
+
+    @property
+    def lost_stores(self) -> list[int]:
+        """Op indices of the stores that are lost at some crash point, ascending."""
+        return sorted({v.store for v in self.violations if v.kind == "lost"})
+
+    @property
+    def unfenced_stores(self) -> list[int]:
+        """Op indices of the stores a vFHA write overtook before they were fenced, ascending."""
+        return sorted({v.store for v in self.violations if v.kind == "unfenced"})
+
+    def pairs(self, kind: str = "lost") -> list[tuple[int, int]]:
+        """Every (store, crash point) at which a store is lost (or, for "unfenced", overtaken),
+        ordered by crash point, then store."""
+        index = {p: k for k, p in enumerate(self.points)}
+        out = []
+        for v in self.violations:
+            if v.kind == kind:
+                if v.point in index and v.until in index:
+                    out += [(v.store, p) for p in self.points[index[v.point]:index[v.until] + 1]]
+                else:
+                    out.append((v.store, v.point))
+        return sorted(out, key=lambda sp: (sp[1], sp[0]))
+
+    def by_store(self, kind: str = "lost") -> dict[int, list[Violation]]:
+        """Violations of ``kind`` grouped by store (op index), each group in crash-point order."""
+        out: dict[int, list[Violation]] = {}
+        for v in self.violations:
+            if v.kind == kind:
+                out.setdefault(v.store, []).append(v)
+        return dict(sorted(out.items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "ops": self.ops, "platform": self.platform, "domain": self.domain,
+                "protocol": self.protocol, "fence_scope": self.fence_scope,
+                "strategies": {str(k): v for k, v in self.strategies.items()},
+                "fanouts": {str(k): v for k, v in self.fanouts.items()},
+                "candidates": self.candidates, "points": self.points, "completed_stores": self.completed_stores,
+                "lost_stores": self.lost_stores, "unfenced_stores": self.unfenced_stores,
+                "violations": [v.as_dict() for v in self.violations],
+                "verified": self.verified,
+                "verify_mismatches": [{"point": p, "hpa": h} for p, h in self.verify_mismatches]}
+
+    def report(self, limit: int = 20) -> str:
+        """A human-readable report: the setup, the counts, then up to ``limit`` lost stores."""
+        strategies = ",".join(sorted(set(self.strategies.values())))
+        fanouts = ",".join(sorted(set(self.fanouts.values())))
+        whose = "storing vCPU" if self.fence_scope == "vcpu" else "any vCPU of the VM"
+        lines = [(f"platform  {self.platform} (domain {self.domain}), {len(self.strategies)} VM(s), "
+                  f"strategy {strategies}, fan-out {fanouts}"),
+                 f"protocol  {self.protocol} ({PROTOCOL_TEXT[self.protocol]}; fence by the {whose})",
+                 (f"checked   {len(self.points):,} of {self.candidates:,} crash points (after each fence and "
+                  f"vFHA write) in {self.ops:,} ops; {self.completed_stores:,} stores completed their protocol")]
+        if self.verified:
+            lines.append(f"verified  {len(self.verified)} point(s) against a real power failure: "
+                         + ("MISMATCH at " + ", ".join(f"point {p} HPA {h:#x}" for p, h in self.verify_mismatches)
+                            if self.verify_mismatches else "identical"))
+        if not self.violations:
+            lines.append("result    OK: no completed store is lost at any checked crash point")
+            return "\n".join(lines)
+        groups, unfenced = self.by_store(), self.by_store("unfenced")
+        pairs = sum(v.points for v in self.violations if v.kind == "lost")
+        found = ([f"{len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"] if groups else []) \
+            + ([f"{len(unfenced):,} store(s) not fenced before a vFHA write"] if unfenced else [])
+        lines.append("result    " + "; ".join(found))
+        for k, (store, vs) in enumerate(unfenced.items()):
+            if k == limit:
+                lines.append(f"  ... and {len(unfenced) - limit:,} more unfenced stores (see --json)")
+                break
+            lines.append(f"  {vs[0]}")
+        for k, (store, vs) in enumerate(groups.items()):
+            if k == limit:
+                lines.append(f"  ... and {len(groups) - limit:,} more lost stores (see --json)")
+                break
+            v = vs[0]
+            runs = ", ".join(f"{x.point}" if x.points == 1 else f"{x.point}..{x.until}" for x in vs[:4])
+            lines.append(f"  store {store}: vm{v.vm} cpu{v.vcpu} {v.op} {v.size} B at GPA {v.gpa:#x} "
+                         f"(line GPA {v.line_gpa:#x}, HPA {v.line_hpa:#x}), completed at op {v.completed}; "
+                         f"lost at {sum(x.points for x in vs)} crash point(s): {runs}"
+                         f"{', ...' if len(vs) > 4 else ''}; durable {v.found.hex()} expected {v.expected.hex()}")
+        return "\n".join(lines)
