@@ -132,6 +132,17 @@ EPT_ACCESSED = 1 << 8
 EPT_DIRTY = 1 << 9
 EPT_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 
+# EPT-violation exit qualification bits (Intel SDM Vol. 3C, 27.2.1, table "Exit Qualification for EPT
+# Violations"). A guest data access through its page tables sets bit 7 (the guest linear-address field
+# is valid) and bit 8 (the access was to the final translation, not to a guest paging-structure entry):
+# a store to a read-only leaf is 0x18a. An EPT misconfiguration saves no qualification (it reads 0;
+# KVM's handle_ept_misconfig uses only the GPA).
+QUAL_READ = 1 << 0
+QUAL_WRITE = 1 << 1
+QUAL_FETCH = 1 << 2
+QUAL_LINEAR_VALID = 1 << 7
+QUAL_FINAL_TRANSLATION = 1 << 8
+
 LINE_BYTES = 64          # a cache line, the unit of write-back and of a WPQ entry
 PAGE_BYTES = 1 << 12     # a 4 KiB page
 PAGE_4K = 1 << 12

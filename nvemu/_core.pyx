@@ -25,6 +25,7 @@ cdef enum:
     E_R = 1
     E_W = 2
     E_RWX = 7
+    Q_LINEAR = 0x180                # EPT-violation qualification bits 7 and 8 of a guest data access (SDM)
     E_MEMTYPE_WB = 0x30
     E_LARGE = 0x80
     E_ACCESSED = 0x100
@@ -81,6 +82,15 @@ def _check_vm_slot(n_controllers, pool_tables, vm, root, nvcpus, tlb_entries, fh
 
 cdef inline uint64_t _ptr(object arr):
     return <uint64_t>arr.ctypes.data
+
+
+cdef inline uint64_t _qualification(int reason, bint write, uint64_t entry) noexcept nogil:
+    """Exit qualification (Intel SDM Vol. 3C, 27.2.1, table "Exit Qualification for EPT Violations"):
+    a data access's bits 0/1, the entry's R/W/X in bits 3-5, bit 7 (guest linear address valid) and
+    bit 8 (access to the final translation); an EPT misconfiguration saves none (0)."""
+    if reason == EXIT_EPT_MISCONFIG:
+        return 0
+    return (2 if write else 1) | ((entry & E_RWX) << 3) | Q_LINEAR
 
 
 cdef inline uint64_t load_le(const uint8_t* p, uint32_t size) noexcept nogil:
@@ -581,8 +591,7 @@ cdef class Engine:
             raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
         rc = self.translate_nogil(v, vcpu, gpa, write, &v.stats[vcpu * ST_COUNT], &hpa, &entry)
         if rc:
-            raise GuestFault(rc, (2 if write else 1) | ((entry & E_RWX) << 3), gpa, 0, vm, vcpu,
-                             1 if write else 0)
+            raise GuestFault(rc, _qualification(rc, write, entry), gpa, 0, vm, vcpu, 1 if write else 0)
         return hpa
 
     cdef void drain_one(self, uint32_t c) noexcept nogil:
@@ -745,7 +754,7 @@ cdef class Engine:
                     st[ST_EXITS_EPT_VIOLATION] += 1
                 st[ST_CYCLES_EXIT] += self.cost.exit
                 self.exit.reason = rc
-                self.exit.qualification = (2 if write else 1) | ((entry & E_RWX) << 3)
+                self.exit.qualification = _qualification(rc, write, entry)
                 self.exit.gpa = r.gpa
                 self.exit.op_index = i
                 self.exit.vm = r.vm

@@ -15,7 +15,8 @@ import numpy as np
 
 from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE,
                          EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
-                         Op, RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
+                         Op, QUAL_FINAL_TRANSLATION, QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE, RunStatus, STAT,
+                         STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
 from ._layout import EngineLayout
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
@@ -24,6 +25,15 @@ STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
 PAGE = 4096
 LINE = 64
+
+
+def exit_qualification(reason: int, write: bool, entry: int) -> int:
+    """The exit qualification of a guest data access that exits (SDM Vol. 3C 27.2.1): an EPT
+    violation reports the access, the entry's R/W/X and bits 7-8; a misconfiguration reports 0."""
+    if reason == ExitReason.EPT_MISCONFIG:
+        return 0
+    access = QUAL_WRITE if write else QUAL_READ
+    return access | ((entry & EPT_RWX) << 3) | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION
 
 
 class _Vm:
@@ -430,8 +440,7 @@ class Engine:
             raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
         rc, result = self._translate(v, vcpu, gpa, write, v.stats[vcpu])
         if rc:
-            raise GuestFault(rc, (2 if write else 1) | ((result & EPT_RWX) << 3), gpa, 0, vm, vcpu,
-                             1 if write else 0)
+            raise GuestFault(rc, exit_qualification(rc, write, result), gpa, 0, vm, vcpu, 1 if write else 0)
         return result
 
     # ---- the replay loop ----------------------------------------------------------------------
@@ -527,7 +536,7 @@ class Engine:
                 return True
             st[STAT["exits_ept_misconfig" if rc == ExitReason.EPT_MISCONFIG else "exits_ept_violation"]] += 1
             st[STAT["cycles_exit"]] += self.cost["exit"]
-            self.exit = (rc, (2 if write else 1) | ((result & EPT_RWX) << 3), gpa, i, vm, cpu, op)
+            self.exit = (rc, exit_qualification(rc, write, result), gpa, i, vm, cpu, op)
             return False
         hpa = result
         if on_fha:

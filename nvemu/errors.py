@@ -48,7 +48,10 @@ class GuestFault(NvemuError):
     """An exit the hypervisor does not handle, delivered as an exception carrying the exit's fields.
 
     ``reason`` is Intel's basic exit reason (48 EPT violation, 49 EPT misconfiguration, 18 VMCALL);
-    ``qualification`` has bit 0 read, 1 write, 2 fetch and bits 3-5 the entry's R/W/X.
+    ``qualification`` is the SDM's (Vol. 3C 27.2.1): for an EPT violation bit 0 read, 1 write, 2 fetch,
+    bits 3-5 the entry's R/W/X, bit 7 guest linear address valid, bit 8 access to the final translation
+    (a guest store to a read-only leaf: 0x18a); an EPT misconfiguration saves none (0), so there the
+    access is told by ``op``.
     """
 
     def __init__(self, reason: int, qualification: int, gpa: int, op_index: int,
@@ -60,11 +63,14 @@ class GuestFault(NvemuError):
         self.vm = vm
         self.vcpu = vcpu
         self.op = op
-        access = "write" if qualification & 2 else "fetch" if qualification & 4 else "read"
+        if reason == 48:
+            access = "write" if qualification & 2 else "fetch" if qualification & 4 else "read"
+        else:
+            access = "write" if op in (1, 2) else "read"     # Op.STORE, Op.NT_STORE
         perms = "".join(c if qualification >> (3 + i) & 1 else "-" for i, c in enumerate("rwx"))
         name = {48: "EPT violation", 49: "EPT misconfiguration", 18: "VMCALL"}.get(reason, "exit")
         super().__init__(f"{name} (reason {reason}) on {access} of GPA {gpa:#x} by vm{vm} cpu{vcpu} "
-                         f"at op {op_index}; entry permissions {perms}")
+                         f"at op {op_index}" + (f"; entry permissions {perms}" if reason == 48 else ""))
 
     @property
     def read(self) -> bool:

@@ -47,7 +47,7 @@ def test_gpa_outside_the_vm_is_a_guest_fault_with_the_exit_fields(setup):
         hv.run(trace((Op.LOAD, 0, 0, 8, gpa, 0), (Op.STORE, 0, 0, 8, 0x7_0000_0000, 1)))
     f = info.value
     assert (f.reason, f.qualification, f.gpa, f.op_index, f.vm, f.vcpu, f.op) == \
-        (48, 0b10, 0x7_0000_0000, 1, 0, 0, Op.STORE)
+        (48, 0x182, 0x7_0000_0000, 1, 0, 0, Op.STORE)   # SDM: bits 7 and 8
     assert "EPT violation (reason 48) on write of GPA 0x700000000" in str(f)
     assert vm.stats().exits[48] == 1
 
