@@ -15,7 +15,7 @@ from ..tools.microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, g
                                 run_bench, save, sensitivity)
 from ..tools.sweep import HOST_COLUMNS, fleet_hosts, fleet_total, load_toml, sweep_cells
 from ..tools.tasks import execute, write_results
-from .common import format_table, parse_count
+from .common import check_output_directory, format_table, parse_count
 
 
 def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     axes = dict(workloads=args.workloads, strategies=args.strategies, fanouts=args.fanout, domains=args.domains,
                 controllers=args.controllers, wpq_depths=args.wpq_depth, hints=args.hints, ops=args.ops,
                 seed=args.seed, vms=args.vms, interleave=args.interleave)
+    check_output_directory(args.out)
     out = Path(args.out)
     costs = CostModel()
     if args.sweep_cost:
@@ -91,6 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
     cells = sweep_cells(load_toml(spec_path), spec_path.parent)
+    check_output_directory(args.out, [args.spec])
     rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
     for r, c in zip(rows, cells):
         r.update({f"cost_{k}": v for k, v in c["costs"].items()})
@@ -108,6 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
     hosts = fleet_hosts(load_toml(spec_path), spec_path.parent)
+    check_output_directory(args.out, [args.spec])
     rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
     total = fleet_total(rows)
     write_results([*rows, total], args.out, HOST_COLUMNS)
@@ -124,7 +127,8 @@ def _runner_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 "
                    "(default: a local pool of processes)")
     p.add_argument("--workers", type=int, help="local processes (default: one per core)")
-    p.add_argument("--out", default=out, help=f"output directory (default {out})")
+    p.add_argument("-o", "--output", "--out", dest="out", metavar="DIR", default=out,
+                   help=f"output directory: results.csv, results.json, rows.jsonl, plots (default {out})")
     p.add_argument("--resume", action="store_true", help="skip tasks whose rows are already in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar (default: when stderr is a terminal)")

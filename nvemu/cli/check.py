@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from .._constants import DOMAIN_NAMES
@@ -13,7 +12,8 @@ from ..formats.trace import FORMATS
 from ..machine.config import PRESETS, PlatformConfig
 from ..machine.flush_hints import FANOUTS, STRATEGIES
 from ..tools.checker import FENCE_SCOPES, PROTOCOLS, check_trace
-from .common import parse_number, read_nfit
+from .common import (add_quiet_option, check_outputs, non_negative_int, parse_number, positive_int, read_nfit,
+                     report_stream, write_output)
 
 
 def _points_arg(text: str) -> str | int:
@@ -30,6 +30,7 @@ def _points_arg(text: str) -> str | int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``check TRACE``: exit 0 when no completed store is lost, 1 when some is, 2 on bad input."""
+    check_outputs([args.json], [args.trace, args.nfit])
     platform: str | PlatformConfig = (platform_config_from_nfit(read_nfit(args.nfit)) if args.nfit
                                       else args.preset)
     result = check_trace(args.trace, args.points, platform=platform, domain=args.domain, strategy=args.strategy,
@@ -38,19 +39,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                          unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
                          protocol=args.protocol, fence_scope=args.fence_scope, verify=args.verify,
                          ordering=not args.no_ordering)
-    print(f"nvemu check: {args.trace}")
-    print(result.report(args.limit))
+    if not args.quiet:
+        out = report_stream(args.json)
+        print(f"nvemu check: {args.trace}", file=out)
+        print(result.report(args.limit), file=out)
     if args.json:
-        text = json.dumps(result.as_dict(), indent=2) + "\n"
-        try:
-            if args.json == "-":
-                sys.stdout.write(text)
-            else:
-                with open(args.json, "w") as f:
-                    f.write(text)
-        except OSError as e:
-            print(f"nvemu: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 2
+        write_output(args.json, json.dumps(result.as_dict(), indent=2) + "\n")
     return 0 if result.ok else 1
 
 
@@ -80,10 +74,10 @@ def add_commands(subparsers: Any) -> None:
                    help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
     p.add_argument("--no-ordering", action="store_true",
                    help="do not report vFHA writes that overtake unfenced write-backs (deep protocol)")
-    p.add_argument("--verify", metavar="N", type=int, default=0,
+    p.add_argument("--verify", metavar="N", type=non_negative_int, default=0,
                    help="also compare N points with a real power failure of a snapshot-restored copy")
-    p.add_argument("--vms", metavar="N", type=int, help="VMs to create (default: as the trace names)")
-    p.add_argument("--vcpus", metavar="N", type=int, help="vCPUs per VM (default: as the trace names)")
+    p.add_argument("--vms", metavar="N", type=positive_int, help="VMs to create (default: as the trace names)")
+    p.add_argument("--vcpus", metavar="N", type=positive_int, help="vCPUs per VM (default: as the trace names)")
     p.add_argument("--dram", metavar="SIZE", type=parse_number, help="DRAM of each VM")
     p.add_argument("--nvdimm", metavar="SIZE", type=parse_number, help="vNVDIMM of each VM")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
@@ -91,6 +85,8 @@ def add_commands(subparsers: Any) -> None:
                    help="pmemcheck: drop records outside every registered file instead of failing")
     p.add_argument("--deep-flush", action="store_true",
                    help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
-    p.add_argument("--limit", metavar="N", type=int, default=20, help="lost stores listed (default 20)")
-    p.add_argument("--json", metavar="FILE", help="write the result (every violation) as JSON ('-': stdout)")
+    p.add_argument("--limit", metavar="N", type=non_negative_int, default=20, help="lost stores listed (default 20)")
+    p.add_argument("--json", metavar="FILE", help="write the result (every violation) as JSON ('-': stdout, "
+                   "which then carries only the JSON; the report goes to stderr) (default: none)")
+    add_quiet_option(p)
     p.set_defaults(func=cmd_check)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from typing import Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
+from tabulate import tabulate
+
+from .._files import atomic_write, check_output_dir, check_output_file
 from ..errors import ConfigError
 from ..formats.nfit import platform_from_nfit
 from ..machine.config import PRESETS
@@ -45,6 +49,26 @@ def parse_count(text: str) -> int:
     return int(m.group(1)) * _DECIMAL[m.group(2).lower()]
 
 
+def _int(text: str, lo: int, what: str) -> int:
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    return _int(text, 1, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    return _int(text, 0, "0 or more")
+
+
 def format_size(n: int) -> str:
     """Bytes in the largest binary unit that divides them: "256 MiB", "4 KiB", "1,000 B"."""
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
@@ -54,19 +78,88 @@ def format_size(n: int) -> str:
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
-    """Rows as an aligned text table; ``columns`` are (key, header, format)."""
-    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) for k, _, f in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """Rows as an aligned text table (tabulate's ``simple`` style); ``columns`` are (key, header,
+    format spec). The first column is left-aligned, the others right-aligned; a missing or None
+    cell prints empty."""
+    def cell(v: object, f: str) -> str:
+        if v is None or v == "":
+            return ""
+        try:
+            return format(v, f)
+        except (TypeError, ValueError):
+            return str(v)
+    body = [[cell(r.get(k), f) for k, _, f in columns] for r in rows]
+    return tabulate(body, headers=[h for _, h, _ in columns], tablefmt="simple", disable_numparse=True,
+                    colalign=["left"] + ["right"] * (len(columns) - 1))
 
 
 def fail(err: BaseException, code: int = 1) -> int:
     """Print ``err`` as the one-line error every command gives and return ``code``."""
-    print(f"nvemu: error: {err}", file=sys.stderr)
+    if isinstance(err, OSError) and err.filename:
+        text = f"{err.filename}: {err.strerror or err}"
+    else:
+        text = str(err)
+    print(f"nvemu: error: {' '.join(text.split())}", file=sys.stderr)
     return code
+
+
+def check_outputs(outputs: Iterable[str | None], inputs: Iterable[str | None] = ()) -> None:
+    """Refuse, before any work, output files that cannot be written or would overwrite an input
+    (``-`` is stdout and always fine). Raises ConfigError, which the CLI prints as one line."""
+    inputs = [i for i in inputs if i]
+    for path in outputs:
+        if path and path != "-":
+            check_output_file(path, inputs)
+
+
+def check_output_directory(path: str, inputs: Iterable[str | None] = ()) -> None:
+    """Refuse, before any work, an output directory that cannot be created or written."""
+    check_output_dir(path, [i for i in inputs if i])
+
+
+def write_output(path: str, text: str) -> None:
+    """``text`` to ``path`` (written whole under a temporary name, then renamed), or to stdout for ``-``."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, enabled: bool | None, desc: str, unit: str = "op") -> Iterator[Any]:
+    """A tqdm bar on stderr (``enabled`` None: only when stderr is a terminal); a disabled bar
+    still takes ``update()`` calls, so callers need no branches."""
+    from tqdm import tqdm
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, disable=not enabled,
+               mininterval=0.5, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``: the same switch on every long-running command."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: only when stderr is a terminal)")
+
+
+def add_quiet_option(p: argparse.ArgumentParser, verbose: str | None = None) -> None:
+    """``-q/--quiet`` (no report, only errors and requested files) and, where there is more to
+    say, ``-v/--verbose``."""
+    p.add_argument("-q", "--quiet", action="store_true", help="print no report, only errors (default: off)")
+    if verbose:
+        p.add_argument("-v", "--verbose", action="store_true", help=f"{verbose} (default: off)")
+
+
+def report_stream(*outputs: str | None) -> IO[str]:
+    """Where a command's human-readable report goes: stderr when any output is ``-`` (stdout then
+    carries only the machine-readable data), else stdout."""
+    return sys.stderr if "-" in outputs else sys.stdout
 
 
 def read_nfit(path: str) -> bytes:
@@ -97,5 +190,6 @@ def platform_of(args: argparse.Namespace) -> str | Platform:
     return args.preset
 
 
-__all__ = ["add_platform_options", "fail", "format_size", "format_table", "parse_count", "parse_number",
+__all__ = ["non_negative_int", "positive_int", "add_platform_options", "add_progress_option", "add_quiet_option", "progress_bar", "check_output_directory", "check_outputs", "fail", "report_stream",
+           "write_output", "format_size", "format_table", "parse_count", "parse_number",
            "parse_range", "platform_of", "read_nfit"]

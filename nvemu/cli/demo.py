@@ -10,7 +10,7 @@ from .._version import __version__
 from .._backend import BACKEND
 from ..machine.config import PRESETS
 from ..machine.hypervisor import Hypervisor
-from .common import format_table, parse_count
+from .common import check_outputs, format_table, parse_count
 from ..guest.workloads import persist_loop
 
 DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
@@ -40,6 +40,7 @@ DEMO_COLUMNS = (("label", "strategy", ""), ("ops", "ops", ",d"), ("exits_48", "e
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    check_outputs([args.json])
     print(f"nvemu {__version__} ({BACKEND} backend): platform '{args.preset}', one VM "
           f"(256 MiB DRAM, one 256 MiB vNVDIMM, 1 vCPU), persist loop of {args.ops:,} ops, "
           f"fan-out {args.fanout}")

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import sys
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from ..formats import trace as tr
 from ..errors import ConfigError
 from ..machine.flush_hints import FANOUTS, STRATEGIES
-from .common import (add_platform_options, fail, format_size, format_table, parse_count, parse_number,
-                     platform_of)
+from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size, format_table, parse_count, parse_number,
+                     platform_of, progress_bar, report_stream, write_output)
 from ..tools.replayer import Replayer, ReplayReport, vm_layouts
 from ..guest.workloads import WORKLOADS, iter_generate
 
@@ -28,23 +30,30 @@ def cmd_gen(args: argparse.Namespace) -> int:
     """``gen WORKLOAD -n OPS -o FILE``: write a generated trace (.npy, or text for other names)."""
     params = {k: v for k, v in (("deep_flush_every", args.deep_flush_every), ("read_fraction", args.read_fraction),
                                 ("max_blocks", args.max_blocks)) if v is not None}
+    check_outputs([args.output], [args.nfit])
     layouts = vm_layouts(platform_of(args), args.vms, dram=args.dram, nvdimm=args.nvdimm)
     chunks = iter_generate(args.workload, args.ops, layouts, seed=args.seed, vms=args.vms, vcpus=args.vcpus,
                            footprint=args.footprint, **params)
-    try:
-        n = tr.save_trace(args.output, chunks)
-    except OSError as e:
-        return fail(e)
+    n = tr.save_trace(args.output, _progress(chunks, args.ops, args.progress, "gen"))
     footprint = args.footprint or min(lay.nvdimm_size for lay in layouts)
     print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
           f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
     return 0
 
 
+def _progress(chunks: Iterable[np.ndarray], total: int, enabled: bool | None, desc: str) -> Iterator[np.ndarray]:
+    """``chunks`` passed through, advancing a tqdm bar by their record counts."""
+    with progress_bar(total, enabled, desc, unit="op") as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(len(chunk))
+
+
 # ---- import ---------------------------------------------------------------------------------------
 
 def cmd_import(args: argparse.Namespace) -> int:
     """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
+    check_outputs([args.output], [args.input, args.nfit])
     fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
     if fmt == "pmemcheck":
         lay = vm_layouts(platform_of(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
@@ -67,10 +76,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
-    try:
-        n = tr.save_trace(args.output, records)
-    except OSError as e:
-        return fail(e)
+    n = tr.save_trace(args.output, records)
     print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
     return 0
 
@@ -113,39 +119,29 @@ def summary_table(result: ReplayReport) -> str:
 
 def _write_outputs(result: ReplayReport, json_path: str | None, csv_path: str | None) -> None:
     if json_path:
-        text = json.dumps(result.as_dict(), indent=2) + "\n"
-        if json_path == "-":
-            sys.stdout.write(text)
-        else:
-            with open(json_path, "w") as f:
-                f.write(text)
-    if csv_path == "-":
-        _write_csv(result, sys.stdout)
-    elif csv_path:
-        with open(csv_path, "w", newline="") as f:
-            _write_csv(result, f)
-
-
-def _write_csv(result: ReplayReport, f: Any) -> None:
-    writer = csv.DictWriter(f, fieldnames=ReplayReport.CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(result.csv_rows())
+        write_output(json_path, json.dumps(result.as_dict(), indent=2) + "\n")
+    if csv_path:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=ReplayReport.CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result.csv_rows())
+        write_output(csv_path, buf.getvalue())
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay TRACE``: replay a trace of any format and print the summary."""
+    if args.json == "-" and args.csv == "-":
+        raise ConfigError("--json - and --csv - would both write to stdout; give one of them a file")
+    check_outputs([args.json, args.csv], [args.trace, args.nfit])
     run = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, fanout=args.fanout,
                    vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
                    chunk_ops=args.chunk, format=None if args.format == "auto" else args.format,
                    unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
                    progress=args.progress)
     result = run.run()
-    if "-" not in (args.json, args.csv):
-        print(summary_table(result))
-    try:
-        _write_outputs(result, args.json, args.csv)
-    except OSError as e:
-        return fail(e)
+    if not args.quiet:
+        print(summary_table(result), file=report_stream(args.json, args.csv))
+    _write_outputs(result, args.json, args.csv)
     return 0
 
 
@@ -174,6 +170,7 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
     gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync)")
     add_platform_options(gen, "the trace is for")
+    add_progress_option(gen)
     gen.set_defaults(func=cmd_gen)
 
     imp = subparsers.add_parser(
@@ -213,10 +210,12 @@ def add_commands(subparsers: Any) -> None:
                      help="pmemcheck: drop records outside every registered file instead of failing")
     rep.add_argument("--deep-flush", action="store_true",
                      help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
-    rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, no table)")
-    rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, no table)")
-    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar on stderr for runs over a second (default: when stderr is a terminal)")
+    rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, which then "
+                     "carries only the JSON; the table goes to stderr) (default: none)")
+    rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, which then "
+                     "carries only the CSV) (default: none)")
+    add_progress_option(rep)
+    add_quiet_option(rep)
     add_platform_options(rep, "to create")
     rep.set_defaults(func=cmd_replay)
 

@@ -261,6 +261,8 @@ class Workload:
             raise ConfigError(f"workload {self.name} takes no parameter {min(unknown)!r} "
                               f"(it takes: {', '.join(self.defaults) or 'none'})")
         self.params = {**self.defaults, **params}
+        for key, value in params.items():
+            _check_param(key, value)
         self.templates = _Templates(self.builders())
 
     def builders(self) -> list[Callable[[TraceWriter], None]]:
@@ -283,6 +285,26 @@ class Workload:
         if every < 0:
             raise ConfigError(f"deep_flush_every={every}: must be >= 0")
         return (counter % every == every - 1) if every else np.zeros(n, bool)
+
+
+# What each workload parameter may be: (type, lowest, highest or None); checked when a workload is
+# built, before any record is generated, so a bad value is one clear ConfigError.
+PARAM_RANGES: dict[str, tuple[type, float, float | None]] = {
+    "max_blocks": (int, 1, 4096), "deep_flush_every": (int, 0, None), "read_fraction": (float, 0.0, 1.0),
+}
+
+
+def _check_param(key: str, value: Any) -> None:
+    kind, lo, hi = PARAM_RANGES.get(key, (object, None, None))
+    if kind is object:
+        return
+    ok_type = (isinstance(value, (int, np.integer)) and not isinstance(value, bool) if kind is int
+               else isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool))
+    if not ok_type:
+        raise ConfigError(f"{key}={value!r}: must be {'an integer' if kind is int else 'a number'}")
+    if value < lo or (hi is not None and value > hi):
+        raise ConfigError(f"{key}={value!r}: must be {lo}..{hi}" if hi is not None
+                          else f"{key}={value!r}: must be >= {lo}")
 
 
 def _sized(sizes: Sequence[int], unit: Callable[[TraceWriter, int, bool], None]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import CostModel, PlatformConfig
+from .._files import atomic_write
 from ..errors import ConfigError, NvemuError, SnapshotError
 from .flush_hints import VirtualFlushHint
 from .hypervisor import Hypervisor
@@ -107,7 +108,7 @@ def save_snapshot(target: Hypervisor | VM, path: str | Path) -> None:
                        "pool_tables": p.layout.pool_tables, "max_vms": p.layout.max_vms,
                        "vms": [_vm_meta(v) for v in vms]}, sort_keys=True)
     arrays = {f"engine_{k}": v for k, v in state.items()}
-    with open(path, "wb") as f:
+    with atomic_write(path, "wb") as f:         # a snapshot is whole or absent, never half written
         np.savez(f, meta=np.frombuffer(meta.encode(), np.uint8),
                  digest=np.frombuffer(_digest(arrays, meta).encode(), np.uint8), **arrays)
 

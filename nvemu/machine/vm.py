@@ -198,7 +198,17 @@ class VM:
             self.destroy()
 
     def vcpu(self, index: int = 0) -> Vcpu:
-        return self.vcpus[index]
+        """vCPU ``index`` (0-based) of this VM.
+
+        Raises
+        ------
+        ConfigError
+            ``index`` is not an integer in ``0 .. len(vm.vcpus) - 1`` (negative indices are refused,
+            not counted from the end: ``vcpu(-1)`` is a mistake, not "the last vCPU").
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.vcpus):
+            raise ConfigError(f"vcpu({index!r}): this VM has vCPUs 0..{len(self.vcpus) - 1}")
+        return self.vcpus[int(index)]
 
     def stats(self) -> Stats:
         if self.state is VmState.DESTROYED and self._final_stats is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 
 from ..._constants import TRACE_DTYPE
+from ..._files import AtomicFile
 from ...errors import TraceError
 from .records import DEFAULT_CHUNK, RECORD_BYTES, PathLike
 
@@ -156,7 +157,9 @@ def load_npy(path: PathLike, mmap_mode: bool = True) -> np.ndarray:
 
 class NpyWriter:
     """Writes a native ``.npy`` trace one chunk at a time; the header's record count is patched
-    when the writer closes, so the total need not be known in advance.
+    when the writer closes, so the total need not be known in advance. The file is written under a
+    temporary name and renamed onto ``path`` by :meth:`close`: a writer that fails or is
+    interrupted inside its ``with`` block leaves no truncated trace (nor harms an older file).
 
     Examples
     --------
@@ -171,7 +174,8 @@ class NpyWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
         self.n = 0
-        self._file = open(self.path, "wb")  # noqa: SIM115 - open until close()
+        self._atomic = AtomicFile(self.path, "wb")     # renamed onto path by close(), complete
+        self._file = self._atomic.file
         self._header_bytes = self._header(0)
         self._file.write(self._header_bytes)
 
@@ -198,13 +202,20 @@ class NpyWriter:
                              f"{len(header)} bytes")
         self._file.seek(0)
         self._file.write(header)
-        self._file.close()
+        self._atomic.commit()
+
+    def discard(self) -> None:
+        """Drop what was written: ``path`` is left as it was before the writer opened."""
+        self._atomic.discard()
 
     def __enter__(self) -> NpyWriter:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:                       # an error or an interrupt mid-write: no truncated trace is left
+            self.discard()
 
 
 def save_npy(path: PathLike, records: np.ndarray | Iterable[np.ndarray]) -> int:

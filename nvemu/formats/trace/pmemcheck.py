@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-from ..._constants import TRACE_DTYPE, Op
+from ..._constants import GPA_LIMIT, TRACE_DTYPE, Op
 from ...errors import TraceError
 from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, LINE, PAGE, PathLike, _shorten
 from .text import _FieldError
@@ -158,6 +158,14 @@ class _PmemcheckReader:
                  vm: int, vcpu: int, unregistered: str, deep_flush: int | None) -> None:
         if unregistered not in ("error", "skip"):
             raise ValueError(f"unregistered={unregistered!r}: 'error' or 'skip'")
+        for what, v in (("nvdimm_gpa", nvdimm_gpa), ("nvdimm_size", nvdimm_size)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise TraceError(f"{what}={v!r}: must be a non-negative integer")
+        if nvdimm_size == 0 or nvdimm_gpa + nvdimm_size > GPA_LIMIT:
+            raise TraceError(f"vNVDIMM [{nvdimm_gpa:#x}, {nvdimm_gpa + nvdimm_size:#x}) must be non-empty and "
+                             f"inside the 48-bit guest-physical space (below {GPA_LIMIT:#x})")
+        if deep_flush is not None and not 0 <= deep_flush < GPA_LIMIT:
+            raise TraceError(f"vFHA GPA {deep_flush:#x} is outside the 48-bit guest-physical space")
         self.blocks, self.source = blocks, source
         self.nvdimm_gpa, self.nvdimm_size = nvdimm_gpa, nvdimm_size
         self.vm, self.vcpu, self.unregistered, self.deep_flush = vm, vcpu, unregistered, deep_flush

@@ -10,6 +10,7 @@ import numpy as np
 
 
 from ..._constants import FENCE_OPS, FLUSH_OPS, TRACE_DTYPE, Op
+from ..._files import atomic_write
 from ...errors import TraceError
 from .records import _OP_NAMES, PathLike, _shorten, record_problem
 
@@ -143,7 +144,7 @@ def format_text(records: np.ndarray, start: int = 0) -> Iterator[str]:
 def save_text(path: PathLike, records: np.ndarray | Iterable[np.ndarray], header: bool = True) -> int:
     """Write a trace (one array or chunks) in the text format; returns the record count."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         if header:
             f.write("# nvemu text trace: [vmN] [cpuN] OP operands (see nvemu.trace)\n")
         for chunk in ([records] if isinstance(records, np.ndarray) else records):
