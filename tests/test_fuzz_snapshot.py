@@ -132,12 +132,33 @@ import gc, json, os, resource, sys, tempfile
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))     # runaway allocation: MemoryError, not the OOM killer
 from nvemu import Hypervisor, NvemuError, SnapshotError, restore_snapshot, save_snapshot
 tmp = os.path.join(tempfile.mkdtemp(), "again.npz")
+
+def breach(hv):
+    # A restored VM whose page table or TLB reaches host memory it does not own (SPEC 7.8).
+    state = hv.platform.engine.get_state()
+    for vm in hv.vms.values():
+        owned = [(r.hpa, r.size) for r in vm.dram + vm.nvdimms] + [(vm.vfha_hpa, 4096)]
+        inside = lambda h: any(b <= h < b + n for b, n in owned)
+        for r in vm.dram + vm.nvdimms:
+            for g in range(r.gpa, r.gpa + r.size, 4096):
+                h = vm.page_table.translate(g)
+                if h is not None and not inside(h):
+                    return f"vm {vm.id} GPA {g:#x} -> HPA {h:#x}"
+        for vpn, entry, hpa, slot in state[f"vm{vm.id}_tlb"].tolist():
+            if vpn != 2**64 - 1 and not inside(hpa):
+                return f"vm {vm.id} TLB vpn {vpn:#x} -> HPA {hpa:#x}"
+    return None
+
 for path in sys.argv[1:]:
     print(json.dumps({"start": path}), flush=True)
     try:
         hv = restore_snapshot(path)
         outcome = "restored"
-        try:
+        where = breach(hv)
+        if where:
+            outcome = f"ISOLATION breach: {where}"
+        else:
+          try:
             for vm in list(hv.vms.values()):
                 vm.layout(); vm.stats()
                 if vm.state.value == "running":
@@ -145,9 +166,9 @@ for path in sys.argv[1:]:
                     cpu.store(g, 1); cpu.clwb(g); cpu.sfence(); cpu.store(vm.vfha_gpa, 1); cpu.load(g)
             save_snapshot(hv, tmp)
             restore_snapshot(tmp)
-        except NvemuError as e:
+          except NvemuError as e:
             outcome = f"restored; use refused: {type(e).__name__}"
-        except BaseException as e:                          # noqa: BLE001
+          except BaseException as e:                          # noqa: BLE001
             outcome = f"wrong exception when used after restore: {type(e).__name__}: {str(e)[:160]}"
     except SnapshotError as e:
         outcome = "refused"
@@ -173,7 +194,8 @@ def _reseal(path, out, mutate) -> None:
 
 
 def _restore_all(paths: list[str]) -> dict[str, str]:
-    """{path: outcome}: refused | restored[; use refused: ...] | wrong exception ... | CRASH (...)."""
+    """{path: outcome}: refused | restored[; use refused: ...] | ISOLATION breach ... | wrong exception ... |
+    CRASH (...)."""
     results: dict[str, str] = {}
     todo = list(paths)
     while todo:
@@ -234,9 +256,45 @@ def test_resealed_engine_state_damage_is_refused_never_fatal(tmp_path_factory):
         _reseal(path, pathlib.Path(files[-1]), _array_mutation(*args))
     results = _restore_all(files)
     bad = {os.path.basename(f): (mutations[k], results[f]) for k, f in enumerate(files)
-           if results[f].startswith(("CRASH", "wrong"))}
+           if results[f].startswith(("CRASH", "wrong", "ISOLATION"))}
     assert not bad, bad
     assert any(r == "refused" for r in results.values())
+
+
+def _address_mutation(target: str, where: float, bit: int):
+    """Flip one address bit (12-51) of a present page-table entry of either VM, or one bit of a
+    valid TLB row's vpn, entry, host page or leaf slot: what a forger would do to reach another VM."""
+    def mutate(files, meta):
+        if target == "table":
+            data = files["engine_table_data"].copy()
+            present = np.argwhere(data & 7)
+            r, i = present[int(where * (len(present) - 1))]
+            data[r, i] ^= np.uint64(1 << (12 + bit % 40))
+            files["engine_table_data"] = data
+        else:
+            vm = int(where * 1000) % 2
+            tlb = files[f"engine_vm{vm}_tlb"].copy()
+            valid = np.flatnonzero(tlb[:, 0] != np.uint64(2**64 - 1))
+            k, field = valid[int(where * (len(valid) - 1))], bit % 4
+            tlb[k, field] ^= np.uint64(1 << ((12 + bit % 40) if field in (1, 2) else bit % 40))
+            files[f"engine_vm{vm}_tlb"] = tlb
+    return mutate
+
+
+def test_resealed_page_table_and_tlb_addresses_never_reach_another_vm(tmp_path_factory):
+    """Address bits of page-table entries and TLB rows changed under a valid digest: SnapshotError, or
+    a hypervisor whose every VM still reaches only the host memory it owns (SPEC 7.8)."""
+    rng = np.random.default_rng(int(os.environ.get("NVEMU_FUZZ_SEED", "0")) + 1)
+    mutations = [(["table", "tlb"][k % 2], float(rng.random()), int(rng.integers(0, 160))) for k in range(EXAMPLES)]
+    _, _, path = _saved(tmp_path_factory)
+    files = []
+    for k, args in enumerate(mutations):
+        files.append(str(path.parent / f"t{k}.npz"))
+        _reseal(path, pathlib.Path(files[-1]), _address_mutation(*args))
+    results = _restore_all(files)
+    bad = {os.path.basename(f): (mutations[k], results[f]) for k, f in enumerate(files)
+           if not (results[f] == "refused" or results[f].startswith("restored"))}
+    assert not bad, bad
 
 
 def _set(path: str, value):
