@@ -74,6 +74,7 @@ class RunStatus(enum.IntEnum):
     DONE = 0
     EXIT = 1
     BAD_RECORD = 2
+    NO_MEMORY = 3    # the core only: a write needed memory beyond the budget (run() raises ResourceError)
 
 
 class BadRecord(enum.IntEnum):

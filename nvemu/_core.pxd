@@ -5,13 +5,17 @@
 # Changing a struct, the field order of Engine or the order of its cdef methods changes the binary
 # layout and vtable: every embedder must rebuild. Raise NVEMU_CAPI_VERSION on any such change.
 # The enums repeat nvemu/_constants.py; tests/test_core_contract.py checks that they agree.
-# Engine methods below run without the GIL; hold no other thread inside the same Engine meanwhile.
+# Engine methods below run without the GIL: hold ``engine.lock`` while calling them (numpy.random's
+# ``with bitgen.lock, nogil:`` pattern), as every Python entry point of the Engine does.
+#
+# Host memory is sparse (issue 17): ``chunk_t`` records behind a two-level directory, allocated on first
+# write; a TLB entry caches its chunk's record, so a TLB hit reaches host memory without a directory walk.
 
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
-    NVEMU_CAPI_VERSION = 1
+    NVEMU_CAPI_VERSION = 2
 
 ctypedef uint64_t ept_entry_t        # one EPT entry (SPEC 2 layout)
 
@@ -61,6 +65,7 @@ cdef enum run_status_t:
     RUN_DONE = 0
     RUN_EXIT = 1
     RUN_BAD_RECORD = 2
+    RUN_NO_MEMORY = 3                # a write needed a chunk beyond the memory budget (or the OS refused it)
 
 cdef enum bad_record_t:
     BAD_NONE = 0
@@ -122,6 +127,19 @@ cdef struct cost_t:                  # cycles per event (nvemu.config.CostModel)
     uint64_t fha_write               # one physical flush-hint write
     uint64_t drain_line              # one WPQ line written to media
 
+cdef struct chunk_t:                 # one chunk of host memory (chunk_bytes, a power of two >= 4 KiB)
+    uint8_t* mem                     # what CPUs observe; NULL until the chunk is first written
+    uint8_t* med                     # NVDIMM chunks: what the media durably holds (allocated with mem)
+    uint8_t* lstate                  # NVDIMM chunks: line_state_t per 64-byte line
+    uint16_t* nq                     # NVDIMM chunks: copies of each line queued in WPQs
+
+cdef struct iset_t:                  # one interleave set
+    uint64_t offset                  # from pmem_base
+    uint64_t length                  # bytes
+    uint32_t gshift                  # log2 of the granularity
+    uint32_t ways                    # member NVDIMMs
+    uint32_t first                   # index into Engine.set_ctl of member 0's controller
+
 cdef struct vm_t:                    # one VM as the replay loop sees it
     bint active                      # slot in use
     bint running                     # records for this VM may execute
@@ -132,6 +150,7 @@ cdef struct vm_t:                    # one VM as the replay loop sees it
     uint64_t* tlb_entry              # leaf entry as cached (permissions, A/D)
     uint64_t* tlb_hpa                # host-physical address of the 4 KiB page
     uint64_t* tlb_slot               # pool word index of the leaf entry (for the D bit)
+    chunk_t** tlb_chunk              # directory record of the page's chunk (never NULL for a valid entry)
     uint64_t* stats                  # [nvcpus * ST_COUNT]
     uint64_t fha_vpn                 # vFHA GPA >> 12, ~0 when none
     int fha_mode                     # fha_mode_t
@@ -149,25 +168,30 @@ cdef struct exit_t:                  # the last exit the core did not handle its
 
 @cython.final
 cdef class Engine:
-    # host memory (numpy arrays owned by this object; raw pointers borrowed for the loops)
-    cdef readonly object memory      # uint8[dram_bytes + pmem_bytes]: what CPUs observe
-    cdef readonly object media       # uint8[pmem_bytes]: what the NVDIMMs durably hold
-    cdef readonly object line_state  # uint8[pmem_bytes / 64]: line_state_t
-    cdef readonly object queued      # uint16[pmem_bytes / 64]: copies of the line in WPQs
-    cdef readonly object granule_ctrl  # uint8[pmem_bytes >> granule_shift]: controller of each granule
-    cdef readonly object wpq_line    # uint64[n_controllers * wpq_depth]: pmem line index per slot
-    cdef readonly object wpq_data    # uint8[n_controllers * wpq_depth * 64]: line bytes per slot
-    cdef readonly object wpq_head    # uint32[n_controllers]: oldest slot
-    cdef readonly object wpq_len     # uint32[n_controllers]: entries queued
-    cdef readonly object ctrl_stats  # uint64[n_controllers, CT_COUNT]
-    cdef readonly object pool        # uint64[pool_tables * 512]: every VM's EPT tables
+    # host memory: sparse chunks behind a two-level directory (index space: DRAM at [0, dram_bytes),
+    # NVDIMM byte k at pmem_index + k)
+    cdef chunk_t** dir               # [dir_len] leaf tables of 2**(30 - chunk_shift) chunk_t, NULL until needed
+    cdef uint64_t dir_len
+    cdef readonly uint32_t chunk_shift  # log2 of the chunk size
+    cdef uint64_t chunk_mask
+    cdef uint64_t pmem_index         # memory index of the first NVDIMM byte (1 GiB aligned)
+    cdef readonly uint64_t touched_bytes  # bytes of chunks allocated (memory, media, line state)
+    cdef readonly uint64_t memory_budget  # touched_bytes may not exceed this
+    cdef bint huge_pages             # chunks of 2 MiB and more are advised MADV_HUGEPAGE
+    cdef int alloc_error             # 1 over budget, 2 the OS refused memory (after RUN_NO_MEMORY)
+    cdef iset_t* sets
+    cdef uint32_t nsets
+    cdef uint8_t* set_ctl            # controllers of every set's members, set after set
+    # WPQs, counters, page tables (numpy arrays owned here; Python sees read-only views)
+    cdef object _wpq_line            # uint64[n_controllers * wpq_depth]: pmem line index per slot
+    cdef object _wpq_data            # uint8[n_controllers * wpq_depth * 64]: line bytes per slot
+    cdef object _wpq_head            # uint32[n_controllers]: oldest slot
+    cdef object _wpq_len             # uint32[n_controllers]: entries queued
+    cdef object _ctrl_stats          # uint64[n_controllers, CT_COUNT]
+    cdef object _pool                # uint64[pool_tables * 512]: every VM's EPT tables
     cdef object _free_tables         # list of freed table indices (reused LIFO)
-    cdef readonly object vm_arrays   # dict vm id -> tuple of the VM's numpy arrays
-    cdef uint8_t* mem
-    cdef uint8_t* med
-    cdef uint8_t* lstate
-    cdef uint16_t* nqueued
-    cdef uint8_t* gctrl
+    cdef object _vms                 # dict vm id -> VmArrays (the VM's numpy arrays, by name)
+    cdef readonly object lock        # held by every entry point that reads or changes the machine
     cdef uint64_t* wline
     cdef uint8_t* wdata
     cdef uint32_t* whead
@@ -178,8 +202,6 @@ cdef class Engine:
     cdef readonly uint64_t dram_bytes   # host DRAM at HPA [0, dram_bytes)
     cdef readonly uint64_t pmem_base    # HPA of the first NVDIMM byte
     cdef readonly uint64_t pmem_bytes   # bytes of NVDIMM space
-    cdef uint64_t pmem_delta            # pmem_base - dram_bytes: HPA -> memory index
-    cdef readonly uint32_t granule_shift
     cdef readonly uint32_t n_controllers
     cdef readonly uint32_t wpq_depth
     cdef readonly int domain
@@ -191,28 +213,18 @@ cdef class Engine:
     cdef readonly int bad_record        # bad_record_t of the last refused record
     cdef readonly uint64_t last_value   # value of the last emulated load
 
-    # private helpers (declared here because Cython needs every cdef method in the .pxd)
-    cdef _bind(self)
-    cdef uint32_t _alloc_table(self) except? 0xFFFFFFFF
-    cdef uint64_t _free_tree(self, uint64_t t, int level)
-    cdef vm_t* _vm(self, vm) except NULL
-    cdef _install_vm(self, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
-                     uint64_t fha_vpn, int fha_mode, tuple arrays)
-    cdef void _flush_tlbs(self, vm_t* v) noexcept
-    cdef uint64_t _split(self, uint64_t slot, int level) except? 0
-    cdef object _leaf(self, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span)
-    cdef _check_hpa(self, object hpa, object length)
-    cdef uint64_t _index(self, object hpa, object n) except? 0xFFFFFFFFFFFFFFFF
-
-    # kernels
+    # kernels (the embedding API)
+    cdef chunk_t* chunk_at(self, uint64_t idx, bint create) noexcept nogil
+    cdef int fill_chunk(self, chunk_t* ck, uint64_t idx) noexcept nogil
+    cdef uint32_t controller_of_line(self, uint64_t line) noexcept nogil
     cdef void drain_one(self, uint32_t c) noexcept nogil
     cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil
-    cdef void enqueue(self, uint64_t line) noexcept nogil
+    cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil
     cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil
     cdef int walk_leaf(self, vm_t* vm, uint64_t gpa, uint64_t* st, uint64_t* entry,
                        uint64_t* hpa_page, uint64_t* slot) noexcept nogil
     cdef int translate_nogil(self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bint write, uint64_t* st,
-                             uint64_t* hpa, uint64_t* entry) noexcept nogil
+                             uint64_t* hpa, uint64_t* entry, uint64_t* tlb_index) noexcept nogil
     cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, int reason, bint write, uint8_t op) noexcept nogil
     cdef int run_nogil(self, const trace_rec_t* ops, uint64_t start, uint64_t n,
                        uint64_t* stopped) noexcept nogil

@@ -4,29 +4,22 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ._image import DurableImage
 from ._layout import EngineLayout
+from ._state import VmSlot
 
 CAPI_VERSION: int
 STAT_COUNT: int
 CTRL_STAT_COUNT: int
 
 class Engine:
-    memory: np.ndarray
-    media: np.ndarray
-    line_state: np.ndarray
-    queued: np.ndarray
-    granule_ctrl: np.ndarray
-    wpq_line: np.ndarray
-    wpq_data: np.ndarray
-    wpq_head: np.ndarray
-    wpq_len: np.ndarray
-    ctrl_stats: np.ndarray
-    pool: np.ndarray
-    vm_arrays: dict[int, tuple[np.ndarray, ...]]
+    lock: Any                      # threading.RLock held by every method
+    chunk_shift: int
+    touched_bytes: int             # bytes of host memory chunks allocated
+    memory_budget: int             # touched_bytes may not pass this (ResourceError)
     dram_bytes: int
     pmem_base: int
     pmem_bytes: int
-    granule_shift: int
     n_controllers: int
     wpq_depth: int
     domain: int
@@ -36,6 +29,8 @@ class Engine:
     bad_record: int
     last_value: int
     def __init__(self, layout: EngineLayout) -> None: ...
+    @property
+    def chunk_bytes(self) -> int: ...
     @property
     def tables_in_use(self) -> int: ...
     @property
@@ -68,4 +63,11 @@ class Engine:
     def media_pages(self) -> dict[int, bytes]: ...
     def get_state(self) -> dict[str, np.ndarray]: ...
     def set_state(self, state: dict[str, Any]) -> None: ...
-    def power_fail(self) -> np.ndarray: ...
+    def power_fail(self) -> DurableImage: ...
+    def discard(self, hpa: int, n: int) -> None: ...
+    def set_memory_budget(self, budget: int) -> None: ...
+    def touched_ranges(self) -> list[tuple[int, int]]: ...
+    def table_rows(self) -> tuple[list[int], np.ndarray]: ...
+    def free_table_list(self) -> list[int]: ...
+    def vm_ids(self) -> list[int]: ...
+    def vm_slot(self, vm: int) -> VmSlot: ...

@@ -1,21 +1,48 @@
 """The emulation core: EPT walks, the software TLB, write-protection faults, WPQ enqueue/drain
-fan-out and the trace replay loop, over numpy arrays and without the GIL.
+fan-out and the trace replay loop, over sparse host memory and without the GIL.
+
+Host memory, NVDIMM media and per-line state live in chunks allocated on first write behind a
+two-level directory (``chunk_t``, see ``_core.pxd``); reading what was never written gives zeros and
+allocates nothing. A TLB entry caches its chunk's directory record, so a TLB hit reaches memory
+without walking the directory. Chunks of 2 MiB and more are mapped on 2 MiB boundaries and advised
+``MADV_HUGEPAGE``: the kernel can back them with huge pages, which spares the CPU's own TLB the
+misses that random accesses over hundreds of MiB cause (bench/chunk_size.py measures the choice).
 
 Directives (boundscheck, wraparound, initializedcheck off; cdivision on) come from setup.py.
 ``nvemu/_reference.py`` is the same machine written plainly; tests demand identical results.
-Every ``def`` here validates its arguments; the ``cdef ... nogil`` kernels trust them.
+Every ``def`` here validates its arguments and holds ``self.lock``; the ``cdef ... nogil`` kernels
+trust them. Canonical state capture, checking and restore live once in ``nvemu/_state.py``.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport calloc, free
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
 import operator
+import threading
 
 import numpy as np
 
+from nvemu import _state
 from nvemu._constants import TRACE_DTYPE
+from nvemu._image import DurableImage
+from nvemu._layout import budget_message
 from nvemu.errors import ConfigError, GuestFault, ResourceError, TraceError
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    #ifndef MADV_HUGEPAGE
+    #define MADV_HUGEPAGE 0
+    #endif
+    /* Write every step-th byte back to itself, so the kernel backs each page now. */
+    static void nvemu_touch(volatile unsigned char* p, size_t n, size_t step) {
+        for (size_t i = 0; i < n; i += step) p[i] = p[i];
+    }
+    """
+    int MADV_HUGEPAGE_ "MADV_HUGEPAGE"
+    void nvemu_touch(uint8_t* p, size_t n, size_t step) noexcept nogil
 
 CAPI_VERSION = NVEMU_CAPI_VERSION
 STAT_COUNT = ST_COUNT
@@ -31,10 +58,13 @@ cdef enum:
     E_ACCESSED = 0x100
     E_DIRTY = 0x200
     ENTRIES = 512
+    LEAF_SHIFT = 30                  # one directory leaf covers 1 GiB of memory index space
 
 cdef uint64_t ADDR_MASK = 0x000FFFFFFFFFF000ULL
 cdef uint64_t NO_VPN = 0xFFFFFFFFFFFFFFFFULL
 cdef uint64_t GPA_LIMIT = 1ULL << 48
+cdef uint64_t HUGE = 2 << 20
+cdef chunk_t EMPTY                   # the record of every chunk whose directory leaf does not exist yet
 HPA_LIMIT = 1 << 52                  # an EPT entry holds address bits 12-51
 
 
@@ -51,33 +81,26 @@ def _int(x, name, lo=0, hi=None):
     return v
 
 
-def _live(engine):
-    if engine.memory is None:
-        raise ConfigError("this Engine was never initialised (construct it with an EngineLayout)")
+def _readonly(arr):
+    """A view of ``arr`` that nobody can write through (its WRITEABLE flag cannot be set back)."""
+    return np.frombuffer(memoryview(arr).toreadonly(), arr.dtype).reshape(arr.shape)
 
 
-def _nonzero_pages(arr, base_hpa):
-    pages = arr.reshape(-1, 4096)
-    nz = np.flatnonzero(pages.any(axis=1))
-    return {int(base_hpa + 4096 * p): pages[p].tobytes() for p in nz}
+class VmArrays:
+    """The numpy arrays behind one VM slot, by name (the slot's raw pointers borrow them)."""
 
+    __slots__ = ("tlb_vpn", "tlb_entry", "tlb_hpa", "tlb_slot", "tlb_chunk", "stats", "fanout", "drained")
 
-def _check_vm_slot(n_controllers, pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays):
-    """Everything the nogil loop will index by, for one VM slot: ConfigError otherwise."""
-    if root >= pool_tables or not 1 <= nvcpus <= 256 or tlb_entries < 1 or tlb_entries & (tlb_entries - 1) \
-            or tlb_entries > (1 << 20):
-        raise ConfigError(f"vm {vm}: root table {root}, {nvcpus} vCPUs, {tlb_entries} TLB entries are not valid")
-    if not FHA_NONE <= fha_mode <= FHA_NATIVE:
-        raise ConfigError(f"vm {vm}: fha mode {fha_mode} is not an FhaMode")
-    n = nvcpus * tlb_entries
-    shapes = [(n,), (n,), (n,), (n,), (nvcpus, ST_COUNT), (n_controllers,), (n_controllers,)]
-    dtypes = [np.uint64] * 5 + [np.uint8, np.uint64]
-    if len(arrays) != len(shapes):
-        raise ConfigError(f"vm {vm}: {len(arrays)} state arrays where {len(shapes)} are needed")
-    for a, shape, dtype in zip(arrays, shapes, dtypes):
-        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-            raise ConfigError(f"vm {vm}: state array of shape {getattr(a, 'shape', None)} where {shape} "
-                              f"{np.dtype(dtype).name} is needed")
+    def __init__(self, nvcpus, tlb_entries, n_controllers):
+        n = nvcpus * tlb_entries
+        self.tlb_vpn = np.full(n, NO_VPN, np.uint64)
+        self.tlb_entry = np.zeros(n, np.uint64)
+        self.tlb_hpa = np.zeros(n, np.uint64)
+        self.tlb_slot = np.zeros(n, np.uint64)
+        self.tlb_chunk = np.full(n, <uint64_t>&EMPTY, np.uint64)     # chunk_t* per entry
+        self.stats = np.zeros((nvcpus, ST_COUNT), np.uint64)
+        self.fanout = np.zeros(n_controllers, np.uint8)
+        self.drained = np.zeros(n_controllers, np.uint64)
 
 
 cdef inline uint64_t _ptr(object arr):
@@ -117,6 +140,26 @@ cdef inline void store_le(uint8_t* p, uint64_t v, uint32_t size) noexcept nogil:
         p[0] = <uint8_t>v
 
 
+cdef uint8_t* _block(uint64_t n, bint huge) noexcept nogil:
+    """``n`` zero bytes from the kernel, on a 2 MiB boundary when ``n`` is a multiple of 2 MiB (and
+    advised for huge pages when ``huge``); NULL when refused. Pages are backed on first touch."""
+    cdef uint64_t extra = HUGE if n % HUGE == 0 else 0
+    cdef uint8_t* p = <uint8_t*>mmap(NULL, n + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    cdef uint8_t* a
+    if <void*>p == MAP_FAILED:
+        return NULL
+    a = p
+    if extra:
+        a = <uint8_t*>((<uint64_t>p + HUGE - 1) & ~(HUGE - 1))
+        if a > p:
+            munmap(p, a - p)
+        if p + n + extra > a + n:
+            munmap(a + n, (p + n + extra) - (a + n))
+        if huge:
+            madvise(a, n, MADV_HUGEPAGE_)
+    return a
+
+
 def _trace_bytes(ops):
     """The raw bytes of a trace array, after checking it is one (dtype, shape, layout)."""
     if not isinstance(ops, np.ndarray):
@@ -130,21 +173,361 @@ def _trace_bytes(ops):
     return ops.view(np.uint8)
 
 
-cdef class Engine:
-    """One host machine: memory, media, line states, WPQs, the EPT table pool and its VMs.
+# ---- private helpers: module functions, so they stay out of the published vtable ---------------
 
-    Built from an :class:`nvemu._layout.EngineLayout`. The Python layer (``nvemu.platform``,
-    ``nvemu.hypervisor``) owns policy; this class owns the per-access work.
+cdef _live(Engine e):
+    if e.vms == NULL:
+        raise ConfigError("this Engine was never initialised (construct it with an EngineLayout)")
+
+
+cdef uint64_t _chunk_cost(Engine e, uint64_t idx) noexcept nogil:
+    """Bytes a chunk at memory index ``idx`` takes: memory, and for NVDIMM space media and line state."""
+    cdef uint64_t c = 1ULL << e.chunk_shift
+    return c + (c + 3 * (c >> 6) if idx >= e.pmem_index else 0)
+
+
+cdef void _drop_chunk(Engine e, chunk_t* ck, uint64_t idx) noexcept nogil:
+    cdef uint64_t c = 1ULL << e.chunk_shift
+    if ck.mem == NULL:
+        return
+    munmap(ck.mem, c)
+    if ck.med != NULL:
+        munmap(ck.med, c)
+    free(ck.lstate)
+    memset(ck, 0, sizeof(chunk_t))
+    e.touched_bytes -= _chunk_cost(e, idx)
+
+
+cdef uint64_t _index(Engine e, uint64_t hpa) noexcept nogil:
+    """Memory index of host address ``hpa`` (DRAM or NVDIMM space)."""
+    return hpa if hpa < e.pmem_base else hpa - e.pmem_base + e.pmem_index
+
+
+cdef _raise_no_memory(Engine e):
+    if e.alloc_error == 2:
+        raise MemoryError("the operating system refused memory for a chunk of host memory")
+    raise ResourceError(budget_message(e.memory_budget, e.touched_bytes, _chunk_cost(e, e.pmem_index)))
+
+
+cdef chunk_t* _ensure(Engine e, uint64_t idx) except NULL:
+    """The chunk at memory index ``idx``, allocated (ResourceError beyond the memory budget)."""
+    cdef chunk_t* ck = e.chunk_at(idx, True)
+    if ck == NULL:
+        e.alloc_error = 2
+        _raise_no_memory(e)
+    if e.fill_chunk(ck, idx):
+        _raise_no_memory(e)
+    return ck
+
+
+cdef _check_hpa(Engine e, object hpa, object length):
+    hpa, length = _int(hpa, "hpa"), _int(length, "length")
+    if not _state.hpa_ok(e, hpa, length):
+        raise ConfigError(f"HPA range [{hpa:#x}, {hpa + length:#x}) is not host DRAM or NVDIMM space")
+    return hpa, length
+
+
+cdef _pmem_offset(Engine e, object hpa, object n):
+    """Offset into NVDIMM space of ``[hpa, hpa+n)``, which must lie inside it."""
+    _live(e)
+    hpa, n = _int(hpa, "hpa"), _int(n, "n")
+    if not (hpa >= e.pmem_base and hpa + n <= e.pmem_base + e.pmem_bytes):
+        raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
+    return hpa - e.pmem_base
+
+
+cdef list _chunk_indices(Engine e, uint64_t lo, uint64_t hi):
+    """Memory indices of the allocated chunks that start in ``[lo, hi)``."""
+    cdef uint64_t d, k, n = 1ULL << (LEAF_SHIFT - e.chunk_shift), idx
+    cdef chunk_t* leaf
+    out = []
+    for d in range(lo >> LEAF_SHIFT, min(e.dir_len, (hi + (1ULL << LEAF_SHIFT) - 1) >> LEAF_SHIFT)):
+        leaf = e.dir[d]
+        if leaf == NULL:
+            continue
+        for k in range(n):
+            idx = (d << LEAF_SHIFT) + (k << e.chunk_shift)
+            if leaf[k].mem != NULL and lo <= idx < hi:
+                out.append(idx)
+    return out
+
+
+cdef object _view(uint8_t* p, uint64_t n):
+    """A numpy view of ``n`` bytes at ``p`` (valid while the chunk lives)."""
+    if n == 0:
+        return np.zeros(0, np.uint8)
+    return np.asarray(<uint8_t[:n]> p)
+
+
+cdef dict _nonzero_pages(Engine e, bint media):
+    cdef uint64_t idx, c = 1ULL << e.chunk_shift, n, hpa0
+    cdef chunk_t* ck
+    out = {}
+    for idx in _chunk_indices(e, 0 if not media else e.pmem_index, e.dir_len << LEAF_SHIFT):
+        ck = e.chunk_at(idx, False)
+        if idx < e.pmem_index:
+            hpa0, n = idx, min(c, e.dram_bytes - idx)
+        else:
+            hpa0, n = idx - e.pmem_index + e.pmem_base, min(c, e.pmem_index + e.pmem_bytes - idx)
+        pages = _view(ck.med if media else ck.mem, n).reshape(-1, 4096)
+        for p in np.flatnonzero(pages.any(axis=1)).tolist():
+            out[hpa0 + 4096 * p] = pages[p].tobytes()
+    return out
+
+
+cdef bytes _copy_out(Engine e, uint64_t hpa, uint64_t n, bint media):
+    """``n`` bytes of memory (or media) at ``hpa``, a range already checked; zeros where untouched."""
+    cdef uint64_t pos = 0, idx, piece, c = 1ULL << e.chunk_shift
+    cdef chunk_t* ck
+    cdef uint8_t* src
+    out = bytearray(n)
+    cdef uint8_t[::1] dst = out if n else bytearray(1)
+    while pos < n:
+        idx = _index(e, hpa + pos)
+        piece = min(n - pos, c - (idx & e.chunk_mask))
+        ck = e.chunk_at(idx, False)
+        src = ck.med if media else ck.mem
+        if src != NULL:
+            memcpy(&dst[pos], src + (idx & e.chunk_mask), piece)
+        pos += piece
+    return bytes(out)
+
+
+cdef _drop_queued(Engine e, uint64_t first, uint64_t last):
+    """Remove the WPQ copies of NVDIMM lines ``[first, last)``, keeping the others in order."""
+    cdef uint32_t c
+    cdef uint64_t k, slot, kept, line
+    cdef chunk_t* ck
+    for c in range(e.n_controllers):
+        entries = []
+        for k in range(e.wlen[c]):
+            slot = c * e.wpq_depth + (e.whead[c] + k) % e.wpq_depth
+            entries.append((e.wline[slot], e._wpq_data[slot * 64:(slot + 1) * 64].copy()))
+        kept = 0
+        for line, data in entries:
+            if first <= line < last:
+                ck = e.chunk_at(e.pmem_index + (line << 6), False)
+                ck.nq[((line << 6) & e.chunk_mask) >> 6] -= 1
+                continue
+            slot = c * e.wpq_depth + kept
+            e.wline[slot] = line
+            e._wpq_data[slot * 64:(slot + 1) * 64] = data
+            kept += 1
+        e.whead[c] = 0
+        e.wlen[c] = kept
+
+
+cdef uint32_t _alloc_table(Engine e) except? 0xFFFFFFFF:
+    cdef uint32_t t
+    if e._free_tables:
+        t = e._free_tables.pop()
+    elif e.next_table < e.pool_tables:
+        t = e.next_table
+        e.next_table += 1
+    else:
+        raise ResourceError(f"the page-table pool is exhausted ({e.pool_tables} tables of 4 KiB)")
+    memset(&e.ept[<uint64_t>t * ENTRIES], 0, ENTRIES * 8)
+    return t
+
+
+cdef uint64_t _free_tree(Engine e, uint64_t t, int level):
+    """Free table ``t`` (at ``level``) and every table below it; returns how many."""
+    cdef uint64_t n = 1, x
+    cdef int i
+    if level > 1:
+        for i in range(ENTRIES):
+            x = e.ept[t * ENTRIES + i]
+            if (x & E_RWX) and not (x & E_LARGE):
+                n += _free_tree(e, (x & ADDR_MASK) >> 12, level - 1)
+    e._free_tables.append(t)
+    return n
+
+
+cdef vm_t* _vm(Engine e, vm) except NULL:
+    try:
+        v = operator.index(vm)
+    except TypeError:
+        raise TypeError(f"vm must be an integer, not {type(vm).__name__}") from None
+    _live(e)
+    if not 0 <= v < e.max_vms or not e.vms[v].active:
+        raise ConfigError(f"vm {v!r} does not exist in the engine")
+    return &e.vms[v]
+
+
+cdef _install_vm(Engine e, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
+                 uint64_t fha_vpn, int fha_mode, object a):
+    """Fill VM slot ``vm`` from its VmArrays ``a`` (shapes already checked)."""
+    cdef vm_t* v = &e.vms[vm]
+    cdef uint64_t k, n = nvcpus * tlb_entries
+    cdef uint64_t* hpa
+    cdef chunk_t** chunk
+    e._vms[vm] = a
+    v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
+    v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
+    v.tlb_vpn = <uint64_t*>_ptr(a.tlb_vpn)
+    v.tlb_entry = <uint64_t*>_ptr(a.tlb_entry)
+    v.tlb_hpa = <uint64_t*>_ptr(a.tlb_hpa)
+    v.tlb_slot = <uint64_t*>_ptr(a.tlb_slot)
+    v.tlb_chunk = <chunk_t**>_ptr(a.tlb_chunk)
+    v.stats = <uint64_t*>_ptr(a.stats)
+    v.fanout = <uint8_t*>_ptr(a.fanout)
+    v.drained = <uint64_t*>_ptr(a.drained)
+    hpa, chunk = v.tlb_hpa, v.tlb_chunk
+    for k in range(n):
+        chunk[k] = e.chunk_at(_index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY
+    v.active = True
+
+
+cdef void _flush_tlbs(vm_t* v) noexcept:
+    """INVEPT single-context: drop every cached translation of every vCPU of the VM."""
+    cdef uint64_t i
+    for i in range(<uint64_t>v.nvcpus * v.tlb_entries):
+        v.tlb_vpn[i] = NO_VPN
+    for i in range(v.nvcpus):
+        v.stats[i * ST_COUNT + ST_TLB_FLUSHES] += 1
+
+
+cdef uint64_t _split(Engine e, uint64_t slot, int level) except? 0:
+    """Replace the large leaf at ``slot`` (a ``level`` 2 or 3 entry) by a table of 512 smaller
+    leaves with the same permissions and attributes; returns the new table."""
+    cdef uint64_t x = e.ept[slot], t = _alloc_table(e), i
+    cdef uint64_t child = 1ULL << (12 + 9 * (level - 2))
+    cdef uint64_t base = x & ADDR_MASK & ~((child << 9) - 1)
+    cdef uint64_t attrs = (x & 0xFFF) & ~(<uint64_t>E_LARGE) if level == 2 else (x & 0xFFF)
+    for i in range(ENTRIES):
+        e.ept[t * ENTRIES + i] = (base + i * child) | attrs
+    e.ept[slot] = (t << 12) | E_RWX
+    return t
+
+
+cdef object _leaf(Engine e, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span):
+    """Slot of the entry that maps ``gpa`` at level ``target`` (1: 4 KiB, 2: 2 MiB), creating
+    tables on the way when ``create``; a large leaf above the target is split unless it lies
+    wholly inside ``[gpa, gpa + span)``, in which case its own (level, slot) is returned.
+    Returns (level, slot) or None when nothing is mapped there."""
+    cdef uint64_t t = v.root, s, x
+    cdef int level, shift
+    for level in range(4, target, -1):
+        shift = 12 + 9 * (level - 1)
+        s = t * ENTRIES + ((gpa >> shift) & 511)
+        x = e.ept[s]
+        if not (x & E_RWX):
+            if not create:
+                return None
+            t = _alloc_table(e)
+            e.ept[s] = (t << 12) | E_RWX
+        elif x & E_LARGE:
+            if not create and gpa % (1ULL << shift) == 0 and span >= (1ULL << shift):
+                return (level, s)
+            t = _split(e, s, level)
+        else:
+            t = (x & ADDR_MASK) >> 12
+    return (target, t * ENTRIES + ((gpa >> (12 + 9 * (target - 1))) & 511))
+
+
+cdef list _each_leaf(Engine e, vm_t* v, gpa, length):
+    gpa, length = _int(gpa, "gpa"), _int(length, "length")
+    if gpa % 4096 or length % 4096 or length == 0 or gpa + length > GPA_LIMIT:
+        raise ConfigError(f"range of {length:#x} bytes at GPA {gpa:#x} is not whole 4 KiB pages "
+                          f"inside the 48-bit guest-physical space")
+    cdef uint64_t pos = gpa, end = gpa + length
+    leaves = []
+    while pos < end:
+        found = _leaf(e, v, pos, 1, False, end - pos)
+        if found is None or not (e.ept[found[1]] & E_RWX):
+            raise ConfigError(f"GPA {pos:#x} is not mapped")
+        leaves.append(found[1])
+        pos += 1ULL << (12 + 9 * (found[0] - 1))
+    return leaves
+
+
+cdef _load_state(Engine self, dict s, list vms):
+    """Install a state ``nvemu._state.check`` accepted: host memory first (chunks as needed,
+    ResourceError beyond the budget, before anything else changes), then the rest."""
+    cdef uint64_t idx, d, k
+    cdef chunk_t* ck
+    need = set()
+    for hpa in s["memory_hpa"].tolist():
+        need.add(_index(self, hpa) & ~self.chunk_mask)
+    for name in ("media_hpa", "line_hpa", "wpq_line"):
+        for hpa in s[name].tolist():
+            need.add(_index(self, hpa) & ~self.chunk_mask)
+    cost = sum(_chunk_cost(self, i) for i in need)
+    if cost > self.memory_budget:
+        raise ResourceError(budget_message(self.memory_budget, 0, cost))
+    for vm in list(self._vms):
+        memset(&self.vms[vm], 0, sizeof(vm_t))
+    self._vms = {}
+    for d in range(self.dir_len):
+        if self.dir[d] != NULL:
+            for k in range(1ULL << (LEAF_SHIFT - self.chunk_shift)):
+                _drop_chunk(self, &self.dir[d][k], (d << LEAF_SHIFT) + (k << self.chunk_shift))
+    for i in sorted(need):
+        _ensure(self, i)
+    for hpa, page in zip(s["memory_hpa"].tolist(), s["memory_data"]):
+        idx = _index(self, hpa)
+        ck = self.chunk_at(idx, False)
+        _view(ck.mem + (idx & self.chunk_mask), 4096)[:] = page
+    for hpa, page in zip(s["media_hpa"].tolist(), s["media_data"]):
+        idx = _index(self, hpa)
+        ck = self.chunk_at(idx, False)
+        _view(ck.med + (idx & self.chunk_mask), 4096)[:] = page
+    for hpa, st in zip(s["line_hpa"].tolist(), s["line_state"].tolist()):
+        idx = _index(self, hpa)
+        self.chunk_at(idx, False).lstate[(idx & self.chunk_mask) >> 6] = st
+    self._wpq_head[:] = 0
+    self._wpq_len[:] = 0
+    for c, hpa, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
+        slot = c * self.wpq_depth + self.wlen[c]
+        self.wline[slot] = (hpa - self.pmem_base) >> 6
+        self._wpq_data[slot * 64:(slot + 1) * 64] = data
+        self.wlen[c] += 1
+        idx = _index(self, hpa)
+        self.chunk_at(idx, False).nq[(idx & self.chunk_mask) >> 6] += 1
+    self._ctrl_stats[:] = s["ctrl_stats"]
+    self._pool[:] = 0
+    pool = self._pool.reshape(-1, ENTRIES)
+    for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
+        pool[t] = row
+    self._free_tables = s["free_tables"].tolist()
+    self.next_table, self.last_value = (int(x) for x in s["scalars"])
+    for slot in vms:
+        a = VmArrays(slot.nvcpus, slot.tlb_entries, self.n_controllers)
+        a.tlb_vpn[:], a.tlb_entry[:], a.tlb_hpa[:], a.tlb_slot[:] = slot.tlb.T
+        a.stats[:], a.fanout[:], a.drained[:] = slot.stats, slot.fanout, slot.drained
+        _install_vm(self, slot.vm, slot.root, slot.nvcpus, slot.tlb_entries, slot.running, slot.fha_vpn,
+                    slot.fha_mode, a)
+
+
+cdef class Engine:
+    """One host machine: sparse memory and media, line states, WPQs, the EPT table pool and its VMs.
+
+    Built from an :class:`nvemu._layout.EngineLayout`. The Python layer (``nvemu.machine``) owns
+    policy; this class owns the per-access work. Every method holds ``lock``.
     """
 
     def __cinit__(self, *args, **kwargs):
         self.vms = NULL
+        self.dir = NULL
+        self.sets = NULL
+        self.set_ctl = NULL
+        self.lock = threading.RLock()
 
     def __dealloc__(self):
+        cdef uint64_t d, k
+        if self.dir != NULL:
+            for d in range(self.dir_len):
+                if self.dir[d] != NULL:
+                    for k in range(1ULL << (LEAF_SHIFT - self.chunk_shift)):
+                        _drop_chunk(self, &self.dir[d][k], 0)
+                    free(self.dir[d])
+        free(self.dir)
         free(self.vms)
+        free(self.sets)
+        free(self.set_ctl)
 
     def __init__(self, layout):
-        if self.memory is not None:
+        if self.vms != NULL:
             raise ConfigError("this Engine is already initialised; build a new one")
         try:
             nctl = _int(layout.n_controllers, "n_controllers", 1, 257)
@@ -154,6 +537,9 @@ cdef class Engine:
             domain = _int(layout.domain, "domain", DOMAIN_NONE, DOMAIN_EADR + 1)
             dram = _int(layout.dram_bytes, "dram_bytes")
             pmem_base = _int(layout.pmem_base, "pmem_base")
+            chunk_shift = _int(layout.chunk_shift, "chunk_shift", 12, LEAF_SHIFT + 1)
+            budget = _int(layout.budget(), "memory_budget")
+            huge = bool(layout.huge_pages)
             costs = [_int(c, "cost") for c in layout.costs]
             sets = [(_int(s.hpa_base, "set hpa_base"), _int(s.length, "set length", 1),
                      _int(s.granularity, "set granularity", 64),
@@ -168,17 +554,38 @@ cdef class Engine:
         if pmem_base + pmem_bytes > HPA_LIMIT:
             raise ConfigError(f"NVDIMM space ends at {pmem_base + pmem_bytes:#x}, beyond the 52 address bits "
                               f"an EPT entry holds")
-        granularity = min((g for _, _, g, _ in sets), default=4096)
         offset = 0
         for base, length, g, ctls in sets:
-            if g & (g - 1) or not ctls or base != pmem_base + offset or length % g:
+            if g & (g - 1) or not ctls or base != pmem_base + offset or length % g or len(ctls) > 4096:
                 raise ConfigError("interleave sets must lie back to back from pmem_base, each a whole "
                                   "number of power-of-two granules of at least 64 bytes over some controllers")
             offset += length
+        gib = 1 << LEAF_SHIFT
+        pmem_index = -(-dram // gib) * gib
+        dir_len = -(-(pmem_index + pmem_bytes) // gib)
+        self.sets = <iset_t*>calloc(max(1, len(sets)), sizeof(iset_t))
+        self.set_ctl = <uint8_t*>calloc(max(1, sum(len(c) for _, _, _, c in sets)), 1)
+        self.dir = <chunk_t**>calloc(max(1, dir_len), sizeof(chunk_t*))
+        self.vms = <vm_t*>calloc(max_vms, sizeof(vm_t))
+        if self.sets == NULL or self.set_ctl == NULL or self.dir == NULL or self.vms == NULL:
+            raise MemoryError("cannot allocate the engine's tables")
+        first = 0
+        for k, (base, length, g, ctls) in enumerate(sets):
+            self.sets[k].offset, self.sets[k].length = base - pmem_base, length
+            self.sets[k].gshift, self.sets[k].ways, self.sets[k].first = g.bit_length() - 1, len(ctls), first
+            for c in ctls:
+                self.set_ctl[first] = c
+                first += 1
+        self.nsets = len(sets)
+        self.dir_len = dir_len
+        self.chunk_shift = chunk_shift
+        self.chunk_mask = (1 << chunk_shift) - 1
+        self.pmem_index = pmem_index
+        self.memory_budget = budget
+        self.huge_pages = huge
         self.dram_bytes = dram
         self.pmem_base = pmem_base
         self.pmem_bytes = pmem_bytes
-        self.pmem_delta = pmem_base - dram
         self.n_controllers = nctl
         self.wpq_depth = depth
         self.domain = domain
@@ -186,334 +593,291 @@ cdef class Engine:
         self.max_vms = max_vms
         (self.cost.op, self.cost.walk_level, self.cost.exit, self.cost.write_protect, self.cost.mmio,
          self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = costs
-        self.granule_shift = granularity.bit_length() - 1
-        granule_ctrl = np.zeros(pmem_bytes >> self.granule_shift, np.uint8)
-        offset = 0
-        for base, length, g, ctls in sets:
-            granule = np.arange(length >> self.granule_shift, dtype=np.uint64) << self.granule_shift
-            member = (granule // g) % len(ctls)
-            start = offset >> self.granule_shift
-            granule_ctrl[start:start + len(granule)] = np.asarray(ctls, np.uint8)[member]
-            offset += length
-
-        nctl, depth = self.n_controllers, self.wpq_depth
-        self.memory = np.zeros(self.dram_bytes + pmem_bytes, np.uint8)
-        self.media = np.zeros(pmem_bytes, np.uint8)
-        self.line_state = np.zeros(pmem_bytes // 64, np.uint8)
-        self.queued = np.zeros(pmem_bytes // 64, np.uint16)
-        self.granule_ctrl = granule_ctrl
-        self.wpq_line = np.zeros(nctl * depth, np.uint64)
-        self.wpq_data = np.zeros(nctl * depth * 64, np.uint8)
-        self.wpq_head = np.zeros(nctl, np.uint32)
-        self.wpq_len = np.zeros(nctl, np.uint32)
-        self.ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
-        self.pool = np.zeros(<uint64_t>self.pool_tables * ENTRIES, np.uint64)
+        self._wpq_line = np.zeros(nctl * depth, np.uint64)
+        self._wpq_data = np.zeros(nctl * depth * 64, np.uint8)
+        self._wpq_head = np.zeros(nctl, np.uint32)
+        self._wpq_len = np.zeros(nctl, np.uint32)
+        self._ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
+        self._pool = np.zeros(<uint64_t>pool_tables * ENTRIES, np.uint64)
         self._free_tables = []
+        self._vms = {}
         self.next_table = 0
-        self.vm_arrays = {}
-        self._bind()
-        self.vms = <vm_t*>calloc(self.max_vms, sizeof(vm_t))
-        if self.vms == NULL:
-            raise MemoryError("cannot allocate the VM table")
+        self.wline = <uint64_t*>_ptr(self._wpq_line)
+        self.wdata = <uint8_t*>_ptr(self._wpq_data)
+        self.whead = <uint32_t*>_ptr(self._wpq_head)
+        self.wlen = <uint32_t*>_ptr(self._wpq_len)
+        self.cstats = <uint64_t*>_ptr(self._ctrl_stats)
+        self.ept = <uint64_t*>_ptr(self._pool)
 
-    cdef _bind(self):
-        self.mem = <uint8_t*>_ptr(self.memory)
-        self.med = <uint8_t*>_ptr(self.media)
-        self.lstate = <uint8_t*>_ptr(self.line_state)
-        self.nqueued = <uint16_t*>_ptr(self.queued)
-        self.gctrl = <uint8_t*>_ptr(self.granule_ctrl)
-        self.wline = <uint64_t*>_ptr(self.wpq_line)
-        self.wdata = <uint8_t*>_ptr(self.wpq_data)
-        self.whead = <uint32_t*>_ptr(self.wpq_head)
-        self.wlen = <uint32_t*>_ptr(self.wpq_len)
-        self.cstats = <uint64_t*>_ptr(self.ctrl_stats)
-        self.ept = <uint64_t*>_ptr(self.pool)
+    # ---- read-only views of the engine's own tables --------------------------------------------
+
+    @property
+    def chunk_bytes(self):
+        """Bytes of one chunk of host memory (the unit of allocation)."""
+        return 1 << self.chunk_shift
+
+    @property
+    def pool(self):
+        """Every VM's EPT tables, ``uint64[pool_tables * 512]`` (read-only view)."""
+        return _readonly(self._pool) if self._pool is not None else None
+
+    @property
+    def wpq_head(self):
+        return _readonly(self._wpq_head) if self._wpq_head is not None else None
+
+    @property
+    def wpq_len(self):
+        return _readonly(self._wpq_len) if self._wpq_len is not None else None
+
+    @property
+    def ctrl_stats(self):
+        return _readonly(self._ctrl_stats) if self._ctrl_stats is not None else None
+
+    def set_memory_budget(self, budget):
+        """Allow at most ``budget`` bytes of touched chunks (ResourceError beyond)."""
+        with self.lock:
+            self.memory_budget = _int(budget, "memory_budget")
 
     # ---- page-table pool -------------------------------------------------------------------
 
     @property
     def tables_in_use(self):
         """Page-table pages currently allocated, over all VMs."""
+        _live(self)
         return self.next_table - len(self._free_tables)
-
-    cdef uint32_t _alloc_table(self) except? 0xFFFFFFFF:
-        cdef uint32_t t
-        if self._free_tables:
-            t = self._free_tables.pop()
-        elif self.next_table < self.pool_tables:
-            t = self.next_table
-            self.next_table += 1
-        else:
-            raise ResourceError(f"the page-table pool is exhausted ({self.pool_tables} tables of 4 KiB)")
-        memset(&self.ept[<uint64_t>t * ENTRIES], 0, ENTRIES * 8)
-        return t
-
-    cdef uint64_t _free_tree(self, uint64_t t, int level):
-        """Free table ``t`` (at ``level``) and every table below it; returns how many."""
-        cdef uint64_t n = 1, e
-        cdef int i
-        if level > 1:
-            for i in range(ENTRIES):
-                e = self.ept[t * ENTRIES + i]
-                if (e & E_RWX) and not (e & E_LARGE):
-                    n += self._free_tree((e & ADDR_MASK) >> 12, level - 1)
-        self._free_tables.append(t)
-        return n
-
-    cdef vm_t* _vm(self, vm) except NULL:
-        try:
-            v = operator.index(vm)
-        except TypeError:
-            raise TypeError(f"vm must be an integer, not {type(vm).__name__}") from None
-        if not 0 <= v < self.max_vms or not self.vms[v].active:
-            raise ConfigError(f"vm {v!r} does not exist in the engine")
-        return &self.vms[v]
 
     # ---- VMs -------------------------------------------------------------------------------
 
     def add_vm(self, vm, nvcpus, tlb_entries=256):
         """Register VM ``vm`` with an empty page table; returns its root table index."""
-        _live(self)
-        vm, nvcpus, tlb_entries = _int(vm, "vm"), _int(nvcpus, "nvcpus"), _int(tlb_entries, "tlb_entries")
-        if not 0 <= vm < self.max_vms or self.vms[vm].active:
-            raise ConfigError(f"vm id {vm} is out of range or in use")
-        if not 1 <= nvcpus <= 256:
-            raise ConfigError(f"nvcpus={nvcpus}: must be 1..256")
-        if tlb_entries < 1 or tlb_entries & (tlb_entries - 1) or tlb_entries > (1 << 20):
-            raise ConfigError(f"tlb_entries={tlb_entries}: must be a power of two up to 2**20")
-        root = self._alloc_table()
-        n = nvcpus * tlb_entries
-        arrays = (np.full(n, NO_VPN, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
-                  np.zeros(n, np.uint64), np.zeros((nvcpus, ST_COUNT), np.uint64),
-                  np.zeros(self.n_controllers, np.uint8), np.zeros(self.n_controllers, np.uint64))
-        self._install_vm(vm, root, nvcpus, tlb_entries, True, NO_VPN, FHA_NONE, arrays)
-        return root
-
-    cdef _install_vm(self, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
-                     uint64_t fha_vpn, int fha_mode, tuple arrays):
-        """Fill VM slot ``vm`` from its numpy arrays (TLB vpn/entry/hpa/slot, stats, fan-out,
-        drained), after checking every shape the nogil loop will index by."""
-        _check_vm_slot(self.n_controllers, self.pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays)
-        self.vm_arrays[vm] = arrays
-        cdef vm_t* v = &self.vms[vm]
-        v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
-        v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
-        v.tlb_vpn = <uint64_t*>_ptr(arrays[0])
-        v.tlb_entry = <uint64_t*>_ptr(arrays[1])
-        v.tlb_hpa = <uint64_t*>_ptr(arrays[2])
-        v.tlb_slot = <uint64_t*>_ptr(arrays[3])
-        v.stats = <uint64_t*>_ptr(arrays[4])
-        v.fanout = <uint8_t*>_ptr(arrays[5])
-        v.drained = <uint64_t*>_ptr(arrays[6])
-        v.active = True
+        with self.lock:
+            _live(self)
+            vm, nvcpus, tlb_entries = _int(vm, "vm"), _int(nvcpus, "nvcpus"), _int(tlb_entries, "tlb_entries")
+            if not 0 <= vm < self.max_vms or self.vms[vm].active:
+                raise ConfigError(f"vm id {vm} is out of range or in use")
+            if not 1 <= nvcpus <= 256:
+                raise ConfigError(f"nvcpus={nvcpus}: must be 1..256")
+            if tlb_entries < 1 or tlb_entries & (tlb_entries - 1) or tlb_entries > (1 << 20):
+                raise ConfigError(f"tlb_entries={tlb_entries}: must be a power of two up to 2**20")
+            root = _alloc_table(self)
+            _install_vm(self, vm, root, nvcpus, tlb_entries, True, NO_VPN, FHA_NONE,
+                        VmArrays(nvcpus, tlb_entries, self.n_controllers))
+            return root
 
     def remove_vm(self, vm):
         """Forget VM ``vm`` and free its page-table pages; returns how many were freed."""
-        cdef vm_t* v = self._vm(vm)
-        freed = self._free_tree(v.root, 4)
-        memset(v, 0, sizeof(vm_t))
-        del self.vm_arrays[operator.index(vm)]
-        return freed
+        with self.lock:
+            v = _vm(self, vm)
+            freed = _free_tree(self, v.root, 4)
+            memset(v, 0, sizeof(vm_t))
+            del self._vms[operator.index(vm)]
+            return freed
+
+    def vm_ids(self):
+        """Ids of the VMs in the engine, ascending."""
+        return sorted(self._vms) if self._vms is not None else []
+
+    def vm_slot(self, vm):
+        """VM ``vm`` as a :class:`nvemu._state.VmSlot` (copies of its arrays)."""
+        with self.lock:
+            v = _vm(self, vm)
+            a = self._vms[operator.index(vm)]
+            return _state.VmSlot(operator.index(vm), v.root, v.nvcpus, v.tlb_entries, v.running, v.fha_vpn,
+                                 v.fha_mode, np.stack([a.tlb_vpn, a.tlb_entry, a.tlb_hpa, a.tlb_slot], axis=1),
+                                 a.stats.copy(), a.fanout.copy(), a.drained.copy())
 
     def set_fha(self, vm, fha_gpa, mode, fanout):
         """Register the vFHA page of ``vm`` (or None), how accesses to it are handled (FhaMode)
         and the controllers a vFHA flush writes (``fanout``, a sequence of controller indices)."""
-        cdef vm_t* v = self._vm(vm)
-        mode = _int(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
-        if fha_gpa is not None:
-            fha_gpa = _int(fha_gpa, "vFHA GPA")
-            if fha_gpa >= GPA_LIMIT:
-                raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
-        ctl = np.zeros(self.n_controllers, np.uint8)
-        try:
-            controllers = [_int(c, "fan-out controller") for c in fanout]
-        except TypeError as e:
-            raise TypeError(f"fanout must be a sequence of controller indices: {e}") from None
-        for c in controllers:
-            if not 0 <= c < self.n_controllers:
-                raise ConfigError(f"fan-out names controller {c}, which does not exist")
-            ctl[c] = 1
-        self.vm_arrays[operator.index(vm)][5][:] = ctl
-        v.fha_vpn = NO_VPN if fha_gpa is None else fha_gpa >> 12
-        v.fha_mode = mode if fha_gpa is not None else FHA_NONE
+        with self.lock:
+            v = _vm(self, vm)
+            mode = _int(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
+            if fha_gpa is not None:
+                fha_gpa = _int(fha_gpa, "vFHA GPA")
+                if fha_gpa >= GPA_LIMIT:
+                    raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
+            ctl = np.zeros(self.n_controllers, np.uint8)
+            try:
+                controllers = [_int(c, "fan-out controller") for c in fanout]
+            except TypeError as e:
+                raise TypeError(f"fanout must be a sequence of controller indices: {e}") from None
+            for c in controllers:
+                if not 0 <= c < self.n_controllers:
+                    raise ConfigError(f"fan-out names controller {c}, which does not exist")
+                ctl[c] = 1
+            self._vms[operator.index(vm)].fanout[:] = ctl
+            v.fha_vpn = NO_VPN if fha_gpa is None else fha_gpa >> 12
+            v.fha_mode = mode if fha_gpa is not None else FHA_NONE
 
-    def set_running(self, vm, bint running):
+    def set_running(self, vm, running):
         """Whether records of ``vm`` may execute (a paused VM's records are refused)."""
-        self._vm(vm).running = running
+        with self.lock:
+            _vm(self, vm).running = bool(running)
 
     def stats(self, vm):
         """Per-vCPU counters of ``vm``: a copy, ``uint64[nvcpus, STAT_COUNT]``."""
-        self._vm(vm)
-        return self.vm_arrays[operator.index(vm)][4].copy()
+        with self.lock:
+            _vm(self, vm)
+            return self._vms[operator.index(vm)].stats.copy()
 
     def drained_by_controller(self, vm):
         """Lines the flushes of ``vm`` drained, per controller: a copy, ``uint64[n_controllers]``."""
-        self._vm(vm)
-        return self.vm_arrays[operator.index(vm)][6].copy()
+        with self.lock:
+            _vm(self, vm)
+            return self._vms[operator.index(vm)].drained.copy()
 
     def reset_stats(self, vm):
-        self._vm(vm)
-        self.vm_arrays[operator.index(vm)][4][:] = 0
-        self.vm_arrays[operator.index(vm)][6][:] = 0
+        with self.lock:
+            _vm(self, vm)
+            self._vms[operator.index(vm)].stats[:] = 0
+            self._vms[operator.index(vm)].drained[:] = 0
 
     # ---- page tables -----------------------------------------------------------------------
-
-    cdef void _flush_tlbs(self, vm_t* v) noexcept:
-        """INVEPT single-context: drop every cached translation of every vCPU of the VM."""
-        cdef uint64_t i
-        for i in range(<uint64_t>v.nvcpus * v.tlb_entries):
-            v.tlb_vpn[i] = NO_VPN
-        for i in range(v.nvcpus):
-            v.stats[i * ST_COUNT + ST_TLB_FLUSHES] += 1
-
-    cdef uint64_t _split(self, uint64_t slot, int level) except? 0:
-        """Replace the large leaf at ``slot`` (a ``level`` 2 or 3 entry) by a table of 512
-        smaller leaves with the same permissions and attributes; returns the new table."""
-        cdef uint64_t e = self.ept[slot], t = self._alloc_table(), i
-        cdef uint64_t child = 1ULL << (12 + 9 * (level - 2))
-        cdef uint64_t base = e & ADDR_MASK & ~((child << 9) - 1)
-        cdef uint64_t attrs = (e & 0xFFF) & ~(<uint64_t>E_LARGE) if level == 2 else (e & 0xFFF)
-        for i in range(ENTRIES):
-            self.ept[t * ENTRIES + i] = (base + i * child) | attrs
-        self.ept[slot] = (t << 12) | E_RWX
-        return t
-
-    cdef object _leaf(self, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span):
-        """Slot of the entry that maps ``gpa`` at level ``target`` (1: 4 KiB, 2: 2 MiB), creating
-        tables on the way when ``create``; a large leaf above the target is split unless it lies
-        wholly inside ``[gpa, gpa + span)``, in which case its own (level, slot) is returned.
-        Returns (level, slot) or None when nothing is mapped there."""
-        cdef uint64_t t = v.root, s, e
-        cdef int level, shift
-        for level in range(4, target, -1):
-            shift = 12 + 9 * (level - 1)
-            s = t * ENTRIES + ((gpa >> shift) & 511)
-            e = self.ept[s]
-            if not (e & E_RWX):
-                if not create:
-                    return None
-                t = self._alloc_table()
-                self.ept[s] = (t << 12) | E_RWX
-            elif e & E_LARGE:
-                if not create and gpa % (1ULL << shift) == 0 and span >= (1ULL << shift):
-                    return (level, s)
-                t = self._split(s, level)
-            else:
-                t = (e & ADDR_MASK) >> 12
-        return (target, t * ENTRIES + ((gpa >> (12 + 9 * (target - 1))) & 511))
-
-    cdef _check_hpa(self, object hpa, object length):
-        hpa, length = _int(hpa, "hpa"), _int(length, "length")
-        if hpa + length <= self.dram_bytes:
-            return
-        if hpa >= self.pmem_base and hpa + length <= self.pmem_base + self.pmem_bytes:
-            return
-        raise ConfigError(f"HPA range [{hpa:#x}, {hpa + length:#x}) is not host DRAM or NVDIMM space")
 
     def map(self, vm, gpa, hpa, length, perms, page_size=4096):
         """Map ``[gpa, gpa+length)`` to ``[hpa, ...)`` with R/W/X ``perms`` (bits 0-2) in pages of
         ``page_size`` (4 KiB or 2 MiB). Existing leaves of the same size are replaced."""
-        cdef vm_t* v = self._vm(vm)
         cdef uint64_t off, entry
         cdef int target
-        gpa, hpa, length = _int(gpa, "gpa"), _int(hpa, "hpa"), _int(length, "length")
-        perms, page_size = _int(perms, "perms"), _int(page_size, "page_size")
-        if page_size == 4096:
-            target = 1
-        elif page_size == 2 << 20:
-            target = 2
-        else:
-            raise ConfigError(f"page_size {page_size:#x}: must be 4 KiB or 2 MiB")
-        if gpa % page_size or hpa % page_size or length % page_size or length == 0:
-            raise ConfigError(f"map of {length:#x} bytes at GPA {gpa:#x} -> HPA {hpa:#x} is not "
-                              f"aligned to its {page_size:#x}-byte pages")
-        if gpa + length > GPA_LIMIT:
-            raise ConfigError(f"GPA range ending at {gpa + length:#x} exceeds the 48-bit guest-physical space")
-        if not 1 <= perms <= 7:
-            raise ConfigError(f"perms {perms}: must be a non-empty R/W/X mask (use unmap to remove)")
-        self._check_hpa(hpa, length)
-        try:
-            for off in range(0, length, page_size):
-                level, slot = self._leaf(v, gpa + off, target, True, page_size)
-                if level == 2 and target == 2 and (self.ept[slot] & E_RWX) and not (self.ept[slot] & E_LARGE):
-                    raise ConfigError(f"GPA {gpa + off:#x} is already mapped with 4 KiB pages")
-                entry = (hpa + off) | E_MEMTYPE_WB | <uint64_t>perms
-                if target == 2:
-                    entry |= E_LARGE
-                self.ept[slot] = entry
-        finally:
-            self._flush_tlbs(v)
-
-    def _each_leaf(self, vm, gpa, length):
-        cdef vm_t* v = self._vm(vm)
-        gpa, length = _int(gpa, "gpa"), _int(length, "length")
-        if gpa % 4096 or length % 4096 or length == 0 or gpa + length > GPA_LIMIT:
-            raise ConfigError(f"range of {length:#x} bytes at GPA {gpa:#x} is not whole 4 KiB pages "
-                              f"inside the 48-bit guest-physical space")
-        cdef uint64_t pos = gpa, end = gpa + length
-        leaves = []
-        while pos < end:
-            found = self._leaf(v, pos, 1, False, end - pos)
-            if found is None or not (self.ept[found[1]] & E_RWX):
-                raise ConfigError(f"GPA {pos:#x} is not mapped")
-            leaves.append(found[1])
-            pos += 1ULL << (12 + 9 * (found[0] - 1))
-        return leaves
+        with self.lock:
+            v = _vm(self, vm)
+            gpa, hpa, length = _int(gpa, "gpa"), _int(hpa, "hpa"), _int(length, "length")
+            perms, page_size = _int(perms, "perms"), _int(page_size, "page_size")
+            if page_size == 4096:
+                target = 1
+            elif page_size == 2 << 20:
+                target = 2
+            else:
+                raise ConfigError(f"page_size {page_size:#x}: must be 4 KiB or 2 MiB")
+            if gpa % page_size or hpa % page_size or length % page_size or length == 0:
+                raise ConfigError(f"map of {length:#x} bytes at GPA {gpa:#x} -> HPA {hpa:#x} is not "
+                                  f"aligned to its {page_size:#x}-byte pages")
+            if gpa + length > GPA_LIMIT:
+                raise ConfigError(f"GPA range ending at {gpa + length:#x} exceeds the 48-bit guest-physical space")
+            if not 1 <= perms <= 7:
+                raise ConfigError(f"perms {perms}: must be a non-empty R/W/X mask (use unmap to remove)")
+            _check_hpa(self, hpa, length)
+            try:
+                for off in range(0, length, page_size):
+                    level, slot = _leaf(self, v, gpa + off, target, True, page_size)
+                    if level == 2 and target == 2 and (self.ept[slot] & E_RWX) and not (self.ept[slot] & E_LARGE):
+                        raise ConfigError(f"GPA {gpa + off:#x} is already mapped with 4 KiB pages")
+                    entry = (hpa + off) | E_MEMTYPE_WB | <uint64_t>perms
+                    if target == 2:
+                        entry |= E_LARGE
+                    self.ept[slot] = entry
+            finally:
+                _flush_tlbs(v)
 
     def protect(self, vm, gpa, length, perms):
         """Set the R/W/X bits of every leaf mapping ``[gpa, gpa+length)`` (splitting large pages
         that the range covers only in part), then invalidate every vCPU's TLB."""
-        cdef vm_t* v = self._vm(vm)
-        perms = _int(perms, "perms")
-        if not 0 <= perms <= 7:
-            raise ConfigError(f"perms {perms}: must be an R/W/X mask 0..7")
-        try:
-            for slot in self._each_leaf(vm, gpa, length):
-                self.ept[slot] = (self.ept[slot] & ~(<uint64_t>E_RWX)) | <uint64_t>perms
-        finally:
-            self._flush_tlbs(v)
+        with self.lock:
+            v = _vm(self, vm)
+            perms = _int(perms, "perms")
+            if not 0 <= perms <= 7:
+                raise ConfigError(f"perms {perms}: must be an R/W/X mask 0..7")
+            try:
+                for slot in _each_leaf(self, v, gpa, length):
+                    self.ept[slot] = (self.ept[slot] & ~(<uint64_t>E_RWX)) | <uint64_t>perms
+            finally:
+                _flush_tlbs(v)
 
     def unmap(self, vm, gpa, length):
         """Remove the mappings of ``[gpa, gpa+length)``; tables stay until the VM is removed."""
-        cdef vm_t* v = self._vm(vm)
-        try:
-            for slot in self._each_leaf(vm, gpa, length):
-                self.ept[slot] = 0
-        finally:
-            self._flush_tlbs(v)
+        with self.lock:
+            v = _vm(self, vm)
+            try:
+                for slot in _each_leaf(self, v, gpa, length):
+                    self.ept[slot] = 0
+            finally:
+                _flush_tlbs(v)
 
     def walk(self, vm, gpa):
         """Every level a hardware walk of ``gpa`` visits: a list of (level, table, index, entry),
         level 4 (PML4) first, ending at the leaf or the first non-present or misconfigured
         entry. Inspection only: sets no accessed bits and counts nothing."""
-        cdef vm_t* v = self._vm(vm)
-        cdef uint64_t t = v.root, e, idx
+        cdef uint64_t t, x, idx
         cdef int level
-        gpa = _int(gpa, "gpa")
-        if gpa >= GPA_LIMIT:
-            raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
-        path = []
-        for level in range(4, 0, -1):
-            idx = (gpa >> (12 + 9 * (level - 1))) & 511
-            e = self.ept[t * ENTRIES + idx]
-            path.append((level, t, idx, e))
-            if not (e & E_RWX) or (e & 3) == E_W or level == 1 or (e & E_LARGE):
-                break
-            t = (e & ADDR_MASK) >> 12
-        return path
+        with self.lock:
+            v = _vm(self, vm)
+            t = v.root
+            gpa = _int(gpa, "gpa")
+            if gpa >= GPA_LIMIT:
+                raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
+            path = []
+            for level in range(4, 0, -1):
+                idx = (gpa >> (12 + 9 * (level - 1))) & 511
+                x = self.ept[t * ENTRIES + idx]
+                path.append((level, t, idx, x))
+                if not (x & E_RWX) or (x & 3) == E_W or level == 1 or (x & E_LARGE):
+                    break
+                t = (x & ADDR_MASK) >> 12
+            return path
+
+    def table_rows(self):
+        """``(ids, rows)``: every allocated table, ascending, and its 512 entries."""
+        with self.lock:
+            _live(self)
+            free = set(self._free_tables)
+            ids = [t for t in range(self.next_table) if t not in free]
+            rows = self._pool.reshape(-1, ENTRIES)[ids].copy() if ids else np.zeros((0, ENTRIES), np.uint64)
+            return ids, rows
+
+    def free_table_list(self):
+        """Freed table indices in the order they will be reused (last first)."""
+        return list(self._free_tables) if self._free_tables is not None else []
 
     def tables(self):
         """Non-zero entries of every allocated table: {table: {index: entry}} (for comparisons)."""
-        _live(self)
-        free = set(self._free_tables)
-        out = {}
-        for t in range(self.next_table):
-            if t in free:
-                continue
-            row = self.pool[t * ENTRIES:(t + 1) * ENTRIES]
-            nz = np.flatnonzero(row)
-            out[t] = {int(i): int(row[i]) for i in nz}
-        return out
+        ids, rows = self.table_rows()
+        return {t: {int(i): int(row[i]) for i in np.flatnonzero(row)} for t, row in zip(ids, rows)}
+
+    # ---- memory chunks ---------------------------------------------------------------------
+
+    cdef chunk_t* chunk_at(self, uint64_t idx, bint create) noexcept nogil:
+        """The directory record of the chunk holding memory index ``idx``: ``&EMPTY`` when its
+        leaf does not exist and ``create`` is false, NULL when the leaf cannot be allocated."""
+        cdef chunk_t* leaf = self.dir[idx >> LEAF_SHIFT]
+        if leaf == NULL:
+            if not create:
+                return &EMPTY
+            leaf = <chunk_t*>calloc(1ULL << (LEAF_SHIFT - self.chunk_shift), sizeof(chunk_t))
+            if leaf == NULL:
+                return NULL
+            self.dir[idx >> LEAF_SHIFT] = leaf
+        return &leaf[(idx & ((1ULL << LEAF_SHIFT) - 1)) >> self.chunk_shift]
+
+    cdef int fill_chunk(self, chunk_t* ck, uint64_t idx) noexcept nogil:
+        """Allocate chunk ``ck`` (memory index ``idx``) unless it is: memory, and for NVDIMM space
+        media and line state too (so drains and line updates never allocate). Returns 0, or -1
+        with ``alloc_error`` 1 (over the memory budget) or 2 (the OS refused)."""
+        cdef uint64_t c = 1ULL << self.chunk_shift, cost
+        cdef uint8_t* mem
+        cdef uint8_t* med = NULL
+        cdef uint8_t* meta = NULL
+        if ck.mem != NULL:
+            return 0
+        cost = _chunk_cost(self, idx)
+        if self.touched_bytes + cost > self.memory_budget:
+            self.alloc_error = 1
+            return -1
+        mem = _block(c, self.huge_pages)
+        if mem != NULL and idx >= self.pmem_index:
+            med = _block(c, self.huge_pages)
+            meta = <uint8_t*>calloc(3 * (c >> 6), 1)
+            if med == NULL or meta == NULL:
+                munmap(mem, c)
+                if med != NULL:
+                    munmap(med, c)
+                free(meta)
+                mem = NULL
+        if mem == NULL:
+            self.alloc_error = 2
+            return -1
+        ck.mem, ck.med, ck.lstate, ck.nq = mem, med, meta, <uint16_t*>(meta + (c >> 6)) if meta != NULL else NULL
+        self.touched_bytes += cost
+        return 0
 
     # ---- translation and the replay loop ---------------------------------------------------
 
@@ -547,9 +911,10 @@ cdef class Engine:
         return EXIT_EPT_VIOLATION
 
     cdef int translate_nogil(self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bint write, uint64_t* st,
-                             uint64_t* hpa, uint64_t* entry) noexcept nogil:
-        """TLB, then walk; permission check; D bit on writes. Returns 0 with the HPA, or the
-        exit reason with the entry whose permissions the qualification reports."""
+                             uint64_t* hpa, uint64_t* entry, uint64_t* tlb_index) noexcept nogil:
+        """TLB, then walk; permission check; D bit on writes. Returns 0 with the HPA and the TLB
+        entry that holds the translation, or the exit reason with the entry whose permissions
+        the qualification reports."""
         cdef uint64_t vpn = gpa >> 12, e, page, leaf
         cdef uint64_t ts = <uint64_t>vcpu * vm.tlb_entries + (vpn & (vm.tlb_entries - 1))
         cdef int rc
@@ -566,7 +931,9 @@ cdef class Engine:
             vm.tlb_entry[ts] = e
             vm.tlb_hpa[ts] = page
             vm.tlb_slot[ts] = leaf
+            vm.tlb_chunk[ts] = self.chunk_at(_index(self, page), False)
         entry[0] = e
+        tlb_index[0] = ts
         if write:
             if not (e & E_W):
                 return EXIT_EPT_VIOLATION
@@ -578,29 +945,43 @@ cdef class Engine:
         hpa[0] = vm.tlb_hpa[ts] | (gpa & 0xFFF)
         return 0
 
-    def translate(self, vm, vcpu, gpa, bint write=False):
+    def translate(self, vm, vcpu, gpa, write=False):
         """HPA of ``gpa`` as ``vcpu`` of ``vm`` sees it (TLB, walk, A/D bits, counters);
         raises GuestFault when the access would exit."""
-        cdef vm_t* v = self._vm(vm)
-        cdef uint64_t hpa = 0, entry = 0
+        cdef uint64_t hpa = 0, entry = 0, ts = 0
         cdef int rc
-        vcpu, gpa = _int(vcpu, "vcpu"), _int(gpa, "gpa")
-        if not 0 <= vcpu < v.nvcpus:
-            raise ConfigError(f"vcpu {vcpu} does not exist in vm {vm}")
-        if gpa >= GPA_LIMIT:
-            raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
-        rc = self.translate_nogil(v, vcpu, gpa, write, &v.stats[vcpu * ST_COUNT], &hpa, &entry)
-        if rc:
-            raise GuestFault(rc, _qualification(rc, write, entry), gpa, 0, vm, vcpu, 1 if write else 0)
-        return hpa
+        with self.lock:
+            v = _vm(self, vm)
+            vcpu, gpa = _int(vcpu, "vcpu"), _int(gpa, "gpa")
+            if not 0 <= vcpu < v.nvcpus:
+                raise ConfigError(f"vcpu {vcpu} does not exist in vm {vm}")
+            if gpa >= GPA_LIMIT:
+                raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
+            rc = self.translate_nogil(v, vcpu, gpa, bool(write), &v.stats[vcpu * ST_COUNT], &hpa, &entry, &ts)
+            if rc:
+                raise GuestFault(rc, _qualification(rc, bool(write), entry), gpa, 0, vm, vcpu, 1 if write else 0)
+            return hpa
+
+    cdef uint32_t controller_of_line(self, uint64_t line) noexcept nogil:
+        """Controller of NVDIMM line ``line`` (offset >> 6): granule k of a set belongs to member k mod ways."""
+        cdef uint64_t off = line << 6, rel
+        cdef uint32_t k
+        for k in range(self.nsets):
+            rel = off - self.sets[k].offset
+            if rel < self.sets[k].length:
+                return self.set_ctl[self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways]
+        return 0
 
     cdef void drain_one(self, uint32_t c) noexcept nogil:
         cdef uint64_t slot = <uint64_t>c * self.wpq_depth + self.whead[c]
         cdef uint64_t line = self.wline[slot]
-        memcpy(self.med + line * 64, self.wdata + slot * 64, 64)
-        self.nqueued[line] -= 1
-        if self.nqueued[line] == 0 and self.lstate[line] == LINE_QUEUED:
-            self.lstate[line] = LINE_CLEAN
+        cdef uint64_t idx = self.pmem_index + (line << 6)
+        cdef chunk_t* ck = self.chunk_at(idx, False)     # allocated: a queued line's chunk always is
+        cdef uint64_t lo = (idx & self.chunk_mask) >> 6
+        memcpy(ck.med + (lo << 6), self.wdata + slot * 64, 64)
+        ck.nq[lo] -= 1
+        if ck.nq[lo] == 0 and ck.lstate[lo] == LINE_QUEUED:
+            ck.lstate[lo] = LINE_CLEAN
         self.whead[c] = (self.whead[c] + 1) % self.wpq_depth
         self.wlen[c] -= 1
         self.cstats[c * CT_COUNT + CT_DRAINED] += 1
@@ -612,19 +993,20 @@ cdef class Engine:
             n += 1
         return n
 
-    cdef void enqueue(self, uint64_t line) noexcept nogil:
-        """Write back pmem line ``line``: its 64 bytes as of now join its controller's WPQ."""
-        cdef uint32_t c = self.gctrl[(line << 6) >> self.granule_shift]
-        cdef uint64_t slot
+    cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil:
+        """Write back pmem line ``line`` of allocated chunk ``ck``: its 64 bytes as of now join its
+        controller's WPQ."""
+        cdef uint32_t c = self.controller_of_line(line)
+        cdef uint64_t slot, lo = ((line << 6) & self.chunk_mask) >> 6
         if self.wlen[c] == self.wpq_depth:
             self.drain_one(c)
             self.cstats[c * CT_COUNT + CT_DRAINED_FULL] += 1
         slot = <uint64_t>c * self.wpq_depth + (self.whead[c] + self.wlen[c]) % self.wpq_depth
         self.wline[slot] = line
-        memcpy(self.wdata + slot * 64, self.mem + self.dram_bytes + line * 64, 64)
+        memcpy(self.wdata + slot * 64, ck.mem + (lo << 6), 64)
         self.wlen[c] += 1
-        self.nqueued[line] += 1
-        self.lstate[line] = LINE_QUEUED
+        ck.nq[lo] += 1
+        ck.lstate[lo] = LINE_QUEUED
         self.cstats[c * CT_COUNT + CT_ENQUEUED] += 1
 
     cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil:
@@ -678,20 +1060,20 @@ cdef class Engine:
 
     cdef int run_nogil(self, const trace_rec_t* ops, uint64_t start, uint64_t n,
                        uint64_t* stopped) noexcept nogil:
-        """Replay ``ops[start:n]``. Returns RUN_DONE, or RUN_EXIT / RUN_BAD_RECORD with
-        ``stopped[0]`` the index of the record (the exit in ``self.exit``, the reason a record
-        was refused in ``self.bad_record``)."""
-        cdef uint64_t i, hpa, entry, idx, line, value
+        """Replay ``ops[start:n]``. Returns RUN_DONE, or RUN_EXIT / RUN_BAD_RECORD / RUN_NO_MEMORY
+        with ``stopped[0]`` the index of the record (the exit in ``self.exit``, the reason a record
+        was refused in ``self.bad_record``, the allocation failure in ``self.alloc_error``)."""
+        cdef uint64_t i, hpa, entry, idx, line, value, ts, off
         cdef const trace_rec_t* r
         cdef vm_t* vm
+        cdef chunk_t* ck
         cdef uint64_t* st
         cdef uint32_t size
         cdef uint8_t op
         cdef bint write
         cdef int rc
-        cdef uint8_t* mem = self.mem
         cdef uint64_t pmem_base = self.pmem_base
-        cdef uint64_t pmem_delta = self.pmem_delta
+        cdef uint64_t chunk_mask = self.chunk_mask
         cdef uint64_t cost_op = self.cost.op
         cdef uint32_t max_vms = self.max_vms
         for i in range(start, n):
@@ -744,7 +1126,7 @@ cdef class Engine:
             st[op] += 1
             st[ST_OPS] += 1
             st[ST_CYCLES_OPS] += cost_op
-            rc = self.translate_nogil(vm, r.vcpu, r.gpa, write, st, &hpa, &entry)
+            rc = self.translate_nogil(vm, r.vcpu, r.gpa, write, st, &hpa, &entry, &ts)
             if rc:
                 if (r.gpa >> 12) == vm.fha_vpn and self.handle_fha_exit(vm, st, rc, write, op):
                     continue
@@ -770,47 +1152,64 @@ cdef class Engine:
                         continue
                 elif op == OP_LOAD:
                     st[ST_VFHA_READS] += 1
-            idx = hpa - pmem_delta if hpa >= pmem_base else hpa
+            ck = vm.tlb_chunk[ts]
+            if ck.mem == NULL:
+                # first access since the chunk was allocated elsewhere, or a chunk never written
+                idx = _index(self, hpa)
+                ck = self.chunk_at(idx, write)
+                if ck == NULL or (write and self.fill_chunk(ck, idx)):
+                    if ck == NULL:
+                        self.alloc_error = 2
+                    stopped[0] = i
+                    return RUN_NO_MEMORY
+                vm.tlb_chunk[ts] = ck
+            off = (hpa - pmem_base if hpa >= pmem_base else hpa) & chunk_mask
             if op == OP_LOAD:
-                value = load_le(mem + idx, size)
+                value = load_le(ck.mem + off, size) if ck.mem != NULL else 0
                 st[ST_LOAD_SUM] += value
                 self.last_value = value
             elif op <= OP_NT_STORE:
-                store_le(mem + idx, r.value, size)
+                store_le(ck.mem + off, r.value, size)
                 if hpa >= pmem_base:
-                    line = (hpa - pmem_base) >> 6
                     if op == OP_STORE:
-                        self.lstate[line] = LINE_DIRTY
+                        ck.lstate[off >> 6] = LINE_DIRTY
                     else:
-                        self.enqueue(line)
-            elif hpa >= pmem_base:
-                line = (hpa - pmem_base) >> 6
-                if self.lstate[line] == LINE_DIRTY:
-                    self.enqueue(line)
+                        self.enqueue(ck, (hpa - pmem_base) >> 6)
+            elif hpa >= pmem_base and ck.lstate != NULL:
+                if ck.lstate[off >> 6] == LINE_DIRTY:
+                    self.enqueue(ck, (hpa - pmem_base) >> 6)
                     st[ST_LINES_FLUSHED] += 1
         stopped[0] = n
         return RUN_DONE
 
     def run(self, ops, Py_ssize_t start=0):
         """Replay ``ops[start:]`` (a TRACE_DTYPE array). Returns ``(index, status)``: status 0 when
-        the end was reached (index = len(ops)), 1 on an exit the core does not handle
-        (see ``last_exit``), 2 on a refused record (see ``bad_record``); index is that record."""
+        the end was reached (index = len(ops)), 1 on an exit the core does not handle (see
+        ``last_exit``), 2 on a refused record (see ``bad_record``); index is that record. A write
+        that needs memory beyond the budget raises ResourceError (the record is counted, not done)."""
         cdef const uint8_t[::1] raw = _trace_bytes(ops)
         cdef uint64_t n = raw.shape[0] // sizeof(trace_rec_t)
         cdef uint64_t stopped = n
         cdef int status = RUN_DONE
-        if self.vms == NULL:
-            self.bad_record = BAD_VM
-            return 0, RUN_BAD_RECORD
-        if start < 0 or <uint64_t>start > n:
-            raise TraceError(f"start index {start} is outside the trace of {n} records")
-        self.bad_record = BAD_NONE
-        if <uint64_t>start == n:
-            return n, RUN_DONE
-        cdef const trace_rec_t* recs = <const trace_rec_t*>&raw[0]
-        with nogil:
-            status = self.run_nogil(recs, start, n, &stopped)
-        return stopped, status
+        cdef const trace_rec_t* recs
+        with self.lock:
+            if self.vms == NULL:
+                self.bad_record = BAD_VM
+                return 0, RUN_BAD_RECORD
+            if start < 0 or <uint64_t>start > n:
+                raise TraceError(f"start index {start} is outside the trace of {n} records")
+            self.bad_record = BAD_NONE
+            if <uint64_t>start == n:
+                return n, RUN_DONE
+            recs = <const trace_rec_t*>&raw[0]
+            with nogil:
+                status = self.run_nogil(recs, start, n, &stopped)
+            if status == RUN_NO_MEMORY:
+                try:
+                    _raise_no_memory(self)
+                except ResourceError as e:
+                    raise ResourceError.at_record(stopped, str(e), "gpa") from None
+            return stopped, status
 
     @property
     def last_exit(self):
@@ -822,101 +1221,164 @@ cdef class Engine:
         """Drain the WPQs of ``controllers`` fully, FIFO (an FHA write with no VM behind it);
         returns the number of lines written to media."""
         cdef uint64_t total = 0
-        _live(self)
-        chosen = [_int(c, "controller") for c in controllers]
-        for c in chosen:
-            if not 0 <= c < self.n_controllers:
-                raise ConfigError(f"controller {c} does not exist")
-        for c in chosen:
-            self.cstats[c * CT_COUNT + CT_FHA_WRITES] += 1
-            total += self.drain_controller(c)
-        return total
+        with self.lock:
+            _live(self)
+            chosen = [_int(c, "controller") for c in controllers]
+            for c in chosen:
+                if not 0 <= c < self.n_controllers:
+                    raise ConfigError(f"controller {c} does not exist")
+            for c in chosen:
+                self.cstats[c * CT_COUNT + CT_FHA_WRITES] += 1
+                total += self.drain_controller(c)
+            return total
 
-    # ---- state, for the Python layer and for comparisons ---------------------------------
-
-    cdef uint64_t _index(self, object hpa, object n) except? 0xFFFFFFFFFFFFFFFF:
-        """Index into ``memory`` of host range ``[hpa, hpa+n)``, which must be DRAM or NVDIMM space."""
-        _live(self)
-        self._check_hpa(hpa, n)
-        return hpa - self.pmem_delta if hpa >= self.pmem_base else hpa
-
-    def _pmem_offset(self, hpa, n):
-        """Offset into NVDIMM space of ``[hpa, hpa+n)``, which must lie inside it."""
-        _live(self)
-        hpa, n = _int(hpa, "hpa"), _int(n, "n")
-        if not (hpa >= self.pmem_base and hpa + n <= self.pmem_base + self.pmem_bytes):
-            raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
-        return hpa - self.pmem_base
-
-    def prefault(self, hpa, n):
-        """Touch every page of the arrays behind ``[hpa, hpa+n)`` (memory, and for NVDIMM space
-        media, line states and queue counts) without changing them."""
-        cdef uint64_t i = self._index(hpa, n)
-        arrays = [(self.memory, i, n)]
-        if hpa >= self.pmem_base:
-            off = hpa - self.pmem_base
-            arrays += [(self.media, off, n), (self.line_state, off // 64, n // 64),
-                       (self.queued, off // 64, n // 64)]
-        for arr, start, count in arrays:
-            touch = arr[start:start + count][::max(1, 4096 // arr.itemsize)]
-            touch |= 0        # a real write per page (numpy skips a self-assignment)
+    # ---- host memory, for the Python layer -------------------------------------------------
 
     def read_memory(self, hpa, n):
-        """``n`` bytes of host memory (what CPUs see) at ``hpa``."""
-        cdef uint64_t i = self._index(hpa, n)
-        return self.memory[i:i + n].tobytes()
+        """``n`` bytes of host memory (what CPUs see) at ``hpa``; untouched memory reads as zeros."""
+        with self.lock:
+            _live(self)
+            hpa, n = _check_hpa(self, hpa, n)
+            return _copy_out(self, hpa, n, False)
 
     def read_media(self, hpa, n):
         """``n`` bytes of NVDIMM media at ``hpa`` (NVDIMM space only)."""
-        i = self._pmem_offset(hpa, n)
-        return self.media[i:i + n].tobytes()
+        with self.lock:
+            off = _pmem_offset(self, hpa, n)
+            return _copy_out(self, self.pmem_base + off, n, True)
 
     def write_memory(self, hpa, data):
         """Host write (no guest, no line state): how the hypervisor fills a page."""
+        cdef uint64_t pos, idx, piece, c = 1ULL << self.chunk_shift, h
+        cdef chunk_t* ck
+        cdef const uint8_t[::1] src
         data = memoryview(data).tobytes()          # a bytes-like object, not bytes(int)
-        cdef uint64_t i = self._index(hpa, len(data))
-        self.memory[i:i + len(data)] = np.frombuffer(data, np.uint8)
+        with self.lock:
+            _live(self)
+            h, n = _check_hpa(self, hpa, len(data))
+            src = data if n else b"\0"
+            pos = 0
+            while pos < <uint64_t>n:
+                idx = _index(self, h + pos)
+                piece = min(<uint64_t>n - pos, c - (idx & self.chunk_mask))
+                ck = _ensure(self, idx)
+                memcpy(ck.mem + (idx & self.chunk_mask), &src[pos], piece)
+                pos += piece
+
+    def prefault(self, hpa, n):
+        """Allocate the chunks behind ``[hpa, hpa+n)`` (memory, and for NVDIMM space media and
+        line state) and have the kernel back their pages now, without changing them."""
+        cdef uint64_t pos, idx, c = 1ULL << self.chunk_shift, h, end
+        cdef chunk_t* ck
+        with self.lock:
+            _live(self)
+            h, n = _check_hpa(self, hpa, n)
+            end = _index(self, h) + n
+            pos = _index(self, h) & ~self.chunk_mask
+            while pos < end:
+                ck = _ensure(self, pos)
+                nvemu_touch(ck.mem, c, 4096)
+                if ck.med != NULL:
+                    nvemu_touch(ck.med, c, 4096)
+                pos += c
+
+    def discard(self, hpa, n):
+        """Scrub ``[hpa, hpa+n)`` (whole 4 KiB pages): its queued WPQ copies are removed, its
+        memory, media and line states become zero, and the chunks it covers wholly are freed."""
+        cdef uint64_t c = 1ULL << self.chunk_shift, idx, lo, hi, a, b, space_end
+        cdef chunk_t* ck
+        with self.lock:
+            _live(self)
+            h, n = _check_hpa(self, hpa, n)
+            if h % 4096 or n % 4096:
+                raise ConfigError(f"discard of {n:#x} bytes at {h:#x} is not whole 4 KiB pages")
+            if n == 0:
+                return
+            lo = _index(self, h)
+            hi = lo + n
+            if h >= self.pmem_base:
+                _drop_queued(self, (h - self.pmem_base) >> 6, (h - self.pmem_base + n) >> 6)
+                space_end = self.pmem_index + self.pmem_bytes
+            else:
+                space_end = self.dram_bytes
+            for idx in _chunk_indices(self, lo & ~self.chunk_mask, hi):
+                ck = self.chunk_at(idx, False)
+                a, b = max(idx, lo), min(idx + c, hi)
+                if a == idx and b >= min(idx + c, space_end):
+                    _drop_chunk(self, ck, idx)
+                    continue
+                memset(ck.mem + (a - idx), 0, b - a)
+                if ck.med != NULL:
+                    memset(ck.med + (a - idx), 0, b - a)
+                    memset(ck.lstate + ((a - idx) >> 6), 0, (b - a) >> 6)
+                    memset(ck.nq + ((a - idx) >> 6), 0, ((b - a) >> 6) * 2)
 
     def line_states(self):
         """{line HPA: state} for every NVDIMM line that is not CLEAN."""
-        if self.line_state is None:
+        cdef uint64_t idx, c = 1ULL << self.chunk_shift
+        cdef chunk_t* ck
+        if self.vms == NULL:
             return {}
-        nz = np.flatnonzero(self.line_state)
-        return {int(self.pmem_base + 64 * k): int(self.line_state[k]) for k in nz}
+        out = {}
+        with self.lock:
+            for idx in _chunk_indices(self, self.pmem_index, self.dir_len << LEAF_SHIFT):
+                ck = self.chunk_at(idx, False)
+                states = _view(ck.lstate, c >> 6)
+                base = self.pmem_base + idx - self.pmem_index
+                for k in np.flatnonzero(states).tolist():
+                    out[base + 64 * k] = int(states[k])
+        return out
 
     def wpq_entries(self, c):
         """The WPQ of controller ``c``, oldest first: [(line HPA, 64 bytes)]."""
-        _live(self)
-        c = _int(c, "controller")
-        if not 0 <= c < self.n_controllers:
-            raise ConfigError(f"controller {c} does not exist")
-        out = []
-        for k in range(self.wpq_len[c]):
-            slot = c * self.wpq_depth + (self.wpq_head[c] + k) % self.wpq_depth
-            out.append((int(self.pmem_base + 64 * self.wpq_line[slot]),
-                        self.wpq_data[slot * 64:(slot + 1) * 64].tobytes()))
-        return out
+        with self.lock:
+            _live(self)
+            c = _int(c, "controller")
+            if not 0 <= c < self.n_controllers:
+                raise ConfigError(f"controller {c} does not exist")
+            out = []
+            for k in range(self.wlen[c]):
+                slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
+                out.append((int(self.pmem_base + 64 * self.wline[slot]),
+                            self._wpq_data[slot * 64:(slot + 1) * 64].tobytes()))
+            return out
 
     def controller_of(self, hpa):
         """Controller index of the NVDIMM line at ``hpa`` (the interleave rule)."""
-        off = self._pmem_offset(hpa, 1)
-        return int(self.granule_ctrl[off >> self.granule_shift])
+        with self.lock:
+            off = _pmem_offset(self, hpa, 1)
+            return int(self.controller_of_line(off >> 6))
 
     def controller_stats(self):
-        _live(self)
-        return self.ctrl_stats.copy()
+        with self.lock:
+            _live(self)
+            return self._ctrl_stats.copy()
 
     def memory_pages(self):
         """{page HPA: 4096 bytes} for every non-zero page of host memory."""
-        _live(self)
-        out = _nonzero_pages(self.memory[:self.dram_bytes], 0)
-        out.update(_nonzero_pages(self.memory[self.dram_bytes:], self.pmem_base))
-        return out
+        with self.lock:
+            _live(self)
+            return _nonzero_pages(self, False)
 
     def media_pages(self):
         """{page HPA: 4096 bytes} for every non-zero page of NVDIMM media."""
-        _live(self)
-        return _nonzero_pages(self.media, self.pmem_base)
+        with self.lock:
+            _live(self)
+            return _nonzero_pages(self, True)
+
+    def touched_ranges(self):
+        """``(hpa, bytes)`` of every allocated chunk of host memory, in address order."""
+        cdef uint64_t c = 1ULL << self.chunk_shift
+        with self.lock:
+            _live(self)
+            out = []
+            for idx in _chunk_indices(self, 0, self.dir_len << LEAF_SHIFT):
+                if idx < self.pmem_index:
+                    out.append((idx, min(c, self.dram_bytes - idx)))
+                else:
+                    out.append((idx - self.pmem_index + self.pmem_base,
+                                min(c, self.pmem_index + self.pmem_bytes - idx)))
+            return out
 
     def durable_read(self, hpa, n):
         """``n`` bytes at ``hpa`` as they would survive a power failure now (SPEC 7.3), without
@@ -924,233 +1386,75 @@ cdef class Engine:
         dirty lines. Lets a checker probe crash points without stopping the run."""
         cdef uint32_t c
         cdef uint64_t k, slot, line, first, last, lo, hi
-        off = self._pmem_offset(hpa, n)
-        out = bytearray(self.media[off:off + n].tobytes())
-        first, last = off // 64, (off + n + 63) // 64
-        if self.domain >= DOMAIN_ADR:
-            for c in range(self.n_controllers):
-                for k in range(self.wlen[c]):
-                    slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
-                    line = self.wline[slot]
-                    if first <= line < last:
-                        lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
-                        out[lo - off:hi - off] = self.wpq_data[slot * 64 + lo - line * 64:
-                                                               slot * 64 + hi - line * 64].tobytes()
-        if self.domain == DOMAIN_EADR:
-            for line in range(first, last):
-                if self.line_state[line] == LINE_DIRTY:
-                    lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
-                    out[lo - off:hi - off] = self.memory[self.dram_bytes + lo:self.dram_bytes + hi].tobytes()
-        return bytes(out)
+        with self.lock:
+            off = _pmem_offset(self, hpa, n)
+            out = bytearray(_copy_out(self, self.pmem_base + off, n, True))
+            first, last = off // 64, (off + n + 63) // 64
+            if self.domain >= DOMAIN_ADR:
+                for c in range(self.n_controllers):
+                    for k in range(self.wlen[c]):
+                        slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
+                        line = self.wline[slot]
+                        if first <= line < last:
+                            lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
+                            out[lo - off:hi - off] = self._wpq_data[slot * 64 + lo - line * 64:
+                                                                    slot * 64 + hi - line * 64].tobytes()
+            if self.domain == DOMAIN_EADR:
+                base = self.pmem_base
+                for line_hpa, state in self.line_states().items():
+                    if state == LINE_DIRTY and base + first * 64 <= line_hpa < base + last * 64:
+                        lo, hi = max(line_hpa - base, off), min(line_hpa - base + 64, off + n)
+                        out[lo - off:hi - off] = _copy_out(self, base + lo, hi - lo, False)
+            return bytes(out)
+
+    # ---- canonical state (nvemu/_state.py does the work) -----------------------------------
 
     def get_state(self):
         """Everything that evolves, as a dict of numpy arrays in the engines' shared canonical
-        form (non-zero pages only; WPQs oldest first; TLBs as (vpn, entry, hpa, leaf slot))."""
-        cdef vm_t* v
-        _live(self)
-        mem = self.memory_pages()
-        med = self.media_pages()
-        lines = self.line_states()
-        wpq = [(c, line, data) for c in range(self.n_controllers) for line, data in self.wpq_entries(c)]
-        tables = self.tables()
-        out = {
-            "memory_hpa": np.array(list(mem), np.uint64),
-            "memory_data": np.frombuffer(b"".join(mem.values()), np.uint8).reshape(-1, 4096),
-            "media_hpa": np.array(list(med), np.uint64),
-            "media_data": np.frombuffer(b"".join(med.values()), np.uint8).reshape(-1, 4096),
-            "line_hpa": np.array(list(lines), np.uint64),
-            "line_state": np.array(list(lines.values()), np.uint8),
-            "wpq_ctrl": np.array([w[0] for w in wpq], np.uint32),
-            "wpq_line": np.array([w[1] for w in wpq], np.uint64),
-            "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, 64),
-            "ctrl_stats": self.ctrl_stats.copy(),
-            "table_ids": np.array(list(tables), np.uint32),
-            "table_data": np.stack([self.pool[t * ENTRIES:(t + 1) * ENTRIES] for t in tables])
-                          if tables else np.zeros((0, ENTRIES), np.uint64),
-            "free_tables": np.array(self._free_tables, np.uint32),
-            "scalars": np.array([self.next_table, self.last_value], np.uint64),
-            "vm_ids": np.array(sorted(self.vm_arrays), np.uint32),
-        }
-        for vm in sorted(self.vm_arrays):
-            v = &self.vms[vm]
-            a = self.vm_arrays[vm]
-            out[f"vm{vm}_meta"] = np.array([v.root, v.nvcpus, v.tlb_entries, v.running, v.fha_vpn, v.fha_mode],
-                                           np.uint64)
-            out[f"vm{vm}_fanout"] = a[5].copy()
-            out[f"vm{vm}_stats"] = a[4].copy()
-            out[f"vm{vm}_drained"] = a[6].copy()
-            out[f"vm{vm}_tlb"] = np.stack([a[0], a[1], a[2], a[3]], axis=1)
-        return out
-
-    def _checked_state(self, state):
-        """``state`` as arrays of the right kinds and shapes, every address and index in range,
-        or ConfigError naming what is not. Nothing is changed."""
-        _live(self)
-        if not isinstance(state, dict):
-            raise ConfigError(f"engine state must be a dict of arrays, not {type(state).__name__}")
-        def get(name, dtype, tail=None):
-            try:
-                a = np.asarray(state[name])
-            except (KeyError, TypeError) as e:
-                raise ConfigError(f"engine state lacks {name!r}") from None
-            if a.dtype.kind not in "ui" or (tail is not None and a.shape[1:] != tail) or \
-                    (tail is None and a.ndim != 1):
-                raise ConfigError(f"engine state {name!r}: {a.dtype} array of shape {a.shape} is not what it needs")
-            if a.size and (int(a.min()) < 0 or int(a.max()) > np.iinfo(dtype).max):
-                raise ConfigError(f"engine state {name!r}: values outside {np.dtype(dtype).name}")
-            return a.astype(dtype)
-        s = {k: get(k, t, tail) for k, t, tail in (
-            ("memory_hpa", np.uint64, None), ("memory_data", np.uint8, (4096,)),
-            ("media_hpa", np.uint64, None), ("media_data", np.uint8, (4096,)),
-            ("line_hpa", np.uint64, None), ("line_state", np.uint8, None),
-            ("wpq_ctrl", np.uint32, None), ("wpq_line", np.uint64, None), ("wpq_data", np.uint8, (64,)),
-            ("ctrl_stats", np.uint64, (CT_COUNT,)), ("table_ids", np.uint32, None),
-            ("table_data", np.uint64, (ENTRIES,)), ("free_tables", np.uint32, None),
-            ("scalars", np.uint64, None), ("vm_ids", np.uint32, None))}
-        pmem_end = self.pmem_base + self.pmem_bytes
-        for a, b in (("memory_hpa", "memory_data"), ("media_hpa", "media_data"), ("line_hpa", "line_state"),
-                     ("wpq_line", "wpq_data"), ("wpq_line", "wpq_ctrl"), ("table_ids", "table_data")):
-            if len(s[a]) != len(s[b]):
-                raise ConfigError(f"engine state: {a} and {b} differ in length")
-        for hpa in s["memory_hpa"].tolist():
-            if hpa % 4096:
-                raise ConfigError(f"engine state: page {hpa:#x} is not aligned")
-            self._check_hpa(hpa, 4096)
-        for name, align in (("media_hpa", 4096), ("line_hpa", 64), ("wpq_line", 64)):
-            bad = (s[name] < self.pmem_base) | (s[name] >= pmem_end) | (s[name] % align != 0)
-            if bad.any():
-                raise ConfigError(f"engine state: {name} {int(s[name][bad][0]):#x} is not an aligned NVDIMM address")
-        if (s["line_state"] > LINE_QUEUED).any():
-            raise ConfigError("engine state: a line state is not CLEAN, DIRTY or QUEUED")
-        if (s["wpq_ctrl"] >= self.n_controllers).any() or \
-                (np.bincount(s["wpq_ctrl"], minlength=self.n_controllers) > self.wpq_depth).any():
-            raise ConfigError("engine state: WPQ entries name a missing controller or overfill a queue")
-        if s["ctrl_stats"].shape[0] != self.n_controllers:
-            raise ConfigError("engine state: ctrl_stats has the wrong number of controllers")
-        if len(s["scalars"]) != 2 or s["scalars"][0] > self.pool_tables:
-            raise ConfigError("engine state: scalars are not (next_table, last_value)")
-        tables = np.concatenate([s["table_ids"], s["free_tables"]])
-        if (tables >= s["scalars"][0]).any() or len(np.unique(tables)) != len(tables):
-            raise ConfigError("engine state: table ids are out of range or repeated")
-        vms = []
-        for vm in s["vm_ids"].tolist():
-            if vm >= self.max_vms:
-                raise ConfigError(f"engine state: vm id {vm} is out of range")
-            meta = get(f"vm{vm}_meta", np.uint64)
-            if len(meta) != 6:
-                raise ConfigError(f"engine state: vm{vm}_meta needs 6 numbers")
-            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = meta.tolist()
-            if root not in set(s["table_ids"].tolist()):
-                raise ConfigError(f"engine state: vm {vm}'s root table {root} is not among the tables")
-            tlb = get(f"vm{vm}_tlb", np.uint64, (4,))
-            arrays = tuple(np.ascontiguousarray(tlb[:, k]) for k in range(4)) + (
-                get(f"vm{vm}_stats", np.uint64, (ST_COUNT,)), get(f"vm{vm}_fanout", np.uint8),
-                get(f"vm{vm}_drained", np.uint64))
-            _check_vm_slot(self.n_controllers, self.pool_tables, vm, root, nvcpus, tlb_entries, fha_mode, arrays)
-            valid = arrays[0] != NO_VPN
-            if (arrays[3][valid] >= s["scalars"][0] * ENTRIES).any():
-                raise ConfigError(f"engine state: vm {vm}'s TLB names a table that does not exist")
-            for hpa in arrays[2][valid].tolist():
-                self._check_hpa(hpa, 4096)
-            self._check_tree(dict(zip(s["table_ids"].tolist(), s["table_data"])), root)
-            vms.append((vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays))
-        return s, vms
-
-    def _check_tree(self, rows, root):
-        """Every entry reachable from ``root`` points at a table in ``rows`` or maps host memory
-        that exists: what the unchecked walk relies on."""
-        if not isinstance(rows, dict) or root not in rows:
-            raise ConfigError(f"engine state: root table {root!r} is not among the tables")
-        todo, seen = [(root, 4)], set()
-        while todo:
-            t, level = todo.pop()
-            if (t, level) in seen:
-                continue
-            seen.add((t, level))
-            row = rows[t]
-            present = (row & E_RWX) != 0
-            usable = present & ((row & 3) != E_W)
-            large = usable & ((row & E_LARGE) != 0) if level in (2, 3) else np.zeros(ENTRIES, bool)
-            if level == 4 and (usable & ((row & E_LARGE) != 0)).any():
-                raise ConfigError(f"engine state: table {t} has a large page at level 4")
-            leaves = usable & (large | (level == 1))
-            size = 1 << (12 + 9 * (level - 1))
-            for e in row[leaves].tolist():
-                self._check_hpa(e & ADDR_MASK & ~(size - 1), size)
-            for e in row[usable & ~leaves].tolist():
-                child = (e & ADDR_MASK) >> 12
-                if child not in rows:
-                    raise ConfigError(f"engine state: table {t} points at table {child}, which is not in the state")
-                todo.append((child, level - 1))
+        form (see ``nvemu._state``)."""
+        with self.lock:
+            _live(self)
+            return _state.capture(self)
 
     def set_state(self, state):
         """Replace everything with ``state`` (from ``get_state`` of either engine, same layout).
         The whole state is checked first: a bad one raises ConfigError and changes nothing."""
-        s, vms = self._checked_state(state)
-        for vm in list(self.vm_arrays):
-            memset(&self.vms[vm], 0, sizeof(vm_t))
-        self.vm_arrays = {}
-        memory = np.zeros_like(self.memory)
-        media = np.zeros_like(self.media)
-        for hpa, page in zip(s["memory_hpa"].tolist(), s["memory_data"]):
-            i = self._index(hpa, 4096)
-            memory[i:i + 4096] = page
-        for hpa, page in zip(s["media_hpa"].tolist(), s["media_data"]):
-            off = hpa - self.pmem_base
-            media[off:off + 4096] = page
-        self.memory, self.media = memory, media
-        self.line_state[:] = 0
-        self.queued[:] = 0
-        for hpa, st in zip(s["line_hpa"].tolist(), s["line_state"].tolist()):
-            self.line_state[(hpa - self.pmem_base) // 64] = st
-        self.wpq_head[:] = 0
-        self.wpq_len[:] = 0
-        for c, line, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
-            slot = c * self.wpq_depth + self.wpq_len[c]
-            k = (line - self.pmem_base) // 64
-            self.wpq_line[slot] = k
-            self.wpq_data[slot * 64:(slot + 1) * 64] = data
-            self.wpq_len[c] += 1
-            self.queued[k] += 1
-        self.ctrl_stats[:] = s["ctrl_stats"]
-        self.pool[:] = 0
-        for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
-            self.pool[t * ENTRIES:(t + 1) * ENTRIES] = row
-        self._free_tables = s["free_tables"].tolist()
-        self.next_table, self.last_value = (int(x) for x in s["scalars"])
-        self._bind()
-        for vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays in vms:
-            self._install_vm(vm, root, nvcpus, tlb_entries, running, fha_vpn, fha_mode, arrays)
+        with self.lock:
+            _live(self)
+            s, vms = _state.check(self, state)
+            _load_state(self, s, vms)
 
     def power_fail(self):
-        """Lose power, then reboot. Returns the durable image (uint8[pmem_bytes]): media, then
-        under adr/eadr the queued copies in FIFO order, then under eadr the dirty lines.
+        """Lose power, then reboot. Returns the durable image (a sparse :class:`DurableImage`):
+        media, then under adr/eadr the queued copies in FIFO order, then under eadr the dirty lines.
         Afterwards media holds that image, memory shows it, DRAM is zero, caches, WPQs and TLBs
         are empty. Page tables (hypervisor state) are kept."""
         cdef uint32_t c
-        cdef uint64_t k, slot, line
-        _live(self)
-        media = self.media
-        if self.domain >= DOMAIN_ADR:
-            for c in range(self.n_controllers):
-                for k in range(self.wlen[c]):
-                    slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
-                    line = self.wline[slot]
-                    media[line * 64:(line + 1) * 64] = self.wpq_data[slot * 64:(slot + 1) * 64]
-        if self.domain == DOMAIN_EADR:
-            dirty = np.flatnonzero(self.line_state == LINE_DIRTY)
-            lines = self.memory[self.dram_bytes:].reshape(-1, 64)
-            media.reshape(-1, 64)[dirty] = lines[dirty]
-        memory = np.zeros_like(self.memory)
-        pages = media.reshape(-1, 4096)
-        nz = np.flatnonzero(pages.any(axis=1))
-        memory[self.dram_bytes:].reshape(-1, 4096)[nz] = pages[nz]
-        self.memory = memory
-        self.line_state[:] = 0
-        self.queued[:] = 0
-        self.wpq_head[:] = 0
-        self.wpq_len[:] = 0
-        self._bind()
-        for vm, arrays in self.vm_arrays.items():
-            self._flush_tlbs(&self.vms[vm])
-        return media.copy()
+        cdef uint64_t k, slot, line, idx, csz = 1ULL << self.chunk_shift, lo
+        cdef chunk_t* ck
+        with self.lock:
+            _live(self)
+            if self.domain >= DOMAIN_ADR:
+                for c in range(self.n_controllers):
+                    for k in range(self.wlen[c]):
+                        slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
+                        line = self.wline[slot]
+                        ck = self.chunk_at(self.pmem_index + (line << 6), False)
+                        memcpy(ck.med + ((line << 6) & self.chunk_mask), self.wdata + slot * 64, 64)
+            chunks = {}
+            for idx in _chunk_indices(self, 0, self.dir_len << LEAF_SHIFT):
+                ck = self.chunk_at(idx, False)
+                if idx < self.pmem_index:
+                    _drop_chunk(self, ck, idx)
+                    continue
+                if self.domain == DOMAIN_EADR:
+                    for lo in np.flatnonzero(_view(ck.lstate, csz >> 6) == LINE_DIRTY).tolist():
+                        memcpy(ck.med + (lo << 6), ck.mem + (lo << 6), 64)
+                memcpy(ck.mem, ck.med, csz)
+                memset(ck.lstate, 0, 3 * (csz >> 6))
+                chunks[idx - self.pmem_index] = _view(ck.med, csz).tobytes()
+            self._wpq_head[:] = 0
+            self._wpq_len[:] = 0
+            for vm in self._vms:
+                _flush_tlbs(&self.vms[vm])
+            return DurableImage(self.pmem_base, self.pmem_bytes, csz, chunks)

@@ -8,6 +8,7 @@ catch the fast path's bugs.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Iterable
 
@@ -17,10 +18,12 @@ from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED
                          EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
                          Op, QUAL_FINAL_TRANSLATION, QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE, RunStatus, STAT,
                          STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
-from ._layout import EngineLayout
+from . import _state
+from ._image import DurableImage
+from ._layout import EngineLayout, budget_message
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
-CAPI_VERSION = 1
+CAPI_VERSION = 2
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
 PAGE = 4096
@@ -84,7 +87,16 @@ class Engine:
             if any(not 0 <= c < self.n_controllers for c in s.controllers):
                 raise ConfigError(f"interleave set at {s.hpa_base:#x} names a controller that does not exist")
             offset += s.length
+        if not 12 <= layout.chunk_shift <= 30:
+            raise ConfigError(f"chunk_shift={layout.chunk_shift}: must be 12..30")
         self.sets = layout.sets
+        self.chunk_shift = layout.chunk_shift
+        self.memory_budget = layout.budget()
+        self.pmem_index = -(-self.dram_bytes // (1 << 30)) * (1 << 30)   # memory index of NVDIMM byte 0
+        self.touched: set[int] = set()          # memory index of every chunk written (the directory)
+        self.touched_bytes = 0
+        self.lock = threading.RLock()
+        # Pages exist only inside touched chunks.
         self.mem: dict[int, bytearray] = {}     # page HPA -> 4096 bytes (absent pages are zero)
         self.med: dict[int, bytearray] = {}     # NVDIMM page HPA -> 4096 bytes
         self.state: dict[int, int] = {}         # line HPA -> LineState (absent = CLEAN)
@@ -110,6 +122,44 @@ class Engine:
         if hpa >= self.pmem_base and hpa + length <= self.pmem_base + self.pmem_bytes:
             return
         raise ConfigError(f"HPA range [{hpa:#x}, {hpa + length:#x}) is not host DRAM or NVDIMM space")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return 1 << self.chunk_shift
+
+    def _chunk(self, hpa: int) -> int:
+        """Memory index of the chunk holding ``hpa`` (DRAM at its address, NVDIMM from pmem_index)."""
+        idx = hpa if hpa < self.pmem_base else hpa - self.pmem_base + self.pmem_index
+        return idx - idx % self.chunk_bytes
+
+    def _chunk_cost(self, idx: int) -> int:
+        c = self.chunk_bytes
+        return c + (c + 3 * c // 64 if idx >= self.pmem_index else 0)
+
+    def _touch(self, hpa: int) -> None:
+        """Allocate the chunk holding ``hpa`` unless it is (ResourceError beyond the budget)."""
+        idx = self._chunk(hpa)
+        if idx in self.touched:
+            return
+        cost = self._chunk_cost(idx)
+        if self.touched_bytes + cost > self.memory_budget:
+            raise ResourceError(budget_message(self.memory_budget, self.touched_bytes, self._chunk_cost(self.pmem_index)))
+        self.touched.add(idx)
+        self.touched_bytes += cost
+
+    def _chunk_hpa(self, idx: int) -> tuple[int, int]:
+        """(HPA, bytes of host space) of the chunk at memory index ``idx``."""
+        if idx < self.pmem_index:
+            return idx, min(self.chunk_bytes, self.dram_bytes - idx)
+        return idx - self.pmem_index + self.pmem_base, min(self.chunk_bytes, self.pmem_index + self.pmem_bytes - idx)
+
+    def set_memory_budget(self, budget: int) -> None:
+        if not isinstance(budget, int) or budget < 0:
+            raise ConfigError(f"memory_budget={budget!r} is out of range (>= 0)")
+        self.memory_budget = budget
+
+    def touched_ranges(self) -> list[tuple[int, int]]:
+        return [self._chunk_hpa(i) for i in sorted(self.touched)]
 
     @staticmethod
     def _get(pages: dict[int, bytearray], addr: int, n: int) -> bytes:
@@ -553,6 +603,10 @@ class Engine:
             st[STAT["load_sum"]] = (st[STAT["load_sum"]] + loaded) % (1 << 64)
             self.last_value = loaded
         elif write:
+            try:
+                self._touch(hpa)
+            except ResourceError as e:
+                raise ResourceError.at_record(i, str(e), "gpa") from None
             self._put(self.mem, hpa, value.to_bytes(size, "little"))
             if self._is_pmem(hpa):
                 if op == Op.STORE:
@@ -571,7 +625,35 @@ class Engine:
     # ---- state -----------------------------------------------------------------------------------
 
     def prefault(self, hpa: int, n: int) -> None:
-        self._check_hpa(hpa, n)     # dict pages need no touching
+        self._check_hpa(hpa, n)
+        for a in range(hpa - hpa % PAGE, hpa + n, PAGE):
+            self._touch(a)
+
+    def discard(self, hpa: int, n: int) -> None:
+        """Scrub ``[hpa, hpa+n)``: queued copies removed, memory, media and lines zero, the
+        chunks it covers wholly forgotten."""
+        self._check_hpa(hpa, n)
+        if hpa % PAGE or n % PAGE:
+            raise ConfigError(f"discard of {n:#x} bytes at {hpa:#x} is not whole 4 KiB pages")
+        inside = range(hpa, hpa + n)
+        for c in range(self.n_controllers):
+            kept = deque()
+            for line, data in self.wpq[c]:
+                if line in inside:
+                    self.copies[line] -= 1
+                    if not self.copies[line]:
+                        del self.copies[line]
+                else:
+                    kept.append((line, data))
+            self.wpq[c] = kept
+        for table in (self.mem, self.med, self.state, self.copies):
+            for a in [a for a in table if a in inside]:
+                del table[a]
+        for idx in sorted(self.touched):
+            start, size = self._chunk_hpa(idx)
+            if hpa <= start and start + size <= hpa + n:
+                self.touched.discard(idx)
+                self.touched_bytes -= self._chunk_cost(idx)
 
     def read_memory(self, hpa: int, n: int) -> bytes:
         self._check_hpa(hpa, n)
@@ -584,6 +666,8 @@ class Engine:
 
     def write_memory(self, hpa: int, data: bytes) -> None:
         self._check_hpa(hpa, len(data))
+        for a in range(hpa - hpa % PAGE, hpa + len(data), PAGE):
+            self._touch(a)
         self._put(self.mem, hpa, bytes(data))
 
     def line_states(self) -> dict[int, int]:
@@ -622,80 +706,81 @@ class Engine:
                     media[line + k - hpa] = data[k]
         return bytes(media)
 
+    def table_rows(self) -> tuple[list[int], np.ndarray]:
+        ids = sorted(self.pool)
+        return ids, np.array([self.pool[t] for t in ids], np.uint64).reshape(-1, 512)
+
+    def free_table_list(self) -> list[int]:
+        return list(self.free_tables)
+
+    def vm_ids(self) -> list[int]:
+        return sorted(self.vms)
+
+    def vm_slot(self, vm: int) -> _state.VmSlot:
+        v = self._vm(vm)
+        rows = []
+        for cpu in range(v.nvcpus):
+            for entry in v.tlb[cpu]:
+                if entry is None:
+                    rows.append((_state.NO_VPN, 0, 0, 0))
+                else:
+                    vpn, e, page, (t, i) = entry
+                    rows.append((vpn, e, page, t * 512 + i))
+        return _state.VmSlot(vm, v.root, v.nvcpus, v.tlb_entries, v.running,
+                             _state.NO_VPN if v.fha_vpn is None else v.fha_vpn, int(v.fha_mode),
+                             np.array(rows, np.uint64).reshape(-1, 4), np.array(v.stats, np.uint64),
+                             np.array([int(c in v.fanout) for c in range(self.n_controllers)], np.uint8),
+                             np.array(v.drained, np.uint64))
+
     def get_state(self) -> dict[str, np.ndarray]:
-        """Everything that evolves, in the canonical form the core uses too."""
-        mem, med, lines = self.memory_pages(), self.media_pages(), self.line_states()
-        wpq = [(c, line, data) for c in range(self.n_controllers) for line, data in self.wpq[c]]
-        out = {
-            "memory_hpa": np.array(list(mem), np.uint64),
-            "memory_data": np.frombuffer(b"".join(mem.values()), np.uint8).reshape(-1, PAGE),
-            "media_hpa": np.array(list(med), np.uint64),
-            "media_data": np.frombuffer(b"".join(med.values()), np.uint8).reshape(-1, PAGE),
-            "line_hpa": np.array(list(lines), np.uint64),
-            "line_state": np.array([int(s) for s in lines.values()], np.uint8),
-            "wpq_ctrl": np.array([w[0] for w in wpq], np.uint32),
-            "wpq_line": np.array([w[1] for w in wpq], np.uint64),
-            "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, LINE),
-            "ctrl_stats": np.array(self.ctrl, np.uint64),
-            "table_ids": np.array(sorted(self.pool), np.uint32),
-            "table_data": np.array([self.pool[t] for t in sorted(self.pool)], np.uint64).reshape(-1, 512),
-            "free_tables": np.array(self.free_tables, np.uint32),
-            "scalars": np.array([self.next_table, self.last_value], np.uint64),
-            "vm_ids": np.array(sorted(self.vms), np.uint32),
-        }
-        for vm_id in sorted(self.vms):
-            v = self.vms[vm_id]
-            none = 2**64 - 1
-            out[f"vm{vm_id}_meta"] = np.array([v.root, v.nvcpus, v.tlb_entries, int(v.running),
-                                               none if v.fha_vpn is None else v.fha_vpn, int(v.fha_mode)],
-                                              np.uint64)
-            out[f"vm{vm_id}_fanout"] = np.array([int(c in v.fanout) for c in range(self.n_controllers)], np.uint8)
-            out[f"vm{vm_id}_stats"] = np.array(v.stats, np.uint64)
-            out[f"vm{vm_id}_drained"] = np.array(v.drained, np.uint64)
-            rows = []
-            for cpu in range(v.nvcpus):
-                for entry in v.tlb[cpu]:
-                    if entry is None:
-                        rows.append((none, 0, 0, 0))
-                    else:
-                        vpn, e, page, (t, i) = entry
-                        rows.append((vpn, e, page, t * 512 + i))
-            out[f"vm{vm_id}_tlb"] = np.array(rows, np.uint64).reshape(-1, 4)
-        return out
+        """Everything that evolves, in the canonical form (``nvemu._state``)."""
+        return _state.capture(self)
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        def pages(addrs, data):
+        """Replace everything with a checked ``state`` (ConfigError and no change when it is bad)."""
+        with self.lock:
+            s, vms = _state.check(self, state)
+            self._load_state(s, vms)
+
+    def _load_state(self, s: dict[str, np.ndarray], vms: list[_state.VmSlot]) -> None:
+        need = {self._chunk(int(a)) for k in ("memory_hpa", "media_hpa", "line_hpa", "wpq_line") for a in s[k]}
+        cost = sum(self._chunk_cost(i) for i in need)
+        if cost > self.memory_budget:
+            raise ResourceError(budget_message(self.memory_budget, 0, cost))
+        self.touched, self.touched_bytes = need, cost
+
+        def pages(addrs: np.ndarray, data: np.ndarray) -> dict[int, bytearray]:
             return {int(a): bytearray(d.tobytes()) for a, d in zip(addrs, data)}
-        self.mem = pages(state["memory_hpa"], state["memory_data"])
-        self.med = pages(state["media_hpa"], state["media_data"])
-        self.state = {int(a): LineState(int(s)) for a, s in zip(state["line_hpa"], state["line_state"])}
+        self.mem = pages(s["memory_hpa"], s["memory_data"])
+        self.med = pages(s["media_hpa"], s["media_data"])
+        self.state = {int(a): LineState(int(st)) for a, st in zip(s["line_hpa"], s["line_state"]) if st}
         self.wpq = [deque() for _ in range(self.n_controllers)]
         self.copies = {}
-        for c, line, data in zip(state["wpq_ctrl"].tolist(), state["wpq_line"].tolist(), state["wpq_data"]):
+        for c, line, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
             self.wpq[c].append((line, data.tobytes()))
             self.copies[line] = self.copies.get(line, 0) + 1
-        self.ctrl = state["ctrl_stats"].astype(np.uint64).tolist()
-        self.pool = {int(t): [int(e) for e in row] for t, row in zip(state["table_ids"], state["table_data"])}
-        self.free_tables = state["free_tables"].tolist()
-        self.next_table, self.last_value = (int(x) for x in state["scalars"])
+        self.ctrl = s["ctrl_stats"].tolist()
+        self.pool = {int(t): [int(e) for e in row] for t, row in zip(s["table_ids"], s["table_data"])}
+        self.free_tables = s["free_tables"].tolist()
+        self.next_table, self.last_value = (int(x) for x in s["scalars"])
         self.vms = {}
-        for vm_id in state["vm_ids"].tolist():
-            root, nvcpus, tlb_entries, running, fha_vpn, fha_mode = state[f"vm{vm_id}_meta"].tolist()
-            v = _Vm(root, nvcpus, tlb_entries, self.n_controllers)
-            v.running = bool(running)
-            v.fha_vpn = None if fha_vpn == 2**64 - 1 else fha_vpn
-            v.fha_mode = FhaMode(fha_mode)
-            v.fanout = [c for c, on in enumerate(state[f"vm{vm_id}_fanout"].tolist()) if on]
-            v.stats = state[f"vm{vm_id}_stats"].astype(np.uint64).tolist()
-            v.drained = state[f"vm{vm_id}_drained"].astype(np.uint64).tolist()
-            rows = state[f"vm{vm_id}_tlb"].tolist()
-            for cpu in range(nvcpus):
-                for k in range(tlb_entries):
-                    vpn, e, page, slot = rows[cpu * tlb_entries + k]
-                    v.tlb[cpu][k] = None if vpn == 2**64 - 1 else (vpn, e, page, (slot // 512, slot % 512))
-            self.vms[vm_id] = v
+        for slot in vms:
+            v = _Vm(slot.root, slot.nvcpus, slot.tlb_entries, self.n_controllers)
+            v.running = slot.running
+            v.fha_vpn = None if slot.fha_vpn == _state.NO_VPN else slot.fha_vpn
+            v.fha_mode = FhaMode(slot.fha_mode)
+            v.fanout = [c for c, on in enumerate(slot.fanout.tolist()) if on]
+            v.stats = slot.stats.tolist()
+            v.drained = slot.drained.tolist()
+            rows = slot.tlb.tolist()
+            for cpu in range(slot.nvcpus):
+                for k in range(slot.tlb_entries):
+                    vpn, e, page, where = rows[cpu * slot.tlb_entries + k]
+                    v.tlb[cpu][k] = None if vpn == _state.NO_VPN else (vpn, e, page, (where // 512, where % 512))
+            self.vms[slot.vm] = v
 
-    def power_fail(self) -> np.ndarray:
+    def power_fail(self) -> DurableImage:
+        """Lose power and reboot; the durable image (SPEC 7.3), sparse, chunk by chunk."""
         if self.domain >= Domain.ADR:
             for q in self.wpq:
                 for line, data in q:        # FIFO: a later copy of a line wins
@@ -709,8 +794,28 @@ class Engine:
         self.wpq = [deque() for _ in range(self.n_controllers)]
         for v in self.vms.values():
             self._flush_tlbs(v)
-        image = bytearray(self.pmem_bytes)
-        for a, p in self.med.items():
-            off = a - self.pmem_base
-            image[off:off + PAGE] = p
-        return np.frombuffer(bytes(image), dtype=np.uint8)
+        for idx in [i for i in self.touched if i < self.pmem_index]:   # DRAM is gone
+            self.touched.discard(idx)
+            self.touched_bytes -= self._chunk_cost(idx)
+        chunks = {}
+        for idx in sorted(self.touched):
+            start, size = self._chunk_hpa(idx)
+            chunks[start - self.pmem_base] = self._get(self.med, start, size)
+        return DurableImage(self.pmem_base, self.pmem_bytes, self.chunk_bytes, chunks)
+
+
+def _locked(method: Any) -> Any:
+    def call(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    call.__name__, call.__doc__, call.__wrapped__ = method.__name__, method.__doc__, method  # type: ignore[attr-defined]
+    return call
+
+
+# One lock per engine around everything that reads or changes the machine, as in the core.
+for _name in ("add_vm", "remove_vm", "set_fha", "set_running", "stats", "drained_by_controller", "reset_stats",
+              "map", "protect", "unmap", "walk", "tables", "translate", "run", "drain", "prefault", "discard",
+              "read_memory", "read_media", "write_memory", "line_states", "wpq_entries", "controller_stats",
+              "memory_pages", "media_pages", "durable_read", "table_rows", "vm_slot", "get_state", "power_fail",
+              "set_memory_budget", "touched_ranges"):
+    setattr(Engine, _name, _locked(getattr(Engine, _name)))

@@ -50,7 +50,7 @@ def test_backend_is_compiled():
         assert nvemu.COMPILED, "CI asked for the compiled core but nvemu runs on the reference model"
     if nvemu.COMPILED:
         from nvemu import _core
-        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 1
+        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 2
 
 
 def test_both_engines_offer_the_same_methods_and_the_stub_lists_them():
@@ -62,5 +62,5 @@ def test_both_engines_offer_the_same_methods_and_the_stub_lists_them():
     def methods(cls):
         return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
     assert methods(_core.Engine) == methods(_reference.Engine) == listed
-    assert properties == {"tables_in_use", "last_exit"}
+    assert properties == {"tables_in_use", "last_exit", "chunk_bytes"}
     assert all(hasattr(_core.Engine, p) and hasattr(_reference.Engine, p) for p in properties)

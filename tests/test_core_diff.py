@@ -127,6 +127,8 @@ def state(hv, vms):
         "stats": [(vm.stats().rows.tolist(), vm.stats().drained_by_controller) for vm in vms],
         "ctrl": e.controller_stats().tolist(),
         "durable": [e.durable_read(vm.nvdimms[0].hpa, vm.nvdimms[0].size) for vm in vms],
+        "touched": (e.touched_ranges(), e.touched_bytes),
+        "state": {k: v.tolist() for k, v in e.get_state().items()},
     }
 
 

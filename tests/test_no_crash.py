@@ -282,8 +282,7 @@ def _cases() -> list[Case]:
               "for k in range(70000):\n    e.map(0, (k + 8) << 30, 0, 4096, 7)")])
     for entry, template, extra in (
             ("protect", "e.protect({vm}, {gpa}, {length}, {perms})", {"perms": p("1", {**BAD_INT, "8": "8"})}),
-            ("unmap", "e.unmap({vm}, {gpa}, {length})", {}),
-            ("_each_leaf", "e._each_leaf({vm}, {gpa}, {length})", {})):
+            ("unmap", "e.unmap({vm}, {gpa}, {length})", {})):
         add(calls(entry, template, {
             "vm": p("0", BAD_VM),
             "gpa": p("NV", {**BAD_U64, "unaligned": "NV + 1", "unmapped": "0x7000_0000", "2**48": "2**48",
@@ -356,8 +355,11 @@ def _cases() -> list[Case]:
     add(calls("wpq_entries", "e.wpq_entries({c})", {"c": p("0", {**BAD_INT, "missing": "2"})}))
     add(calls("controller_of", "e.controller_of({hpa})", {"hpa": p("PMEM", {**BAD_U64, "dram": "0",
                                                                             "pmem-end": "PMEND"})}))
-    add(calls("_pmem_offset", "e._pmem_offset({hpa}, {n})", {"hpa": p("PMEM", {**BAD_U64, "dram": "0"}),
-                                                              "n": p("64", {**BAD_U64, "pmem-end": "PMEND"})}))
+    add(calls("discard", "e.discard({hpa}, {n})", {"hpa": p("PMEM", {**BAD_U64, "unaligned": "PMEM + 64"}),
+                                                    "n": p("4096", {**BAD_U64, "pmem-end": "PMEND",
+                                                                     "unaligned": "64"})}))
+    add(calls("vm_slot", "e.vm_slot({vm})", {"vm": p("0", BAD_VM)}))
+    add(calls("set_memory_budget", "e.set_memory_budget({n})", {"n": p("1 << 30", BAD_U64)}))
 
     # -- state
     for key in ("memory_hpa", "memory_data", "media_hpa", "media_data", "line_hpa", "line_state", "wpq_ctrl",
@@ -422,10 +424,11 @@ def _cases() -> list[Case]:
     }
     add([Case(f"set_state-{label}", "set_state", f"e.set_state({code})", unchanged=True)
          for label, code in corrupt.items()])
-    add([Case("_checked_state-None", "_checked_state", "e._checked_state(None)"),
-         Case("_checked_state-empty", "_checked_state", "e._checked_state({})"),
-         Case("_check_tree-missing-root", "_check_tree", "e._check_tree({}, 0)"),
-         Case("_check_tree-None", "_check_tree", "e._check_tree(None, None)")])
+    add([Case("set_state-empty-dict", "set_state", "e.set_state({})", unchanged=True)])
+    # sparse memory (issue 17): a 64 TiB host costs nothing until touched
+    add([Case("__init__-dram-huge-is-sparse", "__init__",
+              "h = Engine(lay(dram_bytes=2**46, pmem_base=2**47, sets=sets(hpa_base=2**47)))\n"
+              "assert h.touched_bytes == 0 and h.read_memory(2**46 - 64, 64) == bytes(64)", expect="return")])
 
     # -- construction
     layouts = {
@@ -436,8 +439,7 @@ def _cases() -> list[Case]:
         "pool-2**25": "lay(pool_tables=2**25)", "domain-3": "lay(domain=3)", "domain-neg": "lay(domain=-1)",
         "domain-float": "lay(domain=1.0)", "domain-str": "lay(domain='adr')",
         "dram-unaligned": "lay(dram_bytes=4097)", "dram-neg": "lay(dram_bytes=-4096)",
-        "dram-above-pmem": "lay(dram_bytes=L.pmem_base + 4096)", "dram-huge": "lay(dram_bytes=2**46, pmem_base=2**47,"
-                                                                           " sets=sets(hpa_base=2**47))",
+        "dram-above-pmem": "lay(dram_bytes=L.pmem_base + 4096)",
         "dram-2**64": "lay(dram_bytes=2**64)", "pmem-base-unaligned": "lay(pmem_base=L.pmem_base + 1)",
         "pmem-base-2**64": "lay(pmem_base=2**64 - 4096, sets=sets(hpa_base=2**64 - 4096))",
         "set-gap": "lay(sets=sets(hpa_base=L.pmem_base + 4096))",
@@ -499,7 +501,12 @@ def _cases() -> list[Case]:
               "stats": "u.stats(0)", "remove_vm": "u.remove_vm(0)", "set_fha": "u.set_fha(0, 0, 1, [])",
               "set_running": "u.set_running(0, True)", "protect": "u.protect(0, 0, 4096, 1)",
               "unmap": "u.unmap(0, 0, 4096)", "reset_stats": "u.reset_stats(0)",
-              "drained_by_controller": "u.drained_by_controller(0)", "line_states": "u.line_states()"}
+              "drained_by_controller": "u.drained_by_controller(0)", "line_states": "u.line_states()",
+              "discard": "u.discard(0, 4096)", "touched_ranges": "u.touched_ranges()", "vm_slot": "u.vm_slot(0)",
+              "table_rows": "u.table_rows()"}
+    add([Case("uninitialised-vm_ids", "vm_ids", "assert Engine.__new__(Engine).vm_ids() == []", expect="return"),
+         Case("uninitialised-free_table_list", "free_table_list",
+              "assert Engine.__new__(Engine).free_table_list() == []", expect="return")])
     add([Case(f"uninitialised-{name}", name, f"u = Engine.__new__(Engine)\n{code}") for name, code in uninit.items()
          if name not in ("run", "line_states")])
     add([Case("uninitialised-run", "run", "u = Engine.__new__(Engine)\n"

@@ -19,7 +19,7 @@ def store_loop(Engine engine, int vm, uint64_t gpa, uint64_t count):
     rec.vcpu = 0
     rec.vm = vm
     rec.size = 8
-    with nogil:
+    with engine.lock, nogil:         # the engine's lock, held while its kernels run (numpy.random's pattern)
         for i in range(count):
             rec.gpa = gpa + 8 * i
             rec.value = i + 1
@@ -32,10 +32,10 @@ def store_loop(Engine engine, int vm, uint64_t gpa, uint64_t count):
 def translate(Engine engine, int vm, uint64_t gpa):
     """Translate through the core's TLB and walk, as vCPU 0, without the GIL."""
     cdef vm_t* v = &engine.vms[vm]
-    cdef uint64_t hpa = 0, entry = 0
+    cdef uint64_t hpa = 0, entry = 0, tlb_index = 0
     cdef int rc
-    with nogil:
-        rc = engine.translate_nogil(v, 0, gpa, False, &v.stats[0], &hpa, &entry)
+    with engine.lock, nogil:
+        rc = engine.translate_nogil(v, 0, gpa, False, &v.stats[0], &hpa, &entry, &tlb_index)
     return rc, hpa
 
 

@@ -199,10 +199,15 @@ FHA_BASE = 0xC000_0000  # where the built-in presets put the iMCs' flush hint MM
 def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int = 1,
                   dimm_bytes: int = 256 * MiB, granularity: int = 4 * KiB, hints_per_dimm: int = 1,
                   wpq_depth: int = 64, domain: str = "adr", dram_bytes: int = 2 * GiB,
-                  spa_base: int = 4 * GiB, interleave: str = "all", name: str = "custom") -> PlatformConfig:
+                  spa_base: int = 4 * GiB, interleave: str = "all", name: str = "custom",
+                  hints_per: str = "dimm", fha_base: int = FHA_BASE) -> PlatformConfig:
     """A regular platform: ``sockets`` x ``imcs_per_socket`` controllers; one interleave set across
     all NVDIMMs (``interleave="all"``) or one per socket (``"socket"``, as two-socket servers
-    usually configure their regions). Each controller's hints live in its own 4 KiB MMIO page."""
+    usually configure their regions). Each controller's hints live in its own 4 KiB MMIO page at
+    ``fha_base``: ``hints_per_dimm`` for each NVDIMM (``hints_per="dimm"``), or that many for the
+    controller, listed by every NVDIMM on it (``"controller"``, one WPQ, one set of hints)."""
+    if hints_per not in ("dimm", "controller"):
+        raise ConfigError(f"hints_per={hints_per!r}: 'dimm' or 'controller'")
     controllers = []
     nvdimms = []
     for s in range(sockets):
@@ -210,8 +215,8 @@ def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int
             ci = len(controllers)
             controllers.append(ControllerConfig(node=s, socket=s, imc=m))
             for d in range(dimms_per_imc):
-                hints = tuple(FHA_BASE + ci * PAGE_BYTES + (d * hints_per_dimm + h) * LINE_BYTES
-                              for h in range(hints_per_dimm))
+                slot = d * hints_per_dimm if hints_per == "dimm" else 0
+                hints = tuple(fha_base + ci * PAGE_BYTES + (slot + h) * LINE_BYTES for h in range(hints_per_dimm))
                 nvdimms.append(NvdimmConfig(controller=ci, size=dimm_bytes, channel=d, dimm=0,
                                             flush_hints=hints))
     if interleave == "all":
@@ -240,6 +245,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "wide": {"sockets": 2, "imcs_per_socket": 3, "dimms_per_imc": 2, "dimm_bytes": 128 * MiB},
     "small": {"sockets": 1, "imcs_per_socket": 2, "dimm_bytes": 4 * MiB, "dram_bytes": 16 * MiB,
               "wpq_depth": 8},
+    # SPEC 5: the machine of the published Optane DC studies (Izraelevitz et al., "Basic Performance
+    # Measurements of the Intel Optane DC Persistent Memory Module", arXiv:1903.05714, section 2; Yang et
+    # al., FAST '20): 2 sockets x 2 iMCs x 3 channels, one 256 GiB Optane DIMM per channel (1.5 TiB per
+    # socket, 3 TiB in all), an App Direct interleave set per socket (6-way, 4 KiB), 6 x 32 GiB DRAM per
+    # socket, ADR. One flush hint per iMC (its WPQ); the hints sit in an MMIO page above NVDIMM space
+    # (the layout of hint pages is a free parameter: only which iMC a hint drains matters).
+    "optane-3t": {"sockets": 2, "imcs_per_socket": 2, "dimms_per_imc": 3, "dimm_bytes": 256 * GiB,
+                  "interleave": "socket", "granularity": 4 * KiB, "hints_per_dimm": 1,
+                  "hints_per": "controller", "domain": "adr", "dram_bytes": 2 * 192 * GiB,
+                  "spa_base": 384 * GiB, "fha_base": 384 * GiB + 3 * (1 << 40)},
 }
 
 

@@ -18,6 +18,7 @@ from .vm import VM, MemoryRange, VmState
 PAGE = 4096
 MMIO_HOLE = (3 * GiB, 1 * GiB)      # [3 GiB, 4 GiB): where PCI MMIO lives in a PC guest
 NVDIMM_ALIGN = 1 * GiB              # vNVDIMMs start on 1 GiB boundaries, above 4 GiB
+MAX_NVDIMMS = 64                    # virtual NVDIMMs per VM (ESXi's limit: "Configuration Maximums", vSphere 7)
 
 ExitHandler = Callable[[GuestFault], str]
 """Called with an exit the core did not handle; returns ``"skip"`` (resume at the next op) or
@@ -79,6 +80,8 @@ class Hypervisor:
         if vm_id == self.platform.layout.max_vms:
             raise ResourceError(f"the hypervisor already runs {vm_id} VMs, its maximum")
 
+        if len(nvdimms) > MAX_NVDIMMS:
+            raise ConfigError(f"{len(nvdimms)} vNVDIMMs: a VM has at most {MAX_NVDIMMS}")
         reserved = [MMIO_HOLE, *[(int(a), int(n)) for a, n in reserved]]
         dram_gpas = self._dram_layout(dram)
         nv_gpas = self._nvdimm_layout(nvdimms, page_size, max((a + n for a, n in dram_gpas), default=0))
@@ -101,7 +104,7 @@ class Hypervisor:
             for a, n in dram_gpas:
                 dram_ranges.append(MemoryRange(a, n, platform.alloc_dram(n, page_size), "dram"))
             for a, n in nv_gpas:
-                nv_ranges.append(MemoryRange(a, n, platform.alloc_pmem(n), "nvdimm"))
+                nv_ranges.append(MemoryRange(a, n, platform.alloc_pmem(n, page_size), "nvdimm"))
             vfha_hpa = platform.alloc_dram(PAGE)
             engine.add_vm(vm_id, vcpus, tlb_entries)
             added = True
@@ -177,7 +180,10 @@ class Hypervisor:
         return [c for c in with_hints if c in backing]
 
     def _release(self, vm: VM) -> None:
+        """Forget ``vm`` and scrub its host ranges before they can be handed out again (SPEC 7.8)."""
         freed = self.platform.engine.remove_vm(vm.id)
+        for r in [*vm.dram, *vm.nvdimms, MemoryRange(0, PAGE, vm.vfha_hpa, "dram")]:
+            self.platform.discard(r.hpa, r.size)
         for r in vm.dram:
             self.platform.dram.free(r.hpa, r.size)
         for r in vm.nvdimms:
@@ -196,7 +202,12 @@ class Hypervisor:
     def run(self, ops: np.ndarray, handler: ExitHandler = raise_fault, start: int = 0) -> RunResult:
         """Run a TRACE_DTYPE array through the core. Exits the core finishes itself (vFHA
         flushes) never come back here; others go to ``handler``; a malformed record raises
-        TraceError (or LifecycleError for a VM that is not running) naming its index."""
+        TraceError (or LifecycleError for a VM that is not running) naming its index. The engine's
+        lock is held throughout, so concurrent callers run one after the other, each whole."""
+        with self.platform.engine.lock:
+            return self._run(ops, handler, start)
+
+    def _run(self, ops: np.ndarray, handler: ExitHandler, start: int) -> RunResult:
         i, python_exits = start, 0
         while True:
             i, status = self.platform.engine.run(ops, i)

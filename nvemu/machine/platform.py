@@ -3,13 +3,15 @@ the persistence domain, and host memory, built from a :class:`PlatformConfig` or
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
 
 from .. import _backend
 from .._constants import DOMAIN_NAMES, CTRL_STAT_NAMES
-from .._layout import EngineLayout, InterleaveLayout
+from .._image import DurableImage
+from .._layout import CHUNK_SHIFT, EngineLayout, InterleaveLayout
 from .config import DEFAULT_COSTS, CostModel, PlatformConfig, preset
 from ..errors import ConfigError, ResourceError
 
@@ -70,7 +72,8 @@ class Platform:
     """
 
     def __init__(self, config: PlatformConfig | str = "default", costs: CostModel = DEFAULT_COSTS,
-                 *, pool_tables: int = 1 << 16, max_vms: int = 256, backend: str | None = None) -> None:
+                 *, pool_tables: int = 1 << 16, max_vms: int = 256, backend: str | None = None,
+                 memory_budget: int | None = None, chunk_shift: int = CHUNK_SHIFT) -> None:
         if isinstance(config, str):
             config = preset(config)
         self.config = config
@@ -87,7 +90,8 @@ class Platform:
         self.layout = EngineLayout(dram_bytes=config.dram_bytes, pmem_base=pmem_base, sets=tuple(layouts),
                                    n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
                                    domain=int(DOMAIN_NAMES[config.domain]), costs=costs.as_tuple(),
-                                   pool_tables=pool_tables, max_vms=max_vms)
+                                   pool_tables=pool_tables, max_vms=max_vms, chunk_shift=chunk_shift,
+                                   memory_budget=memory_budget)
         self.engine = _backend.engine_class(backend)(self.layout)
         self.backend = backend or _backend.BACKEND
         self.dram = RangeAllocator(0, config.dram_bytes)
@@ -145,16 +149,17 @@ class Platform:
     def alloc_dram(self, size: int, align: int = 4096) -> int:
         return self.dram.alloc(size, align, "DRAM")
 
-    def alloc_pmem(self, size: int) -> int:
+    def alloc_pmem(self, size: int, align: int = 4096) -> int:
         """NVDIMM space in whole stripes of an interleave set, so the range spreads over the
-        controllers as the host's does; the set with the most free space first, which spreads
-        VMs over sockets where each socket has its own set."""
+        controllers as the host's does, starting on a multiple of ``align`` too (2 MiB for a VM
+        mapped with 2 MiB pages); the set with the most free space first, which spreads VMs over
+        sockets where each socket has its own set."""
         order = sorted(range(len(self.pmem_sets)), key=lambda k: (-self.pmem_sets[k].free_bytes, k))
         for k in order:
             stripe = self.stripe_bytes(k)
             need = -(-size // stripe) * stripe
             try:
-                return self.pmem_sets[k].alloc(need, stripe, "NVDIMM space")
+                return self.pmem_sets[k].alloc(need, math.lcm(stripe, align), "NVDIMM space")
             except ResourceError:
                 continue
         raise ResourceError(f"out of host NVDIMM space: no interleave set has {size:#x} free bytes "
@@ -207,9 +212,29 @@ class Platform:
         """Write every listed (default: all) controller's flush hint: their WPQs drain to media."""
         return int(self.engine.drain(range(self.n_controllers) if controllers is None else controllers))
 
-    def power_fail(self) -> np.ndarray:
-        """Cut the power and reboot; returns the durable image of NVDIMM space (SPEC 7.3)."""
-        return np.asarray(self.engine.power_fail(), dtype=np.uint8)
+    def power_fail(self) -> DurableImage:
+        """Cut the power and reboot; returns the durable image of NVDIMM space (SPEC 7.3), sparse:
+        ``image.read(hpa, n)``, ``image.ranges()``, ``image[off:off + n]``, ``image.to_array()``."""
+        return self.engine.power_fail()
+
+    def discard(self, hpa: int, n: int) -> None:
+        """Scrub host range ``[hpa, hpa+n)``: its queued WPQ copies, memory, media and line states
+        are gone (its chunks freed) before anyone is handed the range again."""
+        self.engine.discard(hpa, n)
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of host memory the emulator may touch (ResourceError beyond)."""
+        return int(self.engine.memory_budget)
+
+    @memory_budget.setter
+    def memory_budget(self, budget: int) -> None:
+        self.engine.set_memory_budget(budget)
+
+    @property
+    def touched_bytes(self) -> int:
+        """Bytes of host memory chunks allocated so far (memory, media, line state)."""
+        return int(self.engine.touched_bytes)
 
     def summary(self) -> dict:
         return {**self.config.to_dict(), "pmem_base": self.pmem_base, "pmem_bytes": self.pmem_bytes,

@@ -38,6 +38,12 @@ from ..guest.workloads import VmLayout
 
 PAGE = 4096
 DEFAULT_VM_BYTES = 256 * MiB
+LARGE_PAGES_FROM = 1 << 30
+"""VMs whose vNVDIMM is this large or larger are mapped with 2 MiB pages, as a hypervisor backs large
+guests with huge pages: 4 KiB tables for 64 VMs of 32 GiB would take 512 Mi entries (4 GiB)."""
+PREFAULT_LIMIT = 1 << 30
+"""``prefault`` touches the VMs' vNVDIMMs only when they add up to at most this many bytes: with
+sparse memory a first touch costs one chunk allocation, and prefaulting terabytes would not fit."""
 EXIT_REASONS = (48, 49, 18)
 
 
@@ -62,15 +68,19 @@ def create_vms(hv: Hypervisor, vms: int, vcpus: int, strategy: str = "auto", fan
                dram: int | None = None, nvdimm: int | None = None, prefault: bool = False,
                start: bool = True) -> list[VM]:
     """``vms`` identical VMs of ``vcpus`` vCPUs on ``hv`` (sizes from :func:`vm_sizes` unless
-    given), started unless ``start`` is False."""
+    given), started unless ``start`` is False; mapped with 2 MiB pages from ``LARGE_PAGES_FROM``,
+    prefaulted (when asked) up to ``PREFAULT_LIMIT`` in all."""
     if not isinstance(vms, int) or vms < 1:
         raise ConfigError(f"vms={vms!r}: must be at least 1")
     auto_dram, auto_nvdimm = vm_sizes(hv.platform, vms)
+    dram = auto_dram if dram is None else dram
+    nvdimm = auto_nvdimm if nvdimm is None else nvdimm
+    page = 2 * MiB if nvdimm >= LARGE_PAGES_FROM and dram % (2 * MiB) == 0 else PAGE
+    prefault = prefault and vms * nvdimm <= PREFAULT_LIMIT
     made = []
     for _ in range(vms):
-        vm = hv.create_vm(dram=auto_dram if dram is None else dram,
-                          nvdimms=[auto_nvdimm if nvdimm is None else nvdimm], vcpus=vcpus,
-                          strategy=strategy, fanout=fanout, prefault=prefault)
+        vm = hv.create_vm(dram=dram, nvdimms=[nvdimm], vcpus=vcpus, strategy=strategy, fanout=fanout,
+                          prefault=prefault, page_size=page)
         made.append(vm.start() if start else vm)
     return made
 
@@ -230,7 +240,8 @@ class Replayer:
     or a TRACE_DTYPE array. The machine is ``hypervisor`` with its running VMs if given, else a new
     ``platform`` (preset name, PlatformConfig or Platform) with ``vms`` VMs of ``vcpus`` vCPUs
     (default: what the trace names) of ``dram``/``nvdimm`` bytes (default :func:`vm_sizes`), flush
-    ``strategy`` and ``fanout``, their vNVDIMMs prefaulted so timing skips first-touch faults.
+    ``strategy`` and ``fanout``, their vNVDIMMs prefaulted (up to ``PREFAULT_LIMIT``) so timing
+    skips first-touch faults.
     A pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a
     vFHA write after each persist, as :func:`nvemu.trace.import_pmemcheck`). ``handler`` sees exits the core does not handle (op_index counted in the whole trace); by
     default an access outside every mapping raises TraceError and any other such exit GuestFault.
