@@ -31,12 +31,15 @@ def test_demo_table(capsys, tmp_path):
     for label in ("write-protect", "mmio", "hypercall", "writable", "auto -> write-protect",
                   "auto -> writable (no-wpq-flush host)"):
         assert label in out
-    rows = {r["label"]: r for r in json.loads((tmp_path / "d.json").read_text())}
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["schema_version"] == 1 and doc["kind"] == "demo" and doc["parameters"]["ops"] == 6500
+    assert doc["exit_reasons"] == {"ept_violation": 48, "ept_misconfig": 49, "vmcall": 18}
+    rows = {r["label"]: r for r in doc["rows"]}
     wp, mmio, hc = rows["write-protect"], rows["mmio"], rows["hypercall"]
-    assert (wp["exits_48"], mmio["exits_49"], hc["exits_18"]) == (10, 10, 10)   # 6500 ops: 10 vFHA writes
+    assert (wp["exits_ept_violation"], mmio["exits_ept_misconfig"], hc["exits_vmcall"]) == (10, 10, 10)
     assert wp["lines_drained"] == mmio["lines_drained"] == hc["lines_drained"] > 0
-    assert mmio["cycles_per_1k_ops"] > wp["cycles_per_1k_ops"]
-    assert rows["auto -> writable (no-wpq-flush host)"]["exits_48"] == 0
+    assert mmio["cycles_per_op"] > wp["cycles_per_op"]
+    assert rows["auto -> writable (no-wpq-flush host)"]["exits_ept_violation"] == 0
     assert rows["writable"]["lines_drained"] == 0
 
 
@@ -52,5 +55,28 @@ def test_layout_json(capsys):
 
 
 def test_errors_are_messages_not_tracebacks(capsys):
-    assert main(["demo", "--ops", "100", "--strategies", "bogus"]) == 2
-    assert "unknown strategy 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--ops", "100", "--strategies", "bogus"])
+    assert info.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_layout_takes_the_platform_and_reports_every_vm(tmp_path, capsys):
+    aml = tmp_path / "small.aml"
+    assert main(["nfit", "build", "--preset", "small", "-o", str(aml)]) == 0
+    capsys.readouterr()
+    assert main(["layout", "--nfit", str(aml), "--vms", "2", "--nvdimm", "2M", "--dram", "4M", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["vms"]) == 2 and [v["id"] for v in doc["vms"]] == [0, 1]
+    assert all(v["nvdimm_size"] == 2 << 20 and v["dram_size"] == 4 << 20 for v in doc["vms"])
+    assert doc["nvdimm_gpa"] == doc["vms"][0]["nvdimm_gpa"] and doc["fha_gpa"] == doc["vms"][0]["fha_gpa"]
+    hpas = [v["nvdimms"][0]["hpa"] for v in doc["vms"]]
+    assert hpas[0] != hpas[1]                                    # each VM on its own host range
+    assert doc["platform"]["name"] == "nfit"
+
+
+@pytest.mark.parametrize("command", [["layout"], ["demo", "--ops", "2000"]])
+def test_small_preset_shrinks_the_vm(capsys, command):
+    assert main([*command, "--preset", "small"]) == 0
+    out = capsys.readouterr().out
+    assert "8 MiB" in out and "out of host DRAM" not in out

@@ -1,6 +1,7 @@
 """nvemu bench: the comparison the technique exists for (issue: microbenchmarks of strategies)."""
 
 import csv
+import json
 
 import pytest
 
@@ -125,3 +126,92 @@ def test_cells_are_deterministic_per_seed():
 def test_bad_sweep_cost(bad, tmp_path, capsys):
     assert main(["bench", "--sweep-cost", bad, "--out", str(tmp_path), "--no-progress"]) == 2
     assert "--sweep-cost" in capsys.readouterr().err
+
+
+def test_results_json_describes_itself(tmp_path):
+    assert main(["bench", "--workloads", "kv-put", "--strategies", "write-protect", "--ops", "5000", "--out",
+                 str(tmp_path), "--workers", "1", "--no-progress", "--no-rate", "--no-plot", "-q"]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert {"schema_version", "kind", "nvemu_version", "created", "host", "command", "parameters", "rows",
+            "exit_reasons", "columns"} <= set(doc)
+    assert doc["schema_version"] == 1 and doc["kind"] == "bench" and doc["created"].endswith("Z")
+    assert {"platform", "cpu", "python", "numpy"} <= set(doc["host"])
+    assert doc["command"].startswith("nvemu bench --workloads kv-put")
+    assert doc["parameters"]["cost_model"]["exit"] == 1200 and doc["parameters"]["seeds"] == [0]
+    assert doc["exit_reasons"] == {"ept_violation": 48, "ept_misconfig": 49, "vmcall": 18}
+    wp = [r for r in doc["rows"] if r["strategy"] == "write-protect"][0]
+    assert wp["exits_ept_violation"] == wp["exits"] == wp["vfha_writes"] > 0
+    assert doc["columns"]["cycles_per_op"]["unit"] == "emulated cycles per record"
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    for row in table:                                  # every cell a scalar: no embedded JSON
+        assert not any(v.startswith(("[", "{")) for v in row.values())
+    assert "lines_drained_by_controller_0" in table[0] and "cost_exit" in table[0]
+
+
+def test_bad_grid_values_fail_before_any_work(tmp_path, capsys):
+    for argv, message in ((["--workloads", "nosuch"], "invalid choice: 'nosuch'"),
+                          (["--controllers", "0"], "must be at least 1"),
+                          (["--wpq-depth", "5000"], "wpq_depth=5000")):
+        try:
+            rc = main(["bench", *argv, "--ops", "1000", "--out", str(tmp_path / "o"), "--no-progress"])
+        except SystemExit as e:
+            rc = e.code
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def _panels(monkeypatch):
+    """Capture each figure bench draws: its title and, per visible panel, title and bar heights."""
+    from nvemu.tools import plots
+    seen = []
+    real = plots._save
+
+    def save(plt, fig, out, name, title, footer, fmt, dpi):
+        panels = [(ax.get_title(), [p.get_height() + p.get_y() for p in ax.patches])
+                  for ax in fig.axes if ax.get_visible()]
+        seen.append({"name": name, "title": title, "footer": footer, "panels": panels,
+                     "yscale": fig.axes[0].get_yscale()})
+        return real(plt, fig, out, name, title, footer, fmt, dpi)
+    monkeypatch.setattr(plots, "_save", save)
+    return seen
+
+
+def test_every_grid_cell_is_drawn_on_a_readable_scale(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = _panels(monkeypatch)
+    assert main(["bench", "--workloads", "kv-put", "random-rw", "--strategies", "write-protect", "writable",
+                 "--controllers", "2", "4", "--wpq-depth", "16", "64", "--ops", "5000", "--out", str(tmp_path),
+                 "--workers", "2", "--no-progress", "--no-rate", "-q"]) == 0
+    (fig,) = seen
+    assert fig["name"] == "overhead_by_strategy" and fig["yscale"] == "log"
+    assert [t for t, _ in fig["panels"]] == ["iMCs 2, WPQ depth 16", "iMCs 2, WPQ depth 64",
+                                              "iMCs 4, WPQ depth 16", "iMCs 4, WPQ depth 64"]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    for title, heights in fig["panels"]:
+        c, q = (int(x) for x in title.replace("iMCs ", "").replace("WPQ depth ", "").split(", "))
+        want = sorted(r["overhead_vs_native"] for r in doc["rows"] if r["strategy"] != "native"
+                      and r["controllers"] == c and r["wpq_depth"] == q)
+        assert sorted(heights) == pytest.approx(want)            # 4 bars per panel: 16 cells, every one drawn
+    assert "20,000" not in fig["footer"] and "5,000 guest ops per cell" in fig["footer"]
+    assert "exit=1200" in fig["footer"] and "walk_level=30" in fig["footer"]
+    assert (tmp_path / "overhead_by_strategy.png").stat().st_size > 10_000
+
+
+def test_figure_format_dpi_and_sensitivity_plot(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+    seen = _panels(monkeypatch)
+    assert main(["bench", "--workloads", "kv-put", "--strategies", "write-protect", "hypercall", "--ops", "5000",
+                 "--sweep-cost", "hypercall=300:1300:500", "--out", str(tmp_path / "s"), "--workers", "1",
+                 "--no-progress", "--format", "svg", "-q"]) == 0
+    assert seen[-1]["name"] == "sensitivity" and len(seen[-1]["panels"]) == 1
+    assert (tmp_path / "s" / "sensitivity.svg").read_text().lstrip().startswith("<?xml")
+    assert main(["bench", "--workloads", "kv-put", "--strategies", "mmio", "--ops", "5000", "--out",
+                 str(tmp_path / "p"), "--workers", "1", "--no-progress", "--dpi", "50", "-q"]) == 0
+    with Image.open(tmp_path / "p" / "overhead_by_strategy.png") as im:
+        assert round(im.info["dpi"][0]) == 50
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == ["overhead_by_strategy.png",
+                                                                      "overhead_vs_vfha_rate.png"]

@@ -193,15 +193,18 @@ def test_gen_then_replay_prints_the_summary_and_writes_json_and_csv(tmp_path, ca
     out = capsys.readouterr()
     assert rc == 0 and out.err == ""
     assert "platform  small: 2 VMs x 1 vCPU, strategy mmio, fan-out broadcast" in out.out
-    for label in ("ops", "Mops/s", "exits 49 (EPT misconfig)", "flushes", "lines drained", "cycles/op",
+    for label in ("ops", "Mops/s", "ept_misconfig (49)", "flushes", "lines drained", "cycles/op",
                   "TLB hit rate"):
         assert label in out.out
     doc = json.loads((tmp_path / "r.json").read_text())
     assert {"ops", "seconds", "mops", "exits", "lines_drained", "cycles"} <= set(doc)
-    assert doc["ops"] == 20_000 and doc["exits"]["49"] == sum(v["exits"]["49"] for v in doc["per_vm"]) > 0
+    assert doc["ops"] == 20_000 and doc["exits"]["ept_misconfig"]["count"] == \
+        sum(v["exits"]["ept_misconfig"]["count"] for v in doc["per_vm"]) > 0
     rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))
     assert [r["vm"] for r in rows] == ["0", "1", "total"] and int(rows[2]["ops"]) == 20_000
-    assert int(rows[0]["exits_49"]) + int(rows[1]["exits_49"]) == int(rows[2]["exits_49"])
+    assert int(rows[0]["exits_ept_misconfig"]) + int(rows[1]["exits_ept_misconfig"]) == \
+        int(rows[2]["exits_ept_misconfig"])
+    assert doc["exits"]["ept_misconfig"]["reason"] == 49
 
 
 def test_json_to_stdout_replaces_the_table(capsys):
@@ -228,7 +231,7 @@ def test_replay_takes_an_nfit_and_a_pmemcheck_log(tmp_path, capsys):
     assert main(["replay", str(DATA / "two_files.log"), "--nfit", str(aml), "--deep-flush", "--strategy",
                  "write-protect", "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["format"] == "pmemcheck" and doc["ops"] == 11 and doc["exits"]["48"] == 1 and doc["lines_drained"] == 3
+    assert doc["format"] == "pmemcheck" and doc["ops"] == 11 and doc["exits"]["ept_violation"] == {"reason": 48, "count": 1} and doc["lines_drained"] == 3
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared/samples/pmemcheck not present")

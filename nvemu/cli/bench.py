@@ -1,5 +1,10 @@
 """``nvemu bench``, ``nvemu sweep`` and ``nvemu fleet``: grids of independent replays on a local
-process pool or a Dask cluster (:mod:`nvemu.tools.tasks`), results as CSV and JSON."""
+process pool or a Dask cluster (:mod:`nvemu.tools.tasks`), results as CSV and a self-describing
+JSON document (:mod:`nvemu.tools.results`), figures (:mod:`nvemu.tools.plots`).
+
+Everything is checked before the first task runs: the grid's names and ranges, each distinct
+platform, each trace, the output directory and the scheduler; on a bad value nothing is written.
+"""
 
 from __future__ import annotations
 
@@ -11,100 +16,146 @@ from typing import Any, Sequence
 
 from ..machine.config import CostModel
 from ..tools.cells import run_cell, run_host
-from ..tools.microbench import (COLUMNS, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid, parse_sweep, plots, rate_cells,
-                                run_bench, save, sensitivity)
+from ..tools.microbench import (COLUMNS, RATE_EVERY, RATE_WORKLOAD, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid,
+                                parse_sweep, rate_cells, run_bench, save, sensitivity)
+from ..tools.plots import FORMATS, overhead_figure, rate_figure, sensitivity_figure
+from ..tools.spec import check_cells
 from ..tools.sweep import HOST_COLUMNS, fleet_hosts, fleet_total, load_toml, sweep_cells
 from ..tools.tasks import execute, write_results
-from .common import check_output_directory, format_table, parse_count
+from ..tools.vocabulary import columns
+from .common import (add_quiet_option, check_output_directory, format_table, non_negative_int, parse_count,
+                     positive_int)
 
 
 def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"scheduler": args.scheduler, "workers": args.workers, "progress": args.progress}
 
 
-def _table(rows: Sequence[dict[str, Any]], columns) -> str:
-    ok = [{k: r.get(k) for k, _, _ in columns} for r in rows if not r.get("error")]
-    return format_table(ok, columns) if ok else "(no successful rows)"
+def _table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
+    ok = [{k: r.get(k) for k, _, _ in cols} for r in rows if not r.get("error")]
+    return format_table(ok, cols) if ok else "(no successful rows)"
 
 
-def _report_failures(rows: Sequence[dict[str, Any]]) -> int:
+def _report_failures(rows: Sequence[dict[str, Any]], verbose: bool = False) -> int:
     failed = [r for r in rows if r.get("error")]
     for r in failed:
         params = {k: r.get(k) for k in ("workload", "trace", "platform", "strategy", "fanout", "wpq_depth", "host")
                   if r.get(k) is not None}
         print(f"nvemu: task failed {json.dumps(params, default=str)}: {r['error']}", file=sys.stderr)
+        if verbose and r.get("traceback"):
+            print(r["traceback"], file=sys.stderr)
     return len(failed)
+
+
+def _say(args: argparse.Namespace, *lines: str) -> None:
+    if not args.quiet:
+        for line in lines:
+            print(line)
+
+
+def _figures(args: argparse.Namespace, draw: list[tuple[Any, tuple, dict]]) -> list[Path]:
+    """Draw each figure unless --no-plot; a missing matplotlib is one line, not a failure."""
+    if args.no_plot:
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("nvemu: note: plots skipped: matplotlib is not installed (pip install 'nvemu[plot]')",
+              file=sys.stderr)
+        return []
+    made = []
+    for fn, a, kw in draw:
+        path = fn(*a, fmt=args.format, dpi=args.dpi, **kw)
+        if path is not None:
+            made.append(path)
+    return made
+
+
+def _command_line(args: argparse.Namespace) -> str | None:
+    return getattr(args, "command_line", None)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     axes = dict(workloads=args.workloads, strategies=args.strategies, fanouts=args.fanout, domains=args.domains,
                 controllers=args.controllers, wpq_depths=args.wpq_depth, hints=args.hints, ops=args.ops,
                 seed=args.seed, vms=args.vms, interleave=args.interleave)
+    costs = CostModel()
+    sweep = parse_sweep(args.sweep_cost) if args.sweep_cost else None
+    if sweep:
+        name, values = sweep
+        cells = [c for v in values for c in grid(**axes, costs={name: v})]
+        rate: list[dict[str, Any]] = []
+    else:
+        cells = grid(**axes)
+        first = {k: [v[0]] for k, v in axes.items() if k in ("fanouts", "domains", "controllers", "wpq_depths",
+                                                                "hints")}
+        rate = [] if args.no_rate else rate_cells(args.strategies, ops=min(args.ops, 100_000), seed=args.seed,
+                                                   vms=args.vms, interleave=args.interleave, **first)
+    check_cells(cells + rate)                                  # names, ranges, platforms: before any work
     check_output_directory(args.out)
     out = Path(args.out)
-    costs = CostModel()
-    if args.sweep_cost:
-        name, values = parse_sweep(args.sweep_cost)
-        cells = []
-        for v in values:
-            cells += grid(**axes, costs={name: v})
-        rows = run_bench(cells, out_dir=out, resume=args.resume, **_execute_options(args))
-        for r, c in zip(rows, cells):
-            r[name] = c["costs"][name]
-        save(rows, out)
-        by_value: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_value.setdefault(r[name], []).append(r)
-        table = sensitivity(by_value)
-        write_results(table, out / "sensitivity", ("workload", "value", "ranking", "changed"))
-        print(f"cost-model sensitivity: {name} from {values[0]} to {values[-1]} cycles "
-              f"(other costs: {', '.join(f'{k}={v}' for k, v in costs.to_dict().items() if k != name)})")
-        print(_table(table, (("workload", "workload", ""), ("value", name, "d"), ("ranking", "cheapest first", ""),
-                             ("changed", "changed", ""))))
-        changes = [t for t in table if t["changed"]]
-        print("ranking changes: " + ("; ".join(f"{t['workload']} at {name}={t['value']}: {t['ranking']}"
-                                               for t in changes) or "none in this range"))
-        print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'sensitivity' / 'results.csv'}")
-        return 1 if _report_failures(rows) else 0
-    cells = grid(**axes)
-    rate = [] if args.no_rate else rate_cells(args.strategies, ops=min(args.ops, 100_000),
-                                               **{k: [v[0]] if isinstance(v, list) else v for k, v in axes.items()
-                                                  if k in ("fanouts", "domains", "controllers", "wpq_depths",
-                                                           "hints")},
-                                               seed=args.seed, vms=args.vms, interleave=args.interleave)
+    parameters = {"grid": {k: v for k, v in axes.items()}, "cost_model": costs.to_dict(),
+                  "seeds": [args.seed], "sweep_cost": args.sweep_cost,
+                  "rate": None if sweep or args.no_rate else {"workload": RATE_WORKLOAD, "every": list(RATE_EVERY)},
+                  "platform": "a regular host per cell: <controllers> iMCs (2 sockets when even), one 64 MiB "
+                              "NVDIMM per iMC with <hints> flush hints, 1 GiB DRAM; --domains and --wpq-depth as given"}
+    meta = {"ops": args.ops, "seed": args.seed, "vms": args.vms, "interleave": args.interleave,
+            "costs": costs.to_dict(), "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
+            "even), one 64 MiB NVDIMM per controller, 1 GiB DRAM, VM 16 MiB DRAM + 32 MiB vNVDIMM"}
     rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
     main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
-    save(main_rows, out)
-    if rate_rows:
-        write_results(rate_rows, out / "rate", COLUMNS)
-    print(f"nvemu bench: {len(cells)} cells, {args.ops:,} ops each; cost model (cycles): "
-          + ", ".join(f"{k}={v}" for k, v in costs.to_dict().items()))
-    print(_table(main_rows, TABLE_COLUMNS))
+    document = dict(parameters=parameters, command=_command_line(args))
+    save(main_rows, out, **document)
     written = [out / "results.csv", out / "results.json"]
-    try:
-        written += plots(main_rows, rate_rows, out, costs)
-    except ImportError:
-        print("(plots skipped: matplotlib is not installed; pip install 'nvemu[plot]')", file=sys.stderr)
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    return 1 if _report_failures(rows) else 0
+    if sweep:
+        name, values = sweep
+        by_value: dict[int, list[dict[str, Any]]] = {}
+        for r in main_rows:
+            if not r.get("error"):
+                by_value.setdefault(r["costs"][name], []).append(r)
+        table = sensitivity(by_value)
+        write_results(table, out / "sensitivity", ("workload", "value", "ranking", "changed"),
+                      kind="bench-sensitivity", **document)
+        written.append(out / "sensitivity" / "results.csv")
+        written += _figures(args, [(sensitivity_figure, (main_rows, name, meta, out), {})])
+        changes = [t for t in table if t["changed"]]
+        _say(args, f"nvemu bench: cost-model sensitivity: {name} from {values[0]} to {values[-1]} cycles "
+                   f"(other costs: {', '.join(f'{k}={v}' for k, v in costs.to_dict().items() if k != name)})",
+             _table(table, (("workload", "workload", ""), ("value", f"cost {name}", ",d"),
+                            ("ranking", "cheapest first", ""), ("changed", "changed", ""))),
+             "ranking changes: " + ("; ".join(f"{t['workload']} at {name}={t['value']}: {t['ranking']}"
+                                              for t in changes) or "none in this range"))
+    else:
+        if rate_rows:
+            write_results(rate_rows, out / "rate", COLUMNS, kind="bench-rate", **document)
+        written += _figures(args, [(overhead_figure, (main_rows, meta, out), {}),
+                                   (rate_figure, (rate_rows, meta, RATE_WORKLOAD, out), {})])
+        _say(args, f"nvemu bench: {len(cells)} cells, {args.ops:,} ops each; cost model (cycles): "
+                   + ", ".join(f"{k}={v}" for k, v in costs.to_dict().items()),
+             _table(main_rows, TABLE_COLUMNS))
+    _say(args, "\nwrote " + ", ".join(str(p) for p in written))
+    return 1 if _report_failures(rows, args.verbose) else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
     cells = sweep_cells(load_toml(spec_path), spec_path.parent)
+    check_cells(cells)
     check_output_directory(args.out, [args.spec])
     rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
-    for r, c in zip(rows, cells):
-        r.update({f"cost_{k}": v for k, v in c["costs"].items()})
-    write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]))
-    print(f"nvemu sweep: {len(cells)} tasks, {len(cells) - sum(bool(r.get('error')) for r in rows)} done")
     costs = sorted({k for c in cells for k in c["costs"]})
-    print(_table(rows, (("workload", "workload", ""), ("platform", "platform", ""), ("strategy", "strategy", ""),
-                        ("fanout", "fan-out", ""), ("wpq_depth", "WPQ", "d"),
-                        *((f"cost_{k}", k, "d") for k in costs), ("exits", "exits", ",d"),
-                        ("lines_drained", "lines drained", ",d"), ("cycles_per_op", "cycles/op", ".1f"))))
-    print(f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
-    return 1 if _report_failures(rows) else 0
+    write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]),
+                  kind="sweep", parameters={"spec": str(spec_path), "tasks": len(cells),
+                                            "cost_model": CostModel().to_dict(), "swept_costs": costs,
+                                            "seeds": sorted({c["seed"] for c in cells})},
+                  command=_command_line(args))
+    for r in rows:                       # the swept costs as columns of the table
+        r.update({f"cost_{k}": r["costs"][k] for k in costs if isinstance(r.get("costs"), dict)})
+    _say(args, f"nvemu sweep: {len(cells)} tasks, {len(cells) - sum(bool(r.get('error')) for r in rows)} done",
+         _table(rows, columns(("workload", "platform", "strategy", "fanout", "wpq_depth",
+                               *(f"cost_{k}" for k in costs), "exits", "lines_drained", "cycles_per_op"))),
+         f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    return 1 if _report_failures(rows, args.verbose) else 0
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
@@ -113,53 +164,82 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     check_output_directory(args.out, [args.spec])
     rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
     total = fleet_total(rows)
-    write_results([*rows, total], args.out, HOST_COLUMNS)
-    print(f"nvemu fleet: {len(hosts)} hosts")
-    print(_table([*rows, {**total, "platform": "", "domain": "", "controllers": 0}],
-                 (("host", "host", ""), ("platform", "platform", ""), ("vms", "VMs", "d"), ("ops", "ops", ",d"),
-                  ("exits", "exits", ",d"), ("lines_drained", "lines drained", ",d"),
-                  ("cycles_per_op", "cycles/op", ".1f"))))
-    print(f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
-    return 1 if _report_failures(rows) else 0
+    write_results([*rows, total], args.out, HOST_COLUMNS, kind="fleet",
+                  parameters={"spec": str(spec_path), "hosts": len(hosts), "cost_model": CostModel().to_dict()},
+                  command=_command_line(args))
+    _say(args, f"nvemu fleet: {len(hosts)} hosts",
+         _table([*rows, {**total, "platform": "", "domain": "", "controllers": 0}],
+                columns(("host", "platform", "vms", "ops", "exits", "lines_drained", "cycles_per_op"))),
+         f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    return 1 if _report_failures(rows, args.verbose) else 0
 
 
 def _runner_options(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 "
-                   "(default: a local pool of processes)")
-    p.add_argument("--workers", type=int, help="local processes (default: one per core)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786 (default: a "
+                   "local pool of processes; needs pip install 'nvemu[dask]')")
+    p.add_argument("--workers", metavar="N", type=positive_int,
+                   help="local worker processes (default: one per core)")
     p.add_argument("-o", "--output", "--out", dest="out", metavar="DIR", default=out,
-                   help=f"output directory: results.csv, results.json, rows.jsonl, plots (default {out})")
-    p.add_argument("--resume", action="store_true", help="skip tasks whose rows are already in --out")
+                   help=f"output directory: results.csv, results.json, rows.jsonl, figures (default {out})")
+    p.add_argument("--resume", action="store_true",
+                   help="skip tasks whose rows are already in the output directory's rows.jsonl (default: off)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar (default: when stderr is a terminal)")
+                   help="a progress bar on stderr (default: only when stderr is a terminal)")
+    add_quiet_option(p, verbose="print the traceback of each failed task")
 
 
 def add_commands(sub: Any) -> None:
+    """Add ``bench``, ``sweep`` and ``fleet`` to an argparse subparsers object."""
     b = sub.add_parser("bench", help="compare flushing strategies on a grid of workloads and platforms",
-                       description="Each cell: the workload's trace under one strategy, against the same "
-                                   "trace natively. Figures are emulated cycles (deterministic).")
-    b.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
-    b.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    b.add_argument("--fanout", nargs="+", default=["broadcast"], choices=["broadcast", "targeted"])
-    b.add_argument("--domains", nargs="+", default=["adr"], choices=["none", "adr", "eadr"])
-    b.add_argument("--controllers", nargs="+", type=int, default=[4])
-    b.add_argument("--wpq-depth", nargs="+", type=int, default=[64])
-    b.add_argument("--hints", nargs="+", type=int, default=[1], help="flush hints per NVDIMM (0: no WPQ flush)")
-    b.add_argument("--vms", type=int, default=1)
-    b.add_argument("--interleave", default="all", choices=["all", "socket"])
-    b.add_argument("--ops", type=parse_count, default=200_000)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--sweep-cost", metavar="NAME=LO:HI:STEP", help="cost-model sensitivity: sweep one cost")
-    b.add_argument("--no-rate", action="store_true", help="skip the vFHA write-rate sweep behind the line plot")
+                       description="Each cell: the workload's trace under one strategy, against the same trace "
+                                   "run natively. Figures are emulated cycles from the cost model (deterministic); "
+                                   "only the wall_* columns depend on this machine. Every list option is an axis "
+                                   "of the grid.")
+    b.add_argument("--workloads", metavar="NAME", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS),
+                   help=f"workload generators (default: all: {', '.join(WORKLOADS)})")
+    b.add_argument("--strategies", metavar="NAME", nargs="+", default=list(STRATEGIES),
+                   choices=["auto", "write-protect", "mmio", "hypercall", "writable"],
+                   help=f"vFHA strategies, each against native (default: {' '.join(STRATEGIES)}; also auto)")
+    b.add_argument("--fanout", nargs="+", default=["broadcast"], choices=["broadcast", "targeted"],
+                   help="which controllers a trapped vFHA write drains (default broadcast)")
+    b.add_argument("--domains", nargs="+", default=["adr"], choices=["none", "adr", "eadr"],
+                   help="persistence domain of the host (default adr)")
+    b.add_argument("--controllers", metavar="N", nargs="+", type=positive_int, default=[4],
+                   help="memory controllers (iMCs) of the host, each with one WPQ (default 4)")
+    b.add_argument("--wpq-depth", metavar="LINES", nargs="+", type=positive_int, default=[64],
+                   help="WPQ capacity in 64-byte lines (default 64)")
+    b.add_argument("--hints", metavar="N", nargs="+", type=non_negative_int, default=[1],
+                   help="flush hint addresses per NVDIMM; 0: the host has no WPQ flush (default 1)")
+    b.add_argument("--vms", metavar="N", type=positive_int, default=1, help="VMs per host (default 1)")
+    b.add_argument("--interleave", default="all", choices=["all", "socket"],
+                   help="NVDIMM interleave sets: across all iMCs, or one per socket (default all)")
+    b.add_argument("--ops", metavar="OPS", type=parse_count, default=200_000,
+                   help="guest ops (trace records) per cell, k/M/G = 10^3/10^6/10^9 (default 200k)")
+    b.add_argument("--seed", metavar="S", type=non_negative_int, default=0, help="generator seed (default 0)")
+    b.add_argument("--sweep-cost", metavar="NAME=LO:HI:STEP",
+                   help="cost-model sensitivity: run the grid for each value of one cost (cycles), e.g. "
+                        "exit=500:5000:500 or exit=500,1200 (default: off)")
+    b.add_argument("--no-rate", action="store_true",
+                   help="skip the vFHA write-rate sweep behind the rate figure (default: run it)")
+    b.add_argument("--no-plot", action="store_true", help="write no figures (default: figures when matplotlib "
+                   "is installed)")
+    b.add_argument("--format", default="png", choices=FORMATS, help="figure file format (default png)")
+    b.add_argument("--dpi", type=positive_int, default=120, help="figure resolution, dots per inch (default 120)")
     _runner_options(b, "nvemu-bench")
     b.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("sweep", help="run a grid of replays described by a TOML file")
-    s.add_argument("spec", metavar="SPEC.toml")
+    s = sub.add_parser("sweep", help="run a grid of replays described by a TOML file",
+                       description="Every list in the file is an axis of the grid, every scalar applies to all "
+                                   "tasks; keys as the bench options (workloads, strategies, fanout, domains, "
+                                   "controllers, wpq_depth, hints, vms, ops, seed) plus traces, platforms, vcpus, "
+                                   "[costs] and [params.WORKLOAD]. The whole file is checked before any task runs.")
+    s.add_argument("spec", metavar="SPEC.toml", help="the sweep file (see examples/sweep-small.toml)")
     _runner_options(s, "nvemu-sweep")
     s.set_defaults(func=cmd_sweep)
 
-    f = sub.add_parser("fleet", help="replay many hosts, each with its VMs, described by a TOML file")
-    f.add_argument("spec", metavar="FLEET.toml")
+    f = sub.add_parser("fleet", help="replay many hosts, each with its VMs, described by a TOML file",
+                       description="Each [[host]] is a platform with its [[host.vm]] tables; the VMs of a host "
+                                   "replay together, interleaved. Rows per host and a fleet-wide total.")
+    f.add_argument("spec", metavar="FLEET.toml", help="the fleet file (see examples/fleet-small.toml)")
     _runner_options(f, "nvemu-fleet")
     f.set_defaults(func=cmd_fleet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -79,7 +80,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``nvemu`` command; returns its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["nvemu", *(shlex.quote(a) for a in argv)])
     debug = args.debug or os.environ.get("NVEMU_DEBUG") == "1"
     previous = None
     try:

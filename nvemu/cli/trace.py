@@ -23,6 +23,7 @@ from .common import (add_platform_options, add_progress_option, add_quiet_option
                      platform_of, progress_bar, report_stream, write_output)
 from ..tools.replayer import Replayer, ReplayReport, vm_layouts
 from ..guest.workloads import WORKLOADS, iter_generate
+from ..tools.vocabulary import COLUMNS, exit_columns
 
 # ---- gen ------------------------------------------------------------------------------------------
 
@@ -83,18 +84,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 # ---- replay ---------------------------------------------------------------------------------------
 
-_ROWS: tuple[tuple[str, Any], ...] = (
-    ("exits 48 (EPT violation)", lambda r: f"{r['exits'][48]:,}"),
-    ("exits 49 (EPT misconfig)", lambda r: f"{r['exits'][49]:,}"),
-    ("exits 18 (VMCALL)", lambda r: f"{r['exits'][18]:,}"),
-    ("flushes (clwb/clflushopt/clflush)", lambda r: f"{r['flushes']:,}"),
-    ("fences", lambda r: f"{r['fences']:,}"),
-    ("vFHA writes", lambda r: f"{r['vfha_writes']:,}"),
-    ("physical FHA writes", lambda r: f"{r['fha_writes']:,}"),
-    ("lines drained", lambda r: f"{r['lines_drained']:,}"),
-    ("cycles/op", lambda r: f"{r['cycles_per_op']:,.1f}"),
-    ("TLB hit rate", lambda r: f"{r['tlb_hit_rate']:.4f}"),
-)
+_ROWS: tuple[tuple[str, str], ...] = tuple((COLUMNS[k].header, k) for k in (
+    "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall", "flushes", "fences", "vfha_writes", "fha_writes",
+    "lines_drained", "cycles_per_op", "tlb_hit_rate"))
 
 
 def summary_table(result: ReplayReport) -> str:
@@ -105,8 +97,10 @@ def summary_table(result: ReplayReport) -> str:
     rows = [{"metric": "ops", **{c: f"{r['ops']:,}" for c, r in cols}},
             {"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
             {"metric": "Mops/s", **{c: "" for c, _ in cols}, "total": f"{result.mops:.2f}"}]
-    for label, fmt in _ROWS:
-        rows.append({"metric": label, **{c: fmt(r) for c, r in cols}})
+    for label, key in _ROWS:
+        fmt = COLUMNS[key].fmt
+        rows.append({"metric": label, **{c: format(exit_columns(r["exits"]).get(key, r.get(key)), fmt)
+                                         for c, r in cols}})
     table = format_table(rows, [("metric", "", "")] + [(c, c, "") for c, _ in cols])
     vm_word = "VM" if result.vms == 1 else "VMs"
     head = [(f"trace     {result.trace or '<array>'} ({result.format}, {result.ops:,} ops in {result.chunks} "

@@ -14,11 +14,12 @@ from ..machine.config import CostModel, PlatformConfig, make_platform, preset
 from ..errors import ConfigError
 from ..machine.hypervisor import Hypervisor
 from .replayer import create_vms, replay
+from .vocabulary import exit_columns
 from ..guest.workloads import VmLayout, generate
 
 ROW_COLUMNS = ("workload", "strategy", "fanout", "domain", "controllers", "wpq_depth", "hints", "vms", "ops",
-               "exits", "exits_48", "exits_49", "exits_18", "exits_per_1k_ops", "vfha_writes", "vfha_reads",
-               "fha_writes", "lines_drained", "cycles", "cycles_per_op")
+               "exits", "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall", "exits_per_1k_ops",
+               "vfha_writes", "vfha_reads", "fha_writes", "lines_drained", "cycles", "cycles_per_op")
 
 CELL_DEFAULTS: dict[str, Any] = {
     "platform": None,          # a preset name or "nfit:PATH"; None: built from the axes below
@@ -76,13 +77,13 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     return {
         "workload": name, "platform": hv.platform.name, "strategy": c["strategy"], "resolved": vms[0].strategy, "fanout": c["fanout"], "domain": hv.platform.domain,
         "controllers": hv.platform.n_controllers, "wpq_depth": hv.platform.config.wpq_depth,
-        "hints": int(hv.platform.wpq_flush), "vms": len(vms), "ops": result.ops, "exits": exits,
-        "exits_48": result.exits[48], "exits_49": result.exits[49], "exits_18": result.exits[18],
+        "hints": int(hv.platform.wpq_flush), "vms": len(vms), "ops": result.ops, **exit_columns(result.exits),
         "exits_per_1k_ops": 1000 * exits / result.ops if result.ops else 0.0,
         "vfha_writes": result.vfha_writes, "vfha_reads": vfha_reads, "fha_writes": result.fha_writes,
         "lines_drained": result.lines_drained, "cycles": result.cycles, "cycles_per_op": result.cycles_per_op,
         "lines_drained_by_controller": [sum(x) for x in zip(*(s.drained_by_controller for s in stats))],
-        "wall_replay_seconds": result.seconds, "wall_mops": result.mops,
+        "wall_replay_seconds": result.seconds, "wall_mops": result.mops, "seed": c["seed"],
+        "costs": costs.to_dict(),
     }
 
 
@@ -119,10 +120,9 @@ def run_host(host: dict[str, Any]) -> dict[str, Any]:
     per_vm = [{"vm": vm.id, "workload": Path(v["trace"]).name if v["trace"] else v["workload"],
                "strategy": vm.strategy, "fanout": v["fanout"], **{k: row[k] for k in (
                    "ops", "vfha_writes", "fha_writes", "lines_drained", "cycles")},
-               "exits": sum(row["exits"].values())}
+               **exit_columns(row["exits"])}
               for (v, vm), row in zip(made, result.per_vm)]
     return {"host": host.get("name", ""), "platform": hv.platform.name, "domain": hv.platform.domain,
             "controllers": hv.platform.n_controllers, "vms": len(made), "ops": result.ops,
-            "exits": sum(result.exits.values()), "exits_48": result.exits[48], "exits_49": result.exits[49],
-            "exits_18": result.exits[18], "lines_drained": result.lines_drained, "cycles": result.cycles,
+            **exit_columns(result.exits), "lines_drained": result.lines_drained, "cycles": result.cycles,
             "cycles_per_op": result.cycles_per_op, "wall_replay_seconds": result.seconds, "per_vm": per_vm}

@@ -20,6 +20,7 @@ from .cells import ROW_COLUMNS, cell, run_cell
 from ..machine.config import CostModel
 from ..errors import ConfigError
 from .tasks import execute, write_results
+from .vocabulary import columns
 
 WORKLOADS = ("persist-loop", "linux-fsync", "pmdk-tx", "kv-put", "seq-log", "random-rw", "fha-readback")
 STRATEGIES = ("write-protect", "mmio", "hypercall", "writable")
@@ -125,60 +126,10 @@ def parse_sweep(text: str) -> tuple[str, list[int]]:
     return name, values
 
 
-def plots(rows: Sequence[dict[str, Any]], rate_rows: Sequence[dict[str, Any]], out_dir: str | Path,
-          costs: CostModel) -> list[Path]:
-    """PNG plots (needs matplotlib, the ``nvemu[plot]`` extra): overhead per strategy per
-    workload (grouped bars), and overhead against the vFHA write rate (lines)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    model = ", ".join(f"{k}={v}" for k, v in costs.to_dict().items())
-    made = []
-
-    def finish(fig, ax, title: str, name: str) -> Path:
-        """Label the y axis with units, title, legend and the cost model; save the PNG."""
-        ax.set_ylabel("emulated cycles per guest op / native (x)")
-        ax.set_title(title, fontsize=11)
-        fig.text(0.01, 0.01, f"cost model (cycles): {model}", fontsize=7)
-        ax.legend()
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = out / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
-
-    cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
-    workloads = list(dict.fromkeys(r["workload"] for r in cells))
-    strategies = list(dict.fromkeys(r["strategy"] for r in cells))
-    if cells:
-        fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(workloads)), 5))
-        width = 0.8 / max(len(strategies), 1)
-        for k, s in enumerate(strategies):
-            ys = [next((r["overhead_vs_native"] for r in cells if r["workload"] == w and r["strategy"] == s),
-                       math.nan) for w in workloads]
-            ax.bar([i + k * width for i in range(len(workloads))], ys, width, label=s)
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="native")
-        ax.set_xticks([i + width * (len(strategies) - 1) / 2 for i in range(len(workloads))], workloads)
-        made.append(finish(fig, ax, "Overhead of virtualized WPQ flushing by strategy", "overhead_by_strategy.png"))
-    rate = [r for r in rate_rows if r["strategy"] != "native" and not r.get("error")]
-    if rate:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for s in dict.fromkeys(r["strategy"] for r in rate):
-            mine = sorted((r for r in rate if r["strategy"] == s), key=lambda r: r["vfha_writes"] / r["ops"])
-            ax.plot([1000 * r["vfha_writes"] / r["ops"] for r in mine], [r["overhead_vs_native"] for r in mine],
-                    marker="o", label=s)
-        ax.set_xlabel(f"vFHA writes per 1,000 guest ops ({RATE_WORKLOAD}, deep flush every N puts)")
-        made.append(finish(fig, ax, "Overhead as the vFHA write rate grows", "overhead_vs_vfha_rate.png"))
-    return made
+TABLE_COLUMNS = columns(("workload", "strategy", "fanout", "domain", "controllers", "wpq_depth",
+                         "exits_per_1k_ops", "lines_drained", "cycles_per_op", "overhead_vs_native"))
 
 
-TABLE_COLUMNS = (("workload", "workload", ""), ("strategy", "strategy", ""), ("fanout", "fan-out", ""),
-                 ("domain", "domain", ""), ("controllers", "iMCs", "d"), ("wpq_depth", "WPQ", "d"),
-                 ("exits_per_1k_ops", "exits/1k ops", ".2f"), ("lines_drained", "lines drained", ",d"),
-                 ("cycles_per_op", "cycles/op", ".1f"), ("overhead_vs_native", "vs native", ".2f"))
-
-
-def save(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> None:
-    write_results(rows, out_dir, COLUMNS)
+def save(rows: Sequence[dict[str, Any]], out_dir: str | Path, **document: Any) -> dict[str, Any]:
+    """``results.csv`` and ``results.json`` of a bench run (see :mod:`nvemu.tools.results`)."""
+    return write_results(rows, out_dir, COLUMNS, kind="bench", **document)

@@ -35,6 +35,7 @@ from ..machine.stats import Stats
 from ..formats.trace import DEFAULT_CHUNK, TraceSource, detect_format, id_extent, open_trace
 from ..machine.vm import VM
 from ..guest.workloads import VmLayout
+from .vocabulary import exit_columns, exits_by_name
 
 PAGE = 4096
 DEFAULT_VM_BYTES = 256 * MiB
@@ -207,24 +208,25 @@ class ReplayReport:
     hypervisor: Hypervisor | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: exit reasons as string keys, no hypervisor."""
+        """JSON-ready: exits keyed by name with their reason numbers (``{"ept_violation":
+        {"reason": 48, "count": n}, ...}``), no hypervisor."""
         def clean(row: dict[str, Any]) -> dict[str, Any]:
             out = {k: v for k, v in row.items() if k not in ("hypervisor", "tlb_hits", "tlb_misses")}
-            out["exits"] = {str(k): v for k, v in row["exits"].items()}
+            out["exits"] = exits_by_name(row["exits"])
             return out
         out = clean(self.__dict__)
         out["per_vm"] = [clean(r) for r in self.per_vm]
         return out
 
-    CSV_COLUMNS = ("vm", "ops", "seconds", "mops", "exits_48", "exits_49", "exits_18", "loads", "stores",
-                   "flushes", "fences", "vfha_writes", "fha_writes", "lines_drained", "cycles", "cycles_per_op",
-                   "tlb_hit_rate")
+    CSV_COLUMNS = ("vm", "ops", "seconds", "mops", "exits", "exits_ept_violation", "exits_ept_misconfig",
+                   "exits_vmcall", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes",
+                   "lines_drained", "cycles", "cycles_per_op", "tlb_hit_rate")
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One row per VM and a ``total`` row, with :attr:`CSV_COLUMNS`."""
         rows = []
         for row in [*self.per_vm, {**self.__dict__, "vm": "total"}]:
-            flat = {**row, **{f"exits_{r}": row["exits"][r] for r in EXIT_REASONS}}
+            flat = {**row, **exit_columns(row["exits"])}
             flat.setdefault("seconds", self.seconds)
             flat["mops"] = flat["ops"] / self.seconds / 1e6 if self.seconds else 0.0
             rows.append({c: flat[c] for c in self.CSV_COLUMNS})

@@ -7,11 +7,16 @@ Sweep file (TOML): every list is an axis of the grid, every scalar applies to al
     workloads = ["persist-loop", "kv-put"]   # generators, and/or
     traces = ["runs/app.npy"]        # trace files (.npy, text, pmemcheck), relative to this file
     platforms = ["default", "nfit:host.aml"] # presets or NFIT files
-    strategy = ["write-protect", "mmio"]
+    strategies = ["write-protect", "mmio"]   # the names of the nvemu bench options
     fanout = ["broadcast"]
     wpq_depth = [16, 64]
     [costs]                          # cost-model parameters, each a list of values
     exit = [1200, 2500]
+    [params.kv-put]                  # workload parameters
+    deep_flush_every = 4
+
+Every key is checked (type, range, known name) before anything runs:
+:mod:`nvemu.tools.spec` lists them.
 
 Fleet file (TOML): hosts, each a platform and its VMs::
 
@@ -31,20 +36,17 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cells import CELL_DEFAULTS, cell
-from ..machine.config import CostModel
 from ..errors import ConfigError
+from .cells import CELL_DEFAULTS, cell
+from .spec import SWEEP_FIELDS, parse_fleet_spec, parse_sweep_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:                                            # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SWEEP_AXES = {"workloads": "workload", "traces": "trace", "platforms": "platform", "strategy": "strategy",
-              "fanout": "fanout", "wpq_depth": "wpq_depth", "domain": "domain", "vms": "vms", "vcpus": "vcpus",
-              "controllers": "controllers", "hints": "hints", "seed": "seed", "ops": "ops"}
-HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exits", "exits_48", "exits_49",
-                "exits_18", "lines_drained", "cycles", "cycles_per_op")
+HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exits", "exits_ept_violation",
+                "exits_ept_misconfig", "exits_vmcall", "lines_drained", "cycles", "cycles_per_op")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -65,62 +67,48 @@ def _resolve(value: Any, base: Path) -> Any:
 
 
 def sweep_cells(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
-    """Expand a sweep description into cells (every combination of its list-valued axes)."""
-    spec = dict(spec)
-    costs = spec.pop("costs", {})
-    if not isinstance(costs, dict):
-        raise ConfigError("sweep: [costs] must be a table of lists")
-    for name in costs:
-        if name not in CostModel.FIELDS:
-            raise ConfigError(f"sweep: unknown cost {name!r}; known: {', '.join(CostModel.FIELDS)}")
+    """Expand a sweep description into cells (every combination of its axes), after checking the
+    whole description (:func:`nvemu.tools.spec.parse_sweep_spec`: types, ranges, names)."""
+    s = parse_sweep_spec(spec)
     axes: dict[str, list[Any]] = {}
-    fixed: dict[str, Any] = {}
-    sources: list[tuple[str, Any]] = []
-    for key, value in spec.items():
-        field = SWEEP_AXES.get(key, key)
-        if field not in CELL_DEFAULTS:
-            raise ConfigError(f"sweep: unknown key {key!r}")
-        if key in ("workloads", "traces"):
-            for v in (value if isinstance(value, list) else [value]):
-                sources.append((field, str((base / v).resolve()) if field == "trace" else v))
-        elif isinstance(value, list):
-            if not value:
-                raise ConfigError(f"sweep: axis {key!r} is empty")
-            axes[field] = [_resolve(v, base) for v in value]
-        else:
-            fixed[field] = _resolve(value, base)
+    for key, field in SWEEP_FIELDS.items():
+        values = getattr(s, key)
+        if values is not None:
+            axes[field] = [_resolve(v, base) for v in values]
+    sources: list[tuple[str, Any]] = [("workload", w) for w in s.workloads or []]
+    sources += [("trace", str((base / t).resolve())) for t in s.traces or []]
     if not sources:
         sources = [("workload", CELL_DEFAULTS["workload"])]
-    cost_names = list(costs)
-    cost_values = [costs[n] if isinstance(costs[n], list) else [costs[n]] for n in cost_names]
+    cost_names = list(s.costs)
+    cost_values = [s.costs[n] for n in cost_names]
     names = list(axes)
     cells = []
     for field, source in sources:
+        params = dict(s.params.get(source, {})) if field == "workload" else {}
         for combo in itertools.product(*(axes[n] for n in names)):
             for cost_combo in itertools.product(*cost_values):
-                c = {**fixed, **dict(zip(names, combo)), field: source,
+                c = {**dict(zip(names, combo)), field: source, "params": params,
                      "costs": dict(zip(cost_names, cost_combo))}
                 cells.append(cell(**c))
     return cells
 
 
 def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, Any]]:
-    hosts = spec.get("host")
-    if not isinstance(hosts, list) or not hosts:
-        raise ConfigError("fleet: no [[host]] tables")
+    """The hosts of a fleet description, after checking it whole
+    (:func:`nvemu.tools.spec.parse_fleet_spec`)."""
+    fleet = parse_fleet_spec(spec)
     out = []
-    for k, h in enumerate(hosts):
-        h = dict(h)
-        vms = h.pop("vm", h.pop("vms", [{}]))
-        for key in h:
-            if key != "name" and key not in CELL_DEFAULTS:
-                raise ConfigError(f"fleet: host {k}: unknown key {key!r}")
-        vms = [{**v, **({"trace": str((base / v["trace"]).resolve())} if v.get("trace") else {})} for v in vms]
-        for v in vms:
-            for key in v:
-                if key not in CELL_DEFAULTS:
-                    raise ConfigError(f"fleet: host {k}: vm key {key!r} is unknown")
-        out.append({"name": h.pop("name", f"host{k}"), **{key: _resolve(v, base) for key, v in h.items()},
+    for k, h in enumerate(fleet.host):
+        fields = h.model_dump(exclude={"name", "vm"}, exclude_none=True)
+        if not fields.get("costs"):
+            fields.pop("costs", None)
+        vms = []
+        for v in h.vm:
+            vm = v.model_dump(exclude_none=True, exclude_unset=True)
+            if vm.get("trace"):
+                vm["trace"] = str((base / vm["trace"]).resolve())
+            vms.append(vm)
+        out.append({"name": h.name or f"host{k}", **{key: _resolve(v, base) for key, v in fields.items()},
                     "vms": vms})
     return out
 
@@ -128,8 +116,8 @@ def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, 
 def fleet_total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if not r.get("error")]
     total = {"host": "fleet", "vms": sum(r["vms"] for r in ok), "ops": sum(r["ops"] for r in ok),
-             **{k: sum(r[k] for r in ok) for k in ("exits", "exits_48", "exits_49", "exits_18", "lines_drained",
-                                                   "cycles")},
+             **{k: sum(r[k] for r in ok) for k in ("exits", "exits_ept_violation", "exits_ept_misconfig",
+                                                   "exits_vmcall", "lines_drained", "cycles")},
              "hosts": len(rows), "failed": len(rows) - len(ok)}
     total["cycles_per_op"] = total["cycles"] / total["ops"] if total["ops"] else 0.0
     return total

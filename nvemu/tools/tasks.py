@@ -21,8 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .._files import atomic_write
 from ..errors import ConfigError
+from .results import write_results  # noqa: F401 - re-exported: where callers found it before
 
 Task = dict[str, Any]
 Row = dict[str, Any]
@@ -213,27 +213,3 @@ def execute(fn: TaskFunction, tasks: Sequence[Task], *, scheduler: Any = None, w
     if bar is not None:
         bar.close()
     return [r for r in rows if r is not None]
-
-
-def write_results(rows: Sequence[Row], out_dir: str | os.PathLike[str], columns: Sequence[str]) -> None:
-    """``results.csv`` (the given columns first, then any others) and ``results.json``."""
-    import csv
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = sorted({k for r in rows for k in r if k not in columns and k != "traceback"})
-    header = list(columns) + extra
-    with atomic_write(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv_value(r.get(k, "")) for k in header})
-    with atomic_write(out / "results.json", "w") as f:
-        json.dump(list(rows), f, indent=1, default=str)
-
-
-def _csv_value(v: Any) -> Any:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return v

@@ -1,0 +1,206 @@
+"""Figures of ``nvemu bench`` (matplotlib, the ``nvemu[plot]`` extra): every cell of the grid is
+drawn, the scale is readable and each figure states what was run.
+
+* ``overhead_by_strategy``: one panel per combination of the platform dimensions that vary in the
+  grid (fan-out, domain, controllers, WPQ depth, flush hints), each panel grouped bars of every
+  workload x strategy; a log scale (overheads span 1x to ~100x) with the value written on each
+  bar, so a bar near 1x (``writable``) stays visible.
+* ``overhead_vs_vfha_rate``: overhead against how often the guest writes its vFHA.
+* ``sensitivity``: cycles per op against a swept cost-model parameter, one panel per workload,
+  dotted lines where the strategies' ranking changes.
+
+Every figure carries a footer with the ops per cell, seed, VMs and the full cost model.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from .._files import atomic_write
+
+FORMATS = ("png", "svg", "pdf")
+FACET_KEYS = ("fanout", "domain", "controllers", "wpq_depth", "hints", "vms")
+_LABELS = {"fanout": "fan-out", "domain": "domain", "controllers": "iMCs", "wpq_depth": "WPQ depth",
+           "hints": "flush hints", "vms": "VMs"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def describe_run(meta: dict[str, Any]) -> str:
+    """The footer: what every cell shares (ops, seed, VMs, platform shape, cost model)."""
+    costs = ", ".join(f"{k}={v}" for k, v in meta.get("costs", {}).items())
+    parts = [f"{meta.get('ops', 0):,} guest ops per cell", f"seed {meta.get('seed', 0)}",
+             f"{meta.get('vms', 1)} VM(s), interleave {meta.get('interleave', 'all')}"]
+    if meta.get("platform"):
+        parts.append(f"platform {meta['platform']}")
+    native = ("native = the same trace without virtualization (no exits, no second-level page walks; the "
+              "guest writes the physical flush hints itself).")
+    return "; ".join(parts) + f".  Cost model (emulated cycles): {costs}.  " + native
+
+
+def _facets(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[tuple]]:
+    varied = [k for k in keys if len({r.get(k) for r in rows}) > 1]
+    facets = list(dict.fromkeys(tuple(r.get(k) for k in varied) for r in rows))
+    return varied, facets
+
+
+def _facet_title(varied: Sequence[str], values: tuple) -> str:
+    return ", ".join(f"{_LABELS.get(k, k)} {v}" for k, v in zip(varied, values)) or "all cells"
+
+
+def _grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    ncols = 1 if n == 1 else 2 if n <= 4 else 3
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.9), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _save(plt: Any, fig: Any, out: Path, name: str, title: str, footer: str, fmt: str, dpi: int) -> Path:
+    """Title and footer wrapped to the figure's width, laid out clear of the panels; written whole."""
+    width, height = fig.get_size_inches()
+    title = "\n".join(textwrap.wrap(title, int(width * 11)))
+    footer = "\n".join(textwrap.wrap(footer, int(width * 16)))
+    fig.suptitle(title, fontsize=12)
+    fig.text(0.01, 0.005, footer, fontsize=7, va="bottom", family="monospace")
+    bottom = (footer.count("\n") + 1) * 0.13 / height + 0.01        # 7 pt lines, in figure fractions
+    top = 1 - (title.count("\n") + 1) * 0.24 / height
+    fig.tight_layout(rect=(0, bottom, 1, top))
+    path = out / f"{name}.{fmt}"
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _log_axis(ax: Any, values: Sequence[float]) -> float:
+    """A log y axis with plain tick labels (1x, 2x, 5x ...); returns the bars' base."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    finite = [v for v in values if v and math.isfinite(v) and v > 0]
+    lo = min(finite + [1.0])
+    hi = max(finite + [1.0])
+    base = 10 ** math.floor(math.log10(lo * 0.8)) if lo < 0.8 else 0.8
+    ax.set_yscale("log")
+    ax.set_ylim(base, hi * 2.2)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+    ax.grid(axis="y", which="major", alpha=0.3)
+    return base
+
+
+def overhead_figure(rows: Sequence[dict[str, Any]], meta: dict[str, Any], out: Path, fmt: str = "png",
+                    dpi: int = 120) -> Path | None:
+    """Grouped bars of overhead against native, one panel per platform combination of the grid."""
+    cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
+    if not cells:
+        return None
+    plt = _pyplot()
+    varied, facets = _facets(cells, FACET_KEYS)
+    workloads = list(dict.fromkeys(r["workload"] for r in cells))
+    strategies = list(dict.fromkeys(r["strategy"] for r in cells))
+    fig, axes = _grid(plt, len(facets), max(6.5, 0.55 * len(workloads) * len(strategies) + 1.5), 4.6)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / len(strategies)
+    for ax, facet in zip(axes, facets):
+        mine = [r for r in cells if tuple(r.get(k) for k in varied) == facet]
+        found: dict[tuple[str, str], float] = {}
+        for r in mine:
+            key = (r["workload"], r["strategy"])
+            if key in found:
+                raise ValueError(f"two cells for {key} in panel {_facet_title(varied, facet)}: the grid varies "
+                                 f"a dimension the figure does not facet on")
+            found[key] = r["overhead_vs_native"]
+        base = _log_axis(ax, list(found.values()))
+        for k, s in enumerate(strategies):
+            xs = [i + k * width for i in range(len(workloads))]
+            ys = [found.get((w, s), math.nan) for w in workloads]
+            ax.bar(xs, [y - base if math.isfinite(y) else 0 for y in ys], width, bottom=base, label=s,
+                   color=colors[k % len(colors)])
+            for x, y in zip(xs, ys):
+                if math.isfinite(y):
+                    ax.text(x, y * 1.06, f"{y:.3g}", ha="center", va="bottom", fontsize=6.5, rotation=90)
+        ax.axhline(1.0, color="black", linewidth=0.9, linestyle="--", label="native (1x)")
+        ax.set_xticks([i + width * (len(strategies) - 1) / 2 for i in range(len(workloads))], workloads,
+                      rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("cycles per op / native (log scale)", fontsize=8)
+        ax.set_title(_facet_title(varied, facet), fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2, loc="upper left")
+    what = f" by {', '.join(_LABELS[k] for k in varied)}" if varied else ""
+    return _save(plt, fig, out, "overhead_by_strategy", f"Overhead of virtualized WPQ flushing per strategy{what} "
+                 f"({len(cells)} cells)", describe_run(meta), fmt, dpi)
+
+
+def rate_figure(rate_rows: Sequence[dict[str, Any]], meta: dict[str, Any], workload: str, out: Path,
+                fmt: str = "png", dpi: int = 120) -> Path | None:
+    """Overhead against vFHA writes per 1,000 ops (the workload deep-flushing every N-th unit)."""
+    rate = [r for r in rate_rows if r["strategy"] != "native" and not r.get("error")]
+    if not rate:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+    fig, (ax,) = _grid(plt, 1, 8, 4.8)
+    _log_axis(ax, [r["overhead_vs_native"] for r in rate])
+    for s in dict.fromkeys(r["strategy"] for r in rate):
+        mine = sorted((r for r in rate if r["strategy"] == s), key=lambda r: r["vfha_writes"] / r["ops"])
+        ax.plot([1000 * r["vfha_writes"] / r["ops"] for r in mine], [r["overhead_vs_native"] for r in mine],
+                marker="o", label=s)
+    ax.axhline(1.0, color="black", linewidth=0.9, linestyle="--", label="native (1x)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel(f"vFHA writes per 1,000 guest ops, log scale ({workload}, deep flush after every N-th put)", fontsize=9)
+    ax.set_ylabel("cycles per op / native (log scale)", fontsize=9)
+    ax.legend(fontsize=8)
+    first = rate[0]
+    where = ", ".join(f"{_LABELS[k]} {first[k]}" for k in FACET_KEYS if k in first)
+    return _save(plt, fig, out, "overhead_vs_vfha_rate", f"Overhead as the vFHA write rate grows ({where})",
+                 describe_run({**meta, "ops": first["ops"]}), fmt, dpi)
+
+
+def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str, Any], out: Path,
+                       fmt: str = "png", dpi: int = 120) -> Path | None:
+    """Cycles per op against the swept cost ``name``: a panel per workload (and varied platform
+    dimension), a line per strategy, dotted verticals where the ranking changes."""
+    cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
+    if not cells:
+        return None
+    plt = _pyplot()
+    varied, facets = _facets(cells, ("workload", *FACET_KEYS))
+    fig, axes = _grid(plt, len(facets), 6.5, 4.2)
+    for ax, facet in zip(axes, facets):
+        mine = [r for r in cells if tuple(r.get(k) for k in varied) == facet]
+        values = sorted({r["costs"][name] for r in mine})
+        ranking_prev = None
+        for v in values:
+            ranking = [r["strategy"] for r in sorted((r for r in mine if r["costs"][name] == v),
+                                                     key=lambda r: (r["cycles_per_op"], r["strategy"]))]
+            if ranking_prev is not None and ranking != ranking_prev:
+                ax.axvline(v, color="grey", linestyle=":", linewidth=1)
+                ax.text(v, 0.98, " ranking changes", transform=ax.get_xaxis_transform(), fontsize=7,
+                        va="top", color="grey")
+            ranking_prev = ranking
+        for s in dict.fromkeys(r["strategy"] for r in mine):
+            pts = sorted((r["costs"][name], r["cycles_per_op"]) for r in mine if r["strategy"] == s)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+        ax.set_xlabel(f"cost-model parameter {name!r} (emulated cycles)", fontsize=8)
+        ax.set_ylabel("emulated cycles per guest op", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(_facet_title(varied, facet) if varied else str(mine[0]["workload"]), fontsize=9)
+        ax.legend(fontsize=7)
+    others = {k: v for k, v in meta.get("costs", {}).items() if k != name}
+    swept = sorted({r["costs"][name] for r in cells})
+    return _save(plt, fig, out, "sensitivity", f"Sensitivity to the {name!r} cost: {swept[0]}..{swept[-1]} cycles",
+                 describe_run({**meta, "costs": {name: "swept", **others}}), fmt, dpi)
+
+
+__all__ = ["FORMATS", "describe_run", "overhead_figure", "rate_figure", "sensitivity_figure"]
