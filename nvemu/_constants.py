@@ -42,6 +42,9 @@ class LineState(enum.IntEnum):
 
 
 class Domain(enum.IntEnum):
+    """Persistence domain a platform advertises (ACPI NFIT platform capabilities): NONE, ADR (memory
+    controllers' WPQs are power-fail safe) or EADR (CPU caches too).
+    """
     NONE = 0
     ADR = 1
     EADR = 2

@@ -74,24 +74,30 @@ class GuestFault(NvemuError):
 
     @property
     def read(self) -> bool:
+        """Exit qualification bit 0: the access was a data read."""
         return bool(self.qualification & 1)
 
     @property
     def write(self) -> bool:
+        """Exit qualification bit 1: the access was a data write."""
         return bool(self.qualification & 2)
 
     @property
     def fetch(self) -> bool:
+        """Exit qualification bit 2: the access was an instruction fetch."""
         return bool(self.qualification & 4)
 
     @property
     def readable(self) -> bool:
+        """Exit qualification bit 3: the EPT entry allowed reads."""
         return bool(self.qualification & 8)
 
     @property
     def writable(self) -> bool:
+        """Exit qualification bit 4: the EPT entry allowed writes."""
         return bool(self.qualification & 16)
 
     @property
     def executable(self) -> bool:
+        """Exit qualification bit 5: the EPT entry allowed execution."""
         return bool(self.qualification & 32)

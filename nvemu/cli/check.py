@@ -60,8 +60,8 @@ def add_commands(subparsers: Any) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
                        help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
-    p.add_argument("--domain", choices=list(DOMAIN_NAMES), help="override the platform's persistence domain")
+    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
+    p.add_argument("--domain", choices=list(DOMAIN_NAMES), help="override the platform's persistence domain (default: the platform's)")
     p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
                    help="how the hypervisor virtualises the vFHA (default auto; drop is broken on purpose)")
     p.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
@@ -69,17 +69,19 @@ def add_commands(subparsers: Any) -> None:
                    help="check after every fence and vFHA write (all, the default) or N evenly sampled ones")
     p.add_argument("--protocol", default="auto", choices=list(PROTOCOLS),
                    help="what the guest must do for a store to count as persisted: fence; flush (write-back, "
-                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush")
+                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush (default auto)")
     p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
                    help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
     p.add_argument("--no-ordering", action="store_true",
                    help="do not report vFHA writes that overtake unfenced write-backs (deep protocol)")
     p.add_argument("--verify", metavar="N", type=non_negative_int, default=0,
-                   help="also compare N points with a real power failure of a snapshot-restored copy")
+                   help="also compare N points with a real power failure of a snapshot-restored copy (default 0)")
     p.add_argument("--vms", metavar="N", type=positive_int, help="VMs to create (default: as the trace names)")
     p.add_argument("--vcpus", metavar="N", type=positive_int, help="vCPUs per VM (default: as the trace names)")
-    p.add_argument("--dram", metavar="SIZE", type=parse_number, help="DRAM of each VM")
-    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number, help="vNVDIMM of each VM")
+    p.add_argument("--dram", metavar="SIZE", type=parse_number,
+                   help="DRAM of each VM, bytes with K/M/G suffixes (default 256M, less on a small platform)")
+    p.add_argument("--nvdimm", metavar="SIZE", type=parse_number,
+                   help="vNVDIMM of each VM, bytes with K/M/G suffixes (default 256M, less on a small platform)")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
     p.add_argument("--skip-unregistered", action="store_true",
                    help="pmemcheck: drop records outside every registered file instead of failing")

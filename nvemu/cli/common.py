@@ -176,11 +176,13 @@ def add_platform_options(p: argparse.ArgumentParser, what: str = "") -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
                        help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes")
+    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
     p.add_argument("--dram", metavar="SIZE", type=parse_number,
-                   help=f"DRAM of each VM{' ' + what if what else ''} (default 256M, less on a small platform)")
+                   help=f"DRAM of each VM{' ' + what if what else ''}, bytes with K/M/G suffixes (default 256M, "
+                        f"less on a small platform)")
     p.add_argument("--nvdimm", metavar="SIZE", type=parse_number,
-                   help=f"vNVDIMM of each VM{' ' + what if what else ''} (default 256M, less on a small platform)")
+                   help=f"vNVDIMM of each VM{' ' + what if what else ''}, bytes with K/M/G suffixes (default 256M, "
+                        f"less on a small platform)")
 
 
 def platform_of(args: argparse.Namespace) -> str | Platform:

@@ -118,7 +118,8 @@ def add_commands(subparsers: Any) -> None:
     vm.add_argument("--nvdimm", metavar="BASE:SIZE", type=parse_range, action="append", required=True,
                     help="a vNVDIMM's guest-physical base and size (0x hex, K/M/G suffixes); repeatable")
     vm.add_argument("--vfha", metavar="GPA", type=parse_number, default=None,
-                    help="guest-physical address of the virtual flush hint (omit for no flush hints)")
+                    help="guest-physical address of the virtual flush hint (default: none, a VM without "
+                         "flush hints)")
     vm.add_argument("--domain", choices=DOMAINS, default="adr",
                     help="persistence domain to advertise (default adr)")
     vm.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write the table")

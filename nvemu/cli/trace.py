@@ -160,9 +160,10 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("--vcpus", metavar="N", type=int, default=1, help="vCPUs per VM (default 1)")
     gen.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--deep-flush-every", metavar="N", type=int,
-                     help="write the vFHA after every N-th unit, 0 never (pmdk-tx, kv-put, random-rw, seq-log)")
+                     help="write the vFHA after every N-th unit, 0 never (pmdk-tx, kv-put, random-rw, seq-log; "
+                          "default: the workload's own, 1 for pmdk-tx and kv-put, 16 for seq-log, 0 for random-rw)")
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
-    gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync)")
+    gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync; default 8)")
     add_platform_options(gen, "the trace is for")
     add_progress_option(gen)
     gen.set_defaults(func=cmd_gen)
@@ -174,10 +175,12 @@ def add_commands(subparsers: Any) -> None:
                     "placed on the vNVDIMM of the first VM `nvemu replay` builds on the platform.")
     imp.add_argument("format", metavar="FORMAT", choices=("pmemcheck", "text", "npy", "auto"),
                      help="pmemcheck, text, npy, or auto (recognise by content)")
-    imp.add_argument("input", metavar="INPUT")
+    imp.add_argument("input", metavar="INPUT", help="the file to convert")
     imp.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
-    imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number, help="place pmemcheck files at this GPA")
-    imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number, help="... within this many bytes")
+    imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number, help="place pmemcheck files at this guest-physical address "
+                     "(default: the first VM's vNVDIMM)")
+    imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number, help="... within this many bytes, K/M/G suffixes "
+                     "(default: the vNVDIMM's size)")
     imp.add_argument("--skip-unregistered", action="store_true",
                      help="drop pmemcheck stores/flushes outside every registered file instead of failing")
     imp.add_argument("--deep-flush", action="store_true",
@@ -190,7 +193,7 @@ def add_commands(subparsers: Any) -> None:
         description="Replay a trace (.npy streamed from disk, a text trace or a pmemcheck log, recognised by "
                     "content) on a platform with as many VMs and vCPUs as the trace names, and print ops, "
                     "Mops/s, exits by reason, flushes, lines drained, cycles per op and the TLB hit rate.")
-    rep.add_argument("trace", metavar="TRACE")
+    rep.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
     rep.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
                      help="how the vFHA is virtualised (default auto: write-protect where the host has WPQ "
                           "flush hints, else writable)")

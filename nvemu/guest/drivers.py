@@ -39,33 +39,43 @@ class TraceWriter:
         return len(self._records)
 
     def op(self, op: int, gpa: int = 0, size: int = 0, value: int = 0) -> None:
+        """Append one record of op ``op`` for this writer's VM and vCPU."""
         self._records.append((int(op), self.vcpu, self.vm, size, gpa, value))
 
     def load(self, gpa: int, size: int = 8) -> None:
+        """Append a LOAD of ``size`` bytes at ``gpa``."""
         self.op(Op.LOAD, gpa, size)
 
     def store(self, gpa: int, value: int, size: int = 8) -> None:
+        """Append a STORE of ``value`` as ``size`` bytes at ``gpa``."""
         self.op(Op.STORE, gpa, size, value)
 
     def nt_store(self, gpa: int, value: int, size: int = 8) -> None:
+        """Append a non-temporal STORE."""
         self.op(Op.NT_STORE, gpa, size, value)
 
     def clwb(self, gpa: int) -> None:
+        """Append a CLWB of the line holding ``gpa``."""
         self.op(Op.CLWB, gpa)
 
     def clflushopt(self, gpa: int) -> None:
+        """Append a CLFLUSHOPT of the line holding ``gpa``."""
         self.op(Op.CLFLUSHOPT, gpa)
 
     def clflush(self, gpa: int) -> None:
+        """Append a CLFLUSH of the line holding ``gpa``."""
         self.op(Op.CLFLUSH, gpa)
 
     def sfence(self) -> None:
+        """Append an SFENCE."""
         self.op(Op.SFENCE)
 
     def mfence(self) -> None:
+        """Append an MFENCE."""
         self.op(Op.MFENCE)
 
     def to_array(self) -> np.ndarray:
+        """The records so far as a TRACE_DTYPE array."""
         return np.array(self._records, dtype=TRACE_DTYPE)
 
 

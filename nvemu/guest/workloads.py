@@ -165,6 +165,7 @@ class VmLayout:
         return cls(nv.gpa, nv.size, vm.vfha_gpa, sum(r.size for r in vm.dram))
 
     def to_dict(self) -> dict[str, int]:
+        """The layout's fields by name."""
         return asdict(self)
 
 
@@ -266,6 +267,7 @@ class Workload:
         self.templates = _Templates(self.builders())
 
     def builders(self) -> list[Callable[[TraceWriter], None]]:
+        """The unit variants: functions that write one unit's records to a TraceWriter (subclasses give them)."""
         raise NotImplementedError
 
     def min_slice(self) -> int:

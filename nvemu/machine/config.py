@@ -46,6 +46,7 @@ class ControllerConfig:
 
     @property
     def key(self) -> tuple[int, int, int]:
+        """``(node, socket, imc)``: what identifies a controller (unique on a platform)."""
         return (self.node, self.socket, self.imc)
 
 
@@ -87,6 +88,9 @@ class PlatformConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Raise ConfigError if the description is not a platform nvemu can build (controllers, NVDIMMs,
+        interleave sets, WPQ depth, domain).
+        """
         if not self.controllers:
             raise ConfigError("a platform needs at least one memory controller")
         if len(self.controllers) > 256:
@@ -136,15 +140,20 @@ class PlatformConfig:
             raise ConfigError("host DRAM would overlap the first NVDIMM SPA range")
 
     def handle(self, nvdimm: int) -> int:
+        """The ACPI NFIT device handle of NVDIMM ``nvdimm`` (node, socket, iMC, channel, DIMM packed as ACPI
+        6.x defines it).
+        """
         d = self.nvdimms[nvdimm]
         c = self.controllers[d.controller]
         return device_handle(c.node, c.socket, c.imc, d.channel, d.dimm)
 
     def set_bytes(self, s: InterleaveSetConfig) -> int:
+        """Bytes of persistent memory in interleave set ``s`` (the sum of its NVDIMMs)."""
         return sum(self.nvdimms[d].size for d in s.dimms)
 
     @property
     def pmem_bytes(self) -> int:
+        """Bytes of persistent memory on the platform (every interleave set)."""
         return sum(self.set_bytes(s) for s in self.interleave_sets)
 
     @property
@@ -153,6 +162,7 @@ class PlatformConfig:
         return bool(self.nvdimms) and all(d.flush_hints for d in self.nvdimms)
 
     def controller_flush_hints(self, controller: int) -> tuple[int, ...]:
+        """The distinct flush hint addresses of the NVDIMMs behind controller ``controller``, in order."""
         hints: list[int] = []
         for d in self.nvdimms:
             if d.controller == controller:
@@ -178,6 +188,7 @@ class PlatformConfig:
             raise ConfigError(f"not a platform description: missing or malformed {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: name, domain, WPQ depth, DRAM, controllers with their flush hints, NVDIMMs."""
         return {
             "name": self.name, "domain": self.domain, "wpq_depth": self.wpq_depth,
             "dram_bytes": self.dram_bytes, "wpq_flush": self.wpq_flush,
@@ -288,13 +299,18 @@ class CostModel:
                 raise ConfigError(f"cost {name}={v!r} must be a non-negative integer (cycles)")
 
     def as_tuple(self) -> tuple[int, ...]:
+        """The costs in :attr:`FIELDS` order, as the engines take them."""
         return tuple(getattr(self, n) for n in self.FIELDS)
 
     def to_dict(self) -> dict[str, int]:
+        """The costs by name (emulated cycles), e.g. ``{"op": 1, "walk_level": 30, ...}``."""
         return {n: getattr(self, n) for n in self.FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> "CostModel":
+        """A cost model from ``{name: cycles}``; names not in :attr:`FIELDS` raise ConfigError, missing ones
+        keep their defaults.
+        """
         unknown = set(d) - set(cls.FIELDS)
         if unknown:
             raise ConfigError(f"unknown cost parameters: {', '.join(sorted(unknown))}")

@@ -193,6 +193,7 @@ class Hypervisor:
         vm.freed_tables = freed
 
     def vm(self, vm_id: int) -> VM:
+        """The VM with id ``vm_id``; LifecycleError if it was never created or was destroyed."""
         if vm_id not in self.vms:
             raise LifecycleError(f"vm {vm_id} does not exist (never created, or destroyed)")
         return self.vms[vm_id]
@@ -242,6 +243,7 @@ class Hypervisor:
         return TraceError.at_record(i, BAD_RECORD_TEXT[code].format(**fields), BAD_RECORD_FIELD[code])
 
     def running(self) -> list[VM]:
+        """The VMs in state ``running``, in creation order."""
         return [vm for vm in self.vms.values() if vm.state is VmState.RUNNING]
 
 

@@ -102,10 +102,12 @@ class Platform:
 
     @property
     def name(self) -> str:
+        """The platform's name (preset name, or ``nfit`` for one built from a table)."""
         return self.config.name
 
     @property
     def domain(self) -> str:
+        """The persistence domain: ``none``, ``adr`` or ``eadr``."""
         return self.config.domain
 
     @property
@@ -115,14 +117,17 @@ class Platform:
 
     @property
     def n_controllers(self) -> int:
+        """Memory controllers (each with one WPQ)."""
         return len(self.config.controllers)
 
     @property
     def pmem_base(self) -> int:
+        """Host-physical address where persistent memory starts."""
         return self.layout.pmem_base
 
     @property
     def pmem_bytes(self) -> int:
+        """Bytes of persistent memory (every interleave set)."""
         return self.layout.pmem_bytes
 
     def stripe_bytes(self, set_index: int) -> int:
@@ -142,11 +147,15 @@ class Platform:
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
 
     def is_pmem(self, hpa: int) -> bool:
+        """Whether host-physical address ``hpa`` lies in persistent memory."""
         return self.pmem_base <= hpa < self.pmem_base + self.pmem_bytes
 
     # ---- host memory -------------------------------------------------------------------------
 
     def alloc_dram(self, size: int, align: int = 4096) -> int:
+        """Reserve ``size`` bytes of host DRAM aligned to ``align``; returns the HPA (ResourceError when
+        full).
+        """
         return self.dram.alloc(size, align, "DRAM")
 
     def alloc_pmem(self, size: int, align: int = 4096) -> int:
@@ -172,10 +181,12 @@ class Platform:
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
 
     def claim_pmem(self, hpa: int, size: int) -> None:
+        """Reserve the persistent-memory range at ``hpa`` (rounded up to whole interleave stripes)."""
         allocator, stripe = self._pmem_allocator(hpa)
         allocator.claim(hpa, -(-size // stripe) * stripe)
 
     def free_pmem(self, hpa: int, size: int) -> None:
+        """Release a range :meth:`claim_pmem` reserved."""
         allocator, stripe = self._pmem_allocator(hpa)
         allocator.free(hpa, -(-size // stripe) * stripe)
 
@@ -205,6 +216,8 @@ class Platform:
         return self.engine.wpq_entries(controller)
 
     def controller_stats(self) -> list[dict[str, int]]:
+        """Per-controller counters, one dict per controller: lines ``enqueued`` in its WPQ, ``drained`` to media,
+        ``drained_full`` (drained because the WPQ was full) and ``fha_writes`` to its flush hints."""
         rows = self.engine.controller_stats()
         return [{name: int(v) for name, v in zip(CTRL_STAT_NAMES, row)} for row in rows]
 
@@ -237,5 +250,6 @@ class Platform:
         return int(self.engine.touched_bytes)
 
     def summary(self) -> dict:
+        """A JSON-ready description: the configuration plus the persistent-memory range and the engine."""
         return {**self.config.to_dict(), "pmem_base": self.pmem_base, "pmem_bytes": self.pmem_bytes,
                 "backend": self.backend}

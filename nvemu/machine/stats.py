@@ -30,10 +30,12 @@ class Stats:
 
     @property
     def per_vcpu(self) -> list[dict[str, int]]:
+        """Counters of each vCPU, by name."""
         return [{n: int(v) for n, v in zip(STAT_NAMES, row)} for row in self.rows]
 
     @property
     def total(self) -> dict[str, int]:
+        """Counters summed over the vCPUs, by name."""
         sums = self.rows.sum(axis=0, dtype=np.uint64)
         return {n: int(v) for n, v in zip(STAT_NAMES, sums)}
 
@@ -42,26 +44,34 @@ class Stats:
 
     @property
     def exits(self) -> dict[int, int]:
+        """Exits by Intel basic exit reason: ``{48: EPT violations, 49: EPT misconfigurations, 18: VMCALLs}``."""
         t = self.total
         return {int(reason): t[name] for reason, name in EXIT_STATS.items()}
 
     @property
     def exit_count(self) -> int:
+        """Exits of every reason."""
         return sum(self.exits.values())
 
     @property
     def cycles(self) -> int:
+        """Emulated cycles: the sum of every cost-model category."""
         t = self.total
         return sum(t[n] for n in CYCLE_STATS)
 
     @property
     def tlb_hit_rate(self) -> float:
+        """Share of guest accesses that hit the emulated TLB (0.0 when there were none)."""
         t = self.total
         looked = t["tlb_hits"] + t["tlb_misses"]
         return t["tlb_hits"] / looked if looked else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.total, "exits": {str(k): v for k, v in self.exits.items()}, "cycles": self.cycles,
+        """JSON-ready: the totals, exits by name with their reason numbers, cycles, lines drained per
+        controller and per-vCPU counters.
+        """
+        named = {name[len("exits_"):]: {"reason": int(r), "count": self.total[name]} for r, name in EXIT_STATS.items()}
+        return {**self.total, "exits": named, "cycles": self.cycles,
                 "lines_drained_by_controller": list(self.drained_by_controller), "per_vcpu": self.per_vcpu}
 
     def __sub__(self, other: "Stats") -> "Stats":

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 class VmState(str, enum.Enum):
+    """A VM's lifecycle state: created -> running <-> paused -> destroyed."""
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
@@ -92,32 +93,45 @@ class Vcpu:
         self.index = index
 
     def execute(self, op: int, gpa: int = 0, size: int = 8, value: int = 0) -> int:
+        """Run one record (``op`` of :class:`nvemu.Op`) on this vCPU through the engine; returns what a load
+        read (0 otherwise).
+        """
         rec = np.zeros(1, TRACE_DTYPE)
         rec[0] = (op, self.index, self.vm.id, size, gpa, value)
         return self.vm._live().hypervisor.execute(rec)
 
     def load(self, gpa: int, size: int = 8) -> int:
+        """Read ``size`` (1, 2, 4 or 8) bytes at ``gpa``; returns the value (little-endian)."""
         return self.execute(Op.LOAD, gpa, size)
 
     def store(self, gpa: int, value: int, size: int = 8) -> None:
+        """Write ``value`` as ``size`` bytes at ``gpa`` (through the cache: durable only once written back and
+        drained).
+        """
         self.execute(Op.STORE, gpa, size, value)
 
     def nt_store(self, gpa: int, value: int, size: int = 8) -> None:
+        """Non-temporal store: bypasses the cache, reaches the WPQ at the next fence."""
         self.execute(Op.NT_STORE, gpa, size, value)
 
     def clwb(self, gpa: int) -> None:
+        """Write back the cache line holding ``gpa`` (it stays cached)."""
         self.execute(Op.CLWB, gpa, 0)
 
     def clflushopt(self, gpa: int) -> None:
+        """Write back and invalidate the line holding ``gpa`` (ordered by fences)."""
         self.execute(Op.CLFLUSHOPT, gpa, 0)
 
     def clflush(self, gpa: int) -> None:
+        """Write back and invalidate the line holding ``gpa`` (ordered with other stores)."""
         self.execute(Op.CLFLUSH, gpa, 0)
 
     def sfence(self) -> None:
+        """Store fence: earlier write-backs of this vCPU reach their WPQs."""
         self.execute(Op.SFENCE, 0, 0)
 
     def mfence(self) -> None:
+        """Memory fence: as :meth:`sfence`, also ordering loads."""
         self.execute(Op.MFENCE, 0, 0)
 
 
@@ -166,16 +180,19 @@ class VM:
         self.state = target
 
     def start(self) -> "VM":
+        """``created`` or ``paused`` -> ``running``: the VM's vCPUs may run; returns the VM."""
         self._transition("start")
         self.hypervisor.platform.engine.set_running(self.id, True)
         return self
 
     def pause(self) -> "VM":
+        """``running`` -> ``paused``: records for this VM are refused until :meth:`resume`; returns the VM."""
         self._transition("pause")
         self.hypervisor.platform.engine.set_running(self.id, False)
         return self
 
     def resume(self) -> "VM":
+        """``paused`` -> ``running``; returns the VM."""
         self._transition("resume")
         self.hypervisor.platform.engine.set_running(self.id, True)
         return self
@@ -211,18 +228,22 @@ class VM:
         return self.vcpus[int(index)]
 
     def stats(self) -> Stats:
+        """A snapshot of the VM's counters (after :meth:`destroy`, the last one taken)."""
         if self.state is VmState.DESTROYED and self._final_stats is not None:
             return self._final_stats
         engine = self._live().hypervisor.platform.engine
         return Stats(engine.stats(self.id), tuple(int(n) for n in engine.drained_by_controller(self.id)))
 
     def reset_stats(self) -> None:
+        """Zero the VM's counters (e.g. after a warm-up)."""
         self._live().hypervisor.platform.engine.reset_stats(self.id)
 
     def ranges(self) -> list[MemoryRange]:
+        """The VM's DRAM and vNVDIMM ranges, by guest-physical address."""
         return sorted(self.dram + self.nvdimms, key=lambda r: r.gpa)
 
     def gpa_to_hpa(self, gpa: int) -> int | None:
+        """The host-physical address ``gpa`` maps to through the VM's EPT, or None if unmapped."""
         return self.page_table.translate(gpa)
 
     def read(self, gpa: int, n: int) -> bytes:

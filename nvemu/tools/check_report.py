@@ -46,13 +46,16 @@ class Violation:
 
     @property
     def line_gpa(self) -> int:
+        """Guest-physical address of the store's 64-byte line."""
         return self.gpa & ~(LINE - 1)
 
     @property
     def line_hpa(self) -> int:
+        """Host-physical address of the store's 64-byte line."""
         return self.hpa & ~(LINE - 1)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the store, where it was lost, the expected and found bytes (hex)."""
         return {"kind": self.kind, "store": self.store, "point": self.point, "until": self.until,
                 "points": self.points, "completed": self.completed, "vm": self.vm,
                 "vcpu": self.vcpu, "op": self.op, "size": self.size, "gpa": self.gpa, "hpa": self.hpa,
@@ -90,6 +93,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
+        """True when no completed store was lost and every verified point agreed."""
         return not self.violations and not self.verify_mismatches
 
     @property
@@ -124,6 +128,7 @@ class CheckResult:
         return dict(sorted(out.items()))
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the run's parameters, the counts and every violation."""
         return {"ok": self.ok, "ops": self.ops, "platform": self.platform, "domain": self.domain,
                 "protocol": self.protocol, "fence_scope": self.fence_scope,
                 "strategies": {str(k): v for k, v in self.strategies.items()},

@@ -77,6 +77,9 @@ def with_overhead(cells: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
 
 
 def run_bench(cells: Sequence[dict[str, Any]], **execute_options: Any) -> list[dict[str, Any]]:
+    """Run bench cells (:func:`nvemu.tools.tasks.execute` options) and add each row's native baseline and
+    overhead.
+    """
     rows = execute(run_cell, cells, desc="bench", **execute_options)
     return with_overhead(cells, rows)
 

@@ -50,6 +50,7 @@ HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exit
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """A sweep or fleet file parsed; ConfigError (one line) when unreadable or not TOML."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -114,6 +115,7 @@ def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, 
 
 
 def fleet_total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The fleet-wide row: counters summed over the hosts that succeeded, with ``hosts`` and ``failed``."""
     ok = [r for r in rows if not r.get("error")]
     total = {"host": "fleet", "vms": sum(r["vms"] for r in ok), "ops": sum(r["ops"] for r in ok),
              **{k: sum(r[k] for r in ok) for k in ("exits", "exits_ept_violation", "exits_ept_misconfig",

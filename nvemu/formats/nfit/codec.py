@@ -258,10 +258,12 @@ class Nfit:
 
     @property
     def length(self) -> int:
+        """Length in bytes of the encoded table (header and every subtable)."""
         return HEADER_BYTES + sum(len(_encode_subtable(s, i, 0)) for i, s in enumerate(self.subtables))
 
     @property
     def checksum(self) -> int:
+        """The header checksum byte the encoded table carries (all bytes sum to 0 mod 256)."""
         return self.to_bytes()[9]
 
     def offsets(self) -> tuple[int, ...]:

@@ -207,6 +207,7 @@ class Interleave(_Known):
 
     @property
     def line_count(self) -> int:
+        """Number of line offsets the structure lists."""
         return len(self.line_offsets)
 
 
@@ -270,6 +271,7 @@ class ControlRegion(_Known):
 
     @classmethod
     def full_bytes(cls) -> int:
+        """Length of the structure with its block-control window fields."""
         return cls.fixed_bytes() + sum(size for _, size in cls._WINDOW)
 
 
@@ -315,6 +317,7 @@ class FlushHintAddress(_Known):
 
     @property
     def hint_count(self) -> int:
+        """Number of flush hint addresses the structure lists."""
         return len(self.hint_addresses)
 
 

@@ -187,6 +187,7 @@ class NpyWriter:
         return buf.getvalue()
 
     def write(self, records: np.ndarray) -> None:
+        """Append ``records`` (a one-dimensional TRACE_DTYPE array); TraceError for any other array."""
         if records.dtype != TRACE_DTYPE or records.ndim != 1:
             raise TraceError(f"can only write one-dimensional TRACE_DTYPE arrays, not {records.dtype} "
                              f"of shape {records.shape}")
@@ -194,6 +195,7 @@ class NpyWriter:
         self.n += len(records)
 
     def close(self) -> None:
+        """Patch the header's record count and rename the file onto ``path`` (once; later calls do nothing)."""
         if self._file.closed:
             return
         header = self._header(self.n)
