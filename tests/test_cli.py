@@ -80,3 +80,30 @@ def test_small_preset_shrinks_the_vm(capsys, command):
     assert main([*command, "--preset", "small"]) == 0
     out = capsys.readouterr().out
     assert "8 MiB" in out and "out of host DRAM" not in out
+
+
+def test_demo_streams_its_trace_in_chunks(monkeypatch, capsys):
+    """Issue 12: ``demo --ops N`` hands the core the persist loop a chunk at a time (memory does not
+    grow with N), and the table counts every op."""
+    import nvemu.cli.demo as demo
+
+    sizes = []
+
+    class Recording(demo.Hypervisor):
+        def run(self, ops, *args, **kw):
+            sizes.append(len(ops))
+            return super().run(ops, *args, **kw)
+
+    monkeypatch.setattr(demo, "Hypervisor", Recording)
+    assert main(["demo", "--ops", "3M", "--strategies", "writable"]) == 0
+    assert sum(sizes) == 2 * 3_000_000 and max(sizes) <= 1 << 21        # writable, then the no-wpq-flush host
+    assert "3,000,000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ops", ["1001G", "99999999999999999999G"])
+def test_demo_refuses_counts_past_its_limit_in_one_line(capsys, ops):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--ops", ops])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "at most 1,000,000,000,000 ops" in err[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,40 @@ def test_hand_made_log_places_files_splits_stores_and_expands_flushes():
     assert vm.read(a + 0x103C, 10) == bytes.fromhex("1122334455667788cdab")
     assert vm.read(b, 1) == b"\x07"
     assert len(hv.platform.line_states()) == 3               # the three flushed lines sit in WPQs
+
+
+def test_range_flushes_expand_a_chunk_at_a_time(tmp_path):
+    """Issue 12: a 300-byte log of three 64 MiB range FLUSHes (3 M write-backs) is imported a chunk
+    at a time: no more than a few chunks in memory at once, every line written back in order, and
+    errors still name the log record (found before anything replays)."""
+    mib64 = 64 << 20
+    log = tmp_path / "range.log"
+    log.write_text(f"==7== START|REGISTER_FILE;/mnt/pmem/pool;0x10000000;{mib64:#x};0x0|STORE;0x10000008;0x1;0x8|"
+                   f"FLUSH;0x10000000;{mib64:#x}|FENCE|tx.BEGIN|FLUSH;0x10000020;{mib64 - 0x20:#x}|"
+                   f"FLUSH;0x10000000;{mib64:#x}|FENCE|STOP\n")
+    tracemalloc.start()
+    try:
+        src = open_trace(log, nvdimm_gpa=G, nvdimm_size=mib64)
+        sizes, lines, seen = [], mib64 // 64, 0
+        for start, chunk in src.chunks(1 << 16):
+            assert start == seen
+            sizes.append(len(chunk))
+            seen += len(chunk)
+            if start == 0:
+                assert chunk[:3].tolist() == [rec(Op.STORE, size=8, gpa=G + 8, value=1), rec(Op.CLWB, gpa=G),
+                                              rec(Op.CLWB, gpa=G + 64)]
+            if start <= lines + 1 < start + len(chunk):                  # the fence after the first flush
+                assert chunk[lines + 1 - start].tolist() == rec(Op.SFENCE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == len(src) == 1 + 3 * lines + 2 and max(sizes) == 1 << 16
+    assert peak < 24 << 20, f"{peak / 2**20:.0f} MiB for a 3 M-record import"
+    assert src.pmemcheck.markers == [(lines + 2, "tx.BEGIN")] and src.pmemcheck.log_records == 8
+    assert src.where(lines + 2 + lines // 2) == f"record {lines + 2 + lines // 2} (pmemcheck record 6)"
+    log.write_text(log.read_text().replace("|FENCE|STOP", "|FENCE|BOGUS|STOP"))
+    with pytest.raises(TraceError, match=r"pmemcheck record 9 \(line 1\), field record: unknown record 'BOGUS'"):
+        open_trace(log, nvdimm_gpa=G, nvdimm_size=mib64)
 
 
 def test_deep_flush_option_writes_the_vfha_after_each_flushing_fence():

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._backend import BACKEND
 from .._version import __version__
-from ..guest.workloads import persist_loop
+from ..guest.workloads import persist_loop_chunks
 from ..machine.hypervisor import Hypervisor
 from ..machine.platform import Platform
 from ..tools.replayer import create_vms
@@ -24,6 +24,18 @@ from .common import (add_platform_options, add_progress_option, add_quiet_option
                      report_stream, write_output)
 
 DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
+MAX_DEMO_OPS = 10**12
+"""The most ops ``demo`` runs per strategy: hours at core speed, and far from wrapping a 64-bit
+cycle counter (an op costs at most thousands of cycles). The trace is made a chunk at a time, so
+memory does not grow with ``--ops``."""
+
+
+def demo_ops(text: str) -> int:
+    """``--ops``: a count (k/M/G suffixes) of at most :data:`MAX_DEMO_OPS` (argparse type)."""
+    n = parse_count(text)
+    if n > MAX_DEMO_OPS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_DEMO_OPS:,} ops (1000G) per strategy")
+    return n
 
 
 def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: int, seed: int,
@@ -33,16 +45,18 @@ def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: in
     hv = Hypervisor(platform)
     vm = create_vms(hv, 1, 1, strategy, fanout, dram, nvdimm, prefault=True)[0]
     nv = vm.nvdimms[0]
-    trace = persist_loop(n_ops, nv.gpa, nv.size, vm.vfha_gpa, seed=seed)
-    t0 = time.perf_counter()
-    hv.run(trace)
-    seconds = time.perf_counter() - t0
+    seconds, done = 0.0, 0
+    for chunk in persist_loop_chunks(n_ops, nv.gpa, nv.size, vm.vfha_gpa, seed=seed):   # memory: one chunk
+        t0 = time.perf_counter()
+        hv.run(chunk)
+        seconds += time.perf_counter() - t0
+        done += len(chunk)
     s = vm.stats()
     return {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
-            "ops": len(trace), **exit_columns(s.exits), "vfha_writes": s["vfha_writes"],
+            "ops": done, **exit_columns(s.exits), "vfha_writes": s["vfha_writes"],
             "fha_writes": s["fha_writes"], "lines_drained": s["lines_drained"], "cycles": s.cycles,
-            "cycles_per_op": s.cycles / max(len(trace), 1), "tlb_hit_rate": s.tlb_hit_rate,
-            "seconds": seconds, "mops": len(trace) / seconds / 1e6 if seconds else 0.0,
+            "cycles_per_op": s.cycles / max(done, 1), "tlb_hit_rate": s.tlb_hit_rate,
+            "seconds": seconds, "mops": done / seconds / 1e6 if seconds else 0.0,
             "dram_bytes": sum(r.size for r in vm.dram), "nvdimm_bytes": nv.size}
 
 
@@ -120,8 +134,9 @@ def add_commands(sub: Any) -> None:
                           description="One VM (sized to the platform as replay sizes it) runs the persist loop "
                                       "under each strategy; then auto on the no-wpq-flush preset, where it "
                                       "resolves to writable. Counters are emulated; Mops/s is this machine's.")
-    demo.add_argument("--ops", metavar="OPS", type=parse_count, default=1_000_000,
-                      help="guest ops per strategy, k/M/G = 10^3/10^6/10^9 (default 1M)")
+    demo.add_argument("--ops", metavar="OPS", type=demo_ops, default=1_000_000,
+                      help="guest ops per strategy, k/M/G = 10^3/10^6/10^9, at most 1000G; made a chunk at a "
+                           "time (default 1M)")
     demo.add_argument("--fanout", default="broadcast", choices=("broadcast", "targeted"),
                       help="which controllers a trapped vFHA write drains (default broadcast)")
     demo.add_argument("--strategies", metavar="NAME", nargs="+", default=list(DEMO_STRATEGIES),

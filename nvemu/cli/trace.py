@@ -62,12 +62,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         size = lay.nvdimm_size if args.nvdimm_size is None else args.nvdimm_size
         custom = args.nvdimm_gpa is not None or args.nvdimm_size is not None     # the vFHA: the page above
         fha = -(-(gpa + size) // 4096) * 4096 if custom else lay.fha_gpa
-        imp = tr.import_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered else "error",
-                                  deep_flush=fha if args.deep_flush else None)
-        records: Any = imp.records
-        files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
-        what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
-                + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
+        stream = tr.stream_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered
+                                     else "error", deep_flush=fha if args.deep_flush else None)
+        records: Any = (chunk for _, chunk in stream.chunks())      # range FLUSHes expand a chunk at a time
+        what = ""
     elif fmt == "npy":
         npy = tr.NpyTrace(args.input)
         records = (chunk for _, chunk in npy.chunks())
@@ -78,6 +76,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"unknown format {fmt!r}")
     n = tr.save_trace(args.output, records)
+    if fmt == "pmemcheck":
+        imp = stream.info
+        files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
+        what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
+                + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
     print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
     return 0
 

@@ -609,12 +609,12 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
         nv = made[0].nvdimms[0]
         source = open_trace(trace, fmt, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size, unregistered=unregistered,
                             deep_flush=made[0].vfha_gpa if deep_flush else None)
-    records = source.npy.array() if source.npy is not None else source.records
+    records = source.array()
     try:
         return check(hv, records, points, **options)
     except (TraceError, LifecycleError) as e:
         m = _RECORD.match(str(e))
-        if m and source.origin is not None:
+        if m and source.origin_name:
             raise type(e)(f"{source.where(int(m.group(1)))}{m.group(2)}") from None
         raise
     except GuestFault as f:

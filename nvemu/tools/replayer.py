@@ -324,6 +324,8 @@ class Replayer:
                 start, records = next(chunks, (-1, None))
                 if records is None:
                     break
+                if self.source.stream is not None:
+                    t0 = time.perf_counter()        # a pmemcheck chunk was parsed, not mapped: not replay time
                 try:
                     done = self.hv.run(records, self._handle(start))
                 except (TraceError, LifecycleError) as e:
@@ -350,7 +352,7 @@ class Replayer:
         if not self.progress:
             return None
         from tqdm import tqdm
-        return tqdm(total=len(self.source), unit="op", unit_scale=True, delay=1.0, file=sys.stderr,
+        return tqdm(total=self.source.known_length, unit="op", unit_scale=True, delay=1.0, file=sys.stderr,
                     leave=False, dynamic_ncols=True, desc="replay")
 
     def run(self) -> ReplayReport:

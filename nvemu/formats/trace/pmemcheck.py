@@ -12,7 +12,7 @@ import numpy as np
 
 from ..._constants import GPA_LIMIT, TRACE_DTYPE, Op
 from ...errors import TraceError
-from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, LINE, PAGE, PathLike, _shorten
+from .records import DEFAULT_CHUNK, DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, LINE, PAGE, PathLike, _shorten
 from .text import _FieldError
 
 # ---- pmemcheck store logs -------------------------------------------------------------------------
@@ -150,6 +150,70 @@ def _register_fields(text: str) -> tuple[str, int, int, int]:
     return name, _hex(parts[-3], "addr"), _hex(parts[-2], "size"), _hex(parts[-1], "offset")
 
 
+class _Emitter:
+    """Trace records built in order and handed on a chunk at a time: single records collect in a
+    list, a range FLUSH's write-backs are made with numpy a chunk at a time, so memory stays one
+    chunk whatever the log expands to."""
+
+    def __init__(self, chunk: int, vcpu: int, vm: int, dry: bool = False) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk}: must be positive")
+        self.chunk, self.vcpu, self.vm, self.dry = chunk, vcpu, vm, dry
+        self.rows: list[tuple[int, int, int, int, int, int]] = []
+        self.origin: list[int] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending = 0            # records in parts (rows not counted)
+        self.emitted = 0            # records handed on before
+
+    @property
+    def count(self) -> int:
+        """Index (in the whole trace) of the next record."""
+        return self.emitted + self.pending + len(self.rows)
+
+    def add(self, op: int, size: int, gpa: int, value: int, number: int) -> None:
+        if self.dry:                # counting only (a validating pass)
+            self.pending += 1
+            return
+        self.rows.append((op, self.vcpu, self.vm, size, gpa, value))
+        self.origin.append(number)
+
+    def _seal_rows(self) -> None:
+        if self.rows:
+            self.parts.append((np.array(self.rows, TRACE_DTYPE), np.array(self.origin, np.int64)))
+            self.pending += len(self.rows)
+            self.rows, self.origin = [], []
+
+    def write_backs(self, first: int, end: int, number: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """One CLWB per line from ``first`` (line aligned) up to ``end``; full chunks are yielded."""
+        if self.dry:
+            self.pending += -(-(end - first) // LINE)
+            return
+        self._seal_rows()
+        step = LINE * self.chunk
+        for lo in range(first, end, step):
+            gpa = np.arange(lo, min(end, lo + step), LINE, dtype=np.uint64)
+            rec = np.zeros(len(gpa), TRACE_DTYPE)
+            rec["op"], rec["vcpu"], rec["vm"], rec["gpa"] = Op.CLWB, self.vcpu, self.vm, gpa
+            self.parts.append((rec, np.full(len(gpa), number, np.int64)))
+            self.pending += len(gpa)
+            yield from self.ready()
+
+    def ready(self, last: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(first index, records, origin)`` for every full chunk (and the rest when ``last``)."""
+        if self.dry:
+            return
+        if len(self.rows) >= self.chunk or last:
+            self._seal_rows()
+        while self.pending >= self.chunk or (last and self.pending):
+            rec = np.concatenate([r for r, _ in self.parts]) if len(self.parts) > 1 else self.parts[0][0]
+            org = np.concatenate([o for _, o in self.parts]) if len(self.parts) > 1 else self.parts[0][1]
+            take = min(self.chunk, len(rec))
+            self.parts = [(rec[take:], org[take:])] if take < len(rec) else []
+            self.pending -= take
+            start, self.emitted = self.emitted, self.emitted + take
+            yield start, rec[:take], org[:take]
+
+
 class _PmemcheckReader:
     """Two passes over a log: the first places every registered file on the vNVDIMM, the second
     turns the records between START and STOP into trace records."""
@@ -169,6 +233,7 @@ class _PmemcheckReader:
         self.blocks, self.source = blocks, source
         self.nvdimm_gpa, self.nvdimm_size = nvdimm_gpa, nvdimm_size
         self.vm, self.vcpu, self.unregistered, self.deep_flush = vm, vcpu, unregistered, deep_flush
+        self.count = 0                               # records the last full read made
 
     def _error(self, number: int, line: int, fname: str, problem: str, text: str) -> TraceError:
         return TraceError(f"{self.source} pmemcheck record {number} (line {line}), field {fname}: {problem}: "
@@ -209,14 +274,27 @@ class _PmemcheckReader:
         return files
 
     def convert(self) -> PmemcheckImport:
+        """The whole trace in memory (small logs; :meth:`chunks` streams)."""
+        result = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64))
+        parts = list(self.chunks(result))
+        if parts:
+            result.records = np.concatenate([r for _, r, _ in parts])
+            result.origin = np.concatenate([o for _, _, o in parts])
+        return result
+
+    def chunks(self, result: PmemcheckImport, chunk: int = DEFAULT_CHUNK,
+               dry: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(first index, records, origin)`` chunks of at most ``chunk`` records, in trace order;
+        ``result`` gets the files at once and the markers and counts as the log is read. ``dry``:
+        check every record and count, make nothing (``result.log_records`` ... and the count in
+        ``result.origin``'s place are what it leaves)."""
         files = self.place_files()
+        result.files = list(files.values())
         maps = _Mappings(files)
-        out: list[tuple[int, int, int, int, int, int]] = []
-        origin: list[int] = []
-        result = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64), files=list(files.values()))
-        head = (self.vcpu, self.vm)
+        out = _Emitter(chunk, self.vcpu, self.vm, dry)
         flushed = False                              # a FLUSH since the last FENCE
         for number, line, text in self._records():
+            yield from out.ready()
             result.log_records += 1
             kind = text.split(";", 1)[0]
             try:
@@ -239,8 +317,7 @@ class _PmemcheckReader:
                     for gpa, n in pieces:
                         part = int.from_bytes(data[pos:pos + n], "little")
                         for g, s, v in _store_pieces(gpa, n, part):
-                            out.append((Op.STORE, *head, s, g, v))
-                            origin.append(number)
+                            out.add(Op.STORE, s, g, v, number)
                         pos += n
                 elif kind == "FLUSH":
                     parts = text.split(";")
@@ -251,34 +328,30 @@ class _PmemcheckReader:
                     if pieces is None:
                         result.skipped += 1
                         continue
-                    for gpa, n in pieces:
-                        for g in range(gpa - gpa % LINE, gpa + n, LINE):
-                            out.append((Op.CLWB, *head, 0, g, 0))
-                            origin.append(number)
-                            flushed = True
+                    for gpa, n in pieces:                # one write-back per line, a chunk at a time
+                        yield from out.write_backs(gpa - gpa % LINE, gpa + n, number)
+                        flushed = flushed or n > 0
                 elif kind == "FENCE":
                     if text != "FENCE":
                         raise _FieldError("-", "FENCE takes no fields")
-                    out.append((Op.SFENCE, *head, 0, 0, 0))
-                    origin.append(number)
+                    out.add(Op.SFENCE, 0, 0, 0, number)
                     if flushed and self.deep_flush is not None:     # pmem_deep_persist's vFHA write
-                        out += [(Op.STORE, *head, 8, self.deep_flush, 1), (Op.SFENCE, *head, 0, 0, 0)]
-                        origin += [number, number]
+                        out.add(Op.STORE, 8, self.deep_flush, 1, number)
+                        out.add(Op.SFENCE, 0, 0, 0, number)
                     flushed = False
                 elif kind == "REGISTER_FILE":
                     name, va, size, offset = _register_fields(text)
                     maps.register(name, va, size, offset)
                 elif kind in _ENGINE_MARKS or kind.endswith((".BEGIN", ".END")) and ";" not in text:
-                    result.markers.append((len(out), text))
+                    result.markers.append((out.count, text))
                 else:
                     raise _FieldError("record", f"unknown record {kind!r}")
             except _FieldError as e:
                 raise self._error(number, line, e.field, e.problem, text) from None
             except _Unregistered as e:
                 raise self._error(number, line, "addr", str(e), text) from None
-        result.records = np.array(out, TRACE_DTYPE) if out else np.zeros(0, TRACE_DTYPE)
-        result.origin = np.array(origin, np.int64)
-        return result
+        yield from out.ready(last=True)
+        self.count = out.count
 
     def _place(self, maps: _Mappings, va: int, n: int) -> list[tuple[int, int]] | None:
         pieces = maps.translate(va, n)
@@ -290,6 +363,50 @@ class _PmemcheckReader:
 
 class _Unregistered(Exception):
     pass
+
+
+class PmemcheckStream:
+    """A pmemcheck log imported a chunk at a time (what :func:`stream_pmemcheck` returns): memory
+    stays a chunk however far the log's range FLUSHes expand. ``info`` is filled as :meth:`chunks`
+    reads (``files`` at once; ``markers``, ``skipped``, ``log_records`` by the end; its
+    ``records``/``origin`` stay empty)."""
+
+    def __init__(self, reader: "_PmemcheckReader") -> None:
+        self.reader = reader
+        self.info = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64))
+        self._starts: list[np.ndarray] = []      # where each run of records from one log record begins
+        self._numbers: list[np.ndarray] = []     # ... and that log record's number
+        self.length: int | None = None           # records, once read to the end
+
+    def validate(self) -> "PmemcheckStream":
+        """Read the whole log once, checking every record and counting what it expands to (no
+        records are made): a bad log is refused before anything replays."""
+        self.info = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64))
+        for _ in self.reader.chunks(self.info, dry=True):
+            pass
+        self.length = self.reader.count
+        return self
+
+    def chunks(self, size: int = DEFAULT_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first index, records)`` chunks of at most ``size`` records, read from the log anew."""
+        self.info = PmemcheckImport(np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64))
+        self._starts, self._numbers = [], []
+        total = 0
+        for start, records, origin in self.reader.chunks(self.info, size):
+            first = np.concatenate([[0], np.flatnonzero(np.diff(origin)) + 1])
+            self._starts.append(start + first)
+            self._numbers.append(origin[first])
+            total = start + len(records)
+            yield start, records
+        self.length = total
+
+    def origin(self, index: int) -> int | None:
+        """The log record that trace record ``index`` (already read) came from."""
+        if not self._starts:
+            return None
+        starts, numbers = np.concatenate(self._starts), np.concatenate(self._numbers)
+        k = int(np.searchsorted(starts, index, side="right")) - 1
+        return int(numbers[k]) if k >= 0 and (self.length is None or index < self.length) else None
 
 
 def _text_blocks(path: PathLike) -> Callable[[], Iterator[str]]:
@@ -334,3 +451,11 @@ def parse_pmemcheck(text: str, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA, nvdimm_size
     reader = _PmemcheckReader(lambda: [text], source, nvdimm_gpa, nvdimm_size, vm, vcpu, unregistered,
                               deep_flush)
     return reader.convert()
+
+
+def stream_pmemcheck(path: PathLike, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA,
+                     nvdimm_size: int = DEFAULT_NVDIMM_SIZE, *, vm: int = 0, vcpu: int = 0,
+                     unregistered: str = "error", deep_flush: int | None = None) -> PmemcheckStream:
+    """:func:`import_pmemcheck`, read a chunk at a time (:meth:`PmemcheckStream.chunks`)."""
+    return PmemcheckStream(_PmemcheckReader(_text_blocks(path), os.fspath(path), nvdimm_gpa, nvdimm_size, vm,
+                                            vcpu, unregistered, deep_flush))

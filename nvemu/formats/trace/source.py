@@ -14,7 +14,8 @@ import numpy as np
 from ..._constants import TRACE_DTYPE
 from ...errors import TraceError
 from .npy import NPY_MAGIC, NpyTrace, _dtype_problem, save_npy
-from .pmemcheck import _PID_PREFIX, _PMEMCHECK_OPS, PmemcheckImport, import_pmemcheck
+from .pmemcheck import _PID_PREFIX, _PMEMCHECK_OPS, PmemcheckImport, PmemcheckStream, import_pmemcheck, \
+    stream_pmemcheck
 from .records import DEFAULT_CHUNK, DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, FORMATS, PathLike
 from .text import _read_text, save_text
 
@@ -46,9 +47,9 @@ def detect_format(path: PathLike) -> str:
 
 @dataclass
 class TraceSource:
-    """A trace ready to replay, whatever its format: ``records`` in memory (text, pmemcheck, an
-    array) or ``npy`` opened for streaming; ``origin`` maps a record index back to a text line or
-    pmemcheck record for error messages."""
+    """A trace ready to replay, whatever its format: ``records`` in memory (text, an array),
+    ``npy`` opened for streaming, or a pmemcheck log ``stream`` imported as it is read; ``origin``
+    maps a record index back to a text line (pmemcheck: the stream does) for error messages."""
 
     format: str
     path: str | None = None
@@ -56,33 +57,62 @@ class TraceSource:
     npy: NpyTrace | None = None
     origin: np.ndarray | None = None
     origin_name: str = ""
-    pmemcheck: PmemcheckImport | None = None
+    stream: PmemcheckStream | None = None
 
     def __len__(self) -> int:
-        return len(self.npy) if self.npy is not None else len(self._records())
+        if self.npy is not None:
+            return len(self.npy)
+        if self.stream is not None:
+            if self.stream.length is None:
+                for _ in self.stream.chunks():
+                    pass
+            assert self.stream.length is not None
+            return self.stream.length
+        return len(self._records())
+
+    @property
+    def known_length(self) -> int | None:
+        """The record count if known without reading the trace (a pmemcheck log: after one read)."""
+        return self.stream.length if self.stream is not None else len(self)
+
+    @property
+    def pmemcheck(self) -> PmemcheckImport | None:
+        """What the pmemcheck importer found (files, markers, counts), after a read."""
+        return self.stream.info if self.stream is not None else None
 
     def _records(self) -> np.ndarray:
         if self.records is None:
-            raise ValueError("a TraceSource holds records or an NpyTrace")
+            raise ValueError("a TraceSource holds records, an NpyTrace or a pmemcheck stream")
         return self.records
 
     def chunks(self, size: int = DEFAULT_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first index, records)`` chunks: mapped one by one for npy, views otherwise."""
+        """``(first index, records)`` chunks: mapped one by one for npy, imported as the log is
+        read for pmemcheck, views otherwise."""
         if self.npy is not None:
             yield from self.npy.chunks(size)
+        elif self.stream is not None:
+            yield from self.stream.chunks(size)
         else:
             records = self._records()
             for lo in range(0, len(records), size):
                 yield lo, records[lo:lo + size]
 
     def array(self) -> np.ndarray:
-        """All records: in memory, or a read-only memory map of the whole npy file."""
-        return self.npy.array() if self.npy is not None else self._records()
+        """All records: in memory, a read-only memory map of the whole npy file, or the whole
+        imported pmemcheck log (which then sits in memory: prefer :meth:`chunks`)."""
+        if self.npy is not None:
+            return self.npy.array()
+        if self.stream is not None:
+            parts = [c for _, c in self.stream.chunks()]
+            return np.concatenate(parts) if parts else np.zeros(0, TRACE_DTYPE)
+        return self._records()
 
     def where(self, index: int) -> str:
         """How an error names record ``index``: ``"record 5"`` or ``"record 5 (line 12)"``."""
         if self.origin is not None and 0 <= index < len(self.origin):
             return f"record {index} ({self.origin_name} {int(self.origin[index])})"
+        if self.stream is not None and index >= 0 and (number := self.stream.origin(index)) is not None:
+            return f"record {index} ({self.origin_name} {number})"
         return f"record {index}"
 
 
@@ -105,9 +135,9 @@ def open_trace(trace: PathLike | np.ndarray, format: str | None = None, *,
         records, lines = _read_text(path)
         return TraceSource("text", path, records=records, origin=lines, origin_name="line")
     if fmt == "pmemcheck":
-        imp = import_pmemcheck(path, nvdimm_gpa, nvdimm_size, unregistered=unregistered, deep_flush=deep_flush)
-        return TraceSource("pmemcheck", path, records=imp.records, origin=imp.origin,
-                           origin_name="pmemcheck record", pmemcheck=imp)
+        stream = stream_pmemcheck(path, nvdimm_gpa, nvdimm_size, unregistered=unregistered,
+                                  deep_flush=deep_flush).validate()        # a bad log fails here, not mid-replay
+        return TraceSource("pmemcheck", path, stream=stream, origin_name="pmemcheck record")
     raise ValueError(f"unknown trace format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
