@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nvemu import TRACE_DTYPE, Hypervisor, Op
-from nvemu.guest.workloads import persist_loop
+from nvemu.guest.persist_loop import persist_loop
 
 N = 200_000
 

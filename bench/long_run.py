@@ -2,7 +2,7 @@
 """Long-run soundness (issue 8, part 5): replay 200 M ops of the persist loop with periodic
 invariant checks (SPEC 7), in flat memory, and show that no 64-bit counter wrapped.
 
-The trace is generated on the fly (:func:`nvemu.guest.workloads.persist_loop_chunks`, bit for bit the
+The trace is generated on the fly (:func:`nvemu.guest.persist_loop.persist_loop_chunks`, bit for bit the
 trace ``persist_loop`` would give) and replayed chunk by chunk on one default VM of the ``default``
 platform (SPEC 5: 4 controllers, WPQ depth 64, flush hints, ADR; strategy auto = write-protect), so
 memory stays that of the emulated machine plus one chunk. Every ``--check-every`` ops (and at the
@@ -45,7 +45,7 @@ import numpy as np
 from nvemu import GuestFault, Hypervisor, Op, __version__
 from nvemu._constants import STAT, STAT_NAMES, LineState
 from nvemu.cli.common import parse_count
-from nvemu.guest.workloads import persist_loop_chunks
+from nvemu.guest.persist_loop import persist_loop_chunks
 
 LINE = 64
 EVENTS = [n for n in STAT_NAMES if n != "load_sum"]     # load_sum is a checksum modulo 2**64: it wraps by design
@@ -244,11 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"replayed {done:,} ops in {replay_s:.1f} s of replay ({done / replay_s / 1e6:.1f} Mops/s), "
           f"{wall:.1f} s wall, {checker.checks} invariant checks ({check_s:.2f} s)")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB (ru_maxrss); RSS at the checks {min(rss_seen):.0f}..{max(rss_seen):.0f} MiB "
+    print(f"peak RSS {peak_rss_mib():.0f} MiB (ru_maxrss); "
+          f"RSS at the checks {min(rss_seen):.0f}..{max(rss_seen):.0f} MiB "
           f"(machine alone: {rss_machine:.0f} MiB)")
-    print("counters: " + ", ".join(f"{n}={t[n]:,}" for n in ("ops", "loads", "stores", "clwb", "sfence",
-                                                            "tlb_hits", "tlb_misses", "walk_refs", "exits_ept_violation",
-                                                            "vfha_writes", "fha_writes", "lines_drained")))
+    shown = ("ops", "loads", "stores", "clwb", "sfence", "tlb_hits", "tlb_misses", "walk_refs", "exits_ept_violation",
+             "vfha_writes", "fha_writes", "lines_drained")
+    print("counters: " + ", ".join(f"{n}={t[n]:,}" for n in shown))
     print(f"cycles {cycles:,}; per controller drained {[c['drained'] for c in ctrl]}, "
           f"WPQ-full drains {[c['drained_full'] for c in ctrl]}")
     print(f"largest counter: {biggest_name} = {biggest:,} = 2**{np.log2(max(biggest, 1)):.1f}; "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nvemu import Hypervisor, __version__
-from nvemu.guest.workloads import persist_loop
+from nvemu.guest.persist_loop import persist_loop
 
 HERE = Path(__file__).resolve().parent
 YARDSTICK = HERE.parent.parent / "shared" / "yardstick" / "replay_yardstick.c"

@@ -46,7 +46,7 @@ def child(mode: str, arg: str) -> None:
                           "exits": doc["exits"]["48"], "peak_mib": peak_mib()}))
     else:
         from nvemu import Hypervisor
-        from nvemu.guest.workloads import persist_loop
+        from nvemu.guest.persist_loop import persist_loop
         hv = Hypervisor("default")
         vm = hv.create_vm(strategy="write-protect", prefault=True).start()
         nv = vm.nvdimms[0]

@@ -66,11 +66,29 @@ class FhaMode(enum.IntEnum):
 
 
 class ExitReason(enum.IntEnum):
-    """Intel basic exit reasons used here."""
+    """Intel basic exit reasons used here (Intel SDM vol. 3C, appendix C), in report order.
 
-    VMCALL = 18
+    Every exit key in Python is one of these; reports name them by number (``exits_48``).
+    """
+
     EPT_VIOLATION = 48
     EPT_MISCONFIG = 49
+    VMCALL = 18
+
+    @property
+    def label(self) -> str:
+        """How messages name the exit: "EPT violation", "EPT misconfiguration", "VMCALL"."""
+        return _EXIT_LABELS[self]
+
+    @property
+    def stat(self) -> str:
+        """The per-vCPU counter of this exit (``STAT_NAMES``)."""
+        return f"exits_{self.name.lower()}"
+
+
+_EXIT_LABELS = {ExitReason.EPT_VIOLATION: "EPT violation", ExitReason.EPT_MISCONFIG: "EPT misconfiguration",
+                ExitReason.VMCALL: "VMCALL"}
+
 
 
 class RunStatus(enum.IntEnum):
@@ -81,7 +99,7 @@ class RunStatus(enum.IntEnum):
 
 
 class BadRecord(enum.IntEnum):
-    """Why a trace record was refused (``Engine.bad_record``)."""
+    """Why a trace record was refused (``Engine.bad_record``; messages in ``_records``)."""
 
     NONE = 0
     OP = 1
@@ -92,19 +110,6 @@ class BadRecord(enum.IntEnum):
     VALUE = 6
     GPA = 7
 
-
-BAD_RECORD_TEXT = {
-    BadRecord.OP: "op {op} is not a known operation (0..7)",
-    BadRecord.VM: "vm {vm} does not exist on this hypervisor (or is not running)",
-    BadRecord.VCPU: "vcpu {vcpu} does not exist in vm {vm}",
-    BadRecord.SIZE: "size {size} is not valid for {opname} (loads/stores: 1, 2, 4, 8; flushes: 0 or 64)",
-    BadRecord.CROSSES_LINE: "access of {size} bytes at GPA {gpa:#x} is unaligned: it crosses a 64-byte line",
-    BadRecord.VALUE: "value {value:#x} does not fit a {size}-byte store",
-    BadRecord.GPA: "GPA {gpa:#x} is outside the 48-bit guest-physical space",
-}
-
-BAD_RECORD_FIELD = {BadRecord.OP: "op", BadRecord.VM: "vm", BadRecord.VCPU: "vcpu", BadRecord.SIZE: "size",
-                    BadRecord.CROSSES_LINE: "gpa", BadRecord.VALUE: "value", BadRecord.GPA: "gpa"}
 
 # Per-vCPU counters, in the order of the core's stats rows. The first eight are indexed by op code.
 STAT_NAMES = (
@@ -135,6 +140,10 @@ EPT_LARGE = 1 << 7
 EPT_ACCESSED = 1 << 8
 EPT_DIRTY = 1 << 9
 EPT_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+EPT_LEVELS = 4           # PML4, PDPT, PD, PT
+EPT_INDEX_BITS = 9       # 512 entries per table
+EPT_ENTRIES = 1 << EPT_INDEX_BITS
+NO_VPN = (1 << 64) - 1   # the engines' state for "no vFHA page"
 
 # EPT-violation exit qualification bits (Intel SDM Vol. 3C, 27.2.1, table "Exit Qualification for EPT
 # Violations"). A guest data access through its page tables sets bit 7 (the guest linear-address field
@@ -144,11 +153,21 @@ EPT_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 QUAL_READ = 1 << 0
 QUAL_WRITE = 1 << 1
 QUAL_FETCH = 1 << 2
+QUAL_ENTRY_SHIFT = 3                     # bits 3-5: the entry's R/W/X
+QUAL_ENTRY_RWX = 7 << QUAL_ENTRY_SHIFT   # all clear: the GPA is not mapped at all
 QUAL_LINEAR_VALID = 1 << 7
 QUAL_FINAL_TRANSLATION = 1 << 8
 
 LINE_BYTES = 64          # a cache line, the unit of write-back and of a WPQ entry
-PAGE_BYTES = 1 << 12     # a 4 KiB page
-PAGE_4K = 1 << 12
-PAGE_2M = 1 << 21
-GPA_LIMIT = 1 << 48
+PAGE_SHIFT = 12
+PAGE_BYTES = 1 << PAGE_SHIFT     # a 4 KiB page
+PAGE_MASK = PAGE_BYTES - 1
+PAGE_4K = PAGE_BYTES
+PAGE_2M = 1 << 21        # a 2 MiB large page (an EPT leaf at level 2)
+PAGE_SIZES = (PAGE_4K, PAGE_2M)
+GPA_BITS = 48            # guest-physical addresses a 4-level EPT maps
+GPA_LIMIT = 1 << GPA_BITS
+HPA_LIMIT = 1 << 52      # host-physical addresses an EPT entry can hold (bits 12..51)
+
+DEFAULT_CHUNK = 1 << 20
+"""Records per chunk when streaming a trace (24 MiB of trace at a time)."""

@@ -16,18 +16,18 @@ import numpy as np
 
 from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE,
                          EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
-                         Op, QUAL_FINAL_TRANSLATION, QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE, RunStatus, STAT,
-                         STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
+                         Op, QUAL_ENTRY_SHIFT, QUAL_FINAL_TRANSLATION, QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE,
+                         RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
 from . import _state
 from ._image import DurableImage
+from ._constants import LINE_BYTES as LINE, PAGE_BYTES as PAGE
 from ._layout import EngineLayout, budget_message
+from ._records import record_code
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
 CAPI_VERSION = 2
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
-PAGE = 4096
-LINE = 64
 
 
 def exit_qualification(reason: int, write: bool, entry: int) -> int:
@@ -36,7 +36,7 @@ def exit_qualification(reason: int, write: bool, entry: int) -> int:
     if reason == ExitReason.EPT_MISCONFIG:
         return 0
     access = QUAL_WRITE if write else QUAL_READ
-    return access | ((entry & EPT_RWX) << 3) | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION
+    return access | ((entry & EPT_RWX) << QUAL_ENTRY_SHIFT) | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION
 
 
 class _Vm:
@@ -143,7 +143,8 @@ class Engine:
             return
         cost = self._chunk_cost(idx)
         if self.touched_bytes + cost > self.memory_budget:
-            raise ResourceError(budget_message(self.memory_budget, self.touched_bytes, self._chunk_cost(self.pmem_index)))
+            raise ResourceError(budget_message(self.memory_budget, self.touched_bytes,
+                                               self._chunk_cost(self.pmem_index)))
         self.touched.add(idx)
         self.touched_bytes += cost
 
@@ -532,20 +533,7 @@ class Engine:
             return BadRecord.VM
         if cpu >= self.vms[vm].nvcpus:
             return BadRecord.VCPU
-        if op > Op.MFENCE:
-            return BadRecord.OP
-        if op not in (Op.SFENCE, Op.MFENCE) and gpa >= GPA_LIMIT:
-            return BadRecord.GPA
-        if op in (Op.LOAD, Op.STORE, Op.NT_STORE):
-            if size not in (1, 2, 4, 8):
-                return BadRecord.SIZE
-            if gpa % LINE + size > LINE:
-                return BadRecord.CROSSES_LINE
-            if op != Op.LOAD and value >= 1 << (8 * size):
-                return BadRecord.VALUE
-        elif op in (Op.CLWB, Op.CLFLUSHOPT, Op.CLFLUSH) and size not in (0, 64):
-            return BadRecord.SIZE
-        return BadRecord.NONE
+        return record_code(op, size, gpa, value)
 
     def run(self, ops: np.ndarray, start: int = 0) -> tuple[int, int]:
         if not isinstance(ops, np.ndarray):

@@ -1,18 +1,38 @@
-"""Shared fixtures: every behavioural test runs on both engines (the core and the reference)."""
+"""Shared fixtures: every behavioural test runs on every engine this install has (the compiled
+core and the reference model; a pure install, ``NVEMU_PUREPYTHON=1``, only the reference).
+
+Tests never name an engine: ``backend`` is a fixture over :data:`BACKENDS`, and the differential
+tests that compare the two engines use :data:`ENGINES` and mark themselves :func:`needs_compiled`.
+Inputs too big for the reference model in a pure run are sized with :func:`scaled`.
+"""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 
+import nvemu
 from nvemu import TRACE_DTYPE, Hypervisor
 from nvemu.machine.config import make_platform
 
-BACKENDS = ["core", "reference"]
-if os.environ.get("NVEMU_PUREPYTHON") == "1":
-    BACKENDS = ["reference"]
+ENGINES = ("core", "reference")
+"""Both engines, for differential tests (which need the compiled one)."""
+BACKENDS = list(ENGINES) if nvemu.COMPILED else ["reference"]
+"""The engines behavioural tests run on."""
+DEFAULT_BACKEND = nvemu.BACKEND
+"""The engine ``Hypervisor(...)`` uses when none is named: the compiled core unless pure."""
+
+
+def needs_compiled(reason: str) -> pytest.MarkDecorator:
+    """Mark a test that needs the compiled extension itself (cimport, nogil threads, the two
+    engines compared); a pure install skips it, saying why."""
+    return pytest.mark.skipif(not nvemu.COMPILED, reason=f"needs the compiled core: {reason}")
+
+
+def scaled(n: int, pure: int) -> int:
+    """``n`` on the compiled core, ``pure`` when the default engine is the reference model
+    (about 100x slower), so that the pure run of the suite stays short."""
+    return n if nvemu.COMPILED else pure
 
 
 @pytest.fixture(params=BACKENDS)

@@ -21,7 +21,7 @@ def setup(make_hv):
     ((Op.LOAD, 0, 0, 0, 0, 0), "size 0 is not valid for LOAD"),
     ((Op.STORE, 0, 0, 8, 60, 1), "crosses a 64-byte line"),
     ((Op.NT_STORE, 0, 0, 4, 62, 1), "crosses a 64-byte line"),
-    ((Op.STORE, 0, 0, 1, 0, 0x100), "does not fit a 1-byte store"),
+    ((Op.STORE, 0, 0, 1, 0, 0x100), "does not fit a 1-byte STORE"),
     ((Op.CLWB, 0, 0, 8, 0, 0), "size 8 is not valid for CLWB"),
     ((8, 0, 0, 8, 0, 0), "op 8 is not a known operation"),
     ((255, 0, 0, 0, 0, 0), "op 255 is not a known operation"),

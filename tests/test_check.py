@@ -8,21 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_vm, tiny_platform, trace
+from conftest import ENGINES, needs_compiled, small_vm, tiny_platform, trace
 
-from nvemu import COMPILED, ConfigError, GuestFault, Hypervisor, Op, TraceError
+from nvemu import ConfigError, GuestFault, Hypervisor, Op, TraceError
 from nvemu.tools.checker import build_platform, check, check_trace, persist_points
 from nvemu.cli.main import main
 from nvemu.machine.config import preset
 from nvemu.guest.drivers import TraceWriter
 from nvemu.guest.workloads import WORKLOADS, VmLayout, generate
 
-BACKEND = "core" if COMPILED else "reference"
 DATA = Path(__file__).parent / "data" / "trace"
 S, NT, LD, CLWB, SF = Op.STORE, Op.NT_STORE, Op.LOAD, Op.CLWB, Op.SFENCE
 
 
-def machine(domain: str = "adr", strategy: str = "write-protect", backend: str = BACKEND, vcpus: int = 1, **kw):
+def machine(domain: str = "adr", strategy: str = "write-protect", backend: str | None = None, vcpus: int = 1, **kw):
     hv = Hypervisor(tiny_platform(domain=domain, **kw), backend=backend)
     return hv, small_vm(hv, strategy=strategy, vcpus=vcpus)
 
@@ -51,7 +50,7 @@ def test_draining_strategies_lose_nothing_on_any_generator_workload(domain, stra
 @pytest.mark.parametrize("fanout", ["broadcast", "targeted"])
 @pytest.mark.parametrize("workload", ["persist-loop", "linux-fsync", "kv-put"])
 def test_two_vms_sharing_the_wpqs_lose_nothing(fanout, workload):
-    hv = Hypervisor(tiny_platform(domain="none"), backend=BACKEND)
+    hv = Hypervisor(tiny_platform(domain="none"))
     vms = [small_vm(hv, nvdimms=[256 << 10], vcpus=2, fanout=fanout) for _ in range(2)]
     ops = generate(workload, 3000, [VmLayout.of(v) for v in vms], seed=3, vms=2, vcpus=2)
     result = check(hv, ops)
@@ -156,7 +155,7 @@ def test_drop_on_generator_workloads_is_caught():
 def test_a_vfha_write_of_another_vm_drains_this_vms_lines():
     """WPQs are physical (SPEC 7.5): VM 1's store, lost to its broken hypervisor strategy, becomes
     durable when VM 0's correctly trapped vFHA write drains the shared WPQs."""
-    hv = Hypervisor(tiny_platform(domain="none"), backend=BACKEND)
+    hv = Hypervisor(tiny_platform(domain="none"))
     good, bad = small_vm(hv, nvdimms=[256 << 10]), small_vm(hv, nvdimms=[256 << 10], strategy="drop")
     g = bad.nvdimms[0].gpa
     ops = trace((S, 0, 1, 8, g, 7), (CLWB, 0, 1, 0, g, 0), (SF, 0, 1, 0, 0, 0), (S, 0, 1, 8, bad.vfha_gpa, 1),
@@ -273,10 +272,10 @@ def test_sampled_points_see_the_same_violations_as_all_points():
     assert drop_run(chosen).pairs() == [sp for sp in everything.pairs() if sp[1] in set(chosen)]
 
 
-@pytest.mark.skipif(not COMPILED, reason="compares the compiled core with the reference model")
+@needs_compiled("compares the compiled core with the reference model")
 def test_core_and_reference_find_the_same_violations():
     found = []
-    for backend in ("core", "reference"):
+    for backend in ENGINES:
         hv, vm = machine("none", "drop", backend=backend)
         found.append(check(hv, generate("seq-log", 800, VmLayout.of(vm), seed=5, deep_flush_every=2)).violations)
     assert found[0] == found[1] and found[0]
@@ -349,7 +348,7 @@ def test_build_platform_overrides_the_domain():
 
 
 def test_check_trace_on_an_npy_file(tmp_path):
-    from nvemu.tools.replayer import vm_layouts
+    from nvemu.tools.prepare import vm_layouts
     from nvemu.formats.trace import save_trace
     lay = vm_layouts("small")[0]
     path = tmp_path / "t.npy"
@@ -360,7 +359,7 @@ def test_check_trace_on_an_npy_file(tmp_path):
 
 
 def test_cli_exit_status_and_json(tmp_path, capsys):
-    from nvemu.tools.replayer import vm_layouts
+    from nvemu.tools.prepare import vm_layouts
     from nvemu.formats.trace import save_trace
     path, out = tmp_path / "t.npy", tmp_path / "r.json"
     save_trace(path, generate("seq-log", 3000, vm_layouts("small")[0], seed=1))

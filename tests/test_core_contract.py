@@ -1,6 +1,7 @@
 """The core's C enums (nvemu/_core.pxd) agree with the Python constants; CI can't pass on the
 pure-Python fallback by accident."""
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest
 
 import nvemu
 from nvemu import _constants as c
+
+from conftest import needs_compiled
 
 PXD = Path(nvemu.__file__).with_name("_core.pxd").read_text()
 
@@ -48,11 +51,17 @@ def test_trace_dtype_is_24_packed_bytes():
 def test_backend_is_compiled():
     if os.environ.get("NVEMU_REQUIRE_COMPILED") == "1":
         assert nvemu.COMPILED, "CI asked for the compiled core but nvemu runs on the reference model"
+    if os.environ.get("NVEMU_REQUIRE_PURE") == "1":             # CI's pure install: no extension at all
+        assert not nvemu.COMPILED and nvemu.BACKEND == "reference"
+        assert not list(Path(nvemu.__file__).parent.glob("_core*.so")), "the pure install built the extension"
+        with pytest.raises(ImportError):
+            importlib.import_module("nvemu._core")
     if nvemu.COMPILED:
         from nvemu import _core
         assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 2
 
 
+@needs_compiled("compares the compiled Engine with the reference one")
 def test_both_engines_offer_the_same_methods_and_the_stub_lists_them():
     from nvemu import _core, _reference
     stub = Path(nvemu.__file__).with_name("_core.pyi").read_text()

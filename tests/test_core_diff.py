@@ -8,17 +8,17 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nvemu import TRACE_DTYPE, GuestFault, Hypervisor, NvemuError, Op
+from nvemu._constants import BadRecord, RunStatus
+from nvemu._records import record_code
 from nvemu.machine.flush_hints import STRATEGIES
 
-from conftest import tiny_platform
+from conftest import ENGINES, needs_compiled, tiny_platform
 
-pytestmark = pytest.mark.skipif(os.environ.get("NVEMU_PUREPYTHON") == "1",
-                                reason="needs the compiled core to compare against")
+pytestmark = needs_compiled("compares the compiled core with the reference model")
 
 EXAMPLES = int(os.environ.get("NVEMU_DIFF_EXAMPLES", "300"))
 
@@ -137,7 +137,7 @@ def state(hv, vms):
        vms=st.lists(vm_spec, min_size=1, max_size=2), actions=st.lists(action, max_size=12))
 def test_core_and_reference_agree(domain, depth, vms, actions):
     runs = []
-    for backend in ("core", "reference"):
+    for backend in ENGINES:
         hv, made = build(backend, domain, depth, vms)
         log = []
         for act in actions:
@@ -155,7 +155,7 @@ def test_translation_equals_a_fresh_walk(seed, n):
     """SPEC 7.1: for every mapped GPA, fast path == reference == a fresh walk of the table."""
     picks = np.random.default_rng(seed).integers(0, 2**63, size=n)
     results = []
-    for backend in ("core", "reference"):
+    for backend in ENGINES:
         hv = Hypervisor(tiny_platform(), backend=backend)
         vm = hv.create_vm(dram=256 << 10, nvdimms=[128 << 10], tlb_entries=8).start()
         ranges = vm.ranges()
@@ -168,3 +168,19 @@ def test_translation_equals_a_fresh_walk(seed, n):
             out.append(hpa)
         results.append((out, vm.stats().rows.tolist()))
     assert results[0] == results[1]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(op=st.integers(0, 255), vcpu=st.integers(0, 2), size=st.sampled_from([0, 1, 2, 3, 4, 8, 16, 64, 2**32 - 1]),
+       gpa=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 60, 63, 2**48 - 1, 2**48])),
+       value=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 255, 256, 2**32])))
+def test_both_engines_refuse_exactly_what_the_one_validator_refuses(op, vcpu, size, gpa, value):
+    """The core's inline checks, the reference model and ``_records.record_code`` agree on every record."""
+    expected = BadRecord.VCPU if vcpu >= 2 else record_code(op, size, gpa, value)
+    for backend in ENGINES:
+        hv = Hypervisor(tiny_platform(), backend=backend)
+        vm = hv.create_vm(dram=64 << 10, nvdimms=[64 << 10], vcpus=2).start()
+        ops = np.array([(op, vcpu, vm.id, size, gpa, value)], TRACE_DTYPE)
+        _, status = hv.platform.engine.run(ops, 0)
+        refused = BadRecord(hv.platform.engine.bad_record) if status == RunStatus.BAD_RECORD else BadRecord.NONE
+        assert refused == expected, backend

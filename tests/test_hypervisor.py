@@ -9,9 +9,9 @@ from nvemu import (TRACE_DTYPE, ConfigError, GuestFault, Hypervisor, LifecycleEr
                    VmState)
 from nvemu._constants import EPT_R, EPT_RWX, EPT_W
 from nvemu.machine.flush_hints import allocate_vfha
-from nvemu.guest.workloads import persist_loop
+from nvemu.guest.persist_loop import persist_loop
 
-from conftest import small_vm, tiny_platform, trace
+from conftest import scaled, small_vm, tiny_platform, trace
 
 MiB = 1 << 20
 
@@ -162,7 +162,7 @@ def test_writes_elsewhere_on_a_write_protected_page_are_guest_faults(make_hv):
     assert info.value.reason == 49
 
 
-def run_everywhere(strategy, fanout, ops_for, platform_kw=None, nvms=2, backend="core", nvdimm=64 << 10):
+def run_everywhere(strategy, fanout, ops_for, platform_kw=None, nvms=2, backend=None, nvdimm=64 << 10):
     hv = Hypervisor(tiny_platform(**{"controllers": 4, **(platform_kw or {})}), backend=backend)
     vms = [hv.create_vm(dram=256 << 10, nvdimms=[nvdimm], strategy=strategy, fanout=fanout).start()
            for _ in range(nvms)]
@@ -219,7 +219,7 @@ def test_targeted_fanout_drains_fewer_lines_and_keeps_own_lines_identical():
     assert out["targeted"][4][2:] == (0, 0) and out["broadcast"][4][2:] != (0, 0)   # B's controllers
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=scaled(40, 15), deadline=None)
 @given(seed=st.integers(0, 1000), strategy=st.sampled_from(["write-protect", "mmio", "hypercall", "writable"]),
        n=st.integers(10, 400))
 def test_isolation(seed, strategy, n):

@@ -9,7 +9,9 @@ from nvemu.tools.cells import cell, run_cell
 from nvemu.cli.main import main
 from nvemu.tools.microbench import grid, run_bench, sensitivity
 
-OPS = 20_000
+from conftest import scaled
+
+OPS = scaled(20_000, 5_000)       # records per cell; fewer on the reference model
 
 
 def rows_of(cells):

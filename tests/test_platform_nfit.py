@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nvemu import Hypervisor, Platform, preset
+from nvemu import Hypervisor, preset
 from nvemu.formats import nfit
 from nvemu.formats.nfit import platform_from_nfit
 from nvemu.guest.drivers import TraceWriter, pmem_persist

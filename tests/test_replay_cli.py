@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nvemu import COMPILED, GuestFault, Hypervisor, Op, TraceError
+from nvemu import COMPILED, TRACE_DTYPE, GuestFault, Hypervisor, Op, TraceError
 from nvemu.cli.main import main
-from nvemu.tools.replayer import Replayer, replay, vm_layouts, vm_sizes
+from nvemu.tools.prepare import vm_layouts, vm_sizes
+from nvemu.tools.replayer import Replayer, replay
 from nvemu.formats.trace import load_trace, save_npy, save_text
 from nvemu.guest.workloads import VmLayout, generate
 
@@ -141,7 +142,7 @@ def test_errors_name_the_global_record_and_nothing_after_it_runs(tmp_path):
 
     trace[3333]["gpa"] = G + 0x13C                          # a record the core refuses, in the 4th chunk
     trace[3333]["op"], trace[3333]["size"] = Op.STORE, 8
-    with pytest.raises(TraceError, match=r"^record 3333, field gpa: access of 8 bytes at GPA 0x10000013c"):
+    with pytest.raises(TraceError, match=r"^record 3333, field gpa: 8-byte access at GPA 0x10000013c crosses"):
         replay(trace, chunk_ops=1000, **SMALL)
 
 
@@ -231,7 +232,8 @@ def test_replay_takes_an_nfit_and_a_pmemcheck_log(tmp_path, capsys):
     assert main(["replay", str(DATA / "two_files.log"), "--nfit", str(aml), "--deep-flush", "--strategy",
                  "write-protect", "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["format"] == "pmemcheck" and doc["ops"] == 11 and doc["exits"]["ept_violation"] == {"reason": 48, "count": 1} and doc["lines_drained"] == 3
+    assert doc["format"] == "pmemcheck" and doc["ops"] == 11 and doc["lines_drained"] == 3
+    assert doc["exits"]["ept_violation"] == {"reason": 48, "count": 1}
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared/samples/pmemcheck not present")
@@ -253,6 +255,26 @@ def test_bad_traces_fail_with_one_line_and_exit_code_2(tmp_path, capsys, content
     assert main(["replay", str(tmp_path / "t"), "--preset", "small"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nvemu: error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("records, chunk, message, index", [
+    ([(Op.STORE, 0, 0, 8, G, 1)] * 5 + [(Op.STORE, 0, 0, 3, G, 1)], 2,
+     "record 5, field size: size 3 is not valid for STORE (1, 2, 4 or 8)", 5),
+    ([(Op.STORE, 0, 0, 8, G, 1)] * 3 + [(Op.LOAD, 0, 0, 8, 0x9_0000_0000, 0)], 2,
+     "record 3, field gpa: GPA 0x900000000 is outside every mapping of vm 0 (read by cpu0)", 3),
+])
+def test_replay_and_check_name_a_bad_record_alike(tmp_path, records, chunk, message, index):
+    """One preparation, one way of naming errors: a chunked replay and the checker report the same
+    record index, field and message (shifted through the error's fields, not its text)."""
+    from nvemu.tools.checker import check_trace
+    ops = np.array(records, dtype=TRACE_DTYPE)
+    path = tmp_path / "t.npy"
+    save_npy(path, ops)
+    for run in (lambda: replay(path, chunk_ops=chunk, platform="small"),
+                lambda: check_trace(path, platform="small")):
+        with pytest.raises(TraceError) as info:
+            run()
+        assert str(info.value) == message and info.value.index == index
 
 
 def test_unwritable_outputs_and_bad_arguments(tmp_path, capsys):

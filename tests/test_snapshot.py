@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from nvemu import restore_snapshot, save_snapshot
 from nvemu import Hypervisor, Op, SnapshotError
-from nvemu.guest.workloads import persist_loop
+from nvemu.guest.persist_loop import persist_loop
 from nvemu.machine.snapshot import _digest
 
-from conftest import tiny_platform, trace
+from conftest import BACKENDS, DEFAULT_BACKEND, tiny_platform, trace
 
 
-def build(backend, strategies=("write-protect", "mmio")):
+def build(backend=DEFAULT_BACKEND, strategies=("write-protect", "mmio")):
     hv = Hypervisor(tiny_platform(domain="adr", wpq_depth=4), backend=backend)
     vms = [hv.create_vm(dram=128 << 10, nvdimms=[128 << 10], vcpus=2, strategy=s, tlb_entries=4).start()
            for s in strategies]
@@ -46,15 +46,15 @@ def everything(hv):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(50, 1500), cut=st.floats(0, 1),
-       restore_on=st.sampled_from(["core", "reference"]))
+       restore_on=st.sampled_from(BACKENDS))
 def test_restore_then_finish_equals_uninterrupted(tmp_path_factory, seed, n, cut, restore_on):
-    hv, vms = build("core")
+    hv, vms = build()
     ops = workload(vms, n, seed)
     k = int(cut * len(ops))
     hv.run(ops)
     expected = everything(hv)
 
-    hv2, vms2 = build("core")
+    hv2, vms2 = build()
     hv2.run(ops[:k])
     path = tmp_path_factory.mktemp("snap") / "hv.npz"
     save_snapshot(hv2, path)
@@ -64,11 +64,11 @@ def test_restore_then_finish_equals_uninterrupted(tmp_path_factory, seed, n, cut
 
 
 def test_vm_snapshot_restores_one_vm_on_a_fresh_host(tmp_path):
-    hv, (vm,) = build("core", strategies=("write-protect",))
+    hv, (vm,) = build(strategies=("write-protect",))
     ops = workload([vm], 3000, 5)
     hv.run(ops)
     expected = everything(hv)
-    hv2, (vm2,) = build("core", strategies=("write-protect",))
+    hv2, (vm2,) = build(strategies=("write-protect",))
     hv2.run(ops[:1234])
     save_snapshot(vm2, tmp_path / "vm.npz")
     hv3 = restore_snapshot(tmp_path / "vm.npz")
@@ -78,7 +78,7 @@ def test_vm_snapshot_restores_one_vm_on_a_fresh_host(tmp_path):
 
 
 def test_vm_snapshot_leaves_out_other_vms(tmp_path):
-    hv, (a, b) = build("core")
+    hv, (a, b) = build()
     hv.run(trace((Op.STORE, 0, a.id, 8, a.nvdimms[0].gpa, 1), (Op.STORE, 0, b.id, 8, b.nvdimms[0].gpa, 2)))
     save_snapshot(a, tmp_path / "a.npz")
     only_a = restore_snapshot(tmp_path / "a.npz")
@@ -92,7 +92,7 @@ def test_vm_snapshot_leaves_out_other_vms(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "missing"])
 def test_bad_snapshot_files_are_refused(tmp_path, damage):
-    hv, vms = build("core")
+    hv, vms = build()
     hv.run(workload(vms, 400, 1))
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path)

@@ -4,7 +4,6 @@ sparse durable images, the memory budget, and scrubbing a destroyed VM's host ra
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from nvemu import Hypervisor, Op, ResourceError

@@ -60,7 +60,8 @@ def small_vm(hv: Hypervisor, **kw):
 BASIC = arr(rec(Op.STORE, 0, 0, 8, G, 0x1122334455667788), rec(Op.STORE, 0, 1, 4, G + 0x40, 0xDEADBEEF),
             rec(Op.NT_STORE, 0, 1, 2, G + 0x48, 0xBEEF), rec(Op.CLWB, 0, 0, 0, G),
             rec(Op.CLFLUSHOPT, 0, 1, 64, G + 0x40), rec(Op.SFENCE), rec(Op.LOAD, 0, 0, 8, G),
-            rec(Op.LOAD, 0, 0, 2, G + 0x44), rec(Op.STORE, 1, 1, 1, G + 0x1000, 255), rec(Op.CLFLUSH, 1, 1, 0, G + 0x1000),
+            rec(Op.LOAD, 0, 0, 2, G + 0x44), rec(Op.STORE, 1, 1, 1, G + 0x1000, 255),
+            rec(Op.CLFLUSH, 1, 1, 0, G + 0x1000),
             rec(Op.MFENCE, 1, 1), rec(Op.STORE, 0, 0, 8, G + (2 << 20), 1), rec(Op.SFENCE))
 
 
@@ -293,7 +294,8 @@ def test_deep_flush_option_writes_the_vfha_after_each_flushing_fence():
 
 
 @pytest.mark.parametrize("store, pieces", [
-    ("STORE;0x103d;0x8877665544332211;0x8", [(0x3D, 2, 0x2211), (0x3F, 1, 0x33), (0x40, 4, 0x77665544), (0x44, 1, 0x88)]),
+    ("STORE;0x103d;0x8877665544332211;0x8",
+     [(0x3D, 2, 0x2211), (0x3F, 1, 0x33), (0x40, 4, 0x77665544), (0x44, 1, 0x88)]),
     ("STORE;0x103e;0xbbaa;0x2", [(0x3E, 2, 0xBBAA)]),
     ("STORE;0x103f;0xbbaa;0x2", [(0x3F, 1, 0xAA), (0x40, 1, 0xBB)]),
     ("STORE;0x1039;0x332211;0x3", [(0x39, 2, 0x2211), (0x3B, 1, 0x33)]),

@@ -17,9 +17,8 @@ from nvemu.guest.workloads import (
     VmLayout,
     generate,
     iter_generate,
-    persist_loop,
-    persist_loop_chunks,
 )
+from nvemu.guest.persist_loop import persist_loop, persist_loop_chunks
 
 NAMES = list(WORKLOADS)
 G = 1 << 32

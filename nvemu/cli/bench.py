@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..guest.workloads import WORKLOADS
 from ..machine.config import CostModel
+from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..tools.cells import run_cell, run_host
-from ..tools.microbench import (COLUMNS, RATE_EVERY, RATE_WORKLOAD, STRATEGIES, TABLE_COLUMNS, WORKLOADS, grid,
+from ..tools.microbench import (COLUMNS, RATE_EVERY, RATE_WORKLOAD, TABLE_COLUMNS, grid,
                                 parse_sweep, rate_cells, run_bench, save, sensitivity)
 from ..tools.plots import FORMATS, overhead_figure, rate_figure, sensitivity_figure
 from ..tools.spec import check_cells
@@ -197,9 +199,9 @@ def add_commands(sub: Any) -> None:
                                    "of the grid.")
     b.add_argument("--workloads", metavar="NAME", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS),
                    help=f"workload generators (default: all: {', '.join(WORKLOADS)})")
-    b.add_argument("--strategies", metavar="NAME", nargs="+", default=list(STRATEGIES),
-                   choices=["auto", "write-protect", "mmio", "hypercall", "writable"],
-                   help=f"vFHA strategies, each against native (default: {' '.join(STRATEGIES)}; also auto)")
+    b.add_argument("--strategies", metavar="NAME", nargs="+", default=list(COMPARED_STRATEGIES),
+                   choices=["auto", *COMPARED_STRATEGIES],
+                   help=f"vFHA strategies, each against native (default: {' '.join(COMPARED_STRATEGIES)}; also auto)")
     b.add_argument("--fanout", nargs="+", default=["broadcast"], choices=["broadcast", "targeted"],
                    help="which controllers a trapped vFHA write drains (default broadcast)")
     b.add_argument("--domains", nargs="+", default=["adr"], choices=["none", "adr", "eadr"],

@@ -60,8 +60,10 @@ def add_commands(subparsers: Any) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
                        help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
-    p.add_argument("--domain", choices=list(DOMAIN_NAMES), help="override the platform's persistence domain (default: the platform's)")
+    which.add_argument("--nfit", metavar="FILE.aml",
+                       help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
+    p.add_argument("--domain", choices=list(DOMAIN_NAMES),
+                   help="override the platform's persistence domain (default: the platform's)")
     p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
                    help="how the hypervisor virtualises the vFHA (default auto; drop is broken on purpose)")
     p.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
@@ -69,7 +71,8 @@ def add_commands(subparsers: Any) -> None:
                    help="check after every fence and vFHA write (all, the default) or N evenly sampled ones")
     p.add_argument("--protocol", default="auto", choices=list(PROTOCOLS),
                    help="what the guest must do for a store to count as persisted: fence; flush (write-back, "
-                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush (default auto)")
+                        "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush "
+                        "(default auto)")
     p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
                    help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
     p.add_argument("--no-ordering", action="store_true",

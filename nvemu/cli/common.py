@@ -176,7 +176,8 @@ def add_platform_options(p: argparse.ArgumentParser, what: str = "") -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
                        help=f"platform preset ({', '.join(PRESETS)}; default: default)")
-    which.add_argument("--nfit", metavar="FILE.aml", help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
+    which.add_argument("--nfit", metavar="FILE.aml",
+                       help="build the platform a binary ACPI NFIT describes (default: none, the --preset platform)")
     p.add_argument("--dram", metavar="SIZE", type=parse_number,
                    help=f"DRAM of each VM{' ' + what if what else ''}, bytes with K/M/G suffixes (default 256M, "
                         f"less on a small platform)")
@@ -192,6 +193,6 @@ def platform_of(args: argparse.Namespace) -> str | Platform:
     return args.preset
 
 
-__all__ = ["non_negative_int", "positive_int", "add_platform_options", "add_progress_option", "add_quiet_option", "progress_bar", "check_output_directory", "check_outputs", "fail", "report_stream",
-           "write_output", "format_size", "format_table", "parse_count", "parse_number",
-           "parse_range", "platform_of", "read_nfit"]
+__all__ = ["non_negative_int", "positive_int", "add_platform_options", "add_progress_option", "add_quiet_option",
+           "progress_bar", "check_output_directory", "check_outputs", "fail", "report_stream", "write_output",
+           "format_size", "format_table", "parse_count", "parse_number", "parse_range", "platform_of", "read_nfit"]

@@ -13,17 +13,18 @@ from typing import Any
 
 from .._backend import BACKEND
 from .._version import __version__
-from ..guest.workloads import persist_loop_chunks
+from ..guest.persist_loop import persist_loop_chunks
+from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..machine.hypervisor import Hypervisor
 from ..machine.platform import Platform
-from ..tools.replayer import create_vms
+from ..tools.prepare import create_vms
 from ..tools.results import document
 from ..tools.vocabulary import columns, exit_columns
 from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
                      format_table, parse_count, platform_of, positive_int, non_negative_int, progress_bar,
                      report_stream, write_output)
 
-DEMO_STRATEGIES = ("write-protect", "mmio", "hypercall", "writable", "auto")
+DEMO_STRATEGIES = (*COMPARED_STRATEGIES, "auto")
 MAX_DEMO_OPS = 10**12
 """The most ops ``demo`` runs per strategy: hours at core speed, and far from wrapping a 64-bit
 cycle counter (an op costs at most thousands of cycles). The trace is made a chunk at a time, so

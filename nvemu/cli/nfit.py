@@ -21,7 +21,7 @@ def _hex_list(values: list[int]) -> str:
 
 
 def format_info(info: dict[str, Any]) -> str:
-    """The human-readable form of :func:`nvemu.nfit.discover`'s summary."""
+    """The human-readable form of :func:`nvemu.formats.nfit.discover`'s summary."""
     lines = [f"NFIT: {info['length']} bytes, revision {info['revision']}, OEM {info['oem_id']!r} "
              f"{info['oem_table_id']!r} rev {info['oem_revision']}"]
     caps = info["capabilities"]

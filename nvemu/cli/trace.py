@@ -19,9 +19,10 @@ import numpy as np
 from ..formats import trace as tr
 from ..errors import ConfigError
 from ..machine.flush_hints import FANOUTS, STRATEGIES
-from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size, format_table, parse_count, parse_number,
-                     platform_of, progress_bar, report_stream, write_output)
-from ..tools.replayer import Replayer, ReplayReport, vm_layouts
+from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
+                     format_table, parse_count, parse_number, platform_of, progress_bar, report_stream, write_output)
+from ..tools.prepare import vm_layouts
+from ..tools.replayer import Replayer, ReplayReport
 from ..guest.workloads import WORKLOADS, iter_generate
 from ..tools.vocabulary import COLUMNS, exit_columns
 
@@ -166,7 +167,8 @@ def add_commands(subparsers: Any) -> None:
                      help="write the vFHA after every N-th unit, 0 never (pmdk-tx, kv-put, random-rw, seq-log; "
                           "default: the workload's own, 1 for pmdk-tx and kv-put, 16 for seq-log, 0 for random-rw)")
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
-    gen.add_argument("--max-blocks", metavar="N", type=int, help="4 KiB blocks per write, at most (linux-fsync; default 8)")
+    gen.add_argument("--max-blocks", metavar="N", type=int,
+                     help="4 KiB blocks per write, at most (linux-fsync; default 8)")
     add_platform_options(gen, "the trace is for")
     add_progress_option(gen)
     gen.set_defaults(func=cmd_gen)
@@ -180,10 +182,10 @@ def add_commands(subparsers: Any) -> None:
                      help="pmemcheck, text, npy, or auto (recognise by content)")
     imp.add_argument("input", metavar="INPUT", help="the file to convert")
     imp.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
-    imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number, help="place pmemcheck files at this guest-physical address "
-                     "(default: the first VM's vNVDIMM)")
-    imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number, help="... within this many bytes, K/M/G suffixes "
-                     "(default: the vNVDIMM's size)")
+    imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number,
+                     help="place pmemcheck files at this guest-physical address (default: the first VM's vNVDIMM)")
+    imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number,
+                     help="... within this many bytes, K/M/G suffixes (default: the vNVDIMM's size)")
     imp.add_argument("--skip-unregistered", action="store_true",
                      help="drop pmemcheck stores/flushes outside every registered file instead of failing")
     imp.add_argument("--deep-flush", action="store_true",

@@ -14,9 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .._constants import TRACE_DTYPE, Op
+from .._constants import LINE_BYTES, TRACE_DTYPE, Op
 
-LINE = 64
 
 
 class TraceWriter:
@@ -81,8 +80,8 @@ class TraceWriter:
 
 def lines_of(gpa: int, length: int) -> range:
     """Start addresses of the 64-byte lines that ``[gpa, gpa+length)`` touches."""
-    first = gpa - gpa % LINE
-    return range(first, gpa + max(length, 1), LINE)
+    first = gpa - gpa % LINE_BYTES
+    return range(first, gpa + max(length, 1), LINE_BYTES)
 
 
 def nvdimm_flush(t: TraceWriter, flush_hints: Sequence[Sequence[int]], cpu: int | None = None) -> None:

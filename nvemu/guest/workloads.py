@@ -5,7 +5,7 @@ built from the guest driver models of :mod:`nvemu.guest`:
 
 ==============  ==============================================================================================
 persist-loop    the core benchmark: per random line 8 stores, a load, a clwb; sfence every 8 lines; vFHA
-                write every 64 lines (:func:`persist_loop`)
+                write every 64 lines (:func:`~nvemu.guest.persist_loop.persist_loop`)
 linux-fsync     a file write of 1-8 4 KiB blocks by the pmem driver (8-byte non-temporal stores), then
                 fsync's ``nvdimm_flush()`` (sfence, vFHA write, sfence)
 pmdk-tx         an undo-log transaction on a 64/128/256-byte object: read it, log it + persist, write it +
@@ -39,112 +39,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._constants import TRACE_DTYPE, Op
+from .._constants import DEFAULT_CHUNK, LINE_BYTES, PAGE_BYTES, TRACE_DTYPE, Op
 from ..errors import ConfigError
+from ..machine.config import MiB
 from .drivers import TraceWriter, nvdimm_flush, pmem_persist, write_persist
+from .persist_loop import LINES_PER_FENCE, LINES_PER_VFHA, persist_loop_chunks
 
 if TYPE_CHECKING:
     from ..machine.vm import VM
 
-LINE = 64
-LINES_PER_FENCE = 8
-LINES_PER_VFHA = 64
-BLOCK = 4096
-MiB = 1 << 20
-DEFAULT_CHUNK = 1 << 20
+BLOCK = PAGE_BYTES         # a file-system block
 _BATCH_OPS = 1 << 18        # records a batch of units aims at (all streams together)
-
-
-# ---- the persist loop (the core benchmark; output and signature fixed) ---------------------------
-
-def _persist_loop_block() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One block of the persist loop: (op, line slot 0..63 or -1, byte offset) per record.
-    Per line: 8 stores covering it, a load, a clwb; an sfence every 8 lines; after 64 lines a
-    vFHA write and an sfence (Linux's nvdimm_flush barrier)."""
-    ops, slots, offs = [], [], []
-    for line in range(LINES_PER_VFHA):
-        for k in range(8):
-            ops.append(Op.STORE); slots.append(line); offs.append(8 * k)
-        ops.append(Op.LOAD); slots.append(line); offs.append(0)
-        ops.append(Op.CLWB); slots.append(line); offs.append(0)
-        if line % LINES_PER_FENCE == LINES_PER_FENCE - 1:
-            ops.append(Op.SFENCE); slots.append(-1); offs.append(0)
-    ops += [Op.STORE, Op.SFENCE]
-    slots += [-2, -1]                  # -2: the vFHA
-    offs += [0, 0]
-    return np.array(ops, np.uint8), np.array(slots, np.int64), np.array(offs, np.uint64)
-
-
-def _persist_loop_records(lines: np.ndarray, values: np.ndarray, nvdimm_gpa: int, vfha_gpa: int,
-                          vm: int, vcpu: int) -> np.ndarray:
-    """The records of ``len(lines)`` whole persist-loop blocks: ``lines[b]`` the 64 line numbers of
-    block ``b``, ``values`` one random draw per record."""
-    op, slot, off = _persist_loop_block()
-    blocks = len(lines)
-    out = np.zeros(blocks * len(op), TRACE_DTYPE)
-    out["op"] = np.tile(op, blocks)
-    out["vm"] = vm
-    out["vcpu"] = vcpu
-    tiled_slot = np.tile(slot, blocks)
-    block_of = np.repeat(np.arange(blocks), len(op))
-    data = tiled_slot >= 0
-    gpa = np.zeros(len(out), np.uint64)
-    gpa[data] = nvdimm_gpa + lines[block_of[data], tiled_slot[data]] * LINE + np.tile(off, blocks)[data]
-    gpa[tiled_slot == -2] = vfha_gpa
-    out["gpa"] = gpa
-    is_store = out["op"] == Op.STORE
-    out["size"][is_store | (out["op"] == Op.LOAD)] = 8
-    out["value"][is_store] = values[is_store]
-    out["value"][tiled_slot == -2] = 1
-    return out
-
-
-def persist_loop(n_ops: int, nvdimm_gpa: int, nvdimm_bytes: int, vfha_gpa: int, seed: int = 0,
-                 vm: int = 0, vcpu: int = 0) -> np.ndarray:
-    """The benchmark pattern (SPEC, core issue): per random line of the vNVDIMM, 8 stores, a load
-    and a clwb; an sfence every 8 lines; a vFHA write every 64 lines.
-
-    Examples
-    --------
-    >>> t = persist_loop(650, 1 << 32, 1 << 20, (1 << 32) + (1 << 20))
-    >>> int((t["gpa"] == (1 << 32) + (1 << 20)).sum()), len(t)
-    (1, 650)
-    """
-    if n_ops < 0 or nvdimm_bytes < LINE or nvdimm_gpa % LINE:
-        raise ValueError("persist_loop needs n_ops >= 0 and a line-aligned vNVDIMM of at least one line")
-    block_len = len(_persist_loop_block()[0])
-    blocks = -(-n_ops // block_len) if n_ops else 0
-    rng = np.random.default_rng(seed)
-    lines = rng.integers(0, nvdimm_bytes // LINE, size=(blocks, LINES_PER_VFHA), dtype=np.uint64)
-    values = rng.integers(0, 1 << 63, size=blocks * block_len, dtype=np.uint64) * 2 + 1
-    return _persist_loop_records(lines, values, nvdimm_gpa, vfha_gpa, vm, vcpu)[:n_ops]
-
-
-def persist_loop_chunks(n_ops: int, nvdimm_gpa: int, nvdimm_bytes: int, vfha_gpa: int, seed: int = 0,
-                        vm: int = 0, vcpu: int = 0, chunk_blocks: int = 2048) -> Iterator[np.ndarray]:
-    """:func:`persist_loop`'s output, bit for bit, in chunks of ``chunk_blocks`` 650-record blocks,
-    so a trace of any length needs memory for one chunk only. persist_loop draws every block's
-    lines first and the values after them; numpy draws bounded 64-bit integers one at a time, so
-    drawing in pieces gives the same numbers, and a second generator skipped past all the line
-    draws yields the values."""
-    if n_ops < 0 or nvdimm_bytes < LINE or nvdimm_gpa % LINE:
-        raise ValueError("persist_loop needs n_ops >= 0 and a line-aligned vNVDIMM of at least one line")
-    block_len = len(_persist_loop_block()[0])
-    blocks = -(-n_ops // block_len) if n_ops else 0
-    n_lines = nvdimm_bytes // LINE
-    skip = np.random.default_rng(seed)
-    for lo in range(0, blocks, chunk_blocks):
-        skip.integers(0, n_lines, size=(min(chunk_blocks, blocks - lo), LINES_PER_VFHA), dtype=np.uint64)
-    line_rng, value_rng = np.random.default_rng(seed), np.random.default_rng(seed)
-    value_rng.bit_generator.state = skip.bit_generator.state
-    done = 0
-    for lo in range(0, blocks, chunk_blocks):
-        cb = min(chunk_blocks, blocks - lo)
-        lines = line_rng.integers(0, n_lines, size=(cb, LINES_PER_VFHA), dtype=np.uint64)
-        values = value_rng.integers(0, 1 << 63, size=cb * block_len, dtype=np.uint64) * 2 + 1
-        out = _persist_loop_records(lines, values, nvdimm_gpa, vfha_gpa, vm, vcpu)[:n_ops - done]
-        done += len(out)
-        yield out
 
 
 # ---- where a VM's memory sits ---------------------------------------------------------------------
@@ -341,8 +246,8 @@ class PersistLoop(Workload):
         return [block]
 
     def units(self, rng, streams, n, state):
-        lines = _pick(rng, streams.footprint // LINE, (n, len(streams), LINES_PER_VFHA))
-        return np.zeros((n, len(streams)), np.int64), streams.vm_base[None, :, None] + lines * LINE
+        lines = _pick(rng, streams.footprint // LINE_BYTES, (n, len(streams), LINES_PER_VFHA))
+        return np.zeros((n, len(streams)), np.int64), streams.vm_base[None, :, None] + lines * LINE_BYTES
 
 
 class LinuxFsync(Workload):
@@ -384,7 +289,7 @@ class PmdkTx(Workload):
             log, obj = region(0), region(1)
             for off in range(0, size, 8):
                 t.load(obj + off)
-            write_persist(t, log + LINE, bytes(16 + size))
+            write_persist(t, log + LINE_BYTES, bytes(16 + size))
             write_persist(t, obj, bytes(size))
             t.store(log, 1)
             pmem_persist(t, log, 8, FHA if deep else None)
@@ -475,7 +380,7 @@ class SeqLog(Workload):
         shape = (n, len(streams))
         pick = _pick(rng, len(self.SIZES), shape)
         sizes = np.array(self.SIZES)[pick]
-        area = streams.size - LINE            # the header line, then the log
+        area = streams.size - LINE_BYTES            # the header line, then the log
         tails = state.setdefault("tail", np.zeros(len(streams), np.int64))
         offset = np.empty(shape, np.int64)
         for s in range(len(streams)):         # the tail wraps when a record no longer fits
@@ -488,7 +393,7 @@ class SeqLog(Workload):
             tails[s] = tail
         variant = 2 * pick + self._deep(state, n)[:, None]
         base = streams.base[None, :]
-        return variant, np.stack([base + LINE + offset, np.broadcast_to(base, shape)], axis=-1)
+        return variant, np.stack([base + LINE_BYTES + offset, np.broadcast_to(base, shape)], axis=-1)
 
 
 class FhaReadback(Workload):
@@ -516,8 +421,8 @@ class FhaReadback(Workload):
         return _pick(rng, len(self.SIZES), shape), (streams.base[None, :] + slot * 256)[..., None]
 
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (PersistLoop, LinuxFsync, PmdkTx, KvPut, RandomRw,
-                                                             SeqLog, FhaReadback)}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (PersistLoop, LinuxFsync, PmdkTx, KvPut, SeqLog,
+                                                             RandomRw, FhaReadback)}
 """The registry: workload name -> class."""
 
 
@@ -618,7 +523,7 @@ def generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] | Non
     ``vms`` x ``vcpus`` streams, interleaved unit by unit; ``footprint``: bytes of each vNVDIMM the
     workload touches (default: all of the smallest); ``params``: the workload's own
     (``deep_flush_every``, ``read_fraction``, ``max_blocks``). With one stream, ``persist-loop``
-    is exactly :func:`persist_loop`.
+    is exactly :func:`~nvemu.guest.persist_loop.persist_loop`.
 
     Examples
     --------
@@ -631,5 +536,4 @@ def generate(name: str, n_ops: int, layouts: VmLayout | Sequence[VmLayout] | Non
     return chunks[0] if chunks else np.zeros(0, TRACE_DTYPE)
 
 
-__all__ = ["DEFAULT_LAYOUT", "WORKLOADS", "VmLayout", "Workload", "generate", "iter_generate", "persist_loop",
-           "persist_loop_chunks"]
+__all__ = ["DEFAULT_LAYOUT", "WORKLOADS", "VmLayout", "Workload", "generate", "iter_generate"]

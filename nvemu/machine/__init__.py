@@ -1,0 +1,1 @@
+"""The emulated machine: platform, VMs and the hypervisor over one engine (imports only the engine)."""

@@ -1,7 +1,7 @@
 """Plain descriptions of a host platform and of the cost model (frozen dataclasses).
 
 A :class:`PlatformConfig` is what capability discovery produces from a physical NFIT and what
-the built-in presets are; :class:`nvemu.platform.Platform` builds the emulated machine from one.
+the built-in presets are; :class:`nvemu.machine.platform.Platform` builds the emulated machine from one.
 """
 
 from __future__ import annotations
@@ -9,15 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._constants import COST_FIELDS
+from .._constants import COST_FIELDS, LINE_BYTES, PAGE_BYTES
 from ..errors import ConfigError
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-LINE_BYTES = 64
-PAGE_BYTES = 4096
 DOMAINS = ("none", "adr", "eadr")
 
 

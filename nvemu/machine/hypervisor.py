@@ -8,14 +8,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .._constants import (BAD_RECORD_FIELD, BAD_RECORD_TEXT, BadRecord, EPT_RWX, ExitReason, Op, RunStatus)
+from .._constants import EPT_RWX, PAGE_BYTES, PAGE_SIZES, BadRecord, ExitReason, Op, RunStatus
+from .._records import record_message
 from .config import DEFAULT_COSTS, GiB, MiB, CostModel, PlatformConfig
 from ..errors import ConfigError, GuestFault, LifecycleError, ResourceError, TraceError
 from .flush_hints import FANOUTS, STRATEGIES, VirtualFlushHint, allocate_vfha, resolve_strategy
 from .platform import Platform
 from .vm import VM, MemoryRange, VmState
 
-PAGE = 4096
 MMIO_HOLE = (3 * GiB, 1 * GiB)      # [3 GiB, 4 GiB): where PCI MMIO lives in a PC guest
 NVDIMM_ALIGN = 1 * GiB              # vNVDIMMs start on 1 GiB boundaries, above 4 GiB
 MAX_NVDIMMS = 64                    # virtual NVDIMMs per VM (ESXi's limit: "Configuration Maximums", vSphere 7)
@@ -46,7 +46,7 @@ class Hypervisor:
     >>> cpu = vm.vcpu(0)
     >>> cpu.store(vm.nvdimms[0].gpa, 0xdead); cpu.clwb(vm.nvdimms[0].gpa); cpu.sfence()
     >>> cpu.store(vm.vfha_gpa, 1)                   # write-protected: exits, WPQs drain
-    >>> vm.stats().exits[48], vm.stats()["lines_drained"]
+    >>> vm.stats().exits[ExitReason.EPT_VIOLATION], vm.stats()["lines_drained"]
     (1, 1)
     """
 
@@ -61,7 +61,7 @@ class Hypervisor:
 
     def create_vm(self, dram: int = 256 * MiB, nvdimms: Sequence[int | tuple[int, int]] = (256 * MiB,),
                   vcpus: int = 1, strategy: str = "auto", fanout: str = "broadcast", *,
-                  tlb_entries: int = 256, page_size: int = PAGE, vfha_placement: str | int = "above-nvdimms",
+                  tlb_entries: int = 256, page_size: int = PAGE_BYTES, vfha_placement: str | int = "above-nvdimms",
                   reserved: Iterable[tuple[int, int]] = (), prefault: bool = False) -> VM:
         """Create a VM (state ``created``; call ``start()``). ``nvdimms`` lists vNVDIMM sizes, or
         ``(gpa, size)`` pairs to place one explicitly. Raises ConfigError for a malformed request
@@ -70,7 +70,7 @@ class Hypervisor:
         strategy = resolve_strategy(strategy, self.platform.wpq_flush)
         if fanout not in FANOUTS:
             raise ConfigError(f"unknown fan-out {fanout!r}; known: {', '.join(FANOUTS)}")
-        if page_size not in (PAGE, 2 * MiB):
+        if page_size not in PAGE_SIZES:
             raise ConfigError(f"page_size {page_size:#x}: must be 4 KiB or 2 MiB")
         if not isinstance(vcpus, int) or not 1 <= vcpus <= 256:
             raise ConfigError(f"vcpus={vcpus!r}: must be 1..256")
@@ -105,18 +105,18 @@ class Hypervisor:
                 dram_ranges.append(MemoryRange(a, n, platform.alloc_dram(n, page_size), "dram"))
             for a, n in nv_gpas:
                 nv_ranges.append(MemoryRange(a, n, platform.alloc_pmem(n, page_size), "nvdimm"))
-            vfha_hpa = platform.alloc_dram(PAGE)
+            vfha_hpa = platform.alloc_dram(PAGE_BYTES)
             engine.add_vm(vm_id, vcpus, tlb_entries)
             added = True
             engine.set_running(vm_id, False)
             for r in dram_ranges + nv_ranges:
                 step = page_size if r.gpa % page_size == 0 and r.size % page_size == 0 \
-                    and r.hpa % page_size == 0 else PAGE
+                    and r.hpa % page_size == 0 else PAGE_BYTES
                 engine.map(vm_id, r.gpa, r.hpa, r.size, EPT_RWX, step)
-            mode, perms = STRATEGIES[strategy]
-            engine.map(vm_id, vfha_gpa, vfha_hpa, PAGE, perms, PAGE)
+            chosen = STRATEGIES[strategy]
+            engine.map(vm_id, vfha_gpa, vfha_hpa, PAGE_BYTES, chosen.perms, PAGE_BYTES)
             controllers = self._fanout_controllers(fanout, nv_ranges)
-            engine.set_fha(vm_id, vfha_gpa, int(mode), controllers)
+            engine.set_fha(vm_id, vfha_gpa, int(chosen.mode), controllers)
             if prefault:
                 for r in nv_ranges:
                     platform.prefault(r.hpa, r.size)
@@ -128,7 +128,7 @@ class Hypervisor:
             for r in nv_ranges:
                 platform.free_pmem(r.hpa, r.size)
             if vfha_hpa is not None:
-                platform.dram.free(vfha_hpa, PAGE)
+                platform.dram.free(vfha_hpa, PAGE_BYTES)
             raise
         physical = tuple(h for c in controllers for h in platform.config.controller_flush_hints(c)[:1])
         table = [VirtualFlushHint(i, vfha_gpa, physical) for i in range(len(nv_ranges))]
@@ -153,11 +153,11 @@ class Hypervisor:
         out, cursor = [], max(dram_end, MMIO_HOLE[0] + MMIO_HOLE[1])
         for k, spec in enumerate(nvdimms):
             gpa, size = spec if isinstance(spec, tuple) else (None, spec)
-            if not isinstance(size, (int, np.integer)) or size <= 0 or size % PAGE:
+            if not isinstance(size, (int, np.integer)) or size <= 0 or size % PAGE_BYTES:
                 raise ConfigError(f"vNVDIMM {k}: size {size!r} must be a positive multiple of 4 KiB")
             if gpa is None:
                 gpa = -(-cursor // NVDIMM_ALIGN) * NVDIMM_ALIGN
-            elif gpa % PAGE:
+            elif gpa % PAGE_BYTES:
                 raise ConfigError(f"vNVDIMM {k}: GPA {gpa:#x} is not page aligned")
             out.append((int(gpa), int(size)))
             cursor = max(cursor, gpa + size)
@@ -182,13 +182,13 @@ class Hypervisor:
     def _release(self, vm: VM) -> None:
         """Forget ``vm`` and scrub its host ranges before they can be handed out again (SPEC 7.8)."""
         freed = self.platform.engine.remove_vm(vm.id)
-        for r in [*vm.dram, *vm.nvdimms, MemoryRange(0, PAGE, vm.vfha_hpa, "dram")]:
+        for r in [*vm.dram, *vm.nvdimms, MemoryRange(0, PAGE_BYTES, vm.vfha_hpa, "dram")]:
             self.platform.discard(r.hpa, r.size)
         for r in vm.dram:
             self.platform.dram.free(r.hpa, r.size)
         for r in vm.nvdimms:
             self.platform.free_pmem(r.hpa, r.size)
-        self.platform.dram.free(vm.vfha_hpa, PAGE)
+        self.platform.dram.free(vm.vfha_hpa, PAGE_BYTES)
         del self.vms[vm.id]
         vm.freed_tables = freed
 
@@ -236,11 +236,9 @@ class Hypervisor:
         if code == BadRecord.VM and vm_id in self.vms:
             state = self.vms[vm_id].state
             return LifecycleError.at_record(i, f"vm {vm_id} is {state.value}, not running", "vm")
-        op = int(rec["op"])
-        fields = {"op": op, "vm": vm_id, "vcpu": int(rec["vcpu"]), "size": int(rec["size"]),
-                  "gpa": int(rec["gpa"]), "value": int(rec["value"]),
-                  "opname": Op(op).name if op < len(Op) else str(op)}
-        return TraceError.at_record(i, BAD_RECORD_TEXT[code].format(**fields), BAD_RECORD_FIELD[code])
+        field, text = record_message(code, int(rec["op"]), vm_id, int(rec["vcpu"]), int(rec["size"]),
+                                     int(rec["gpa"]), int(rec["value"]))
+        return TraceError.at_record(i, text, field)
 
     def running(self) -> list[VM]:
         """The VMs in state ``running``, in creation order."""

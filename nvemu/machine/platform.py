@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-import numpy as np
 
 from .. import _backend
-from .._constants import DOMAIN_NAMES, CTRL_STAT_NAMES
+from .._constants import CTRL_STAT_NAMES, DOMAIN_NAMES, PAGE_BYTES
 from .._image import DurableImage
 from .._layout import CHUNK_SHIFT, EngineLayout, InterleaveLayout
 from .config import DEFAULT_COSTS, CostModel, PlatformConfig, preset
@@ -152,7 +151,7 @@ class Platform:
 
     # ---- host memory -------------------------------------------------------------------------
 
-    def alloc_dram(self, size: int, align: int = 4096) -> int:
+    def alloc_dram(self, size: int, align: int = PAGE_BYTES) -> int:
         """Reserve ``size`` bytes of host DRAM aligned to ``align``; returns the HPA (ResourceError when
         full).
         """

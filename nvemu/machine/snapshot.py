@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import CTRL_STAT_NAMES, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE, EPT_RWX, STAT_NAMES
+from .._constants import (CTRL_STAT_NAMES, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_ENTRIES, EPT_INDEX_BITS,
+                          EPT_LARGE, EPT_LEVELS, EPT_R, EPT_RWX, EPT_W, GPA_LIMIT, HPA_LIMIT, NO_VPN, PAGE_BYTES,
+                          PAGE_SHIFT, PAGE_SIZES, STAT_NAMES)
 from .config import CostModel, PlatformConfig
 from .._files import atomic_write
 from ..errors import ConfigError, NvemuError, SnapshotError
@@ -33,9 +35,6 @@ from .flush_hints import FANOUTS, STRATEGIES
 
 
 FORMAT = "nvemu-snapshot-1"
-PAGE = 4096
-NO_VPN = 2**64 - 1
-ENTRIES = 512
 
 
 def _digest(arrays: dict[str, np.ndarray], meta: str) -> str:
@@ -53,7 +52,7 @@ def _inside(addrs: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
 def _only_vm(state: dict[str, np.ndarray], vm: VM) -> dict[str, np.ndarray]:
     """The part of an engine state that belongs to one VM: its pages, lines, queued copies and
     page-table tree (WPQ order kept; other tables become free)."""
-    memory = [(r.hpa, r.size) for r in vm.dram + vm.nvdimms] + [(vm.vfha_hpa, PAGE)]
+    memory = [(r.hpa, r.size) for r in vm.dram + vm.nvdimms] + [(vm.vfha_hpa, PAGE_BYTES)]
     pmem = [(r.hpa, r.size) for r in vm.nvdimms]
     out = {k: v for k, v in state.items() if not k.startswith("vm")}
     for prefix, ranges in (("memory", memory), ("media", pmem)):
@@ -66,17 +65,17 @@ def _only_vm(state: dict[str, np.ndarray], vm: VM) -> dict[str, np.ndarray]:
         out[k] = state[k][keep]
     rows = dict(zip(state["table_ids"].tolist(), state["table_data"]))
     root = int(state[f"vm{vm.id}_meta"][0])
-    tree, todo = [], [(root, 4)]
+    tree, todo = [], [(root, EPT_LEVELS)]
     while todo:
         t, level = todo.pop()
         tree.append(t)
         if level > 1:
             for e in rows[t].tolist():
-                if e & 7 and not e & 0x80:
-                    todo.append(((e & 0x000F_FFFF_FFFF_F000) >> 12, level - 1))
+                if e & EPT_RWX and not e & EPT_LARGE:
+                    todo.append(((e & EPT_ADDR_MASK) >> PAGE_SHIFT, level - 1))
     tree.sort()
     out["table_ids"] = np.array(tree, np.uint32)
-    out["table_data"] = np.array([rows[t] for t in tree], np.uint64).reshape(-1, 512)
+    out["table_data"] = np.array([rows[t] for t in tree], np.uint64).reshape(-1, EPT_ENTRIES)
     others = [t for t in rows if t not in set(tree)]
     out["free_tables"] = np.array(state["free_tables"].tolist() + sorted(others, reverse=True), np.uint32)
     out["vm_ids"] = np.array([vm.id], np.uint32)
@@ -188,23 +187,24 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
     pool = _integer(meta["pool_tables"], "pool_tables", 1, (1 << 24) + 1)
     max_vms = _integer(meta["max_vms"], "max_vms", 1, (1 << 16) + 1)
     nctl = len(config.controllers)
-    pmem_pages = sum(config.set_bytes(s) for s in config.interleave_sets) // PAGE
-    host_pages = config.dram_bytes // PAGE + pmem_pages
+    pmem_pages = sum(config.set_bytes(s) for s in config.interleave_sets) // PAGE_BYTES
+    host_pages = config.dram_bytes // PAGE_BYTES + pmem_pages
     queued = nctl * _integer(config.wpq_depth, "wpq_depth", 1, 4097)
     out: dict[str, tuple[int, tuple[int, ...] | None, int | None]] = {
-        "memory_hpa": (host_pages, None, None), "memory_data": (host_pages, (PAGE,), None),
-        "media_hpa": (pmem_pages, None, None), "media_data": (pmem_pages, (PAGE,), None),
+        "memory_hpa": (host_pages, None, None), "memory_data": (host_pages, (PAGE_BYTES,), None),
+        "media_hpa": (pmem_pages, None, None), "media_data": (pmem_pages, (PAGE_BYTES,), None),
         "line_hpa": (pmem_pages * 64, None, None), "line_state": (pmem_pages * 64, None, None),
         "wpq_ctrl": (queued, None, None), "wpq_line": (queued, None, None), "wpq_data": (queued, (64,), None),
         "ctrl_stats": (nctl, (len(CTRL_STAT_NAMES),), nctl), "table_ids": (pool, None, None),
-        "table_data": (pool, (ENTRIES,), None), "free_tables": (pool, None, None), "scalars": (16, None, None),
+        "table_data": (pool, (EPT_ENTRIES,), None), "free_tables": (pool, None, None), "scalars": (16, None, None),
         "vm_ids": (max_vms, None, len(meta["vms"])),
     }
     if len(meta["vms"]) > max_vms:
         raise ConfigError(f"{len(meta['vms'])} VMs where the host takes at most {max_vms}")
     for m in meta["vms"]:
         vm = _integer(m["id"], "id", 0, max_vms)
-        nvcpus, entries = _integer(m["vcpus"], "vcpus", 1, 257), _integer(m["tlb_entries"], "tlb_entries", 1, (1 << 20) + 1)
+        nvcpus = _integer(m["vcpus"], "vcpus", 1, 257)
+        entries = _integer(m["tlb_entries"], "tlb_entries", 1, (1 << 20) + 1)
         out.update({f"vm{vm}_meta": (16, None, None), f"vm{vm}_fanout": (nctl, None, nctl),
                     f"vm{vm}_drained": (nctl, None, nctl),
                     f"vm{vm}_stats": (nvcpus, (len(STAT_NAMES),), nvcpus),
@@ -239,7 +239,7 @@ def _owned_tree(rows: dict[int, np.ndarray], root: int, ranges: list[tuple[int, 
     """Walk the page-table tree at ``root``: every table must be this VM's alone (``claimed``:
     {table: VM}, filled in), and every present leaf must map a guest range onto the host range
     the description gives it (``ranges``: (gpa, size, hpa)). Returns the guest bytes mapped."""
-    total, todo = 0, [(root, 4, 0)]
+    total, todo = 0, [(root, EPT_LEVELS, 0)]
     while todo:
         t, level, base = todo.pop()
         if t not in rows:
@@ -248,10 +248,10 @@ def _owned_tree(rows: dict[int, np.ndarray], root: int, ranges: list[tuple[int, 
             raise ConfigError(f"vm {vm_id}'s page table reaches table {t}, which belongs to vm {claimed[t]}'s tree")
         claimed[t] = vm_id
         row = rows[t]
-        shift = 12 + 9 * (level - 1)
+        shift = PAGE_SHIFT + EPT_INDEX_BITS * (level - 1)
         present = (row & np.uint64(EPT_RWX)) != 0
-        misconfig = present & ((row & np.uint64(3)) == 2)         # W without R: exits, maps nothing
-        large = (row & np.uint64(EPT_LARGE)) != 0 if level in (2, 3) else np.zeros(ENTRIES, bool)
+        misconfig = present & ((row & np.uint64(EPT_R | EPT_W)) == EPT_W)         # W without R: exits, maps nothing
+        large = (row & np.uint64(EPT_LARGE)) != 0 if level in (2, 3) else np.zeros(EPT_ENTRIES, bool)
         leaves = present & ~misconfig & (large | (level == 1))
         total += int((leaves | misconfig).sum()) << shift
         idx = np.flatnonzero(leaves).astype(np.uint64)
@@ -266,7 +266,7 @@ def _owned_tree(rows: dict[int, np.ndarray], root: int, ranges: list[tuple[int, 
             raise ConfigError(f"vm {vm_id}'s page table maps GPA {int(gpa[k]):#x} to HPA {int(hpa[k]):#x}, "
                               "which is not the host memory the VM owns there")
         for i in np.flatnonzero(present & ~misconfig & ~leaves).tolist():
-            todo.append((int(row[i] & np.uint64(EPT_ADDR_MASK)) >> 12, level - 1, base + (i << shift)))
+            todo.append((int(row[i] & np.uint64(EPT_ADDR_MASK)) >> PAGE_SHIFT, level - 1, base + (i << shift)))
     return total
 
 
@@ -283,7 +283,7 @@ def _check_tlb(rows: dict[int, np.ndarray], root: int, tlb: np.ndarray, entries:
         gpa = int(vpn[k]) << 12
         t = root
         for level in (4, 3, 2, 1):
-            shift = 12 + 9 * (level - 1)
+            shift = PAGE_SHIFT + EPT_INDEX_BITS * (level - 1)
             i = (gpa >> shift) & 511
             e = rows[t][i]
             if not int(e) & EPT_RWX or int(e) & 3 == 2:
@@ -292,9 +292,9 @@ def _check_tlb(rows: dict[int, np.ndarray], root: int, tlb: np.ndarray, entries:
             if level == 1 or int(e) & EPT_LARGE:
                 mask = (1 << shift) - 1
                 want = (int(e) & EPT_ADDR_MASK & ~mask) | (gpa & mask & ~0xFFF)
-                bad[k] = (entry[k] | ad) != (e | ad) or int(page[k]) != want or int(slot[k]) != t * ENTRIES + i
+                bad[k] = (entry[k] | ad) != (e | ad) or int(page[k]) != want or int(slot[k]) != t * EPT_ENTRIES + i
                 break
-            t = (int(e) & EPT_ADDR_MASK) >> 12
+            t = (int(e) & EPT_ADDR_MASK) >> PAGE_SHIFT
     if bad.any():
         k = int(valid[np.flatnonzero(bad)[0]])
         raise ConfigError(f"vm {vm_id}'s TLB row {k} (vpn {int(tlb[k, 0]):#x}) is not what a walk of its page "
@@ -312,19 +312,19 @@ def _check_vm(m: dict[str, Any], state: dict[str, np.ndarray], max_vms: int, row
     root, nvcpus, tlb_entries, _, fha_vpn, _ = state[f"vm{vm_id}_meta"].tolist()
     if _integer(m["vcpus"], "vcpus", 1, 257) != nvcpus or _integer(m["tlb_entries"], "tlb_entries", 1) != tlb_entries:
         raise ConfigError(f"VM description: vm {vm_id}'s vCPUs or TLB size differ from its engine state")
-    vfha = _integer(m["vfha_gpa"], "vfha_gpa", 0, 1 << 48, PAGE)
-    _integer(m["vfha_hpa"], "vfha_hpa", 0, 1 << 52, PAGE)
-    if fha_vpn != 2**64 - 1 and vfha >> 12 != fha_vpn:
+    vfha = _integer(m["vfha_gpa"], "vfha_gpa", 0, GPA_LIMIT, PAGE_BYTES)
+    _integer(m["vfha_hpa"], "vfha_hpa", 0, HPA_LIMIT, PAGE_BYTES)
+    if fha_vpn != NO_VPN and vfha >> PAGE_SHIFT != fha_vpn:
         raise ConfigError(f"VM description: vm {vm_id}'s vFHA {vfha:#x} is not the one its engine state traps")
-    if m["strategy"] not in STRATEGIES or m["fanout"] not in FANOUTS or m["page_size"] not in (PAGE, 2 << 20):
+    if m["strategy"] not in STRATEGIES or m["fanout"] not in FANOUTS or m["page_size"] not in PAGE_SIZES:
         raise ConfigError(f"VM description: vm {vm_id} has an unknown strategy, fan-out or page size")
     VmState(m["state"])
-    sizes, ranges = 0, [(vfha, PAGE, m["vfha_hpa"])]
+    sizes, ranges = 0, [(vfha, PAGE_BYTES, m["vfha_hpa"])]
     for kind in ("dram", "nvdimms"):
         for r in m[kind]:
-            gpa = _integer(r["gpa"], f"{kind} gpa", 0, 1 << 48, PAGE)
-            hpa = _integer(r["hpa"], f"{kind} hpa", 0, 1 << 52, PAGE)
-            size = _integer(r["size"], f"{kind} size", PAGE, 1 << 48, PAGE)
+            gpa = _integer(r["gpa"], f"{kind} gpa", 0, GPA_LIMIT, PAGE_BYTES)
+            hpa = _integer(r["hpa"], f"{kind} hpa", 0, HPA_LIMIT, PAGE_BYTES)
+            size = _integer(r["size"], f"{kind} size", PAGE_BYTES, GPA_LIMIT, PAGE_BYTES)
             sizes += size
             ranges.append((gpa, size, hpa))
     for r in m["reserved"]:
@@ -332,7 +332,7 @@ def _check_vm(m: dict[str, Any], state: dict[str, np.ndarray], max_vms: int, row
             raise ConfigError(f"VM description: reserved range {r!r} is not [gpa, size]")
         _integer(r[0], "reserved gpa")
         _integer(r[1], "reserved size", 1)
-    if _owned_tree(rows, root, ranges, vm_id, claimed) != sizes + PAGE:
+    if _owned_tree(rows, root, ranges, vm_id, claimed) != sizes + PAGE_BYTES:
         raise ConfigError(f"VM description: vm {vm_id}'s ranges do not match what its page table maps")
     _check_tlb(rows, root, state[f"vm{vm_id}_tlb"], tlb_entries, vm_id)
 
@@ -345,7 +345,7 @@ def _restore_vm(hv: Hypervisor, m: dict[str, Any]) -> None:
         p.dram.claim(r.hpa, r.size)
     for r in nvdimms:
         p.claim_pmem(r.hpa, r.size)
-    p.dram.claim(m["vfha_hpa"], PAGE)
+    p.dram.claim(m["vfha_hpa"], PAGE_BYTES)
     vm = VM(hv, m["id"], dram=dram, nvdimms=nvdimms, vcpus=m["vcpus"], strategy=m["strategy"],
             fanout=m["fanout"], fanout_controllers=tuple(m["fanout_controllers"]),
             reserved=[tuple(r) for r in m["reserved"]], vfha_gpa=m["vfha_gpa"], vfha_hpa=m["vfha_hpa"],

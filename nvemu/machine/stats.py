@@ -9,9 +9,6 @@ import numpy as np
 
 from .._constants import CYCLE_STATS, STAT_NAMES, ExitReason
 
-EXIT_STATS = {ExitReason.EPT_VIOLATION: "exits_ept_violation", ExitReason.EPT_MISCONFIG: "exits_ept_misconfig",
-              ExitReason.VMCALL: "exits_vmcall"}
-
 
 @dataclass(frozen=True)
 class Stats:
@@ -43,10 +40,11 @@ class Stats:
         return self.total[name]
 
     @property
-    def exits(self) -> dict[int, int]:
-        """Exits by Intel basic exit reason: ``{48: EPT violations, 49: EPT misconfigurations, 18: VMCALLs}``."""
+    def exits(self) -> dict[ExitReason, int]:
+        """Exits by Intel basic exit reason, as :class:`ExitReason` keys (equal to their numbers:
+        ``exits[48]`` works): EPT violations, EPT misconfigurations, VMCALLs."""
         t = self.total
-        return {int(reason): t[name] for reason, name in EXIT_STATS.items()}
+        return {reason: t[reason.stat] for reason in ExitReason}
 
     @property
     def exit_count(self) -> int:
@@ -70,7 +68,7 @@ class Stats:
         """JSON-ready: the totals, exits by name with their reason numbers, cycles, lines drained per
         controller and per-vCPU counters.
         """
-        named = {name[len("exits_"):]: {"reason": int(r), "count": self.total[name]} for r, name in EXIT_STATS.items()}
+        named = {r.name.lower(): {"reason": int(r), "count": self.total[r.stat]} for r in ExitReason}
         return {**self.total, "exits": named, "cycles": self.cycles,
                 "lines_drained_by_controller": list(self.drained_by_controller), "per_vcpu": self.per_vcpu}
 

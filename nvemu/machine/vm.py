@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._constants import EPT_RWX, Op, TRACE_DTYPE
+from .._constants import EPT_ADDR_MASK, EPT_RWX, PAGE_BYTES, TRACE_DTYPE, Op
 from ..errors import ConfigError, LifecycleError
 from .flush_hints import VirtualFlushHint
 from .stats import Stats
@@ -61,7 +61,7 @@ class PageTable:
     def _engine(self):
         return self._vm._live().hypervisor.platform.engine
 
-    def map(self, gpa: int, hpa: int, size: int, perms: int = EPT_RWX, page_size: int = 4096) -> None:
+    def map(self, gpa: int, hpa: int, size: int, perms: int = EPT_RWX, page_size: int = PAGE_BYTES) -> None:
         self._engine.map(self._vm.id, gpa, hpa, size, perms, page_size)
 
     def unmap(self, gpa: int, size: int) -> None:
@@ -81,7 +81,7 @@ class PageTable:
         if not entry & EPT_RWX or entry & 3 == 2:
             return None
         size = 1 << (12 + 9 * (level - 1))
-        return (entry & 0x000F_FFFF_FFFF_F000 & ~(size - 1)) | (gpa & (size - 1))
+        return (entry & EPT_ADDR_MASK & ~(size - 1)) | (gpa & (size - 1))
 
 
 class Vcpu:
@@ -250,7 +250,7 @@ class VM:
         """Guest memory as the guest would load it (host-side read: no exits, no counters)."""
         out = b""
         while n:
-            chunk = min(n, 4096 - gpa % 4096)
+            chunk = min(n, PAGE_BYTES - gpa % PAGE_BYTES)
             hpa = self.gpa_to_hpa(gpa)
             if hpa is None:
                 raise ConfigError(f"GPA {gpa:#x} is not mapped in vm {self.id}")

@@ -1,0 +1,1 @@
+"""What runs traces on machines: replay, the crash-consistency checker, benchmarks and sweeps."""

@@ -13,7 +13,8 @@ from typing import Any
 from ..machine.config import CostModel, PlatformConfig, make_platform, preset
 from ..errors import ConfigError
 from ..machine.hypervisor import Hypervisor
-from .replayer import create_vms, replay
+from .prepare import create_vms
+from .replayer import replay
 from .vocabulary import exit_columns
 from ..guest.workloads import VmLayout, generate
 
@@ -75,7 +76,8 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     vfha_reads = sum(s["vfha_reads"] for s in stats)
     exits = sum(result.exits.values())
     return {
-        "workload": name, "platform": hv.platform.name, "strategy": c["strategy"], "resolved": vms[0].strategy, "fanout": c["fanout"], "domain": hv.platform.domain,
+        "workload": name, "platform": hv.platform.name, "strategy": c["strategy"], "resolved": vms[0].strategy,
+        "fanout": c["fanout"], "domain": hv.platform.domain,
         "controllers": hv.platform.n_controllers, "wpq_depth": hv.platform.config.wpq_depth,
         "hints": int(hv.platform.wpq_flush), "vms": len(vms), "ops": result.ops, **exit_columns(result.exits),
         "exits_per_1k_ops": 1000 * exits / result.ops if result.ops else 0.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._constants import LINE_BYTES as LINE
+from .._constants import LINE_BYTES
 
 PROTOCOL_TEXT = {
     "fence": "store, fence",
@@ -47,12 +47,12 @@ class Violation:
     @property
     def line_gpa(self) -> int:
         """Guest-physical address of the store's 64-byte line."""
-        return self.gpa & ~(LINE - 1)
+        return self.gpa & ~(LINE_BYTES - 1)
 
     @property
     def line_hpa(self) -> int:
         """Host-physical address of the store's 64-byte line."""
-        return self.hpa & ~(LINE - 1)
+        return self.hpa & ~(LINE_BYTES - 1)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the store, where it was lost, the expected and found bytes (hex)."""
@@ -161,7 +161,7 @@ class CheckResult:
         found = ([f"{len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"] if groups else []) \
             + ([f"{len(unfenced):,} store(s) not fenced before a vFHA write"] if unfenced else [])
         lines.append("result    " + "; ".join(found))
-        for k, (store, vs) in enumerate(unfenced.items()):
+        for k, vs in enumerate(unfenced.values()):
             if k == limit:
                 lines.append(f"  ... and {len(unfenced) - limit:,} more unfenced stores (see --json)")
                 break

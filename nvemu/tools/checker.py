@@ -47,7 +47,7 @@ Memory: about 1.2 KiB per distinct 64-byte line with a completed store, plus the
 Examples
 --------
 >>> from nvemu import Hypervisor
->>> from nvemu.guest import TraceWriter, write_persist
+>>> from nvemu.guest.drivers import TraceWriter, write_persist
 >>> hv = Hypervisor(build_platform("small", domain="none"))
 >>> vm = hv.create_vm(dram=1 << 20, nvdimms=[1 << 20], strategy="drop").start()
 >>> t = TraceWriter()
@@ -60,7 +60,6 @@ Examples
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -69,20 +68,19 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import DOMAIN_NAMES, TRACE_DTYPE, Op
+from .._constants import DOMAIN_NAMES, LINE_BYTES as LINE, PAGE_MASK, PAGE_SHIFT, TRACE_DTYPE, Op
 from ..machine.config import PlatformConfig, preset
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
 from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
 from .check_report import CheckResult, Violation
+from .prepare import prepare, relocated, unmapped_error
 
-LINE = 64
 PROTOCOLS = ("auto", "fence", "flush", "deep")
 FENCE_SCOPES = ("vcpu", "vm")
 _SPAN_LIMIT = 64 << 20          # never read more than this in one durable_read to probe sparse lines
 _RUN_COST = 4096                # one durable_read call costs about as much as reading this many bytes
-_RECORD = re.compile(r"record (\d+)(.*)", re.DOTALL)
 
 _LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
 
@@ -179,7 +177,7 @@ class _Model:
         self.per_vcpu = fence_scope == "vcpu"
         p = hv.platform
         self.pmem_lo, self.pmem_hi = p.pmem_base, p.pmem_base + p.pmem_bytes
-        self.vfha_page = {vm.id: vm.vfha_gpa >> 12 for vm in hv.vms.values()}
+        self.vfha_page = {vm.id: vm.vfha_gpa >> PAGE_SHIFT for vm in hv.vms.values()}
         self.pages: dict[tuple[int, int], int] = {}       # (vm, GPA page) -> HPA page, -1: not NVDIMM
         self.lines = _Lines()
         self.wb: dict[tuple[int, int], list] = {}         # (vm, line HPA) -> stores awaiting a write-back
@@ -194,13 +192,13 @@ class _Model:
 
     def _hpa(self, vm: int, gpa: int) -> int:
         """HPA of an NVDIMM GPA (a fresh walk, cached per page), or -1 for DRAM and unmapped GPAs."""
-        key = (vm, gpa >> 12)
+        key = (vm, gpa >> PAGE_SHIFT)
         page = self.pages.get(key)
         if page is None:
-            hpa = self.hv.vms[vm].gpa_to_hpa(gpa & ~0xFFF) if vm in self.hv.vms else None
+            hpa = self.hv.vms[vm].gpa_to_hpa(gpa & ~PAGE_MASK) if vm in self.hv.vms else None
             page = hpa if hpa is not None and self.pmem_lo <= hpa < self.pmem_hi else -1
             self.pages[key] = page
-        return -1 if page < 0 else page | (gpa & 0xFFF)
+        return -1 if page < 0 else page | (gpa & PAGE_MASK)
 
     def _key(self, vm: int, vcpu: int) -> Any:
         return (vm, vcpu) if self.per_vcpu else vm
@@ -234,7 +232,7 @@ class _Model:
                         self._complete(done, i)
                 continue
             if op <= _NT_STORE:
-                if gpa >> 12 == self.vfha_page.get(vm):
+                if gpa >> PAGE_SHIFT == self.vfha_page.get(vm):
                     if self.ordering:
                         self._overtaken(vm, cpu, i)
                     waiting = self.fha.pop(vm, None)
@@ -290,7 +288,7 @@ def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
     if hv.vms:
         table = np.full(max(max(hv.vms) + 1, int(ops["vm"].max()) + 1 if len(ops) else 0), -1, np.int64)
         for vm in hv.vms.values():
-            table[vm.id] = vm.vfha_gpa >> 12
+            table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
         page = (np.asarray(ops["gpa"]) >> np.uint64(12)).astype(np.int64)
         points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == table[np.asarray(ops["vm"], np.int64)])
     return np.flatnonzero(points)
@@ -315,13 +313,6 @@ def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_
     if chosen and not (0 <= chosen[0] and chosen[-1] < n_ops):
         raise ConfigError(f"crash points must be op indices 0..{n_ops - 1}")
     return chosen
-
-
-def _relocate(exc: Exception, offset: int) -> Exception:
-    m = _RECORD.match(str(exc))
-    if not m:
-        return exc
-    return type(exc)(f"record {int(m.group(1)) + offset}{m.group(2)}")
 
 
 class _Checker:
@@ -352,8 +343,7 @@ class _Checker:
         exits = []
 
         def handle(fault: GuestFault) -> str:
-            f = GuestFault(fault.reason, fault.qualification, fault.gpa, fault.op_index + a, fault.vm,
-                           fault.vcpu, fault.op)
+            f = fault.shifted(a)
             action = self.handler(f)
             exits.append(f.op_index)
             if action == "skip":
@@ -362,7 +352,7 @@ class _Checker:
         try:
             self.hv.run(seg, handle)
         except (TraceError, LifecycleError) as e:
-            raise _relocate(e, a) from None
+            raise e.shifted(a) from None
         if exits:
             self.model.forget_translations()       # the handler may have changed mappings
         self.model.run(seg, a, self.skipped)
@@ -515,8 +505,9 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     sees exits the core does not handle (op_index in the whole trace); ops it skips are not
     stores. ``verify``: also compare that many of the points (evenly spread) with a real power
     failure of a snapshot-restored copy. ``full_every``: re-read every tracked line at every so
-    many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``: report vFHA writes that overtake unfenced
-    write-backs (deep protocol only). Afterwards ``hv`` has replayed the whole trace.
+    many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``:
+    report vFHA writes that overtake unfenced write-backs (deep protocol only). Afterwards ``hv`` has
+    replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -589,38 +580,17 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
     ``dram``/``nvdimm`` bytes (default as ``nvemu replay``), flushing by ``strategy``/``fanout``.
     A pmemcheck log lands on the first VM's vNVDIMM (``deep_flush``: a vFHA write and fence after
     each persist). ``options`` go to :func:`check`."""
-    from .replayer import create_vms
-    from ..formats.trace import detect_format, id_extent, open_trace
-
     hv = Hypervisor(build_platform(platform, domain, backend))
-    is_array = isinstance(trace, np.ndarray)
-    fmt = "array" if is_array else format or detect_format(trace)
-    source = None
-    if fmt == "pmemcheck":
-        vms, vcpus = vms or 1, vcpus or 1
-    else:
-        source = open_trace(trace, None if is_array else fmt)
-        if vms is None or vcpus is None:
-            top_vm, top_vcpu = id_extent(c for _, c in source.chunks())
-            vms = vms or top_vm + 1 or 1
-            vcpus = vcpus or top_vcpu + 1 or 1
-    made = create_vms(hv, vms, vcpus, strategy, fanout, dram, nvdimm)
-    if source is None:
-        nv = made[0].nvdimms[0]
-        source = open_trace(trace, fmt, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size, unregistered=unregistered,
-                            deep_flush=made[0].vfha_gpa if deep_flush else None)
+    _, source = prepare(hv, trace, vms=vms, vcpus=vcpus, strategy=strategy, fanout=fanout, dram=dram,
+                        nvdimm=nvdimm, format=format, unregistered=unregistered, deep_flush=deep_flush)
     records = source.array()
     try:
         return check(hv, records, points, **options)
     except (TraceError, LifecycleError) as e:
-        m = _RECORD.match(str(e))
-        if m and source.origin_name:
-            raise type(e)(f"{source.where(int(m.group(1)))}{m.group(2)}") from None
-        raise
+        raise relocated(e, 0, source) from None
     except GuestFault as f:
-        if f.reason == 48 and not f.qualification & 0x38:
-            raise TraceError(f"{source.where(f.op_index)}: GPA {f.gpa:#x} is outside every mapping of vm {f.vm} "
-                             f"({'write' if f.write else 'read'} by cpu{f.vcpu})") from None
+        if f.unmapped:
+            raise relocated(unmapped_error(f), 0, source) from None
         raise
 
 

@@ -4,7 +4,7 @@ the guest writes the physical flush hints itself).
 
 :func:`run_bench` expands a grid of cells (workload x strategy x fan-out x domain x controllers x
 WPQ depth x flush hints), adds one native cell per group, runs them through
-:func:`nvemu.tasks.execute` (local processes or Dask) and returns rows with
+:func:`nvemu.tools.tasks.execute` (local processes or Dask) and returns rows with
 ``overhead_vs_native = cycles_per_op / native cycles_per_op``. Every figure except the ``wall_*``
 columns comes from the cost model, so the same grid gives the same numbers anywhere.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cells import ROW_COLUMNS, cell, run_cell
+from ..guest.workloads import WORKLOADS
 from ..machine.config import CostModel
+from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..errors import ConfigError
 from .tasks import execute, write_results
 from .vocabulary import columns
 
-WORKLOADS = ("persist-loop", "linux-fsync", "pmdk-tx", "kv-put", "seq-log", "random-rw", "fha-readback")
-STRATEGIES = ("write-protect", "mmio", "hypercall", "writable")
 RATE_WORKLOAD = "kv-put"
 RATE_EVERY = (64, 32, 16, 8, 4, 2, 1)        # a vFHA write after every N-th put
 GROUP_KEYS = ("workload", "params", "fanout", "domain", "controllers", "wpq_depth", "hints", "vms", "ops", "seed",
@@ -36,7 +36,7 @@ def native_costs(costs: dict[str, int]) -> dict[str, int]:
     return {**CostModel().to_dict(), **costs, "walk_level": 0}
 
 
-def grid(workloads: Sequence[str] = WORKLOADS, strategies: Sequence[str] = STRATEGIES,
+def grid(workloads: Sequence[str] = tuple(WORKLOADS), strategies: Sequence[str] = COMPARED_STRATEGIES,
          fanouts: Sequence[str] = ("broadcast",), domains: Sequence[str] = ("adr",),
          controllers: Sequence[int] = (4,), wpq_depths: Sequence[int] = (64,), hints: Sequence[int] = (1,),
          ops: int = 200_000, seed: int = 0, vms: int = 1, interleave: str = "all",
@@ -84,7 +84,8 @@ def run_bench(cells: Sequence[dict[str, Any]], **execute_options: Any) -> list[d
     return with_overhead(cells, rows)
 
 
-def rate_cells(strategies: Sequence[str] = STRATEGIES, ops: int = 100_000, **axes: Any) -> list[dict[str, Any]]:
+def rate_cells(strategies: Sequence[str] = COMPARED_STRATEGIES, ops: int = 100_000,
+               **axes: Any) -> list[dict[str, Any]]:
     """The vFHA write-rate sweep: kv-put with a deep flush after every N-th put, N in RATE_EVERY."""
     out = []
     for every in RATE_EVERY:

@@ -158,7 +158,8 @@ def rate_figure(rate_rows: Sequence[dict[str, Any]], meta: dict[str, Any], workl
     ax.axhline(1.0, color="black", linewidth=0.9, linestyle="--", label="native (1x)")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.set_xlabel(f"vFHA writes per 1,000 guest ops, log scale ({workload}, deep flush after every N-th put)", fontsize=9)
+    ax.set_xlabel(f"vFHA writes per 1,000 guest ops, log scale ({workload}, deep flush after every N-th put)",
+                  fontsize=9)
     ax.set_ylabel("cycles per op / native (log scale)", fontsize=9)
     ax.legend(fontsize=8)
     first = rate[0]

@@ -4,7 +4,7 @@
 an iterator of per-chunk stats, for notebooks and simulators that watch a long replay as it goes.
 
 A native ``.npy`` trace is never read whole: each chunk is mapped from the file on its own and
-unmapped once replayed (:meth:`nvemu.trace.NpyTrace.chunks`), so resident memory stays that of the
+unmapped once replayed (:meth:`nvemu.formats.trace.NpyTrace.chunks`), so resident memory stays that of the
 emulated machine plus one chunk however long the trace. Text traces and pmemcheck logs are parsed
 into memory first. Unless told how many, the driver creates as many VMs and vCPUs as the trace's
 ``vm`` and ``vcpu`` fields name (a pmemcheck log: one of each), all alike: the default VM (256 MiB
@@ -27,104 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from ..machine.config import DEFAULT_COSTS, CostModel, MiB, PlatformConfig
+from .._constants import DEFAULT_CHUNK, ExitReason
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
+from ..machine.config import DEFAULT_COSTS, CostModel, PlatformConfig
 from ..machine.hypervisor import ExitHandler, Hypervisor
 from ..machine.platform import Platform
 from ..machine.stats import Stats
-from ..formats.trace import DEFAULT_CHUNK, TraceSource, detect_format, id_extent, open_trace
-from ..machine.vm import VM
-from ..guest.workloads import VmLayout
+from .prepare import prepare, relocated, unmapped_error
 from .vocabulary import exit_columns, exits_by_name
 
-PAGE = 4096
-DEFAULT_VM_BYTES = 256 * MiB
-LARGE_PAGES_FROM = 1 << 30
-"""VMs whose vNVDIMM is this large or larger are mapped with 2 MiB pages, as a hypervisor backs large
-guests with huge pages: 4 KiB tables for 64 VMs of 32 GiB would take 512 Mi entries (4 GiB)."""
-PREFAULT_LIMIT = 1 << 30
-"""``prefault`` touches the VMs' vNVDIMMs only when they add up to at most this many bytes: with
-sparse memory a first touch costs one chunk allocation, and prefaulting terabytes would not fit."""
-EXIT_REASONS = (48, 49, 18)
-
-
-# ---- the VMs a replay runs in -------------------------------------------------------------------
-
-def vm_sizes(platform: Platform, vms: int) -> tuple[int, int]:
-    """``(dram, nvdimm)`` bytes of each of ``vms`` identical VMs: the default VM's 256 MiB each,
-    shrunk (DRAM to whole MiB, the vNVDIMM to whole stripes of the largest interleave set) until
-    ``vms`` of them fit the platform."""
-    dram = min(DEFAULT_VM_BYTES, (platform.config.dram_bytes // vms - PAGE) // MiB * MiB)
-    best = 0
-    for k, (_, _, length) in enumerate(platform.set_ranges):
-        stripe = platform.stripe_bytes(k)
-        best = max(best, min(DEFAULT_VM_BYTES, length // vms) // stripe * stripe)
-    if dram < 0 or best < PAGE:
-        raise ConfigError(f"platform {platform.name!r} has no room for {vms} VMs "
-                          f"({platform.config.dram_bytes:#x} bytes of DRAM, {platform.pmem_bytes:#x} of NVDIMM)")
-    return max(dram, 0), best - best % PAGE
-
-
-def create_vms(hv: Hypervisor, vms: int, vcpus: int, strategy: str = "auto", fanout: str = "broadcast",
-               dram: int | None = None, nvdimm: int | None = None, prefault: bool = False,
-               start: bool = True) -> list[VM]:
-    """``vms`` identical VMs of ``vcpus`` vCPUs on ``hv`` (sizes from :func:`vm_sizes` unless
-    given), started unless ``start`` is False; mapped with 2 MiB pages from ``LARGE_PAGES_FROM``,
-    prefaulted (when asked) up to ``PREFAULT_LIMIT`` in all."""
-    if not isinstance(vms, int) or vms < 1:
-        raise ConfigError(f"vms={vms!r}: must be at least 1")
-    auto_dram, auto_nvdimm = vm_sizes(hv.platform, vms)
-    dram = auto_dram if dram is None else dram
-    nvdimm = auto_nvdimm if nvdimm is None else nvdimm
-    page = 2 * MiB if nvdimm >= LARGE_PAGES_FROM and dram % (2 * MiB) == 0 else PAGE
-    prefault = prefault and vms * nvdimm <= PREFAULT_LIMIT
-    made = []
-    for _ in range(vms):
-        vm = hv.create_vm(dram=dram, nvdimms=[nvdimm], vcpus=vcpus, strategy=strategy, fanout=fanout,
-                          prefault=prefault, page_size=page)
-        made.append(vm.start() if start else vm)
-    return made
-
-
-def vm_layouts(platform: str | PlatformConfig | Platform = "default", vms: int = 1, *,
-               dram: int | None = None, nvdimm: int | None = None) -> list[VmLayout]:
-    """Where the VMs :func:`replay` would create sit in guest-physical space (for generators and
-    importers that must write valid GPAs)."""
-    hv = Hypervisor(platform)
-    return [VmLayout.of(vm) for vm in create_vms(hv, vms, 1, dram=dram, nvdimm=nvdimm, start=False)]
-
-
-def prepare(hv: Hypervisor, trace: str | os.PathLike[str] | np.ndarray, *, create: bool = True,
-            vms: int | None = None, vcpus: int | None = None, strategy: str = "auto", fanout: str = "broadcast",
-            dram: int | None = None, nvdimm: int | None = None, prefault: bool = False, format: str | None = None,
-            unregistered: str = "error", deep_flush: bool = False) -> tuple[list[VM], TraceSource]:
-    """The VMs a trace runs in and the trace, opened: with ``create``, ``vms`` new VMs of ``vcpus``
-    vCPUs on ``hv`` (default: as many as the trace's fields name, read in chunks; a pmemcheck log,
-    which names no threads: one), as :func:`create_vms` makes them; else ``hv``'s running VMs. A
-    pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a vFHA
-    write after each persist, as :func:`nvemu.trace.import_pmemcheck`)."""
-    fmt = "array" if isinstance(trace, np.ndarray) else format or detect_format(trace)
-    given = None if fmt == "array" else fmt
-    source: TraceSource | None = None
-    if not create:
-        made = sorted(hv.running(), key=lambda v: v.id)
-        if not made:
-            raise LifecycleError("the hypervisor runs no VM to replay the trace in")
-    else:
-        if fmt == "pmemcheck":
-            vms, vcpus = vms or 1, vcpus or 1
-        else:
-            source = open_trace(trace, given)
-            if vms is None or vcpus is None:
-                top_vm, top_vcpu = id_extent(c for _, c in source.chunks())
-                vms = vms or top_vm + 1 or 1
-                vcpus = vcpus or top_vcpu + 1 or 1
-        made = create_vms(hv, vms, vcpus or 1, strategy, fanout, dram, nvdimm, prefault)
-    if source is None:
-        nv = made[0].nvdimms[0]
-        source = open_trace(trace, given, nvdimm_gpa=nv.gpa, nvdimm_size=nv.size, unregistered=unregistered,
-                            deep_flush=made[0].vfha_gpa if deep_flush else None)
-    return made, source
+EXIT_REASONS = tuple(ExitReason)
 
 
 # ---- results --------------------------------------------------------------------------------------
@@ -245,13 +157,14 @@ class Replayer:
     ``strategy`` and ``fanout``, their vNVDIMMs prefaulted (up to ``PREFAULT_LIMIT``) so timing
     skips first-touch faults.
     A pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a
-    vFHA write after each persist, as :func:`nvemu.trace.import_pmemcheck`). ``handler`` sees exits the core does not handle (op_index counted in the whole trace); by
+    vFHA write after each persist, as :func:`nvemu.formats.trace.import_pmemcheck`). ``handler`` sees
+    exits the core does not handle (op_index counted in the whole trace); by
     default an access outside every mapping raises TraceError and any other such exit GuestFault.
     ``progress``: a tqdm bar on stderr for runs over a second (None: when stderr is a terminal).
 
     Examples
     --------
-    >>> from nvemu.workloads import generate
+    >>> from nvemu.guest.workloads import generate
     >>> r = Replayer(generate("seq-log", 5000), chunk_ops=2000)
     >>> [c.ops for c in r.chunks()], r.result().ops
     ([2000, 2000, 1000], 5000)
@@ -290,25 +203,12 @@ class Replayer:
         """The exit handler for a chunk starting at record ``offset``: faults re-indexed into the
         whole trace, then the user's handler or the default policy."""
         def handle(fault: GuestFault) -> str:
-            f = GuestFault(fault.reason, fault.qualification, fault.gpa, fault.op_index + offset,
-                           fault.vm, fault.vcpu, fault.op)
             if self.handler is not None:
-                return self.handler(f)
-            if f.reason == 48 and not f.qualification & 0x38:      # R/W/X all clear: not mapped
-                access = "write" if f.write else "read"
-                raise TraceError(f"{self.source.where(f.op_index)}, field gpa: GPA {f.gpa:#x} is outside "
-                                 f"every mapping of vm {f.vm} ({access} by cpu{f.vcpu})")
-            raise f
+                return self.handler(fault.shifted(offset))
+            if fault.unmapped:
+                raise unmapped_error(fault)          # named for the whole trace where the chunk fails
+            raise fault.shifted(offset)
         return handle
-
-    def _relocate(self, exc: Exception, offset: int) -> Exception:
-        """A TraceError/LifecycleError naming a chunk's record, re-worded for the whole trace."""
-        if exc.index is None:
-            return exc
-        where = self.source.where(exc.index + offset) + (f", field {exc.field}" if exc.field else "")
-        moved = type(exc)(f"{where}: {exc.detail}")
-        moved.index, moved.field, moved.detail = exc.index + offset, exc.field, exc.detail
-        return moved
 
     def chunks(self) -> Iterator[ChunkStats]:
         """Replay the trace, yielding each chunk's stats as it finishes (once per Replayer)."""
@@ -329,7 +229,7 @@ class Replayer:
                 try:
                     done = self.hv.run(records, self._handle(start))
                 except (TraceError, LifecycleError) as e:
-                    raise self._relocate(e, start) from None
+                    raise relocated(e, start, self.source) from None
                 seconds = time.perf_counter() - t0
                 del records
                 self._seconds += seconds
@@ -384,12 +284,12 @@ def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Replay
 
     Examples
     --------
-    >>> from nvemu.workloads import generate
+    >>> from nvemu.guest.workloads import generate
     >>> r = replay(generate("linux-fsync", 10_000, seed=1), strategy="write-protect")
-    >>> r.ops, r.exits[48] == r.vfha_writes > 0
+    >>> r.ops, r.exits[ExitReason.EPT_VIOLATION] == r.vfha_writes > 0
     (10000, True)
     """
     return Replayer(trace, **options).run()
 
 
-__all__ = ["ChunkStats", "Replayer", "ReplayReport", "create_vms", "prepare", "replay", "vm_layouts", "vm_sizes"]
+__all__ = ["ChunkStats", "Replayer", "ReplayReport", "replay"]

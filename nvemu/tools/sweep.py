@@ -1,5 +1,5 @@
-"""``nvemu bench``, ``nvemu sweep`` and ``nvemu fleet``: grids of independent replays run on a
-local process pool or a Dask cluster (:mod:`nvemu.tasks`), results as CSV and JSON.
+"""Sweep and fleet files (TOML) expanded into grids of independent replays, run on a local process
+pool or a Dask cluster (:mod:`nvemu.tools.tasks`), results as CSV and JSON.
 
 Sweep file (TOML): every list is an axis of the grid, every scalar applies to all cells::
 

@@ -7,7 +7,8 @@ import itertools
 from collections.abc import Iterable, Sequence
 
 from ...errors import ConfigError
-from ...machine.config import DOMAINS, PAGE_BYTES, PlatformConfig, device_handle
+from ..._constants import PAGE_BYTES
+from ...machine.config import DOMAINS, PlatformConfig, device_handle
 from ...machine.vm import VM
 from .codec import Nfit
 from .tables import (

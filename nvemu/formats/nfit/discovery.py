@@ -149,7 +149,7 @@ def _survey(nfit: Nfit) -> _Survey:
 
 def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_bytes: int = 2 * GiB,
                               name: str = "nfit") -> PlatformConfig:
-    """Capability discovery: the :class:`~nvemu.config.PlatformConfig` a physical NFIT describes.
+    """Capability discovery: the :class:`~nvemu.machine.config.PlatformConfig` a physical NFIT describes.
 
     - one controller per distinct (node, socket, imc) of the memory device maps' handles, sorted;
     - one NVDIMM per distinct device handle, sorted by handle: its size is the ``region_size`` of

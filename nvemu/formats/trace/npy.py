@@ -13,10 +13,10 @@ from typing import IO
 import numpy as np
 
 
-from ..._constants import TRACE_DTYPE
+from ..._constants import DEFAULT_CHUNK, TRACE_DTYPE
 from ..._files import AtomicFile
 from ...errors import TraceError
-from .records import DEFAULT_CHUNK, RECORD_BYTES, PathLike
+from .records import RECORD_BYTES, PathLike
 
 # ---- native .npy ----------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-from ..._constants import GPA_LIMIT, TRACE_DTYPE, Op
+from ..._constants import DEFAULT_CHUNK, GPA_LIMIT, LINE_BYTES, PAGE_BYTES, TRACE_DTYPE, Op
 from ...errors import TraceError
-from .records import DEFAULT_CHUNK, DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, LINE, PAGE, PathLike, _shorten
+from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, PathLike, _shorten
 from .text import _FieldError
 
 # ---- pmemcheck store logs -------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def _store_pieces(gpa: int, size: int, value: int) -> Iterator[tuple[int, int, i
     data = value.to_bytes(size, "little")
     pos = 0
     while pos < size:
-        room = min(size - pos, LINE - (gpa + pos) % LINE)
+        room = min(size - pos, LINE_BYTES - (gpa + pos) % LINE_BYTES)
         step = 8 if room >= 8 else 4 if room >= 4 else 2 if room >= 2 else 1
         yield gpa + pos, step, int.from_bytes(data[pos:pos + step], "little")
         pos += step
@@ -186,12 +186,12 @@ class _Emitter:
     def write_backs(self, first: int, end: int, number: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """One CLWB per line from ``first`` (line aligned) up to ``end``; full chunks are yielded."""
         if self.dry:
-            self.pending += -(-(end - first) // LINE)
+            self.pending += -(-(end - first) // LINE_BYTES)
             return
         self._seal_rows()
-        step = LINE * self.chunk
+        step = LINE_BYTES * self.chunk
         for lo in range(first, end, step):
-            gpa = np.arange(lo, min(end, lo + step), LINE, dtype=np.uint64)
+            gpa = np.arange(lo, min(end, lo + step), LINE_BYTES, dtype=np.uint64)
             rec = np.zeros(len(gpa), TRACE_DTYPE)
             rec["op"], rec["vcpu"], rec["vm"], rec["gpa"] = Op.CLWB, self.vcpu, self.vm, gpa
             self.parts.append((rec, np.full(len(gpa), number, np.int64)))
@@ -270,7 +270,7 @@ class _PmemcheckReader:
                 raise self._error(number, line, "size", f"file {name} needs {extent:#x} bytes at vNVDIMM offset "
                                   f"{cursor:#x}; the vNVDIMM holds {self.nvdimm_size:#x}", text)
             files[name] = PmemFile(name, self.nvdimm_gpa + cursor, extent)
-            cursor += -(-extent // PAGE) * PAGE
+            cursor += -(-extent // PAGE_BYTES) * PAGE_BYTES
         return files
 
     def convert(self) -> PmemcheckImport:
@@ -329,7 +329,7 @@ class _PmemcheckReader:
                         result.skipped += 1
                         continue
                     for gpa, n in pieces:                # one write-back per line, a chunk at a time
-                        yield from out.write_backs(gpa - gpa % LINE, gpa + n, number)
+                        yield from out.write_backs(gpa - gpa % LINE_BYTES, gpa + n, number)
                         flushed = flushed or n > 0
                 elif kind == "FENCE":
                     if text != "FENCE":

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 
 
-from ..._constants import TRACE_DTYPE
+from ..._constants import DEFAULT_CHUNK, TRACE_DTYPE
 from ...errors import TraceError
 from .npy import NPY_MAGIC, NpyTrace, _dtype_problem, save_npy
-from .pmemcheck import _PID_PREFIX, _PMEMCHECK_OPS, PmemcheckImport, PmemcheckStream, import_pmemcheck, \
-    stream_pmemcheck
-from .records import DEFAULT_CHUNK, DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, FORMATS, PathLike
+from .pmemcheck import _PID_PREFIX, _PMEMCHECK_OPS, PmemcheckImport, PmemcheckStream, stream_pmemcheck
+from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, FORMATS, PathLike
 from .text import _read_text, save_text
 
 # ---- detection and one entry point --------------------------------------------------------------

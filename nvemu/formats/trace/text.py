@@ -146,7 +146,7 @@ def save_text(path: PathLike, records: np.ndarray | Iterable[np.ndarray], header
     n = 0
     with atomic_write(path, "w", encoding="utf-8") as f:
         if header:
-            f.write("# nvemu text trace: [vmN] [cpuN] OP operands (see nvemu.trace)\n")
+            f.write("# nvemu text trace: [vmN] [cpuN] OP operands (see nvemu.formats.trace)\n")
         for chunk in ([records] if isinstance(records, np.ndarray) else records):
             f.writelines(line + "\n" for line in format_text(chunk, n))
             n += len(chunk)
