@@ -18,12 +18,9 @@ from typing import Any
 import numpy as np
 
 from ._constants import CTRL_STAT_NAMES, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState, STAT_NAMES
+from ._constants import EPT_ENTRIES as ENTRIES, LINE_BYTES as LINE, NO_VPN, PAGE_BYTES as PAGE
 from .errors import ConfigError
 
-PAGE = 4096
-LINE = 64
-ENTRIES = 512
-NO_VPN = 2**64 - 1
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
 

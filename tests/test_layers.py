@@ -3,10 +3,10 @@ and the README's layout table lists every module, in layer order (``python tests
 rewrites it).
 
 Function-level imports count; imports under ``if TYPE_CHECKING:`` do not (they never run). The
-layers, lowest first: the engine (``_core``, ``_reference``, ``_backend``, ``_constants``,
-``_layout``, ``_records``, ``errors``, ``_version``) -> ``machine`` -> ``formats`` | ``guest``
-(siblings that do not import each other) -> ``tools`` -> ``cli`` -> the package's facade
-(``nvemu/__init__.py``, ``__main__``). ``pyproject.toml`` states the same contract for
+layers, lowest first: the engine (every module at the top of the package: ``_core``,
+``_reference``, ``_state``, ``_backend``, ``_constants``, ``_records``, ``errors``, ...) ->
+``machine`` -> ``formats`` | ``guest`` (siblings that do not import each other) -> ``tools`` ->
+``cli`` -> the package's facade (``nvemu/__init__.py``, ``__main__``). ``pyproject.toml`` states the same contract for
 import-linter; this test also covers what import-linter does not check (cycles inside a layer).
 """
 
@@ -189,8 +189,8 @@ def test_type_checking_imports_do_not_count():
 # ---- the README's layout table --------------------------------------------------------------------
 
 README = ROOT.parent / "README.md"
-ENGINE_ORDER = ("_core.pyx", "_core.pxd", "_core.pyi", "_reference.py", "_backend.py", "_constants.py",
-                "_records.py", "_layout.py", "errors.py", "_version.py")
+ENGINE_ORDER = ("_core.pyx", "_core.pxd", "_core.pyi", "_reference.py", "_state.py", "_image.py", "_backend.py",
+                "_constants.py", "_records.py", "_layout.py", "_files.py", "errors.py", "_version.py")
 LAYER_TITLES = {0: "engine", 1: "machine", 2: "formats, guest", 3: "tools", 4: "cli", FACADE: "package"}
 START, END = "<!-- layout table: python tests/test_layers.py -->", "<!-- end of layout table -->"
 

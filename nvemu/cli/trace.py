@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..formats import trace as tr
+from .._constants import PAGE_BYTES
 from ..errors import ConfigError
 from ..machine.flush_hints import FANOUTS, STRATEGIES
 from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
@@ -62,7 +63,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         gpa = lay.nvdimm_gpa if args.nvdimm_gpa is None else args.nvdimm_gpa
         size = lay.nvdimm_size if args.nvdimm_size is None else args.nvdimm_size
         custom = args.nvdimm_gpa is not None or args.nvdimm_size is not None     # the vFHA: the page above
-        fha = -(-(gpa + size) // 4096) * 4096 if custom else lay.fha_gpa
+        fha = -(-(gpa + size) // PAGE_BYTES) * PAGE_BYTES if custom else lay.fha_gpa
         stream = tr.stream_pmemcheck(args.input, gpa, size, unregistered="skip" if args.skip_unregistered
                                      else "error", deep_flush=fha if args.deep_flush else None)
         records: Any = (chunk for _, chunk in stream.chunks())      # range FLUSHes expand a chunk at a time

@@ -157,7 +157,7 @@ class Platform:
         """
         return self.dram.alloc(size, align, "DRAM")
 
-    def alloc_pmem(self, size: int, align: int = 4096) -> int:
+    def alloc_pmem(self, size: int, align: int = PAGE_BYTES) -> int:
         """NVDIMM space in whole stripes of an interleave set, so the range spreads over the
         controllers as the host's does, starting on a multiple of ``align`` too (2 MiB for a VM
         mapped with 2 MiB pages); the set with the most free space first, which spreads VMs over

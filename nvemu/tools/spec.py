@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .._constants import COST_FIELDS
+from .._constants import COST_FIELDS, PAGE_BYTES
 from ..errors import ConfigError
 from ..guest.workloads import WORKLOADS
 from ..machine.config import DOMAINS, PRESETS
@@ -33,7 +33,7 @@ Interleave = Literal["all", "socket"]
 Positive = Annotated[int, Field(strict=True, ge=1)]
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
 Depth = Annotated[int, Field(strict=True, ge=1, le=4096)]
-Bytes = Annotated[int, Field(strict=True, ge=4096)]
+Bytes = Annotated[int, Field(strict=True, ge=PAGE_BYTES)]
 Cost = Literal[COST_FIELDS]                                                  # type: ignore[valid-type]
 
 

@@ -16,9 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from .._constants import COST_FIELDS, ExitReason
 
-EXIT_NAMES: dict[int, str] = {int(ExitReason.EPT_VIOLATION): "ept_violation",
-                              int(ExitReason.EPT_MISCONFIG): "ept_misconfig",
-                              int(ExitReason.VMCALL): "vmcall"}
+EXIT_NAMES: dict[int, str] = {int(r): r.name.lower() for r in ExitReason}
 """Intel basic exit reason -> the name nvemu writes (SDM Vol. 3C, Appendix C)."""
 EXIT_REASONS: dict[str, int] = {name: reason for reason, name in EXIT_NAMES.items()}
 """The name nvemu writes -> Intel basic exit reason."""
