@@ -244,3 +244,28 @@ if __name__ == "__main__":                      # rewrite the README's table
         sys.exit(f"{README}: no layout table markers ({START} ... {END})")
     README.write_text(text.replace(old, layout_table()))
     print(f"{README}: layout table of {layout_table().count(chr(10)) - 5} modules written")
+
+
+LINE_LIMIT = 650
+"""About 600 lines per module (the engine and its plain twin excepted: one machine each)."""
+
+
+def test_no_module_is_over_about_600_lines():
+    big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > LINE_LIMIT and p.name != "_reference.py"}
+    assert big == {}, f"split these modules (over {LINE_LIMIT} lines): {big}"
+
+
+def test_no_test_names_an_engine_by_hand():
+    """Tests run on the engines the install has (conftest's ``backend`` fixture, ``ENGINES`` for the
+    differential ones), so the pure run can run them all. Not counted: test_no_crash drives the
+    compiled core itself (in a subprocess, skipped without it), test_core_contract checks which
+    engine runs, and this file."""
+    named = []
+    for path in sorted((ROOT.parent / "tests").glob("test_*.py")):
+        if path.name in ("test_no_crash.py", "test_core_contract.py", "test_layers.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ("core", "reference"):
+                named.append(f"{path.name}:{node.lineno}")
+    assert named == [], f"use the backend fixture, conftest.ENGINES or DEFAULT_BACKEND: {named}"

@@ -148,7 +148,7 @@ def _leaf_slot(files, vm_id, gpa):
 def two_vms(tmp_path):
     """Two running VMs, each with a secret in its vNVDIMM and its DRAM, each having read it (so their
     TLBs hold the translations), saved to hv.npz."""
-    hv, (a, b) = build("core", strategies=("write-protect", "write-protect"))
+    hv, (a, b) = build(strategies=("write-protect", "write-protect"))
     for vm, secret in ((a, 0xA11CE), (b, 0xB0B)):
         for cpu, gpa in enumerate((vm.nvdimms[0].gpa, vm.dram[0].gpa)):
             vm.vcpu(cpu).store(gpa, secret)
@@ -271,7 +271,7 @@ def test_arrays_claiming_huge_sizes_are_refused_before_allocation(tmp_path, memb
     """A crafted member header claims a huge array (over a few bytes of data, or over data the
     description has no room for): SnapshotError, and no more than a few MiB allocated on the way
     (numpy reports its buffers to tracemalloc)."""
-    hv, vms = build("core")
+    hv, vms = build()
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path)
     _replace_member(path, f"{member}.npy", _npy(shape, dtype, bytes(present)))
@@ -282,7 +282,7 @@ def test_arrays_claiming_huge_sizes_are_refused_before_allocation(tmp_path, memb
 
 def test_a_compressed_member_bigger_than_its_place_is_refused_before_inflating(tmp_path):
     """A deflated member that inflates to 64 MiB where the description allows 2 numbers."""
-    hv, vms = build("core")
+    hv, vms = build()
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path)
     _replace_member(path, "engine_scalars.npy", _npy((1 << 23,), payload=bytes(8 << 23)), zipfile.ZIP_DEFLATED)
@@ -295,7 +295,7 @@ def test_a_compressed_member_bigger_than_its_place_is_refused_before_inflating(t
 @pytest.mark.parametrize("damage", ["object dtype", "fortran order", "unknown member", "duplicate member",
                                     "bad header", "structured dtype"])
 def test_malformed_members_are_refused_as_snapshot_errors(tmp_path, damage):
-    hv, vms = build("core")
+    hv, vms = build()
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path)
     if damage == "object dtype":
@@ -318,7 +318,7 @@ def test_malformed_members_are_refused_as_snapshot_errors(tmp_path, damage):
 # ---- the digest: corruption without a key, forgery with one -------------------------------------------
 
 def test_a_keyed_snapshot_restores_only_with_its_key(tmp_path):
-    hv, vms = build("core")
+    hv, vms = build()
     hv.run(workload(vms, 300, 3))
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path, key=b"our secret")
@@ -334,7 +334,7 @@ def test_a_forged_snapshot_is_refused_when_a_key_is_given(tmp_path, forger):
     """Without the key a forger can re-seal an edited file with the plain digest (which an unkeyed
     restore accepts: it guards against corruption only) or with a key of their own; neither passes
     a restore that names the key."""
-    hv, vms = build("core")
+    hv, vms = build()
     path = tmp_path / "hv.npz"
     save_snapshot(hv, path, key=b"our secret")
     files, meta = _files(path)
@@ -349,7 +349,7 @@ def test_a_forged_snapshot_is_refused_when_a_key_is_given(tmp_path, forger):
 
 
 def test_a_key_must_be_bytes():
-    hv, vms = build("core")
+    hv, vms = build()
     with pytest.raises(TypeError, match="key"):
         save_snapshot(hv, "/nonexistent/x.npz", key="text")
     with pytest.raises(ValueError, match="key"):
