@@ -63,6 +63,8 @@ def test_embedder_builds_and_runs(tmp_path):
 def test_the_readme_snippet_compiles_and_runs_as_written(tmp_path):
     blocks = re.findall(r"```cython\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) == 1
+    docs = (ROOT / "docs" / "embedding.rst").read_text()
+    assert textwrap.indent(blocks[0], "   ") in docs, "docs/embedding.rst shows another snippet than the README"
     (tmp_path / "readme_snippet.pyx").write_text(blocks[0])
     (tmp_path / "setup.py").write_text(textwrap.dedent("""
         import nvemu
