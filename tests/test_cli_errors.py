@@ -258,3 +258,30 @@ def test_python_dash_m_nvemu_runs():
     p = subprocess.run([sys.executable, "-m", "nvemu", "--version"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert p.returncode == 0 and p.stdout.startswith("nvemu ")
+
+
+def _stdout_is_only_json(argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "nvemu", *argv], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=600)
+    assert p.returncode in (0, 1), p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+def test_json_dash_gives_stdout_only_json_for_every_command(tmp_path, trace):
+    doc, err = _stdout_is_only_json(["check", str(trace), "--preset", "small", "--json", "-"])
+    assert "ok" in doc and "nvemu check:" in err                  # the report went to stderr
+    doc, err = _stdout_is_only_json(["demo", "--ops", "2000", "--preset", "small", "--json", "-"])
+    assert doc["kind"] == "demo" and "write-protect" in err
+    doc, err = _stdout_is_only_json(["replay", str(trace), "--preset", "small", "--json", "-"])
+    assert doc["ops"] == 2000 and "platform  small" in err
+    doc, err = _stdout_is_only_json(["layout", "--preset", "small", "--json"])
+    assert len(doc["vms"]) == 1
+    doc, err = _stdout_is_only_json(["bench", "--workloads", "kv-put", "--strategies", "mmio", "--ops", "3000",
+                                     "--no-rate", "--no-plot", "--workers", "1", "-o", str(tmp_path / "b"),
+                                     "--json", "-"])
+    assert doc["kind"] == "bench" and "cells" in err
+    spec = tmp_path / "s.toml"
+    spec.write_text('ops = 3000\nworkloads = ["kv-put"]\n')
+    doc, err = _stdout_is_only_json(["sweep", str(spec), "--workers", "1", "-o", str(tmp_path / "s"), "--json", "-"])
+    assert doc["kind"] == "sweep" and len(doc["rows"]) == 1

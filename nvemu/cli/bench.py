@@ -25,8 +25,8 @@ from ..tools.spec import check_cells
 from ..tools.sweep import HOST_COLUMNS, fleet_hosts, fleet_total, load_toml, sweep_cells
 from ..tools.tasks import execute, write_results
 from ..tools.vocabulary import columns
-from .common import (add_quiet_option, check_output_directory, format_table, non_negative_int, parse_count,
-                     positive_int)
+from .common import (add_quiet_option, check_output_directory, check_outputs, format_table, non_negative_int,
+                     parse_count, positive_int, report_stream, write_output)
 
 
 def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,9 +50,16 @@ def _report_failures(rows: Sequence[dict[str, Any]], verbose: bool = False) -> i
 
 
 def _say(args: argparse.Namespace, *lines: str) -> None:
+    """The report: on stdout, or on stderr when ``--json -`` gives stdout to the JSON document."""
     if not args.quiet:
+        out = report_stream(args.json)
         for line in lines:
-            print(line)
+            print(line, file=out)
+
+
+def _emit_json(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    if args.json:
+        write_output(args.json, json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def _figures(args: argparse.Namespace, draw: list[tuple[Any, tuple, dict]]) -> list[Path]:
@@ -95,6 +102,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                    vms=args.vms, interleave=args.interleave, **first)
     check_cells(cells + rate)                                  # names, ranges, platforms: before any work
     check_output_directory(args.out)
+    check_outputs([args.json])
     out = Path(args.out)
     parameters = {"grid": {k: v for k, v in axes.items()}, "cost_model": costs.to_dict(),
                   "seeds": [args.seed], "sweep_cost": args.sweep_cost,
@@ -107,7 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
     main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
     document = dict(parameters=parameters, command=_command_line(args))
-    save(main_rows, out, **document)
+    doc = save(main_rows, out, **document)
     written = [out / "results.csv", out / "results.json"]
     if sweep:
         name, values = sweep
@@ -136,6 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    + ", ".join(f"{k}={v}" for k, v in costs.to_dict().items()),
              _table(main_rows, TABLE_COLUMNS))
     _say(args, "\nwrote " + ", ".join(str(p) for p in written))
+    _emit_json(args, doc)
     return 1 if _report_failures(rows, args.verbose) else 0
 
 
@@ -144,9 +153,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = sweep_cells(load_toml(spec_path), spec_path.parent)
     check_cells(cells)
     check_output_directory(args.out, [args.spec])
+    check_outputs([args.json], [args.spec])
     rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
     costs = sorted({k for c in cells for k in c["costs"]})
-    write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]),
+    doc = write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]),
                   kind="sweep", parameters={"spec": str(spec_path), "tasks": len(cells),
                                             "cost_model": CostModel().to_dict(), "swept_costs": costs,
                                             "seeds": sorted({c["seed"] for c in cells})},
@@ -157,6 +167,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
          _table(rows, columns(("workload", "platform", "strategy", "fanout", "wpq_depth",
                                *(f"cost_{k}" for k in costs), "exits", "lines_drained", "cycles_per_op"))),
          f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    _emit_json(args, doc)
     return 1 if _report_failures(rows, args.verbose) else 0
 
 
@@ -164,15 +175,17 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     spec_path = Path(args.spec)
     hosts = fleet_hosts(load_toml(spec_path), spec_path.parent)
     check_output_directory(args.out, [args.spec])
+    check_outputs([args.json], [args.spec])
     rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
     total = fleet_total(rows)
-    write_results([*rows, total], args.out, HOST_COLUMNS, kind="fleet",
+    doc = write_results([*rows, total], args.out, HOST_COLUMNS, kind="fleet",
                   parameters={"spec": str(spec_path), "hosts": len(hosts), "cost_model": CostModel().to_dict()},
                   command=_command_line(args))
     _say(args, f"nvemu fleet: {len(hosts)} hosts",
          _table([*rows, {**total, "platform": "", "domain": "", "controllers": 0}],
                 columns(("host", "platform", "vms", "ops", "exits", "lines_drained", "cycles_per_op"))),
          f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
+    _emit_json(args, doc)
     return 1 if _report_failures(rows, args.verbose) else 0
 
 
@@ -183,6 +196,8 @@ def _runner_options(p: argparse.ArgumentParser, out: str) -> None:
                    help="local worker processes (default: one per core)")
     p.add_argument("-o", "--output", "--out", dest="out", metavar="DIR", default=out,
                    help=f"output directory: results.csv, results.json, rows.jsonl, figures (default {out})")
+    p.add_argument("--json", metavar="FILE", help="also write the results.json document to FILE ('-': stdout, "
+                   "which then carries only the JSON; the report goes to stderr) (default: none)")
     p.add_argument("--resume", action="store_true",
                    help="skip tasks whose rows are already in the output directory's rows.jsonl (default: off)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -53,11 +53,12 @@ def _facets(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> tuple[list[s
 
 
 def _facet_title(varied: Sequence[str], values: tuple) -> str:
-    return ", ".join(f"{_LABELS.get(k, k)} {v}" for k, v in zip(varied, values)) or "all cells"
+    return ", ".join(f"{_LABELS.get(k, k)} {v}" for k, v in zip(varied, values)) or "every cell"
 
 
 def _grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
-    ncols = 1 if n == 1 else 2 if n <= 4 else 3
+    """``n`` panels of ``width`` x ``height`` inches: one column when panels are wide, else 2 or 3."""
+    ncols = 1 if n == 1 or width > 8 else 2 if n <= 4 else 3
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.9), squeeze=False)
     flat = [ax for row in axes for ax in row]
@@ -109,7 +110,7 @@ def overhead_figure(rows: Sequence[dict[str, Any]], meta: dict[str, Any], out: P
     varied, facets = _facets(cells, FACET_KEYS)
     workloads = list(dict.fromkeys(r["workload"] for r in cells))
     strategies = list(dict.fromkeys(r["strategy"] for r in cells))
-    fig, axes = _grid(plt, len(facets), max(6.5, 0.55 * len(workloads) * len(strategies) + 1.5), 4.6)
+    fig, axes = _grid(plt, len(facets), min(11.0, max(6.5, 0.4 * len(workloads) * len(strategies) + 2)), 4.6)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / len(strategies)
     for ax, facet in zip(axes, facets):
@@ -137,8 +138,9 @@ def overhead_figure(rows: Sequence[dict[str, Any]], meta: dict[str, Any], out: P
         ax.set_title(_facet_title(varied, facet), fontsize=9)
     axes[0].legend(fontsize=7, ncol=2, loc="upper left")
     what = f" by {', '.join(_LABELS[k] for k in varied)}" if varied else ""
+    fixed = ", ".join(f"{_LABELS[k]} {cells[0].get(k)}" for k in FACET_KEYS if k not in varied and k in cells[0])
     return _save(plt, fig, out, "overhead_by_strategy", f"Overhead of virtualized WPQ flushing per strategy{what} "
-                 f"({len(cells)} cells)", describe_run(meta), fmt, dpi)
+                 f"({len(cells)} cells; every panel: {fixed})", describe_run(meta), fmt, dpi)
 
 
 def rate_figure(rate_rows: Sequence[dict[str, Any]], meta: dict[str, Any], workload: str, out: Path,
@@ -187,15 +189,15 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
                                                      key=lambda r: (r["cycles_per_op"], r["strategy"]))]
             if ranking_prev is not None and ranking != ranking_prev:
                 ax.axvline(v, color="grey", linestyle=":", linewidth=1)
-                ax.text(v, 0.98, " ranking changes", transform=ax.get_xaxis_transform(), fontsize=7,
-                        va="top", color="grey")
+                ax.text(v, 0.03, " ranking changes", transform=ax.get_xaxis_transform(), fontsize=7,
+                        va="bottom", ha="right", rotation=90, color="grey")
             ranking_prev = ranking
         for s in dict.fromkeys(r["strategy"] for r in mine):
             pts = sorted((r["costs"][name], r["cycles_per_op"]) for r in mine if r["strategy"] == s)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
         ax.set_xlabel(f"cost-model parameter {name!r} (emulated cycles)", fontsize=8)
         ax.set_ylabel("emulated cycles per guest op", fontsize=8)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * max(r["cycles_per_op"] for r in mine))
         ax.set_title(_facet_title(varied, facet) if varied else str(mine[0]["workload"]), fontsize=9)
         ax.legend(fontsize=7)
     others = {k: v for k, v in meta.get("costs", {}).items() if k != name}
