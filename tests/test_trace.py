@@ -314,6 +314,36 @@ def test_unregistered_addresses_raise_or_are_skipped():
     assert imp.skipped == 2 and imp.records.tolist() == [rec(Op.STORE, size=1, gpa=G, value=1)]
 
 
+def test_a_flush_running_past_a_registered_file_writes_back_the_lines_it_overlaps():
+    """libpmem flushes whole lines: a file of 0x1010 bytes has its last line, [0x1000, 0x1040) of
+    the file, flushed whole, and pmemcheck logs the range the program passed (issue 16, item 8)."""
+    log = ("START|REGISTER_FILE;/f;0x10000;0x1010;0x0|STORE;0x11008;0x1;0x8|FLUSH;0x11000;0x40|"
+           "FLUSH;0x10fc0;0x80|FLUSH;0x20000;0x40|FENCE|STOP")
+    with pytest.raises(TraceError, match=r"record 5 .*field addr: \[0x20000, 0x20040\) is not inside"):
+        parse_pmemcheck(log, G, 1 << 20)                      # wholly outside: still unregistered
+    imp = parse_pmemcheck(log, G, 1 << 20, unregistered="skip")
+    assert imp.skipped == 1
+    assert imp.records.tolist() == [rec(Op.STORE, size=8, gpa=G + 0x1008, value=1),
+                                    rec(Op.CLWB, gpa=G + 0x1000),                      # past the end
+                                    rec(Op.CLWB, gpa=G + 0xFC0), rec(Op.CLWB, gpa=G + 0x1000),
+                                    rec(Op.SFENCE)]
+
+
+@needs_samples
+def test_real_log_of_an_odd_sized_file_imports_with_its_last_line_flushed():
+    """ex_pmem_simple_copy.log with its pool registered as a 4,000-byte file, what pmem_map_file
+    registers for a file of that length: simple_copy's FLUSH of 0x1000 bytes then runs 96 bytes
+    past the file; before item 8 of issue 16 the importer refused the whole log."""
+    text = (SAMPLES / "ex_pmem_simple_copy.log").read_text()
+    odd = text.replace("REGISTER_FILE;/mnt/pmem/simple_copy.dst;0x5200000;0x1000;0x0",
+                       "REGISTER_FILE;/mnt/pmem/simple_copy.dst;0x5200000;0xfa0;0x0")
+    assert odd != text and "FLUSH;0x5200000;0x1000" in odd
+    imp = parse_pmemcheck(odd, G, 2 << 20, unregistered="skip")
+    flushed = imp.records[imp.records["op"] == Op.CLWB]["gpa"] - G
+    assert flushed.tolist() == list(range(0, 0xFC0, 64)) and imp.files[0].size == 0xFA0
+    assert imp.skipped == 12          # the 12 stores past byte 4,000 belong to no registered file
+
+
 @pytest.mark.parametrize("record, field, message", [
     ("STORE;0x1000;0x1", "-", "STORE needs ADDR;VALUE;SIZE"),
     ("STORE;0x1000;0xzz;0x8", "value", "'0xzz' is not a hex number"),

@@ -116,6 +116,13 @@ class _Mappings:
                 return pieces
         return None if pos < end else pieces
 
+    def overlap(self, va: int, n: int) -> list[tuple[int, int]]:
+        """Guest ``(gpa, length)`` pieces of the parts of ``[va, va+n)`` that lie inside registered
+        mappings (an empty list when none does): what a flush of that range writes back."""
+        end = va + n
+        return [(gpa + max(va, base) - base, min(end, base + size) - max(va, base))
+                for base, size, gpa in self.live if base < end and va < base + size]
+
 
 def _hex(text: str, what: str, bits: int = 64) -> int:
     t = text.strip()
@@ -324,7 +331,7 @@ class _PmemcheckReader:
                     if len(parts) != 3:
                         raise _FieldError("-", "FLUSH needs ADDR;SIZE")
                     va, size = _hex(parts[1], "addr"), _hex(parts[2], "size")
-                    pieces = self._place(maps, va, size) if size else []
+                    pieces = self._place_flush(maps, va, size) if size else []
                     if pieces is None:
                         result.skipped += 1
                         continue
@@ -359,6 +366,17 @@ class _PmemcheckReader:
             raise _Unregistered(f"[{va:#x}, {va + n:#x}) is not inside any file the log registered "
                                 f"(REGISTER_FILE); unregistered='skip' (--skip-unregistered) drops such records")
         return pieces
+
+
+    def _place_flush(self, maps: _Mappings, va: int, n: int) -> list[tuple[int, int]] | None:
+        """A flush writes back whole lines, so libpmem flushing a file whose size is not a multiple
+        of 64 logs a FLUSH that runs past the registered range (pmemcheck's FLUSH record is the
+        range the program passed, not clipped): it writes back the lines it overlaps. Only a
+        flush that overlaps no registered file is unregistered."""
+        pieces = maps.overlap(va, n)
+        if pieces:
+            return pieces
+        return self._place(maps, va, n)
 
 
 class _Unregistered(Exception):
@@ -431,9 +449,11 @@ def import_pmemcheck(path: PathLike, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA,
     lands on the same guest bytes, and a later mapping of an address range replaces an earlier
     one. Stores become STOREs (split where they cross a line), each FLUSH one CLWB per line it
     covers (none for an empty one), FENCE an SFENCE; markers are kept aside (see
-    :class:`PmemcheckImport`). A STORE or FLUSH touching an address outside every registered
-    file raises TraceError naming the record (``unregistered="error"``) or is dropped and counted
-    (``"skip"``). With ``deep_flush`` (the vFHA's GPA) every FENCE that closes a flush is also
+    :class:`PmemcheckImport`). A FLUSH that overlaps a registered file writes back the lines of
+    the part it overlaps, even when it runs past the file's end (a file whose size is not a
+    multiple of 64 bytes has its last line flushed whole). A STORE touching an address outside
+    every registered file, or a FLUSH wholly outside them, raises TraceError naming the record
+    (``unregistered="error"``) or is dropped and counted (``"skip"``). With ``deep_flush`` (the vFHA's GPA) every FENCE that closes a flush is also
     followed by a vFHA write and a fence, as if each persist were PMDK's ``pmem_deep_persist``
     (logs themselves never show one: the deep flush happens in the kernel). pmemcheck logs carry
     no thread ids: every record goes to ``vm``/``vcpu``.
