@@ -44,7 +44,7 @@ def tiny_platform(domain: str = "adr", wpq_depth: int = 8, hints: int = 1, contr
                   sockets: int = 1, **kw):
     """Two controllers (one socket), 1 MiB NVDIMMs, 16 MiB DRAM: small enough for the reference."""
     return make_platform(sockets=sockets, imcs_per_socket=controllers, dimm_bytes=1 << 20, dram_bytes=16 << 20,
-                         wpq_depth=wpq_depth, domain=domain, hints_per_dimm=hints, name="tiny", **kw)
+                         wpq_depth=wpq_depth, domain=domain, hints_per_imc=hints, name="tiny", **kw)
 
 
 @pytest.fixture

@@ -224,6 +224,13 @@ EXPECTED: dict[str, dict[str, Any]] = {
                  (0x11000, 512 * M, [0xF0002000]), (0x11100, 512 * M, [0xF0003000])],
         sets=[(0x1_0000_0000, [0x00000, 0x00100, 0x11000, 0x11100], 4096)],
         spa_types=["pm"]),
+    "hints_one_socket": dict(        # socket 0's set lists hints, socket 1's none (issue 16, item 1)
+        domain="adr", wpq_flush=True, set_flush=[True, False],
+        controllers=[((0, 0, 0), [0xF0000000]), ((0, 0, 1), [0xF0001000]), ((1, 1, 0), []), ((1, 1, 1), [])],
+        nvdimms=[(0x00000, 512 * M, [0xF0000000]), (0x00100, 512 * M, [0xF0001000]),
+                 (0x11000, 512 * M, []), (0x11100, 512 * M, [])],
+        sets=[(0x1_0000_0000, [0x00000, 0x00100], 4096), (0x1_4000_0000, [0x11000, 0x11100], 4096)],
+        spa_types=["pm", "pm"]),
     "one_socket_eadr_two_sets": dict(
         domain="eadr", wpq_flush=True,
         controllers=[((0, 0, m), [0xE0000000 + m * 0x1000 + k * 0x40 for k in range(3)]) for m in range(3)],
@@ -243,8 +250,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
         nvdimms=[(0x00000, 128 * M, []), (0x11000, 128 * M, [])],
         sets=[(0x1_0000_0000, [0x00000], 4096), (0x1_0800_0000, [0x11000], 4096)],
         spa_types=["pm", "pm"]),
-    "partial_hints": dict(
-        domain="eadr", wpq_flush=False,
+    "partial_hints": dict(           # two of the set's three DIMMs list hints: the set flushes (Linux
+        domain="eadr", wpq_flush=True,  # nvdimm_has_flush counts a region with a hint on any DIMM)
+        set_flush=[True],
         controllers=[((0x12, 3, 2), [0xC0000000, 0xC0000040, 0xC0000080]), ((0x12, 3, 5), [])],
         nvdimms=[(0x123201, 64 * M, [0xC0000000]), (0x123211, 64 * M, [0xC0000040, 0xC0000080]),
                  (0x123520, 64 * M, [])],
@@ -289,6 +297,9 @@ def test_iasl_platform_discovery(name: str, platform_amls: dict[str, bytes]) -> 
         want["controllers"]
     assert [(d["handle"], d["size"]) for d in info["nvdimms"]] == [(h, s) for h, s, _ in want["nvdimms"]]
     assert [s["type"] for s in info["spa_ranges"]] == want["spa_types"]
+    set_flush = want.get("set_flush", [want["wpq_flush"]] * len(want["sets"]))
+    assert [s["wpq_flush"] for s in info["interleave_sets"]] == set_flush
+    assert [cfg.set_wpq_flush(s) for s in cfg.interleave_sets] == set_flush
     assert json.loads(json.dumps(info)) == info
 
 
@@ -339,7 +350,7 @@ CUSTOM_CONFIGS = [
                                     InterleaveSetConfig(4 * GiB, (0,), 64)),
                    domain="eadr", name="custom"),
     make_platform(sockets=4, imcs_per_socket=6, dimms_per_imc=2, dimm_bytes=4 * M, granularity=256,
-                  hints_per_dimm=3, domain="none"),
+                  hints_per_imc=3, domain="none"),
 ]
 
 
@@ -789,7 +800,10 @@ def test_cli_build_then_info_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     keys = ("handle", "node", "socket", "imc", "channel", "dimm", "size")
     assert [{k: d[k] for k in keys} for d in info["nvdimms"]] == \
         [{k: d[k] for k in keys} for d in cfg.to_dict()["nvdimms"]]
-    assert info["spa_ranges"] == [{"index": 1, "base": 4 * GiB, "length": cfg.pmem_bytes, "type": "pm"}]
+    half = cfg.pmem_bytes // 2                    # one interleave set per socket (issue 16, item 6)
+    assert info["spa_ranges"] == [{"index": 1, "base": 4 * GiB, "length": half, "type": "pm"},
+                                  {"index": 2, "base": 4 * GiB + half, "length": half, "type": "pm"}]
+    assert [s["wpq_flush"] for s in info["interleave_sets"]] == [True, True]
     assert all(isinstance(h, int) for c in info["controllers"] for h in c["flush_hints"])
 
 
@@ -798,8 +812,20 @@ def test_cli_info_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert run_cli(["nfit", "build", "--preset", "no-wpq-flush", "-o", str(out)]) == 0
     assert run_cli(["nfit", "info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "persistence domain: adr" in text and "WPQ flushing: no" in text
+    assert "persistence domain: adr" in text and "WPQ flushing: 0 of 2 interleave sets" in text
     assert "memory controllers: 4" in text and "NVDIMMs: 4" in text
+
+
+def test_cli_info_reports_flush_support_per_interleave_set(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16, item 1: Linux decides WPQ flushing per region (nvdimm_has_flush in
+    drivers/nvdimm/region_devs.c: any DIMM of the region with a flush hint)."""
+    out = tmp_path / "host.nfit"
+    assert run_cli(["nfit", "build", "--preset", "hints-socket0", "-o", str(out)]) == 0
+    assert run_cli(["nfit", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "WPQ flushing: 1 of 2 interleave sets" in text
+    assert "NVDIMMs 0x1, 0x101, WPQ flush yes" in text and "NVDIMMs 0x1001, 0x1101, WPQ flush no" in text
 
 
 def test_cli_vm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

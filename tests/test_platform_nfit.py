@@ -63,3 +63,17 @@ def test_preset_survives_its_own_nfit(name):
     cfg = preset(name)
     again = platform_from_nfit(nfit.nfit_from_platform_config(cfg).to_bytes())
     assert again.config.with_(name=cfg.name) == cfg
+
+
+def test_table_with_hints_on_one_socket_decides_per_vm(tmp_path):
+    """Issue 16, item 1: the table's socket-0 range lists flush hints, its socket-1 range none.
+    Linux's nvdimm_has_flush decides per region; the technique asks about the NVDIMMs backing
+    the VM: the first VM (socket 0's range) is write-protected, the second (socket 1's) writable."""
+    platform = platform_from_nfit(compiled("hints_one_socket", tmp_path), dram_bytes=64 << 20)
+    assert platform.wpq_flush and [platform.set_wpq_flush(k) for k in range(2)] == [True, False]
+    hv = Hypervisor(platform)
+    first, second = flush_once(hv), flush_once(hv)
+    assert (first.strategy, second.strategy) == ("write-protect", "writable")
+    assert first.fanout_controllers == (0, 1) == second.fanout_controllers     # controllers with hints
+    assert (first.stats().exits[48], first.stats()["lines_drained"]) == (1, 8)
+    assert (second.stats().exit_count, second.stats()["lines_drained"]) == (0, 0)

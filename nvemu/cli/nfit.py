@@ -29,8 +29,10 @@ def format_info(info: dict[str, Any]) -> str:
            f"capabilities {caps['raw']:#x}, highest valid bit {caps['highest_valid']}, "
            f"effective {caps['effective']:#x}")
     lines.append(f"persistence domain: {info['persistence_domain']} ({how})")
-    why = "every NVDIMM lists a flush hint" if info["wpq_flush"] else "some NVDIMM lists no flush hint"
-    lines.append(f"WPQ flushing: {'yes' if info['wpq_flush'] else 'no'} ({why})")
+    sets = info["interleave_sets"]
+    flushing = sum(s["wpq_flush"] for s in sets)
+    lines.append(f"WPQ flushing: {flushing} of {len(sets)} interleave sets (a set supports it when one of "
+                 f"its NVDIMMs lists a flush hint, as Linux's nvdimm_has_flush decides)")
     lines.append(f"SPA ranges: {len(info['spa_ranges'])}")
     for s in info["spa_ranges"]:
         lines.append(f"  {s['index']:>3}  {s['base']:#014x}  {format_size(s['length']):>9}  {s['type']}")
@@ -46,7 +48,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"interleave sets: {len(info['interleave_sets'])}")
     for s in info["interleave_sets"]:
         lines.append(f"  range {s['spa_index']} at {s['base']:#x}: {len(s['nvdimms'])}-way, "
-                     f"granularity {format_size(s['granularity'])}, NVDIMMs {_hex_list(s['nvdimms'])}")
+                     f"granularity {format_size(s['granularity'])}, NVDIMMs {_hex_list(s['nvdimms'])}, "
+                     f"WPQ flush {'yes' if s['wpq_flush'] else 'no'}")
     if not info["modelable"]:
         lines.append(f"nvemu cannot model this platform: {info['model_error']}")
     for w in info["warnings"]:

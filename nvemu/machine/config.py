@@ -154,10 +154,17 @@ class PlatformConfig:
         """Bytes of persistent memory on the platform (every interleave set)."""
         return sum(self.set_bytes(s) for s in self.interleave_sets)
 
+    def set_wpq_flush(self, s: InterleaveSetConfig) -> bool:
+        """Does the region (interleave set) ``s`` support WPQ flushing? Yes when at least one of its
+        NVDIMMs lists a flush hint, as Linux's ``nvdimm_has_flush()`` (drivers/nvdimm/region_devs.c)
+        decides; a region whose DIMMs list none relies on ADR alone."""
+        return any(self.nvdimms[d].flush_hints for d in s.dimms)
+
     @property
     def wpq_flush(self) -> bool:
-        """Do the NVDIMMs support WPQ flushing? Yes when every NVDIMM lists at least one hint."""
-        return bool(self.nvdimms) and all(d.flush_hints for d in self.nvdimms)
+        """Does the host have WPQ flushing anywhere (some NVDIMM lists a flush hint)? Whether a VM
+        gets a write-protected vFHA depends on the regions backing it (:meth:`set_wpq_flush`)."""
+        return any(d.flush_hints for d in self.nvdimms)
 
     def controller_flush_hints(self, controller: int) -> tuple[int, ...]:
         """The distinct flush hint addresses of the NVDIMMs behind controller ``controller``, in order."""
@@ -197,7 +204,8 @@ class PlatformConfig:
                          "controller": d.controller, "flush_hints": list(d.flush_hints)}
                         for i, d in enumerate(self.nvdimms)],
             "interleave_sets": [{"spa_base": s.spa_base, "length": self.set_bytes(s),
-                                 "dimms": list(s.dimms), "granularity": s.granularity}
+                                 "dimms": list(s.dimms), "granularity": s.granularity,
+                                 "wpq_flush": self.set_wpq_flush(s)}
                                 for s in self.interleave_sets],
         }
 
@@ -206,27 +214,36 @@ FHA_BASE = 0xC000_0000  # where the built-in presets put the iMCs' flush hint MM
 
 
 def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int = 1,
-                  dimm_bytes: int = 256 * MiB, granularity: int = 4 * KiB, hints_per_dimm: int = 1,
+                  dimm_bytes: int = 256 * MiB, granularity: int = 4 * KiB, hints_per_imc: int = 1,
                   wpq_depth: int = 64, domain: str = "adr", dram_bytes: int = 2 * GiB,
-                  spa_base: int = 4 * GiB, interleave: str = "all", name: str = "custom",
-                  hints_per: str = "dimm", fha_base: int = FHA_BASE) -> PlatformConfig:
-    """A regular platform: ``sockets`` x ``imcs_per_socket`` controllers; one interleave set across
-    all NVDIMMs (``interleave="all"``) or one per socket (``"socket"``, as two-socket servers
-    usually configure their regions). Each controller's hints live in its own 4 KiB MMIO page at
-    ``fha_base``: ``hints_per_dimm`` for each NVDIMM (``hints_per="dimm"``), or that many for the
-    controller, listed by every NVDIMM on it (``"controller"``, one WPQ, one set of hints)."""
-    if hints_per not in ("dimm", "controller"):
-        raise ConfigError(f"hints_per={hints_per!r}: 'dimm' or 'controller'")
+                  spa_base: int = 4 * GiB, interleave: str = "socket", hint_sockets: tuple[int, ...] | None = None,
+                  name: str = "custom", fha_base: int = FHA_BASE) -> PlatformConfig:
+    """A regular platform laid out as real two-socket servers are (issue 16, item 6).
+
+    ``sockets`` x ``imcs_per_socket`` controllers. Interleave sets: one per socket
+    (``interleave="socket"``, the default: App Direct interleave sets do not span sockets, ipmctl's
+    goals make one region per socket) or, for experiments only, one across every NVDIMM
+    (``"all"``, the ``cross-socket`` preset). Flush hints: ``hints_per_imc`` per memory controller
+    (the flush hint drains that iMC's WPQ), in its own 4 KiB MMIO page at ``fha_base``, listed by every NVDIMM
+    on it; ``hint_sockets`` limits them to the controllers of those sockets (None: every socket).
+    Device handles as the hardware reports them: node controller 0 (a glueless two-socket Xeon
+    has no node controller), socket, iMC, channel, slot 1 (the persistent-memory slot of a 2-2-2
+    population): 0x0001, 0x0011, 0x1001, ... as in ipmctl's and ndctl's documented listings
+    (docs.pmem.io, ipmctl "Module Discovery"; ndctl "Managing NVDIMMs").
+    """
+    if hints_per_imc < 0:
+        raise ConfigError(f"hints_per_imc={hints_per_imc}: must be >= 0")
     controllers = []
     nvdimms = []
     for s in range(sockets):
         for m in range(imcs_per_socket):
             ci = len(controllers)
-            controllers.append(ControllerConfig(node=s, socket=s, imc=m))
+            controllers.append(ControllerConfig(node=0, socket=s, imc=m))
+            flushable = hint_sockets is None or s in hint_sockets
+            hints = tuple(fha_base + ci * PAGE_BYTES + h * LINE_BYTES
+                          for h in range(hints_per_imc if flushable else 0))
             for d in range(dimms_per_imc):
-                slot = d * hints_per_dimm if hints_per == "dimm" else 0
-                hints = tuple(fha_base + ci * PAGE_BYTES + (slot + h) * LINE_BYTES for h in range(hints_per_dimm))
-                nvdimms.append(NvdimmConfig(controller=ci, size=dimm_bytes, channel=d, dimm=0,
+                nvdimms.append(NvdimmConfig(controller=ci, size=dimm_bytes, channel=d, dimm=1,
                                             flush_hints=hints))
     if interleave == "all":
         groups = [list(range(len(nvdimms)))]
@@ -244,12 +261,15 @@ def make_platform(sockets: int = 2, imcs_per_socket: int = 2, dimms_per_imc: int
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC 5: 2 sockets x 2 iMCs, one NVDIMM each, one 4 KiB interleave set, WPQ 64, hints, ADR.
+    # SPEC 5: 2 sockets x 2 iMCs, one NVDIMM each, one 4 KiB interleave set per socket, WPQ 64,
+    # one flush hint per iMC, ADR.
     "default": {},
     "eadr": {"domain": "eadr"},
     "no-domain": {"domain": "none"},
-    "no-wpq-flush": {"hints_per_dimm": 0},
-    "per-socket": {"interleave": "socket"},
+    "no-wpq-flush": {"hints_per_imc": 0},
+    "hints-socket0": {"hint_sockets": (0,)},          # flush hints on socket 0's iMCs only (issue 16 item 1)
+    "per-socket": {"interleave": "socket"},           # the default's layout, kept for sweeps naming it
+    "cross-socket": {"interleave": "all"},            # one set over both sockets: not what hardware builds
     "single": {"sockets": 1, "imcs_per_socket": 1, "dimm_bytes": 512 * MiB},
     "wide": {"sockets": 2, "imcs_per_socket": 3, "dimms_per_imc": 2, "dimm_bytes": 128 * MiB},
     "small": {"sockets": 1, "imcs_per_socket": 2, "dimm_bytes": 4 * MiB, "dram_bytes": 16 * MiB,
@@ -261,8 +281,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # socket, ADR. One flush hint per iMC (its WPQ); the hints sit in an MMIO page above NVDIMM space
     # (the layout of hint pages is a free parameter: only which iMC a hint drains matters).
     "optane-3t": {"sockets": 2, "imcs_per_socket": 2, "dimms_per_imc": 3, "dimm_bytes": 256 * GiB,
-                  "interleave": "socket", "granularity": 4 * KiB, "hints_per_dimm": 1,
-                  "hints_per": "controller", "domain": "adr", "dram_bytes": 2 * 192 * GiB,
+                  "interleave": "socket", "granularity": 4 * KiB, "hints_per_imc": 1, "domain": "adr", "dram_bytes": 2 * 192 * GiB,
                   "spa_base": 384 * GiB, "fha_base": 384 * GiB + 3 * (1 << 40)},
 }
 

@@ -38,8 +38,9 @@ PLACEMENTS = ("above-nvdimms", "above-dram")
 
 
 def resolve_strategy(strategy: str, wpq_flush: bool) -> str:
-    """``auto`` is the patent's capability branch: write-protect when the host NVDIMMs support
-    WPQ flushing, a writable page when they do not."""
+    """``auto`` is the patent's capability branch: write-protect when the NVDIMMs backing the VM
+    support WPQ flushing (``wpq_flush``: one of its regions lists a flush hint), a writable page
+    when they do not."""
     if strategy == "auto":
         return "write-protect" if wpq_flush else "writable"
     if strategy not in STRATEGIES:

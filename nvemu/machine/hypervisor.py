@@ -67,7 +67,7 @@ class Hypervisor:
         ``(gpa, size)`` pairs to place one explicitly. Raises ConfigError for a malformed request
         and ResourceError for one the host cannot satisfy (memory, overlap). ``prefault`` touches
         the host memory behind the vNVDIMMs now, so timed runs skip first-touch page faults."""
-        strategy = resolve_strategy(strategy, self.platform.wpq_flush)
+        resolve_strategy(strategy, False)           # refuses an unknown name before anything is allocated
         if fanout not in FANOUTS:
             raise ConfigError(f"unknown fan-out {fanout!r}; known: {', '.join(FANOUTS)}")
         if page_size not in PAGE_SIZES:
@@ -105,6 +105,7 @@ class Hypervisor:
                 dram_ranges.append(MemoryRange(a, n, platform.alloc_dram(n, page_size), "dram"))
             for a, n in nv_gpas:
                 nv_ranges.append(MemoryRange(a, n, platform.alloc_pmem(n, page_size), "nvdimm"))
+            strategy = resolve_strategy(strategy, self._backed_by_flushable_region(nv_ranges))
             vfha_hpa = platform.alloc_dram(PAGE_BYTES)
             engine.add_vm(vm_id, vcpus, tlb_entries)
             added = True
@@ -162,6 +163,15 @@ class Hypervisor:
             out.append((int(gpa), int(size)))
             cursor = max(cursor, gpa + size)
         return out
+
+    def _backed_by_flushable_region(self, nv_ranges: list[MemoryRange]) -> bool:
+        """The technique's capability check, per VM: do the NVDIMMs backing this VM support WPQ
+        flushing? Yes when one of the regions its vNVDIMMs sit in does (Linux ``nvdimm_has_flush``:
+        a region with a flush hint on any DIMM), so on a host with hints on one socket only a VM
+        on that socket is write-protected and a VM on the other gets a writable vFHA; a VM
+        spanning both gets the hints that exist."""
+        p = self.platform
+        return any(p.set_wpq_flush(p.set_index_of(r.hpa)) for r in nv_ranges)
 
     def _fanout_controllers(self, fanout: str, nv_ranges: list[MemoryRange]) -> list[int]:
         """Controllers a vFHA write reaches: every controller with a flush hint (broadcast), or only

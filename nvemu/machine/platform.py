@@ -111,8 +111,21 @@ class Platform:
 
     @property
     def wpq_flush(self) -> bool:
-        """Do the NVDIMMs support WPQ flushing (a flush hint for every NVDIMM)?"""
+        """Does the host have WPQ flushing anywhere (some NVDIMM lists a flush hint)? A VM's
+        strategy follows the sets backing it (:meth:`set_wpq_flush`)."""
         return self.config.wpq_flush
+
+    def set_index_of(self, hpa: int) -> int:
+        """Index into ``set_ranges`` of the interleave set holding ``hpa``."""
+        for k, (_, base, length) in enumerate(self.set_ranges):
+            if base <= hpa < base + length:
+                return k
+        raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
+    def set_wpq_flush(self, set_index: int) -> bool:
+        """Does interleave set ``set_index`` (of ``set_ranges``) support WPQ flushing (Linux
+        ``nvdimm_has_flush``: one of its NVDIMMs lists a flush hint)?"""
+        return self.config.set_wpq_flush(self.set_ranges[set_index][0])
 
     @property
     def n_controllers(self) -> int:

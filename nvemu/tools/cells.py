@@ -42,7 +42,7 @@ def cell(**fields: Any) -> dict[str, Any]:
 
 def platform_of(c: dict[str, Any]) -> PlatformConfig:
     """The host a cell describes: a preset, an NFIT file, or a regular platform with
-    ``controllers`` iMCs (two sockets when even), ``hints`` flush hints per DIMM. ``domain`` and
+    ``controllers`` iMCs (two sockets when even), ``hints`` flush hints per controller. ``domain`` and
     ``wpq_depth`` override the platform's when given."""
     overrides = {k: c[k] for k in ("wpq_depth", "domain") if c[k] is not None}
     spec = c["platform"]
@@ -56,7 +56,7 @@ def platform_of(c: dict[str, Any]) -> PlatformConfig:
     sockets = 2 if n % 2 == 0 and n > 1 else 1
     overrides = {"wpq_depth": 64, "domain": "adr", **overrides}
     return make_platform(sockets=sockets, imcs_per_socket=n // sockets, dimm_bytes=c["dimm_bytes"],
-                         hints_per_dimm=c["hints"], dram_bytes=c["dram_bytes"], interleave=c["interleave"],
+                         hints_per_imc=c["hints"], dram_bytes=c["dram_bytes"], interleave=c["interleave"],
                          name=f"{n}imc", **overrides)
 
 

@@ -160,7 +160,8 @@ def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_b
       Interleave structure the maps name, else :data:`DEFAULT_GRANULARITY` (4 KiB);
     - the persistence domain from the platform capabilities (masked as Linux does; "none" if absent).
 
-    WPQ flushing is supported when every NVDIMM has a hint (``PlatformConfig.wpq_flush``).
+    WPQ flushing is decided per interleave set, as Linux's ``nvdimm_has_flush()`` does: a set
+    supports it when one of its NVDIMMs has a hint (``PlatformConfig.set_wpq_flush``).
     A table nvemu cannot model (a DIMM in two pm ranges, members of unequal sizes or not adding up
     to the range, a set without DIMMs, ...) raises :class:`~nvemu.errors.NfitError`.
     """
@@ -222,9 +223,11 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
     """A JSON-ready summary of what the table says (lenient: works for tables nvemu cannot model).
 
     Keys: ``controllers`` [{node, socket, imc, flush_hints}], ``nvdimms`` [{handle, node, socket,
-    imc, channel, dimm, size, flush_hints, spa_ranges}], ``wpq_flush``, ``persistence_domain``,
-    ``capabilities`` (raw, highest valid, effective, or None), ``spa_ranges`` [{index, base,
-    length, type}], ``interleave_sets`` [{spa_index, base, length, granularity, nvdimms}],
+    imc, channel, dimm, size, flush_hints, spa_ranges}], ``wpq_flush`` (does some NVDIMM list a
+    flush hint), ``persistence_domain``, ``capabilities`` (raw, highest valid, effective,
+    or None), ``spa_ranges`` [{index, base, length, type}], ``interleave_sets`` [{spa_index, base,
+    length, granularity, nvdimms, wpq_flush}] (a set's ``wpq_flush``: one of its NVDIMMs lists a
+    flush hint, Linux ``nvdimm_has_flush``),
     ``modelable`` and ``model_error`` (whether :func:`platform_config_from_nfit` accepts the
     topology, probed with 4 KiB of DRAM), ``warnings`` and the header fields.
     """
@@ -243,6 +246,8 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
     except NfitError as e:
         model_error = str(e)
     caps = sv.caps
+    hints_of = {d.handle: d.hints for d in sv.dimms}
+    set_flush = [any(hints_of.get(m.device_handle) for _, m in st.members) for st in sv.sets]
     return {
         "signature": "NFIT", "length": len(nfit.to_bytes()), "revision": nfit.revision,
         "oem_id": nfit.oem_id, "oem_table_id": nfit.oem_table_id, "oem_revision": nfit.oem_revision,
@@ -251,7 +256,7 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
         "nvdimms": [{"handle": d.handle, **decode_handle(d.handle), "size": d.size,
                      "flush_hints": list(d.hints), "spa_ranges": [m.range_index for _, m in d.maps]}
                     for d in sv.dimms],
-        "wpq_flush": bool(sv.dimms) and all(d.hints for d in sv.dimms),
+        "wpq_flush": any(d.hints for d in sv.dimms),
         "persistence_domain": sv.domain,
         "capabilities": None if caps is None else {
             "raw": caps.capabilities, "highest_valid": caps.highest_capability,
@@ -260,7 +265,8 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
                        for _, s in sv.spa],
         "interleave_sets": [{"spa_index": st.spa.range_index, "base": st.spa.address, "length": st.spa.length,
                              "granularity": DEFAULT_GRANULARITY if st.granularity is None else st.granularity,
-                             "nvdimms": [m.device_handle for _, m in st.members]} for st in sv.sets],
+                             "nvdimms": [m.device_handle for _, m in st.members], "wpq_flush": flush}
+                            for st, flush in zip(sv.sets, set_flush)],
         "modelable": model_error is None,
         "model_error": model_error,
         "warnings": sv.warnings,

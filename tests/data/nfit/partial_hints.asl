@@ -1,7 +1,8 @@
 /*
  * Node 0x12 socket 3: iMC 2 has two 64 MiB NVDIMMs (channel 0 dimm 1, channel 1 dimm 1),
  * iMC 5 has one (channel 2 dimm 0); one 3-way 4 KiB range. The iMC 5 NVDIMM's flush hint structure
- * lists no hints -> no WPQ flushing. Capabilities: highest 1, bits 0x5 -> masked 0x1 -> eadr.
+ * lists no hints; the set still supports WPQ flushing (Linux nvdimm_has_flush: a hint on any
+ * of its DIMMs is enough). Capabilities: highest 1, bits 0x5 -> masked 0x1 -> eadr.
  */
 [0004]                          Signature : "NFIT"
 [0004]                       Table Length : 00000000

@@ -1,0 +1,278 @@
+/*
+ * Two sockets (node = socket), two iMCs each, one 512 MiB NVDIMM per iMC, one persistent-memory
+ * range per socket, each interleaved 2 ways at 4 KiB (App Direct sets do not span sockets).
+ * Socket 0's NVDIMMs list one flush hint each (F0000000, F0001000: one per iMC); socket 1's
+ * NVDIMMs have no flush hint structure. So range 1 supports WPQ flushing and range 2 does not
+ * (Linux nvdimm_has_flush, per region). Capabilities: highest 1, bits 0x2 -> adr.
+ */
+[0004]                          Signature : "NFIT"
+[0004]                       Table Length : 00000000
+[0001]                           Revision : 01
+[0001]                           Checksum : 00
+[0006]                             Oem ID : "NVTEST"
+[0008]                       Oem Table ID : "2SHINT1S"
+[0004]                       Oem Revision : 00000001
+[0004]                    Asl Compiler ID : "INTL"
+[0004]              Asl Compiler Revision : 00000000
+
+[0004]                           Reserved : 00000000
+
+[0002]                      Subtable Type : 0000 [System Physical Address Range]
+[0002]                             Length : 0000
+
+[0002]                        Range Index : 0001
+[0002]              Flags (decoded below) : 0000
+                Add/Online Operation Only : 0
+                   Proximity Domain Valid : 0
+[0004]                           Reserved : 00000000
+[0004]                   Proximity Domain : 00000000
+[0016]                   Region Type GUID : 66F0D379-B4F3-4074-AC43-0D3318B78CDB
+[0008]                 Address Range Base : 0000000100000000
+[0008]               Address Range Length : 0000000040000000
+[0008]               Memory Map Attribute : 0000000000008008
+
+[0002]                      Subtable Type : 0000 [System Physical Address Range]
+[0002]                             Length : 0000
+
+[0002]                        Range Index : 0002
+[0002]              Flags (decoded below) : 0000
+                Add/Online Operation Only : 0
+                   Proximity Domain Valid : 0
+[0004]                           Reserved : 00000000
+[0004]                   Proximity Domain : 00000000
+[0016]                   Region Type GUID : 66F0D379-B4F3-4074-AC43-0D3318B78CDB
+[0008]                 Address Range Base : 0000000140000000
+[0008]               Address Range Length : 0000000040000000
+[0008]               Memory Map Attribute : 0000000000008008
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00011000
+[0002]                        Physical Id : 0002
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0002
+[0002]               Control Region Index : 0003
+[0008]                        Region Size : 0000000020000000
+[0008]                      Region Offset : 0000000000000000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0001
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000000
+[0002]                        Physical Id : 0000
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0001
+[0002]               Control Region Index : 0001
+[0008]                        Region Size : 0000000020000000
+[0008]                      Region Offset : 0000000000000000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0001
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00011100
+[0002]                        Physical Id : 0003
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0002
+[0002]               Control Region Index : 0004
+[0008]                        Region Size : 0000000020000000
+[0008]                      Region Offset : 0000000000001000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0001
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0001 [Memory Range Map]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000100
+[0002]                        Physical Id : 0001
+[0002]                          Region Id : 0000
+[0002]                        Range Index : 0001
+[0002]               Control Region Index : 0002
+[0008]                        Region Size : 0000000020000000
+[0008]                      Region Offset : 0000000000001000
+[0008]                Address Region Base : 0000000000000000
+[0002]                   Interleave Index : 0001
+[0002]                    Interleave Ways : 0002
+[0002]                              Flags : 0000
+                    Save to device failed : 0
+               Restore from device failed : 0
+                    Platform flush failed : 0
+                         Device not armed : 0
+                   Health events observed : 0
+                    Health events enabled : 0
+                           Mapping failed : 0
+[0002]                           Reserved : 0000
+
+[0002]                      Subtable Type : 0002 [Interleave Info]
+[0002]                             Length : 0000
+
+[0002]                   Interleave Index : 0001
+[0002]                           Reserved : 0000
+[0004]                         Line Count : 00000001
+[0004]                          Line Size : 00001000
+[0004]                        Line Offset : 00000000
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0001
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00001000
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0002
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00001001
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0003
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00001002
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0004 [NVDIMM Control Region]
+[0002]                             Length : 0000
+
+[0002]                       Region Index : 0004
+[0002]                          Vendor Id : 8086
+[0002]                          Device Id : 0979
+[0002]                        Revision Id : 0001
+[0002]                Subsystem Vendor Id : 8089
+[0002]                Subsystem Device Id : 0979
+[0002]              Subsystem Revision Id : 0001
+[0001]                       Valid Fields : 01
+[0001]             Manufacturing Location : 0A
+[0002]                 Manufacturing Date : 1918
+[0002]                           Reserved : 0000
+[0004]                      Serial Number : 00001003
+[0002]                               Code : 0301
+[0002]                       Window Count : 0000
+[0008]                        Window Size : 0000000000000000
+[0008]                     Command Offset : 0000000000000000
+[0008]                       Command Size : 0000000000000000
+[0008]                      Status Offset : 0000000000000000
+[0008]                        Status Size : 0000000000000000
+[0002]                              Flags : 0000
+                         Windows buffered : 0
+[0006]                          Reserved1 : 000000000000
+
+[0002]                      Subtable Type : 0006 [Flush Hint Address]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000000
+[0002]                         Hint Count : 0001
+[0006]                           Reserved : 000000000000
+[0008]                       Hint Address : 00000000F0000000
+
+[0002]                      Subtable Type : 0006 [Flush Hint Address]
+[0002]                             Length : 0000
+
+[0004]                      Device Handle : 00000100
+[0002]                         Hint Count : 0001
+[0006]                           Reserved : 000000000000
+[0008]                       Hint Address : 00000000F0001000
+
+[0002]                      Subtable Type : 0007 [Platform Capabilities]
+[0002]                             Length : 0000
+
+[0001]                 Highest Capability : 01
+[0003]                           Reserved : 000000
+[0004]       Capabilities (decoded below) : 00000002
+                    Cache Flush to NVDIMM : 0
+                   Memory Flush to NVDIMM : 1
+                         Memory Mirroring : 0
+[0004]                           Reserved : 00000000
