@@ -126,8 +126,8 @@ def test_pmdk_tx_unit_logs_then_writes_then_commits():
     data = rest[n_log_lines + 1:n_log_lines + 1 + size // 8]
     assert (data["op"] == Op.STORE).all() and data["gpa"].tolist() == list(range(obj, obj + size, 8))
     tail = rest[n_log_lines + 1 + size // 8:]
-    assert tail["op"].tolist() == [Op.CLWB] * (size // 64) + [Op.SFENCE, Op.STORE, Op.CLWB, Op.SFENCE, Op.STORE,
-                                                              Op.SFENCE]
+    assert tail["op"].tolist() == [Op.CLWB] * (size // 64) + [Op.SFENCE, Op.STORE, Op.CLWB, Op.SFENCE,
+                                                              Op.SFENCE, Op.STORE, Op.SFENCE]   # deep: nvdimm_flush
     assert tail[size // 64 + 1][["gpa", "value"]].tolist() == (log_slot, 1)                # the commit record
 
 

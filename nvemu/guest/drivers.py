@@ -1,10 +1,22 @@
-"""Guest driver models: trace records emitted the way real guests write and flush pmem.
+"""Guest driver models: trace records emitted the way Linux and PMDK write and flush pmem (issue 16, item 5).
 
-- :func:`nvdimm_flush`: Linux libnvdimm's ``nvdimm_flush()`` (barrier, one 8-byte write to one
-  flush hint per DIMM of the region, the hint picked per CPU, barrier). Linux de-duplicates
-  identical hints, so a VM whose virtual NFIT names one vFHA for every vNVDIMM makes one store.
-- :func:`pmem_persist`: PMDK's ``pmem_persist()`` (a clwb per line, sfence), optionally followed
-  by the vFHA write of a "deep flush".
+Sources: Linux drivers/nvdimm/region_devs.c (``nd_region_activate``, ``generic_nvdimm_flush``,
+``nvdimm_has_flush``, the ``deep_flush`` region attribute) and drivers/nvdimm/pmem.c
+(``pmem_submit_bio``); PMDK 2.1 src/libpmem/pmem.c (``pmem_init``: on eADR ``Funcs.flush`` is
+``flush_empty`` while ``deep_flush`` keeps the real write-back; ``pmem_deep_persist`` =
+``pmem_deep_flush`` + ``pmem_deep_drain``), src/common/os_deep_linux.c (``os_deep_type``: Device DAX
+-> ``pmem_drain`` then the region's ``deep_flush`` write) and src/libpmem2/deep_flush_linux.c
+(``pmem2_deep_flush_write``: reads ``deep_flush`` first and skips the write when it reads "0").
+
+- :class:`NvdimmRegion` / :func:`nvdimm_flush`: Linux's ``generic_nvdimm_flush()``: a barrier, one
+  8-byte write per DIMM of the region to hint ``idx & ((1 << ilog2(min num_flush)) - 1)`` of that
+  DIMM, ``idx`` a per-CPU counter advanced by ``hash_32(pid + idx, 8)`` each call, a barrier. A DIMM
+  whose slot-0 hint equals an earlier DIMM's slot-0 hint is skipped (the de-duplication looks at
+  slot 0 only), so a VM whose virtual NFIT names one vFHA for every vNVDIMM makes one store.
+- :func:`pmem_submit_bio`: ``nvdimm_flush`` before the data for REQ_PREFLUSH and after it for
+  REQ_FUA; a journalled fsync's commit block carries both (jbd2), so it costs two flushes.
+- :func:`pmem_persist`: PMDK's ``pmem_persist()`` (a write-back per line, sfence; on eADR no
+  write-back, the fence stays); :func:`pmem_deep_persist`: PMDK's deep persist on Device DAX.
 - :func:`write_persist`: a plain writer: stores, then a persist.
 """
 
@@ -84,32 +96,98 @@ def lines_of(gpa: int, length: int) -> range:
     return range(first, gpa + max(length, 1), LINE_BYTES)
 
 
-def nvdimm_flush(t: TraceWriter, flush_hints: Sequence[Sequence[int]], cpu: int | None = None) -> None:
-    """Linux ``nvdimm_flush()``: wmb, one 8-byte write per DIMM of the region to that DIMM's hint
-    chosen by CPU number, identical addresses written once, wmb."""
-    cpu = t.vcpu if cpu is None else cpu
-    targets: list[int] = []
-    for hints in flush_hints:
-        if hints:
-            h = hints[cpu % len(hints)]
-            if h not in targets:
-                targets.append(h)
-    t.sfence()
-    for h in targets:
-        t.store(h, 1)
+def hash_32(value: int, bits: int) -> int:
+    """Linux ``hash_32`` (include/linux/hash.h): the top ``bits`` of ``value * GOLDEN_RATIO_32``."""
+    return ((value * 0x61C88647) & 0xFFFF_FFFF) >> (32 - bits)
+
+
+class NvdimmRegion:
+    """A guest's view of one region for flushing: the flush hints of each of its DIMMs (as the
+    NFIT lists them), the hint slots ``nd_region_activate`` keeps, and the per-CPU ``flush_idx``.
+
+    Examples
+    --------
+    >>> r = NvdimmRegion([[0x100, 0x140], [0x200, 0x240, 0x280]])
+    >>> r.hints_used, r.deep_flush
+    (2, 1)
+    """
+
+    def __init__(self, flush_hints: Sequence[Sequence[int]], pid: int = 1) -> None:
+        counts = [len(h) for h in flush_hints if h]
+        num_flush = min(counts) if counts else 0                 # min_not_zero over the DIMMs
+        self.hints_used = 1 << (num_flush.bit_length() - 1) if num_flush else 0   # 1 << ilog2(num_flush)
+        self.slots: list[list[int]] = [list(h) for h in flush_hints]
+        for i, hints in enumerate(self.slots):                    # duplicates of slot 0 only
+            if hints and any(other and other[0] == hints[0] for other in self.slots[:i]):
+                self.slots[i] = []
+        self.has_flush = bool(counts)                             # nvdimm_has_flush
+        self.pid = pid
+        self.flush_idx: dict[int, int] = {}
+
+    @property
+    def deep_flush(self) -> int:
+        """What the region's sysfs ``deep_flush`` attribute reads (``nvdimm_has_flush``)."""
+        return int(self.has_flush)
+
+    def flush(self, t: TraceWriter, cpu: int | None = None) -> None:
+        """``generic_nvdimm_flush()`` on ``cpu`` (default: the writer's vCPU)."""
+        cpu = t.vcpu if cpu is None else cpu
+        idx = self.flush_idx.get(cpu, 0)
+        idx = (idx + hash_32((self.pid + idx) & 0xFFFF_FFFF, 8)) & 0xFFFF_FFFF
+        self.flush_idx[cpu] = idx
+        t.sfence()                                                # pmem_wmb()
+        if self.hints_used:
+            for hints in self.slots:
+                if hints:
+                    t.store(hints[idx & (self.hints_used - 1)], 1)     # writeq(1, ...)
+        t.sfence()                                                # wmb()
+
+
+def nvdimm_flush(t: TraceWriter, flush_hints: Sequence[Sequence[int]] | NvdimmRegion,
+                 cpu: int | None = None) -> None:
+    """Linux ``nvdimm_flush()`` of a region given as its DIMMs' flush hints (a fresh per-CPU index,
+    as on a CPU's first flush) or as an :class:`NvdimmRegion` (whose index moves on)."""
+    region = flush_hints if isinstance(flush_hints, NvdimmRegion) else NvdimmRegion(flush_hints)
+    region.flush(t, cpu)
+
+
+def pmem_submit_bio(t: TraceWriter, region: NvdimmRegion, gpa: int, length: int, *, preflush: bool = False,
+                    fua: bool = False) -> None:
+    """Linux ``pmem_submit_bio()`` for a write bio: ``nvdimm_flush`` first for REQ_PREFLUSH, the
+    data by ``memcpy_flushcache`` (8-byte non-temporal stores), ``nvdimm_flush`` after for REQ_FUA."""
+    if preflush:
+        region.flush(t)
+    for off in range(0, length, 8):
+        t.nt_store(gpa + off, 0)
+    if fua:
+        region.flush(t)
+
+
+def pmem_persist(t: TraceWriter, gpa: int, length: int, deep_flush: int | NvdimmRegion | None = None,
+                 flush: int = Op.CLWB, eadr: bool = False) -> None:
+    """PMDK ``pmem_persist()``: write back every line of the range (nothing on eADR, where PMDK's
+    flush is ``flush_empty``), sfence. With ``deep_flush`` (the vFHA GPA, or a region) it is
+    :func:`pmem_deep_persist` instead."""
+    if deep_flush is not None:
+        region = deep_flush if isinstance(deep_flush, NvdimmRegion) else NvdimmRegion([[deep_flush]])
+        pmem_deep_persist(t, gpa, length, region, flush)
+        return
+    if not eadr:
+        for line in lines_of(gpa, length):
+            t.op(flush, line)
     t.sfence()
 
 
-def pmem_persist(t: TraceWriter, gpa: int, length: int, deep_flush: int | None = None,
-                 flush: int = Op.CLWB) -> None:
-    """PMDK ``pmem_persist()``: flush every line of the range, sfence; with ``deep_flush`` (the
-    vFHA GPA) also write the flush hint and fence, as PMDK's deep flush does."""
+def pmem_deep_persist(t: TraceWriter, gpa: int, length: int, region: NvdimmRegion,
+                      flush: int = Op.CLWB) -> None:
+    """PMDK ``pmem_deep_persist()`` on Device DAX: ``pmem_deep_flush`` writes back every line (also
+    on eADR), ``pmem_drain`` fences, then the region's ``deep_flush`` attribute is read and, when it
+    does not read 0, written: the kernel's ``nvdimm_flush()``."""
     for line in lines_of(gpa, length):
         t.op(flush, line)
     t.sfence()
-    if deep_flush is not None:
-        t.store(deep_flush, 1)
-        t.sfence()
+    if region.deep_flush:
+        region.flush(t)
 
 
 def write_persist(t: TraceWriter, gpa: int, data: bytes, deep_flush: int | None = None) -> None:

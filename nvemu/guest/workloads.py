@@ -7,7 +7,7 @@ built from the guest driver models of :mod:`nvemu.guest`:
 persist-loop    the core benchmark: per random line 8 stores, a load, a clwb; sfence every 8 lines; vFHA
                 write every 64 lines (:func:`~nvemu.guest.persist_loop.persist_loop`)
 linux-fsync     a file write of 1-8 4 KiB blocks by the pmem driver (8-byte non-temporal stores), then
-                fsync's ``nvdimm_flush()`` (sfence, vFHA write, sfence)
+                fsync's commit block (REQ_PREFLUSH|REQ_FUA): ``nvdimm_flush()`` before and after it
 pmdk-tx         an undo-log transaction on a 64/128/256-byte object: read it, log it + persist, write it +
                 persist, commit record + persist
 kv-put          a put into a hash-indexed store: read the bucket, write a 64-256-byte value + persist,
@@ -16,8 +16,9 @@ random-rw       8-byte loads and persisted stores (store, clwb, sfence) at rando
 seq-log         appends of 64-256-byte records to a circular log + persist, then the tail pointer + persist
 ==============  ==============================================================================================
 
-"persist" is PMDK's ``pmem_persist`` (a clwb per line, sfence). A *deep* persist also writes the vFHA
-and fences, as PMDK's ``pmem_deep_persist`` reaches Linux's ``nvdimm_flush()``; ``deep_flush_every``
+"persist" is PMDK's ``pmem_persist`` (a clwb per line, sfence). A *deep* persist is PMDK's
+``pmem_deep_persist`` on Device DAX: the write-backs, a fence, then the region's ``deep_flush`` write,
+which is Linux's ``nvdimm_flush()`` (fence, vFHA write, fence); ``deep_flush_every``
 sets how often (every N-th unit; 0 never). Defaults: every transaction (pmdk-tx) and every put
 (kv-put), whose callers ask for durability whatever the persistence domain; every 16th append
 (seq-log, a group commit); never for random-rw. linux-fsync flushes on every unit (that is fsync).
@@ -42,7 +43,7 @@ import numpy as np
 from .._constants import DEFAULT_CHUNK, LINE_BYTES, PAGE_BYTES, TRACE_DTYPE, Op
 from ..errors import ConfigError
 from ..machine.config import MiB
-from .drivers import TraceWriter, nvdimm_flush, pmem_persist, write_persist
+from .drivers import NvdimmRegion, TraceWriter, nvdimm_flush, pmem_persist, pmem_submit_bio, write_persist
 from .persist_loop import LINES_PER_FENCE, LINES_PER_VFHA, persist_loop_chunks
 
 if TYPE_CHECKING:
@@ -251,25 +252,30 @@ class PersistLoop(Workload):
 
 
 class LinuxFsync(Workload):
+    """A journalled fsync on a pmem block device: the data blocks go down as plain write bios,
+    then jbd2 submits the commit block with REQ_PREFLUSH | REQ_FUA (fs/jbd2/commit.c), which
+    ``pmem_submit_bio`` turns into two ``nvdimm_flush()`` calls: one before the block, one after."""
+
     name = "linux-fsync"
-    help = "write 1-8 4 KiB blocks with non-temporal stores, then fsync: nvdimm_flush() (vFHA write)"
-    unit_ops = 2307
+    help = ("write 1-8 4 KiB blocks with non-temporal stores, then fsync: a commit block with "
+            "REQ_PREFLUSH|REQ_FUA, so nvdimm_flush() before and after it (two vFHA writes)")
+    unit_ops = 2822
     defaults: ClassVar[dict[str, Any]] = {"max_blocks": 8}
 
     def builders(self):
         def write_fsync(t: TraceWriter, k: int) -> None:
-            for off in range(0, k * BLOCK, 8):
-                t.nt_store(region(0) + off, 0)
-            nvdimm_flush(t, [[FHA]])
+            journal = NvdimmRegion([[FHA]])
+            pmem_submit_bio(t, journal, region(0), k * BLOCK)                  # the data blocks
+            pmem_submit_bio(t, journal, region(0) + k * BLOCK, BLOCK, preflush=True, fua=True)   # commit
         return [functools.partial(write_fsync, k=k) for k in range(1, int(self.params["max_blocks"]) + 1)]
 
     def min_slice(self) -> int:
-        return int(self.params["max_blocks"]) * BLOCK
+        return (int(self.params["max_blocks"]) + 1) * BLOCK
 
     def units(self, rng, streams, n, state):
         shape = (n, len(streams))
         k = 1 + _pick(rng, int(self.params["max_blocks"]), shape)
-        first = _pick(rng, streams.size // BLOCK - k + 1, shape)
+        first = _pick(rng, streams.size // BLOCK - k, shape)
         return k - 1, (streams.base[None, :] + first * BLOCK)[..., None]
 
 
