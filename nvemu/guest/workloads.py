@@ -43,7 +43,7 @@ import numpy as np
 from .._constants import DEFAULT_CHUNK, LINE_BYTES, PAGE_BYTES, TRACE_DTYPE, Op
 from ..errors import ConfigError
 from ..machine.config import MiB
-from .drivers import NvdimmRegion, TraceWriter, nvdimm_flush, pmem_persist, pmem_submit_bio, write_persist
+from .drivers import NvdimmRegion, TraceWriter, pmem_persist, pmem_submit_bio, write_persist
 from .persist_loop import LINES_PER_FENCE, LINES_PER_VFHA, persist_loop_chunks
 
 if TYPE_CHECKING:

@@ -281,7 +281,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # socket, ADR. One flush hint per iMC (its WPQ); the hints sit in an MMIO page above NVDIMM space
     # (the layout of hint pages is a free parameter: only which iMC a hint drains matters).
     "optane-3t": {"sockets": 2, "imcs_per_socket": 2, "dimms_per_imc": 3, "dimm_bytes": 256 * GiB,
-                  "interleave": "socket", "granularity": 4 * KiB, "hints_per_imc": 1, "domain": "adr", "dram_bytes": 2 * 192 * GiB,
+                  "interleave": "socket", "granularity": 4 * KiB, "hints_per_imc": 1, "domain": "adr",
+                  "dram_bytes": 2 * 192 * GiB,
                   "spa_base": 384 * GiB, "fha_base": 384 * GiB + 3 * (1 << 40)},
 }
 

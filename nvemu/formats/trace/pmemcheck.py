@@ -453,7 +453,8 @@ def import_pmemcheck(path: PathLike, nvdimm_gpa: int = DEFAULT_NVDIMM_GPA,
     the part it overlaps, even when it runs past the file's end (a file whose size is not a
     multiple of 64 bytes has its last line flushed whole). A STORE touching an address outside
     every registered file, or a FLUSH wholly outside them, raises TraceError naming the record
-    (``unregistered="error"``) or is dropped and counted (``"skip"``). With ``deep_flush`` (the vFHA's GPA) every FENCE that closes a flush is also
+    (``unregistered="error"``) or is dropped and counted (``"skip"``). With ``deep_flush`` (the vFHA's GPA)
+    every FENCE that closes a flush is also
     followed by a vFHA write and a fence, as if each persist were PMDK's ``pmem_deep_persist``
     (logs themselves never show one: the deep flush happens in the kernel). pmemcheck logs carry
     no thread ids: every record goes to ``vm``/``vcpu``.
