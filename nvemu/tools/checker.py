@@ -52,9 +52,9 @@ Examples
 >>> vm = hv.create_vm(dram=1 << 20, nvdimms=[1 << 20], strategy="drop").start()
 >>> t = TraceWriter()
 >>> write_persist(t, vm.nvdimms[0].gpa, b"hello!!!", deep_flush=vm.vfha_gpa)
->>> result = check(hv, t.to_array())      # store, clwb, sfence, vFHA write, sfence
+>>> result = check(hv, t.to_array())      # store, clwb, sfence, sfence, vFHA write, sfence
 >>> result.points, [(v.store, v.point) for v in result.violations]
-([2, 3, 4], [(0, 4)])
+([2, 3, 4, 5], [(0, 5)])
 """
 
 from __future__ import annotations
