@@ -62,6 +62,10 @@ class Platform:
 
     Host-physical layout: DRAM at ``[0, dram_bytes)``, NVDIMM space from the first interleave set's
     SPA base, the sets back to back (a set's HPA equals its SPA when the NFIT's sets are contiguous).
+    Host memory is sparse: chunks of ``2**chunk_shift`` bytes are allocated on first write (advised
+    for transparent huge pages when ``huge_pages``), up to ``memory_budget`` bytes (default: the
+    ``NVEMU_MEMORY_BUDGET`` environment variable, else half the machine's memory), beyond which a
+    write raises ResourceError.
 
     Examples
     --------
@@ -72,7 +76,8 @@ class Platform:
 
     def __init__(self, config: PlatformConfig | str = "default", costs: CostModel = DEFAULT_COSTS,
                  *, pool_tables: int = 1 << 16, max_vms: int = 256, backend: str | None = None,
-                 memory_budget: int | None = None, chunk_shift: int = CHUNK_SHIFT) -> None:
+                 memory_budget: int | None = None, chunk_shift: int = CHUNK_SHIFT,
+                 huge_pages: bool = True) -> None:
         if isinstance(config, str):
             config = preset(config)
         self.config = config
@@ -90,7 +95,7 @@ class Platform:
                                    n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
                                    domain=int(DOMAIN_NAMES[config.domain]), costs=costs.as_tuple(),
                                    pool_tables=pool_tables, max_vms=max_vms, chunk_shift=chunk_shift,
-                                   memory_budget=memory_budget)
+                                   memory_budget=memory_budget, huge_pages=huge_pages)
         self.engine = _backend.engine_class(backend)(self.layout)
         self.backend = backend or _backend.BACKEND
         self.dram = RangeAllocator(0, config.dram_bytes)
