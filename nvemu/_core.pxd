@@ -15,7 +15,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
-    NVEMU_CAPI_VERSION = 2
+    NVEMU_CAPI_VERSION = 3
 
 ctypedef uint64_t ept_entry_t        # one EPT entry (SPEC 2 layout)
 
@@ -130,14 +130,14 @@ cdef struct cost_t:                  # cycles per event (nvemu.config.CostModel)
 cdef struct chunk_t:                 # one chunk of host memory (chunk_bytes, a power of two >= 4 KiB)
     uint8_t* mem                     # what CPUs observe; NULL until the chunk is first written
     uint8_t* med                     # NVDIMM chunks: what the media durably holds (allocated with mem)
-    uint8_t* lstate                  # NVDIMM chunks: line_state_t per 64-byte line
-    uint16_t* nq                     # NVDIMM chunks: copies of each line queued in WPQs
+    uint16_t* lines                  # NVDIMM chunks, per 64-byte line: queued copies << 2 | line_state_t
 
 cdef struct iset_t:                  # one interleave set
     uint64_t offset                  # from pmem_base
     uint64_t length                  # bytes
     uint32_t gshift                  # log2 of the granularity
     uint32_t ways                    # member NVDIMMs
+    uint32_t ways_mask               # ways - 1 when ways is a power of two, else 0
     uint32_t first                   # index into Engine.set_ctl of member 0's controller
 
 cdef struct vm_t:                    # one VM as the replay loop sees it
@@ -171,6 +171,7 @@ cdef class Engine:
     # host memory: sparse chunks behind a two-level directory (index space: DRAM at [0, dram_bytes),
     # NVDIMM byte k at pmem_index + k)
     cdef chunk_t** dir               # [dir_len] leaf tables of 2**(30 - chunk_shift) chunk_t, NULL until needed
+    cdef uint8_t** meta              # [dir_len] per leaf: line states and queue counts of its NVDIMM chunks
     cdef uint64_t dir_len
     cdef readonly uint32_t chunk_shift  # log2 of the chunk size
     cdef uint64_t chunk_mask

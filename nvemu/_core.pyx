@@ -27,7 +27,7 @@ import numpy as np
 from nvemu import _state
 from nvemu._constants import TRACE_DTYPE
 from nvemu._image import DurableImage
-from nvemu._layout import budget_message
+from nvemu._layout import budget_message, check_layout, integer
 from nvemu.errors import ConfigError, GuestFault, ResourceError, TraceError
 
 cdef extern from *:
@@ -59,48 +59,15 @@ cdef enum:
     E_DIRTY = 0x200
     ENTRIES = 512
     LEAF_SHIFT = 30                  # one directory leaf covers 1 GiB of memory index space
+    META_PER_LEAF = 2 << 24          # bytes of line words (uint16 per 64-byte line) of a leaf
+    LINE_STATE_MASK = 3              # a line word: queued copies << 2 | line_state_t
+    ONE_COPY = 4
 
 cdef uint64_t ADDR_MASK = 0x000FFFFFFFFFF000ULL
 cdef uint64_t NO_VPN = 0xFFFFFFFFFFFFFFFFULL
 cdef uint64_t GPA_LIMIT = 1ULL << 48
 cdef uint64_t HUGE = 2 << 20
 cdef chunk_t EMPTY                   # the record of every chunk whose directory leaf does not exist yet
-HPA_LIMIT = 1 << 52                  # an EPT entry holds address bits 12-51
-
-
-def _int(x, name, lo=0, hi=None):
-    """``x`` as a Python int (integers only: no float truncation), at least ``lo`` and below
-    ``hi`` when given; TypeError or ConfigError naming ``name`` otherwise."""
-    try:
-        v = operator.index(x)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(x).__name__}") from None
-    if v < lo or (hi is not None and v >= hi):
-        bound = f"{lo}..{hi - 1}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name}={v} is out of range ({bound})")
-    return v
-
-
-def _readonly(arr):
-    """A view of ``arr`` that nobody can write through (its WRITEABLE flag cannot be set back)."""
-    return np.frombuffer(memoryview(arr).toreadonly(), arr.dtype).reshape(arr.shape)
-
-
-class VmArrays:
-    """The numpy arrays behind one VM slot, by name (the slot's raw pointers borrow them)."""
-
-    __slots__ = ("tlb_vpn", "tlb_entry", "tlb_hpa", "tlb_slot", "tlb_chunk", "stats", "fanout", "drained")
-
-    def __init__(self, nvcpus, tlb_entries, n_controllers):
-        n = nvcpus * tlb_entries
-        self.tlb_vpn = np.full(n, NO_VPN, np.uint64)
-        self.tlb_entry = np.zeros(n, np.uint64)
-        self.tlb_hpa = np.zeros(n, np.uint64)
-        self.tlb_slot = np.zeros(n, np.uint64)
-        self.tlb_chunk = np.full(n, <uint64_t>&EMPTY, np.uint64)     # chunk_t* per entry
-        self.stats = np.zeros((nvcpus, ST_COUNT), np.uint64)
-        self.fanout = np.zeros(n_controllers, np.uint8)
-        self.drained = np.zeros(n_controllers, np.uint64)
 
 
 cdef inline uint64_t _ptr(object arr):
@@ -140,26 +107,6 @@ cdef inline void store_le(uint8_t* p, uint64_t v, uint32_t size) noexcept nogil:
         p[0] = <uint8_t>v
 
 
-cdef uint8_t* _block(uint64_t n, bint huge) noexcept nogil:
-    """``n`` zero bytes from the kernel, on a 2 MiB boundary when ``n`` is a multiple of 2 MiB (and
-    advised for huge pages when ``huge``); NULL when refused. Pages are backed on first touch."""
-    cdef uint64_t extra = HUGE if n % HUGE == 0 else 0
-    cdef uint8_t* p = <uint8_t*>mmap(NULL, n + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    cdef uint8_t* a
-    if <void*>p == MAP_FAILED:
-        return NULL
-    a = p
-    if extra:
-        a = <uint8_t*>((<uint64_t>p + HUGE - 1) & ~(HUGE - 1))
-        if a > p:
-            munmap(p, a - p)
-        if p + n + extra > a + n:
-            munmap(a + n, (p + n + extra) - (a + n))
-        if huge:
-            madvise(a, n, MADV_HUGEPAGE_)
-    return a
-
-
 def _trace_bytes(ops):
     """The raw bytes of a trace array, after checking it is one (dtype, shape, layout)."""
     if not isinstance(ops, np.ndarray):
@@ -180,323 +127,9 @@ cdef _live(Engine e):
         raise ConfigError("this Engine was never initialised (construct it with an EngineLayout)")
 
 
-cdef uint64_t _chunk_cost(Engine e, uint64_t idx) noexcept nogil:
-    """Bytes a chunk at memory index ``idx`` takes: memory, and for NVDIMM space media and line state."""
-    cdef uint64_t c = 1ULL << e.chunk_shift
-    return c + (c + 3 * (c >> 6) if idx >= e.pmem_index else 0)
+include "_core_memory.pxi"
+include "_core_tables.pxi"
 
-
-cdef void _drop_chunk(Engine e, chunk_t* ck, uint64_t idx) noexcept nogil:
-    cdef uint64_t c = 1ULL << e.chunk_shift
-    if ck.mem == NULL:
-        return
-    munmap(ck.mem, c)
-    if ck.med != NULL:
-        munmap(ck.med, c)
-    free(ck.lstate)
-    memset(ck, 0, sizeof(chunk_t))
-    e.touched_bytes -= _chunk_cost(e, idx)
-
-
-cdef uint64_t _index(Engine e, uint64_t hpa) noexcept nogil:
-    """Memory index of host address ``hpa`` (DRAM or NVDIMM space)."""
-    return hpa if hpa < e.pmem_base else hpa - e.pmem_base + e.pmem_index
-
-
-cdef _raise_no_memory(Engine e):
-    if e.alloc_error == 2:
-        raise MemoryError("the operating system refused memory for a chunk of host memory")
-    raise ResourceError(budget_message(e.memory_budget, e.touched_bytes, _chunk_cost(e, e.pmem_index)))
-
-
-cdef chunk_t* _ensure(Engine e, uint64_t idx) except NULL:
-    """The chunk at memory index ``idx``, allocated (ResourceError beyond the memory budget)."""
-    cdef chunk_t* ck = e.chunk_at(idx, True)
-    if ck == NULL:
-        e.alloc_error = 2
-        _raise_no_memory(e)
-    if e.fill_chunk(ck, idx):
-        _raise_no_memory(e)
-    return ck
-
-
-cdef _check_hpa(Engine e, object hpa, object length):
-    hpa, length = _int(hpa, "hpa"), _int(length, "length")
-    if not _state.hpa_ok(e, hpa, length):
-        raise ConfigError(f"HPA range [{hpa:#x}, {hpa + length:#x}) is not host DRAM or NVDIMM space")
-    return hpa, length
-
-
-cdef _pmem_offset(Engine e, object hpa, object n):
-    """Offset into NVDIMM space of ``[hpa, hpa+n)``, which must lie inside it."""
-    _live(e)
-    hpa, n = _int(hpa, "hpa"), _int(n, "n")
-    if not (hpa >= e.pmem_base and hpa + n <= e.pmem_base + e.pmem_bytes):
-        raise ConfigError(f"HPA range at {hpa:#x} is not NVDIMM space")
-    return hpa - e.pmem_base
-
-
-cdef list _chunk_indices(Engine e, uint64_t lo, uint64_t hi):
-    """Memory indices of the allocated chunks that start in ``[lo, hi)``."""
-    cdef uint64_t d, k, n = 1ULL << (LEAF_SHIFT - e.chunk_shift), idx
-    cdef chunk_t* leaf
-    out = []
-    for d in range(lo >> LEAF_SHIFT, min(e.dir_len, (hi + (1ULL << LEAF_SHIFT) - 1) >> LEAF_SHIFT)):
-        leaf = e.dir[d]
-        if leaf == NULL:
-            continue
-        for k in range(n):
-            idx = (d << LEAF_SHIFT) + (k << e.chunk_shift)
-            if leaf[k].mem != NULL and lo <= idx < hi:
-                out.append(idx)
-    return out
-
-
-cdef object _view(uint8_t* p, uint64_t n):
-    """A numpy view of ``n`` bytes at ``p`` (valid while the chunk lives)."""
-    if n == 0:
-        return np.zeros(0, np.uint8)
-    return np.asarray(<uint8_t[:n]> p)
-
-
-cdef dict _nonzero_pages(Engine e, bint media):
-    cdef uint64_t idx, c = 1ULL << e.chunk_shift, n, hpa0
-    cdef chunk_t* ck
-    out = {}
-    for idx in _chunk_indices(e, 0 if not media else e.pmem_index, e.dir_len << LEAF_SHIFT):
-        ck = e.chunk_at(idx, False)
-        if idx < e.pmem_index:
-            hpa0, n = idx, min(c, e.dram_bytes - idx)
-        else:
-            hpa0, n = idx - e.pmem_index + e.pmem_base, min(c, e.pmem_index + e.pmem_bytes - idx)
-        pages = _view(ck.med if media else ck.mem, n).reshape(-1, 4096)
-        for p in np.flatnonzero(pages.any(axis=1)).tolist():
-            out[hpa0 + 4096 * p] = pages[p].tobytes()
-    return out
-
-
-cdef bytes _copy_out(Engine e, uint64_t hpa, uint64_t n, bint media):
-    """``n`` bytes of memory (or media) at ``hpa``, a range already checked; zeros where untouched."""
-    cdef uint64_t pos = 0, idx, piece, c = 1ULL << e.chunk_shift
-    cdef chunk_t* ck
-    cdef uint8_t* src
-    out = bytearray(n)
-    cdef uint8_t[::1] dst = out if n else bytearray(1)
-    while pos < n:
-        idx = _index(e, hpa + pos)
-        piece = min(n - pos, c - (idx & e.chunk_mask))
-        ck = e.chunk_at(idx, False)
-        src = ck.med if media else ck.mem
-        if src != NULL:
-            memcpy(&dst[pos], src + (idx & e.chunk_mask), piece)
-        pos += piece
-    return bytes(out)
-
-
-cdef _drop_queued(Engine e, uint64_t first, uint64_t last):
-    """Remove the WPQ copies of NVDIMM lines ``[first, last)``, keeping the others in order."""
-    cdef uint32_t c
-    cdef uint64_t k, slot, kept, line
-    cdef chunk_t* ck
-    for c in range(e.n_controllers):
-        entries = []
-        for k in range(e.wlen[c]):
-            slot = c * e.wpq_depth + (e.whead[c] + k) % e.wpq_depth
-            entries.append((e.wline[slot], e._wpq_data[slot * 64:(slot + 1) * 64].copy()))
-        kept = 0
-        for line, data in entries:
-            if first <= line < last:
-                ck = e.chunk_at(e.pmem_index + (line << 6), False)
-                ck.nq[((line << 6) & e.chunk_mask) >> 6] -= 1
-                continue
-            slot = c * e.wpq_depth + kept
-            e.wline[slot] = line
-            e._wpq_data[slot * 64:(slot + 1) * 64] = data
-            kept += 1
-        e.whead[c] = 0
-        e.wlen[c] = kept
-
-
-cdef uint32_t _alloc_table(Engine e) except? 0xFFFFFFFF:
-    cdef uint32_t t
-    if e._free_tables:
-        t = e._free_tables.pop()
-    elif e.next_table < e.pool_tables:
-        t = e.next_table
-        e.next_table += 1
-    else:
-        raise ResourceError(f"the page-table pool is exhausted ({e.pool_tables} tables of 4 KiB)")
-    memset(&e.ept[<uint64_t>t * ENTRIES], 0, ENTRIES * 8)
-    return t
-
-
-cdef uint64_t _free_tree(Engine e, uint64_t t, int level):
-    """Free table ``t`` (at ``level``) and every table below it; returns how many."""
-    cdef uint64_t n = 1, x
-    cdef int i
-    if level > 1:
-        for i in range(ENTRIES):
-            x = e.ept[t * ENTRIES + i]
-            if (x & E_RWX) and not (x & E_LARGE):
-                n += _free_tree(e, (x & ADDR_MASK) >> 12, level - 1)
-    e._free_tables.append(t)
-    return n
-
-
-cdef vm_t* _vm(Engine e, vm) except NULL:
-    try:
-        v = operator.index(vm)
-    except TypeError:
-        raise TypeError(f"vm must be an integer, not {type(vm).__name__}") from None
-    _live(e)
-    if not 0 <= v < e.max_vms or not e.vms[v].active:
-        raise ConfigError(f"vm {v!r} does not exist in the engine")
-    return &e.vms[v]
-
-
-cdef _install_vm(Engine e, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
-                 uint64_t fha_vpn, int fha_mode, object a):
-    """Fill VM slot ``vm`` from its VmArrays ``a`` (shapes already checked)."""
-    cdef vm_t* v = &e.vms[vm]
-    cdef uint64_t k, n = nvcpus * tlb_entries
-    cdef uint64_t* hpa
-    cdef chunk_t** chunk
-    e._vms[vm] = a
-    v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
-    v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
-    v.tlb_vpn = <uint64_t*>_ptr(a.tlb_vpn)
-    v.tlb_entry = <uint64_t*>_ptr(a.tlb_entry)
-    v.tlb_hpa = <uint64_t*>_ptr(a.tlb_hpa)
-    v.tlb_slot = <uint64_t*>_ptr(a.tlb_slot)
-    v.tlb_chunk = <chunk_t**>_ptr(a.tlb_chunk)
-    v.stats = <uint64_t*>_ptr(a.stats)
-    v.fanout = <uint8_t*>_ptr(a.fanout)
-    v.drained = <uint64_t*>_ptr(a.drained)
-    hpa, chunk = v.tlb_hpa, v.tlb_chunk
-    for k in range(n):
-        chunk[k] = e.chunk_at(_index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY
-    v.active = True
-
-
-cdef void _flush_tlbs(vm_t* v) noexcept:
-    """INVEPT single-context: drop every cached translation of every vCPU of the VM."""
-    cdef uint64_t i
-    for i in range(<uint64_t>v.nvcpus * v.tlb_entries):
-        v.tlb_vpn[i] = NO_VPN
-    for i in range(v.nvcpus):
-        v.stats[i * ST_COUNT + ST_TLB_FLUSHES] += 1
-
-
-cdef uint64_t _split(Engine e, uint64_t slot, int level) except? 0:
-    """Replace the large leaf at ``slot`` (a ``level`` 2 or 3 entry) by a table of 512 smaller
-    leaves with the same permissions and attributes; returns the new table."""
-    cdef uint64_t x = e.ept[slot], t = _alloc_table(e), i
-    cdef uint64_t child = 1ULL << (12 + 9 * (level - 2))
-    cdef uint64_t base = x & ADDR_MASK & ~((child << 9) - 1)
-    cdef uint64_t attrs = (x & 0xFFF) & ~(<uint64_t>E_LARGE) if level == 2 else (x & 0xFFF)
-    for i in range(ENTRIES):
-        e.ept[t * ENTRIES + i] = (base + i * child) | attrs
-    e.ept[slot] = (t << 12) | E_RWX
-    return t
-
-
-cdef object _leaf(Engine e, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span):
-    """Slot of the entry that maps ``gpa`` at level ``target`` (1: 4 KiB, 2: 2 MiB), creating
-    tables on the way when ``create``; a large leaf above the target is split unless it lies
-    wholly inside ``[gpa, gpa + span)``, in which case its own (level, slot) is returned.
-    Returns (level, slot) or None when nothing is mapped there."""
-    cdef uint64_t t = v.root, s, x
-    cdef int level, shift
-    for level in range(4, target, -1):
-        shift = 12 + 9 * (level - 1)
-        s = t * ENTRIES + ((gpa >> shift) & 511)
-        x = e.ept[s]
-        if not (x & E_RWX):
-            if not create:
-                return None
-            t = _alloc_table(e)
-            e.ept[s] = (t << 12) | E_RWX
-        elif x & E_LARGE:
-            if not create and gpa % (1ULL << shift) == 0 and span >= (1ULL << shift):
-                return (level, s)
-            t = _split(e, s, level)
-        else:
-            t = (x & ADDR_MASK) >> 12
-    return (target, t * ENTRIES + ((gpa >> (12 + 9 * (target - 1))) & 511))
-
-
-cdef list _each_leaf(Engine e, vm_t* v, gpa, length):
-    gpa, length = _int(gpa, "gpa"), _int(length, "length")
-    if gpa % 4096 or length % 4096 or length == 0 or gpa + length > GPA_LIMIT:
-        raise ConfigError(f"range of {length:#x} bytes at GPA {gpa:#x} is not whole 4 KiB pages "
-                          f"inside the 48-bit guest-physical space")
-    cdef uint64_t pos = gpa, end = gpa + length
-    leaves = []
-    while pos < end:
-        found = _leaf(e, v, pos, 1, False, end - pos)
-        if found is None or not (e.ept[found[1]] & E_RWX):
-            raise ConfigError(f"GPA {pos:#x} is not mapped")
-        leaves.append(found[1])
-        pos += 1ULL << (12 + 9 * (found[0] - 1))
-    return leaves
-
-
-cdef _load_state(Engine self, dict s, list vms):
-    """Install a state ``nvemu._state.check`` accepted: host memory first (chunks as needed,
-    ResourceError beyond the budget, before anything else changes), then the rest."""
-    cdef uint64_t idx, d, k
-    cdef chunk_t* ck
-    need = set()
-    for hpa in s["memory_hpa"].tolist():
-        need.add(_index(self, hpa) & ~self.chunk_mask)
-    for name in ("media_hpa", "line_hpa", "wpq_line"):
-        for hpa in s[name].tolist():
-            need.add(_index(self, hpa) & ~self.chunk_mask)
-    cost = sum(_chunk_cost(self, i) for i in need)
-    if cost > self.memory_budget:
-        raise ResourceError(budget_message(self.memory_budget, 0, cost))
-    for vm in list(self._vms):
-        memset(&self.vms[vm], 0, sizeof(vm_t))
-    self._vms = {}
-    for d in range(self.dir_len):
-        if self.dir[d] != NULL:
-            for k in range(1ULL << (LEAF_SHIFT - self.chunk_shift)):
-                _drop_chunk(self, &self.dir[d][k], (d << LEAF_SHIFT) + (k << self.chunk_shift))
-    for i in sorted(need):
-        _ensure(self, i)
-    for hpa, page in zip(s["memory_hpa"].tolist(), s["memory_data"]):
-        idx = _index(self, hpa)
-        ck = self.chunk_at(idx, False)
-        _view(ck.mem + (idx & self.chunk_mask), 4096)[:] = page
-    for hpa, page in zip(s["media_hpa"].tolist(), s["media_data"]):
-        idx = _index(self, hpa)
-        ck = self.chunk_at(idx, False)
-        _view(ck.med + (idx & self.chunk_mask), 4096)[:] = page
-    for hpa, st in zip(s["line_hpa"].tolist(), s["line_state"].tolist()):
-        idx = _index(self, hpa)
-        self.chunk_at(idx, False).lstate[(idx & self.chunk_mask) >> 6] = st
-    self._wpq_head[:] = 0
-    self._wpq_len[:] = 0
-    for c, hpa, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
-        slot = c * self.wpq_depth + self.wlen[c]
-        self.wline[slot] = (hpa - self.pmem_base) >> 6
-        self._wpq_data[slot * 64:(slot + 1) * 64] = data
-        self.wlen[c] += 1
-        idx = _index(self, hpa)
-        self.chunk_at(idx, False).nq[(idx & self.chunk_mask) >> 6] += 1
-    self._ctrl_stats[:] = s["ctrl_stats"]
-    self._pool[:] = 0
-    pool = self._pool.reshape(-1, ENTRIES)
-    for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
-        pool[t] = row
-    self._free_tables = s["free_tables"].tolist()
-    self.next_table, self.last_value = (int(x) for x in s["scalars"])
-    for slot in vms:
-        a = VmArrays(slot.nvcpus, slot.tlb_entries, self.n_controllers)
-        a.tlb_vpn[:], a.tlb_entry[:], a.tlb_hpa[:], a.tlb_slot[:] = slot.tlb.T
-        a.stats[:], a.fanout[:], a.drained[:] = slot.stats, slot.fanout, slot.drained
-        _install_vm(self, slot.vm, slot.root, slot.nvcpus, slot.tlb_entries, slot.running, slot.fha_vpn,
-                    slot.fha_mode, a)
 
 
 cdef class Engine:
@@ -509,6 +142,7 @@ cdef class Engine:
     def __cinit__(self, *args, **kwargs):
         self.vms = NULL
         self.dir = NULL
+        self.meta = NULL
         self.sets = NULL
         self.set_ctl = NULL
         self.lock = threading.RLock()
@@ -521,7 +155,10 @@ cdef class Engine:
                     for k in range(1ULL << (LEAF_SHIFT - self.chunk_shift)):
                         _drop_chunk(self, &self.dir[d][k], 0)
                     free(self.dir[d])
+                if self.meta != NULL and self.meta[d] != NULL:
+                    munmap(self.meta[d], META_PER_LEAF)
         free(self.dir)
+        free(self.meta)
         free(self.vms)
         free(self.sets)
         free(self.set_ctl)
@@ -529,76 +166,39 @@ cdef class Engine:
     def __init__(self, layout):
         if self.vms != NULL:
             raise ConfigError("this Engine is already initialised; build a new one")
-        try:
-            nctl = _int(layout.n_controllers, "n_controllers", 1, 257)
-            depth = _int(layout.wpq_depth, "wpq_depth", 1, 4097)
-            max_vms = _int(layout.max_vms, "max_vms", 1, 65537)
-            pool_tables = _int(layout.pool_tables, "pool_tables", 1, (1 << 24) + 1)
-            domain = _int(layout.domain, "domain", DOMAIN_NONE, DOMAIN_EADR + 1)
-            dram = _int(layout.dram_bytes, "dram_bytes")
-            pmem_base = _int(layout.pmem_base, "pmem_base")
-            chunk_shift = _int(layout.chunk_shift, "chunk_shift", 12, LEAF_SHIFT + 1)
-            budget = _int(layout.budget(), "memory_budget")
-            huge = bool(layout.huge_pages)
-            costs = [_int(c, "cost") for c in layout.costs]
-            sets = [(_int(s.hpa_base, "set hpa_base"), _int(s.length, "set length", 1),
-                     _int(s.granularity, "set granularity", 64),
-                     [_int(c, "set controller", 0, nctl) for c in s.controllers]) for s in layout.sets]
-        except (AttributeError, TypeError) as e:
-            raise ConfigError(f"not an engine layout: {e}") from None
-        pmem_bytes = sum(length for _, length, _, _ in sets)
-        if len(costs) != 8 or any(c >= 1 << 63 for c in costs):
-            raise ConfigError("costs must be 8 non-negative cycle counts below 2**63")
-        if dram % 4096 or pmem_base % 4096 or dram > pmem_base:
-            raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
-        if pmem_base + pmem_bytes > HPA_LIMIT:
-            raise ConfigError(f"NVDIMM space ends at {pmem_base + pmem_bytes:#x}, beyond the 52 address bits "
-                              f"an EPT entry holds")
-        offset = 0
-        for base, length, g, ctls in sets:
-            if g & (g - 1) or not ctls or base != pmem_base + offset or length % g or len(ctls) > 4096:
-                raise ConfigError("interleave sets must lie back to back from pmem_base, each a whole "
-                                  "number of power-of-two granules of at least 64 bytes over some controllers")
-            offset += length
-        gib = 1 << LEAF_SHIFT
-        pmem_index = -(-dram // gib) * gib
-        dir_len = -(-(pmem_index + pmem_bytes) // gib)
+        L = check_layout(layout)
+        sets = L.sets
+        dir_len = -(-(L.pmem_index + L.pmem_bytes) // (1 << LEAF_SHIFT))
         self.sets = <iset_t*>calloc(max(1, len(sets)), sizeof(iset_t))
         self.set_ctl = <uint8_t*>calloc(max(1, sum(len(c) for _, _, _, c in sets)), 1)
         self.dir = <chunk_t**>calloc(max(1, dir_len), sizeof(chunk_t*))
-        self.vms = <vm_t*>calloc(max_vms, sizeof(vm_t))
-        if self.sets == NULL or self.set_ctl == NULL or self.dir == NULL or self.vms == NULL:
+        self.meta = <uint8_t**>calloc(max(1, dir_len), sizeof(uint8_t*))
+        self.vms = <vm_t*>calloc(L.max_vms, sizeof(vm_t))
+        if self.sets == NULL or self.set_ctl == NULL or self.dir == NULL or self.meta == NULL or self.vms == NULL:
             raise MemoryError("cannot allocate the engine's tables")
         first = 0
         for k, (base, length, g, ctls) in enumerate(sets):
-            self.sets[k].offset, self.sets[k].length = base - pmem_base, length
+            self.sets[k].offset, self.sets[k].length = base - L.pmem_base, length
             self.sets[k].gshift, self.sets[k].ways, self.sets[k].first = g.bit_length() - 1, len(ctls), first
+            self.sets[k].ways_mask = len(ctls) - 1 if len(ctls) & (len(ctls) - 1) == 0 else 0
             for c in ctls:
                 self.set_ctl[first] = c
                 first += 1
-        self.nsets = len(sets)
-        self.dir_len = dir_len
-        self.chunk_shift = chunk_shift
-        self.chunk_mask = (1 << chunk_shift) - 1
-        self.pmem_index = pmem_index
-        self.memory_budget = budget
-        self.huge_pages = huge
-        self.dram_bytes = dram
-        self.pmem_base = pmem_base
-        self.pmem_bytes = pmem_bytes
-        self.n_controllers = nctl
-        self.wpq_depth = depth
-        self.domain = domain
-        self.pool_tables = pool_tables
-        self.max_vms = max_vms
+        self.nsets, self.dir_len = len(sets), dir_len
+        self.chunk_shift, self.chunk_mask, self.pmem_index = L.chunk_shift, (1 << L.chunk_shift) - 1, L.pmem_index
+        self.memory_budget, self.huge_pages = L.memory_budget, L.huge_pages
+        self.dram_bytes, self.pmem_base, self.pmem_bytes = L.dram_bytes, L.pmem_base, L.pmem_bytes
+        self.n_controllers, self.wpq_depth, self.domain = L.n_controllers, L.wpq_depth, L.domain
+        self.pool_tables, self.max_vms = L.pool_tables, L.max_vms
         (self.cost.op, self.cost.walk_level, self.cost.exit, self.cost.write_protect, self.cost.mmio,
-         self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = costs
+         self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = L.costs
+        nctl, depth = L.n_controllers, L.wpq_depth
         self._wpq_line = np.zeros(nctl * depth, np.uint64)
         self._wpq_data = np.zeros(nctl * depth * 64, np.uint8)
         self._wpq_head = np.zeros(nctl, np.uint32)
         self._wpq_len = np.zeros(nctl, np.uint32)
         self._ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
-        self._pool = np.zeros(<uint64_t>pool_tables * ENTRIES, np.uint64)
+        self._pool = np.zeros(<uint64_t>L.pool_tables * ENTRIES, np.uint64)
         self._free_tables = []
         self._vms = {}
         self.next_table = 0
@@ -636,7 +236,7 @@ cdef class Engine:
     def set_memory_budget(self, budget):
         """Allow at most ``budget`` bytes of touched chunks (ResourceError beyond)."""
         with self.lock:
-            self.memory_budget = _int(budget, "memory_budget")
+            self.memory_budget = integer(budget, "memory_budget")
 
     # ---- page-table pool -------------------------------------------------------------------
 
@@ -652,7 +252,7 @@ cdef class Engine:
         """Register VM ``vm`` with an empty page table; returns its root table index."""
         with self.lock:
             _live(self)
-            vm, nvcpus, tlb_entries = _int(vm, "vm"), _int(nvcpus, "nvcpus"), _int(tlb_entries, "tlb_entries")
+            vm, nvcpus, tlb_entries = integer(vm, "vm"), integer(nvcpus, "nvcpus"), integer(tlb_entries, "tlb_entries")
             if not 0 <= vm < self.max_vms or self.vms[vm].active:
                 raise ConfigError(f"vm id {vm} is out of range or in use")
             if not 1 <= nvcpus <= 256:
@@ -691,14 +291,14 @@ cdef class Engine:
         and the controllers a vFHA flush writes (``fanout``, a sequence of controller indices)."""
         with self.lock:
             v = _vm(self, vm)
-            mode = _int(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
+            mode = integer(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
             if fha_gpa is not None:
-                fha_gpa = _int(fha_gpa, "vFHA GPA")
+                fha_gpa = integer(fha_gpa, "vFHA GPA")
                 if fha_gpa >= GPA_LIMIT:
                     raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
             ctl = np.zeros(self.n_controllers, np.uint8)
             try:
-                controllers = [_int(c, "fan-out controller") for c in fanout]
+                controllers = [integer(c, "fan-out controller") for c in fanout]
             except TypeError as e:
                 raise TypeError(f"fanout must be a sequence of controller indices: {e}") from None
             for c in controllers:
@@ -741,8 +341,8 @@ cdef class Engine:
         cdef int target
         with self.lock:
             v = _vm(self, vm)
-            gpa, hpa, length = _int(gpa, "gpa"), _int(hpa, "hpa"), _int(length, "length")
-            perms, page_size = _int(perms, "perms"), _int(page_size, "page_size")
+            gpa, hpa, length = integer(gpa, "gpa"), integer(hpa, "hpa"), integer(length, "length")
+            perms, page_size = integer(perms, "perms"), integer(page_size, "page_size")
             if page_size == 4096:
                 target = 1
             elif page_size == 2 << 20:
@@ -774,7 +374,7 @@ cdef class Engine:
         that the range covers only in part), then invalidate every vCPU's TLB."""
         with self.lock:
             v = _vm(self, vm)
-            perms = _int(perms, "perms")
+            perms = integer(perms, "perms")
             if not 0 <= perms <= 7:
                 raise ConfigError(f"perms {perms}: must be an R/W/X mask 0..7")
             try:
@@ -802,7 +402,7 @@ cdef class Engine:
         with self.lock:
             v = _vm(self, vm)
             t = v.root
-            gpa = _int(gpa, "gpa")
+            gpa = integer(gpa, "gpa")
             if gpa >= GPA_LIMIT:
                 raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
             path = []
@@ -862,20 +462,23 @@ cdef class Engine:
         if self.touched_bytes + cost > self.memory_budget:
             self.alloc_error = 1
             return -1
+        if idx >= self.pmem_index and self.meta[idx >> LEAF_SHIFT] == NULL:
+            # line states and queue counts of the whole leaf in one region, so they too sit on huge pages
+            self.meta[idx >> LEAF_SHIFT] = _block(META_PER_LEAF, self.huge_pages)
+            if self.meta[idx >> LEAF_SHIFT] == NULL:
+                self.alloc_error = 2
+                return -1
         mem = _block(c, self.huge_pages)
         if mem != NULL and idx >= self.pmem_index:
+            meta = self.meta[idx >> LEAF_SHIFT] + ((idx & ((1ULL << LEAF_SHIFT) - 1)) >> self.chunk_shift) * 2 * (c >> 6)
             med = _block(c, self.huge_pages)
-            meta = <uint8_t*>calloc(3 * (c >> 6), 1)
-            if med == NULL or meta == NULL:
+            if med == NULL:
                 munmap(mem, c)
-                if med != NULL:
-                    munmap(med, c)
-                free(meta)
                 mem = NULL
         if mem == NULL:
             self.alloc_error = 2
             return -1
-        ck.mem, ck.med, ck.lstate, ck.nq = mem, med, meta, <uint16_t*>(meta + (c >> 6)) if meta != NULL else NULL
+        ck.mem, ck.med, ck.lines = mem, med, <uint16_t*>meta
         self.touched_bytes += cost
         return 0
 
@@ -952,7 +555,7 @@ cdef class Engine:
         cdef int rc
         with self.lock:
             v = _vm(self, vm)
-            vcpu, gpa = _int(vcpu, "vcpu"), _int(gpa, "gpa")
+            vcpu, gpa = integer(vcpu, "vcpu"), integer(gpa, "gpa")
             if not 0 <= vcpu < v.nvcpus:
                 raise ConfigError(f"vcpu {vcpu} does not exist in vm {vm}")
             if gpa >= GPA_LIMIT:
@@ -969,6 +572,8 @@ cdef class Engine:
         for k in range(self.nsets):
             rel = off - self.sets[k].offset
             if rel < self.sets[k].length:
+                if self.sets[k].ways_mask:
+                    return self.set_ctl[self.sets[k].first + ((rel >> self.sets[k].gshift) & self.sets[k].ways_mask)]
                 return self.set_ctl[self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways]
         return 0
 
@@ -979,9 +584,9 @@ cdef class Engine:
         cdef chunk_t* ck = self.chunk_at(idx, False)     # allocated: a queued line's chunk always is
         cdef uint64_t lo = (idx & self.chunk_mask) >> 6
         memcpy(ck.med + (lo << 6), self.wdata + slot * 64, 64)
-        ck.nq[lo] -= 1
-        if ck.nq[lo] == 0 and ck.lstate[lo] == LINE_QUEUED:
-            ck.lstate[lo] = LINE_CLEAN
+        ck.lines[lo] -= ONE_COPY
+        if ck.lines[lo] == LINE_QUEUED:              # no copy left: the line is clean
+            ck.lines[lo] = LINE_CLEAN
         self.whead[c] = (self.whead[c] + 1) % self.wpq_depth
         self.wlen[c] -= 1
         self.cstats[c * CT_COUNT + CT_DRAINED] += 1
@@ -1005,8 +610,7 @@ cdef class Engine:
         self.wline[slot] = line
         memcpy(self.wdata + slot * 64, ck.mem + (lo << 6), 64)
         self.wlen[c] += 1
-        ck.nq[lo] += 1
-        ck.lstate[lo] = LINE_QUEUED
+        ck.lines[lo] = ((ck.lines[lo] & ~(<uint16_t>LINE_STATE_MASK)) + ONE_COPY) | LINE_QUEUED
         self.cstats[c * CT_COUNT + CT_ENQUEUED] += 1
 
     cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil:
@@ -1172,11 +776,11 @@ cdef class Engine:
                 store_le(ck.mem + off, r.value, size)
                 if hpa >= pmem_base:
                     if op == OP_STORE:
-                        ck.lstate[off >> 6] = LINE_DIRTY
+                        ck.lines[off >> 6] = (ck.lines[off >> 6] & ~(<uint16_t>LINE_STATE_MASK)) | LINE_DIRTY
                     else:
                         self.enqueue(ck, (hpa - pmem_base) >> 6)
-            elif hpa >= pmem_base and ck.lstate != NULL:
-                if ck.lstate[off >> 6] == LINE_DIRTY:
+            elif hpa >= pmem_base and ck.lines != NULL:
+                if (ck.lines[off >> 6] & LINE_STATE_MASK) == LINE_DIRTY:
                     self.enqueue(ck, (hpa - pmem_base) >> 6)
                     st[ST_LINES_FLUSHED] += 1
         stopped[0] = n
@@ -1223,7 +827,7 @@ cdef class Engine:
         cdef uint64_t total = 0
         with self.lock:
             _live(self)
-            chosen = [_int(c, "controller") for c in controllers]
+            chosen = [integer(c, "controller") for c in controllers]
             for c in chosen:
                 if not 0 <= c < self.n_controllers:
                     raise ConfigError(f"controller {c} does not exist")
@@ -1310,8 +914,7 @@ cdef class Engine:
                 memset(ck.mem + (a - idx), 0, b - a)
                 if ck.med != NULL:
                     memset(ck.med + (a - idx), 0, b - a)
-                    memset(ck.lstate + ((a - idx) >> 6), 0, (b - a) >> 6)
-                    memset(ck.nq + ((a - idx) >> 6), 0, ((b - a) >> 6) * 2)
+                    memset(ck.lines + ((a - idx) >> 6), 0, ((b - a) >> 6) * 2)
 
     def line_states(self):
         """{line HPA: state} for every NVDIMM line that is not CLEAN."""
@@ -1323,7 +926,7 @@ cdef class Engine:
         with self.lock:
             for idx in _chunk_indices(self, self.pmem_index, self.dir_len << LEAF_SHIFT):
                 ck = self.chunk_at(idx, False)
-                states = _view(ck.lstate, c >> 6)
+                states = _lines(ck, c >> 6) & LINE_STATE_MASK
                 base = self.pmem_base + idx - self.pmem_index
                 for k in np.flatnonzero(states).tolist():
                     out[base + 64 * k] = int(states[k])
@@ -1333,7 +936,7 @@ cdef class Engine:
         """The WPQ of controller ``c``, oldest first: [(line HPA, 64 bytes)]."""
         with self.lock:
             _live(self)
-            c = _int(c, "controller")
+            c = integer(c, "controller")
             if not 0 <= c < self.n_controllers:
                 raise ConfigError(f"controller {c} does not exist")
             out = []
@@ -1382,30 +985,10 @@ cdef class Engine:
 
     def durable_read(self, hpa, n):
         """``n`` bytes at ``hpa`` as they would survive a power failure now (SPEC 7.3), without
-        failing: media, then under adr/eadr the queued copies oldest first, then under eadr the
-        dirty lines. Lets a checker probe crash points without stopping the run."""
-        cdef uint32_t c
-        cdef uint64_t k, slot, line, first, last, lo, hi
+        failing (``nvemu._state.durable_read``): lets a checker probe crash points mid-run."""
         with self.lock:
-            off = _pmem_offset(self, hpa, n)
-            out = bytearray(_copy_out(self, self.pmem_base + off, n, True))
-            first, last = off // 64, (off + n + 63) // 64
-            if self.domain >= DOMAIN_ADR:
-                for c in range(self.n_controllers):
-                    for k in range(self.wlen[c]):
-                        slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
-                        line = self.wline[slot]
-                        if first <= line < last:
-                            lo, hi = max(line * 64, off), min(line * 64 + 64, off + n)
-                            out[lo - off:hi - off] = self._wpq_data[slot * 64 + lo - line * 64:
-                                                                    slot * 64 + hi - line * 64].tobytes()
-            if self.domain == DOMAIN_EADR:
-                base = self.pmem_base
-                for line_hpa, state in self.line_states().items():
-                    if state == LINE_DIRTY and base + first * 64 <= line_hpa < base + last * 64:
-                        lo, hi = max(line_hpa - base, off), min(line_hpa - base + 64, off + n)
-                        out[lo - off:hi - off] = _copy_out(self, base + lo, hi - lo, False)
-            return bytes(out)
+            _pmem_offset(self, hpa, n)
+            return _state.durable_read(self, hpa, n)
 
     # ---- canonical state (nvemu/_state.py does the work) -----------------------------------
 
@@ -1448,10 +1031,10 @@ cdef class Engine:
                     _drop_chunk(self, ck, idx)
                     continue
                 if self.domain == DOMAIN_EADR:
-                    for lo in np.flatnonzero(_view(ck.lstate, csz >> 6) == LINE_DIRTY).tolist():
+                    for lo in np.flatnonzero((_lines(ck, csz >> 6) & LINE_STATE_MASK) == LINE_DIRTY).tolist():
                         memcpy(ck.med + (lo << 6), ck.mem + (lo << 6), 64)
                 memcpy(ck.mem, ck.med, csz)
-                memset(ck.lstate, 0, 3 * (csz >> 6))
+                memset(ck.lines, 0, 2 * (csz >> 6))
                 chunks[idx - self.pmem_index] = _view(ck.med, csz).tobytes()
             self._wpq_head[:] = 0
             self._wpq_len[:] = 0

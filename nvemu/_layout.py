@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+HPA_LIMIT = 1 << 52
+"""An EPT entry holds host address bits 12-51."""
+LEAF_BYTES = 1 << 30
+"""Memory index space covered by one leaf of the chunk directory; NVDIMM space starts on such a boundary."""
 
 CHUNK_SHIFT = 21
 """Host memory is allocated in chunks of 2 MiB (see bench/chunk_size.py for the measurement): the
@@ -42,7 +51,6 @@ def default_memory_budget() -> int:
         try:
             return parse_size(env)
         except ValueError:
-            from .errors import ConfigError
             raise ConfigError(f"NVEMU_MEMORY_BUDGET={env!r} is not a size (for example 16G)") from None
     return max(1 << 30, physical_memory() // BUDGET_SHARE)
 
@@ -98,3 +106,72 @@ class EngineLayout:
     @property
     def pmem_bytes(self) -> int:
         return sum(s.length for s in self.sets)
+
+
+def integer(x: Any, name: str, lo: int = 0, hi: int | None = None) -> int:
+    """``x`` as a Python int (integers only: no float truncation), at least ``lo`` and below
+    ``hi`` when given; TypeError or ConfigError naming ``name`` otherwise."""
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(x).__name__}") from None
+    if v < lo or (hi is not None and v >= hi):
+        bound = f"{lo}..{hi - 1}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{name}={v} is out of range ({bound})")
+    return v
+
+
+@dataclass(frozen=True)
+class CheckedLayout:
+    """An :class:`EngineLayout` whose every number was checked, as both engines take it."""
+
+    n_controllers: int
+    wpq_depth: int
+    max_vms: int
+    pool_tables: int
+    domain: int
+    dram_bytes: int
+    pmem_base: int
+    pmem_bytes: int
+    pmem_index: int          # memory index of NVDIMM byte 0: DRAM rounded up to LEAF_BYTES
+    chunk_shift: int
+    memory_budget: int
+    huge_pages: bool
+    costs: tuple[int, ...]
+    sets: tuple[tuple[int, int, int, tuple[int, ...]], ...]   # (hpa_base, length, granularity, controllers)
+
+
+def check_layout(layout: Any) -> CheckedLayout:
+    """Every number of ``layout`` (an EngineLayout or alike) checked: ConfigError naming what is wrong."""
+    try:
+        nctl = integer(layout.n_controllers, "n_controllers", 1, 257)
+        out = dict(
+            n_controllers=nctl, wpq_depth=integer(layout.wpq_depth, "wpq_depth", 1, 4097),
+            max_vms=integer(layout.max_vms, "max_vms", 1, 65537),
+            pool_tables=integer(layout.pool_tables, "pool_tables", 1, (1 << 24) + 1),
+            domain=integer(layout.domain, "domain", 0, 3), dram_bytes=integer(layout.dram_bytes, "dram_bytes"),
+            pmem_base=integer(layout.pmem_base, "pmem_base"),
+            chunk_shift=integer(layout.chunk_shift, "chunk_shift", 12, 31),
+            memory_budget=integer(layout.budget(), "memory_budget"), huge_pages=bool(layout.huge_pages),
+            costs=tuple(integer(c, "cost") for c in layout.costs))
+        sets = tuple((integer(s.hpa_base, "set hpa_base"), integer(s.length, "set length", 1),
+                      integer(s.granularity, "set granularity", 64),
+                      tuple(integer(c, "set controller", 0, nctl) for c in s.controllers)) for s in layout.sets)
+    except (AttributeError, TypeError) as e:
+        raise ConfigError(f"not an engine layout: {e}") from None
+    dram, base = out["dram_bytes"], out["pmem_base"]
+    pmem_bytes = sum(length for _, length, _, _ in sets)
+    if len(out["costs"]) != 8 or any(c >= 1 << 63 for c in out["costs"]):
+        raise ConfigError("costs must be 8 non-negative cycle counts below 2**63")
+    if dram % 4096 or base % 4096 or dram > base:
+        raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
+    if base + pmem_bytes > HPA_LIMIT:
+        raise ConfigError(f"NVDIMM space ends at {base + pmem_bytes:#x}, beyond the 52 address bits "
+                          f"an EPT entry holds")
+    offset = 0
+    for hpa, length, g, ctls in sets:
+        if g & (g - 1) or not ctls or hpa != base + offset or length % g or len(ctls) > 4096:
+            raise ConfigError("interleave sets must lie back to back from pmem_base, each a whole "
+                              "number of power-of-two granules of at least 64 bytes over some controllers")
+        offset += length
+    return CheckedLayout(**out, pmem_bytes=pmem_bytes, pmem_index=-(-dram // LEAF_BYTES) * LEAF_BYTES, sets=sets)

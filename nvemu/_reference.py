@@ -21,11 +21,11 @@ from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED
 from . import _state
 from ._image import DurableImage
 from ._constants import LINE_BYTES as LINE, PAGE_BYTES as PAGE
-from ._layout import EngineLayout, budget_message
+from ._layout import EngineLayout, InterleaveLayout, budget_message, check_layout
 from ._records import record_code
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
-CAPI_VERSION = 2
+CAPI_VERSION = 3
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
 
@@ -58,41 +58,13 @@ class Engine:
     """One host machine, plainly: memory, media, line states, WPQs, EPT tables, VMs."""
 
     def __init__(self, layout: EngineLayout) -> None:
-        if not 1 <= layout.n_controllers <= 256:
-            raise ConfigError(f"n_controllers={layout.n_controllers}: must be 1..256")
-        if not 1 <= layout.wpq_depth <= 4096:
-            raise ConfigError(f"wpq_depth={layout.wpq_depth}: must be 1..4096")
-        if not 1 <= layout.max_vms <= 65536:
-            raise ConfigError(f"max_vms={layout.max_vms}: must be 1..65536")
-        if not 1 <= layout.pool_tables <= 1 << 24:
-            raise ConfigError(f"pool_tables={layout.pool_tables}: must be 1..2**24")
-        if layout.domain not in (Domain.NONE, Domain.ADR, Domain.EADR):
-            raise ConfigError(f"domain={layout.domain}: must be 0 (none), 1 (adr) or 2 (eadr)")
-        if layout.dram_bytes % PAGE or layout.pmem_base % PAGE or layout.dram_bytes > layout.pmem_base:
-            raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
-        self.dram_bytes = layout.dram_bytes
-        self.pmem_base = layout.pmem_base
-        self.pmem_bytes = layout.pmem_bytes
-        self.n_controllers = layout.n_controllers
-        self.wpq_depth = layout.wpq_depth
-        self.domain = layout.domain
-        self.pool_tables = layout.pool_tables
-        self.max_vms = layout.max_vms
-        self.cost = dict(zip(COST_FIELDS, layout.costs))
-        offset = 0
-        for s in layout.sets:
-            if s.hpa_base != self.pmem_base + offset or s.length % s.granularity:
-                raise ConfigError("interleave sets must lie back to back from pmem_base, "
-                                  "each a whole number of granules")
-            if any(not 0 <= c < self.n_controllers for c in s.controllers):
-                raise ConfigError(f"interleave set at {s.hpa_base:#x} names a controller that does not exist")
-            offset += s.length
-        if not 12 <= layout.chunk_shift <= 30:
-            raise ConfigError(f"chunk_shift={layout.chunk_shift}: must be 12..30")
-        self.sets = layout.sets
-        self.chunk_shift = layout.chunk_shift
-        self.memory_budget = layout.budget()
-        self.pmem_index = -(-self.dram_bytes // (1 << 30)) * (1 << 30)   # memory index of NVDIMM byte 0
+        L = check_layout(layout)
+        self.dram_bytes, self.pmem_base, self.pmem_bytes = L.dram_bytes, L.pmem_base, L.pmem_bytes
+        self.n_controllers, self.wpq_depth, self.domain = L.n_controllers, L.wpq_depth, L.domain
+        self.pool_tables, self.max_vms = L.pool_tables, L.max_vms
+        self.cost = dict(zip(COST_FIELDS, L.costs))
+        self.sets = [InterleaveLayout(*s) for s in L.sets]
+        self.chunk_shift, self.memory_budget, self.pmem_index = L.chunk_shift, L.memory_budget, L.pmem_index
         self.touched: set[int] = set()          # memory index of every chunk written (the directory)
         self.touched_bytes = 0
         self.lock = threading.RLock()
@@ -134,7 +106,7 @@ class Engine:
 
     def _chunk_cost(self, idx: int) -> int:
         c = self.chunk_bytes
-        return c + (c + 3 * c // 64 if idx >= self.pmem_index else 0)
+        return c + (c + 2 * c // 64 if idx >= self.pmem_index else 0)
 
     def _touch(self, hpa: int) -> None:
         """Allocate the chunk holding ``hpa`` unless it is (ResourceError beyond the budget)."""
@@ -681,18 +653,8 @@ class Engine:
 
     def durable_read(self, hpa: int, n: int) -> bytes:
         """What ``[hpa, hpa+n)`` would hold after a power failure now (SPEC 7.3), without one."""
-        media = bytearray(self.read_media(hpa, n))
-        survivors: list[tuple[int, bytes]] = []
-        if self.domain >= Domain.ADR:
-            survivors += [entry for q in self.wpq for entry in q]
-        if self.domain == Domain.EADR:
-            survivors += [(line, self._get(self.mem, line, LINE)) for line, state in sorted(self.state.items())
-                          if state == LineState.DIRTY]
-        for line, data in survivors:
-            for k in range(LINE):
-                if hpa <= line + k < hpa + n:
-                    media[line + k - hpa] = data[k]
-        return bytes(media)
+        self.read_media(hpa, n)                     # NVDIMM space only
+        return _state.durable_read(self, hpa, n)
 
     def table_rows(self) -> tuple[list[int], np.ndarray]:
         ids = sorted(self.pool)

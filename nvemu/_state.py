@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import CTRL_STAT_NAMES, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState, STAT_NAMES
+from ._constants import CTRL_STAT_NAMES, Domain, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState, STAT_NAMES
 from ._constants import EPT_ENTRIES as ENTRIES, LINE_BYTES as LINE, NO_VPN, PAGE_BYTES as PAGE
 from .errors import ConfigError
 
@@ -90,6 +90,27 @@ def capture(engine: Any) -> dict[str, np.ndarray]:
             out[f"vm{vm}_drained"] = np.array(s.drained, np.uint64)
             out[f"vm{vm}_tlb"] = tlb
     return out
+
+
+def durable_read(engine: Any, hpa: int, n: int) -> bytes:
+    """``n`` bytes at ``hpa`` as a power failure now would leave them (SPEC 7.3), without one:
+    media, then under adr/eadr the queued copies oldest first (controller by controller: a line
+    has one controller), then under eadr the dirty lines as CPUs see them."""
+    with engine.lock:
+        out = bytearray(engine.read_media(hpa, n))
+        end = hpa + n
+        if engine.domain >= Domain.ADR:
+            for c in range(engine.n_controllers):
+                for line, data in engine.wpq_entries(c):
+                    lo, hi = max(line, hpa), min(line + LINE, end)
+                    if lo < hi:
+                        out[lo - hpa:hi - hpa] = data[lo - line:hi - line]
+        if engine.domain == Domain.EADR:
+            for line, state in engine.line_states().items():
+                lo, hi = max(line, hpa), min(line + LINE, end)
+                if state == LineState.DIRTY and lo < hi:
+                    out[lo - hpa:hi - hpa] = engine.read_memory(lo, hi - lo)
+        return bytes(out)
 
 
 def hpa_ok(engine: Any, hpa: int, length: int) -> bool:
@@ -224,4 +245,4 @@ def check(engine: Any, state: Any) -> tuple[dict[str, np.ndarray], list[VmSlot]]
     return s, vms
 
 
-__all__ = ["VmSlot", "capture", "check", "check_vm_slot", "hpa_ok", "NO_VPN"]
+__all__ = ["VmSlot", "capture", "check", "check_vm_slot", "durable_read", "hpa_ok", "NO_VPN"]

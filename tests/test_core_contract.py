@@ -58,7 +58,7 @@ def test_backend_is_compiled():
             importlib.import_module("nvemu._core")
     if nvemu.COMPILED:
         from nvemu import _core
-        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 2
+        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 3
 
 
 @needs_compiled("compares the compiled Engine with the reference one")

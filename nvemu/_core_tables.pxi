@@ -1,0 +1,147 @@
+# Included by _core.pyx: the EPT table pool and the VM slots, module functions so they stay out of
+# the published vtable (the Engine's def methods validate, these trust).
+
+def _readonly(arr):
+    """A view of ``arr`` that nobody can write through (its WRITEABLE flag cannot be set back)."""
+    return np.frombuffer(memoryview(arr).toreadonly(), arr.dtype).reshape(arr.shape)
+
+
+class VmArrays:
+    """The numpy arrays behind one VM slot, by name (the slot's raw pointers borrow them)."""
+
+    __slots__ = ("tlb_vpn", "tlb_entry", "tlb_hpa", "tlb_slot", "tlb_chunk", "stats", "fanout", "drained")
+
+    def __init__(self, nvcpus, tlb_entries, n_controllers):
+        n = nvcpus * tlb_entries
+        self.tlb_vpn = np.full(n, NO_VPN, np.uint64)
+        self.tlb_entry = np.zeros(n, np.uint64)
+        self.tlb_hpa = np.zeros(n, np.uint64)
+        self.tlb_slot = np.zeros(n, np.uint64)
+        self.tlb_chunk = np.full(n, <uint64_t>&EMPTY, np.uint64)     # chunk_t* per entry
+        self.stats = np.zeros((nvcpus, ST_COUNT), np.uint64)
+        self.fanout = np.zeros(n_controllers, np.uint8)
+        self.drained = np.zeros(n_controllers, np.uint64)
+
+
+cdef uint32_t _alloc_table(Engine e) except? 0xFFFFFFFF:
+    cdef uint32_t t
+    if e._free_tables:
+        t = e._free_tables.pop()
+    elif e.next_table < e.pool_tables:
+        t = e.next_table
+        e.next_table += 1
+    else:
+        raise ResourceError(f"the page-table pool is exhausted ({e.pool_tables} tables of 4 KiB)")
+    memset(&e.ept[<uint64_t>t * ENTRIES], 0, ENTRIES * 8)
+    return t
+
+
+cdef uint64_t _free_tree(Engine e, uint64_t t, int level):
+    """Free table ``t`` (at ``level``) and every table below it; returns how many."""
+    cdef uint64_t n = 1, x
+    cdef int i
+    if level > 1:
+        for i in range(ENTRIES):
+            x = e.ept[t * ENTRIES + i]
+            if (x & E_RWX) and not (x & E_LARGE):
+                n += _free_tree(e, (x & ADDR_MASK) >> 12, level - 1)
+    e._free_tables.append(t)
+    return n
+
+
+cdef vm_t* _vm(Engine e, vm) except NULL:
+    try:
+        v = operator.index(vm)
+    except TypeError:
+        raise TypeError(f"vm must be an integer, not {type(vm).__name__}") from None
+    _live(e)
+    if not 0 <= v < e.max_vms or not e.vms[v].active:
+        raise ConfigError(f"vm {v!r} does not exist in the engine")
+    return &e.vms[v]
+
+
+cdef _install_vm(Engine e, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_entries, bint running,
+                 uint64_t fha_vpn, int fha_mode, object a):
+    """Fill VM slot ``vm`` from its VmArrays ``a`` (shapes already checked)."""
+    cdef vm_t* v = &e.vms[vm]
+    cdef uint64_t k, n = nvcpus * tlb_entries
+    cdef uint64_t* hpa
+    cdef chunk_t** chunk
+    e._vms[vm] = a
+    v.root, v.nvcpus, v.tlb_entries, v.running = root, nvcpus, tlb_entries, running
+    v.fha_vpn, v.fha_mode = fha_vpn, fha_mode
+    v.tlb_vpn = <uint64_t*>_ptr(a.tlb_vpn)
+    v.tlb_entry = <uint64_t*>_ptr(a.tlb_entry)
+    v.tlb_hpa = <uint64_t*>_ptr(a.tlb_hpa)
+    v.tlb_slot = <uint64_t*>_ptr(a.tlb_slot)
+    v.tlb_chunk = <chunk_t**>_ptr(a.tlb_chunk)
+    v.stats = <uint64_t*>_ptr(a.stats)
+    v.fanout = <uint8_t*>_ptr(a.fanout)
+    v.drained = <uint64_t*>_ptr(a.drained)
+    hpa, chunk = v.tlb_hpa, v.tlb_chunk
+    for k in range(n):
+        chunk[k] = e.chunk_at(_index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY
+    v.active = True
+
+
+cdef void _flush_tlbs(vm_t* v) noexcept:
+    """INVEPT single-context: drop every cached translation of every vCPU of the VM."""
+    cdef uint64_t i
+    for i in range(<uint64_t>v.nvcpus * v.tlb_entries):
+        v.tlb_vpn[i] = NO_VPN
+    for i in range(v.nvcpus):
+        v.stats[i * ST_COUNT + ST_TLB_FLUSHES] += 1
+
+
+cdef uint64_t _split(Engine e, uint64_t slot, int level) except? 0:
+    """Replace the large leaf at ``slot`` (a ``level`` 2 or 3 entry) by a table of 512 smaller
+    leaves with the same permissions and attributes; returns the new table."""
+    cdef uint64_t x = e.ept[slot], t = _alloc_table(e), i
+    cdef uint64_t child = 1ULL << (12 + 9 * (level - 2))
+    cdef uint64_t base = x & ADDR_MASK & ~((child << 9) - 1)
+    cdef uint64_t attrs = (x & 0xFFF) & ~(<uint64_t>E_LARGE) if level == 2 else (x & 0xFFF)
+    for i in range(ENTRIES):
+        e.ept[t * ENTRIES + i] = (base + i * child) | attrs
+    e.ept[slot] = (t << 12) | E_RWX
+    return t
+
+
+cdef object _leaf(Engine e, vm_t* v, uint64_t gpa, int target, bint create, uint64_t span):
+    """Slot of the entry that maps ``gpa`` at level ``target`` (1: 4 KiB, 2: 2 MiB), creating
+    tables on the way when ``create``; a large leaf above the target is split unless it lies
+    wholly inside ``[gpa, gpa + span)``, in which case its own (level, slot) is returned.
+    Returns (level, slot) or None when nothing is mapped there."""
+    cdef uint64_t t = v.root, s, x
+    cdef int level, shift
+    for level in range(4, target, -1):
+        shift = 12 + 9 * (level - 1)
+        s = t * ENTRIES + ((gpa >> shift) & 511)
+        x = e.ept[s]
+        if not (x & E_RWX):
+            if not create:
+                return None
+            t = _alloc_table(e)
+            e.ept[s] = (t << 12) | E_RWX
+        elif x & E_LARGE:
+            if not create and gpa % (1ULL << shift) == 0 and span >= (1ULL << shift):
+                return (level, s)
+            t = _split(e, s, level)
+        else:
+            t = (x & ADDR_MASK) >> 12
+    return (target, t * ENTRIES + ((gpa >> (12 + 9 * (target - 1))) & 511))
+
+
+cdef list _each_leaf(Engine e, vm_t* v, gpa, length):
+    gpa, length = integer(gpa, "gpa"), integer(length, "length")
+    if gpa % 4096 or length % 4096 or length == 0 or gpa + length > GPA_LIMIT:
+        raise ConfigError(f"range of {length:#x} bytes at GPA {gpa:#x} is not whole 4 KiB pages "
+                          f"inside the 48-bit guest-physical space")
+    cdef uint64_t pos = gpa, end = gpa + length
+    leaves = []
+    while pos < end:
+        found = _leaf(e, v, pos, 1, False, end - pos)
+        if found is None or not (e.ept[found[1]] & E_RWX):
+            raise ConfigError(f"GPA {pos:#x} is not mapped")
+        leaves.append(found[1])
+        pos += 1ULL << (12 + 9 * (found[0] - 1))
+    return leaves
