@@ -34,13 +34,16 @@ sparse memory a first touch costs one chunk allocation, and prefaulting terabyte
 
 def vm_sizes(platform: Platform, vms: int) -> tuple[int, int]:
     """``(dram, nvdimm)`` bytes of each of ``vms`` identical VMs: the default VM's 256 MiB each,
-    shrunk (DRAM to whole MiB, the vNVDIMM to whole stripes of the largest interleave set) until
-    ``vms`` of them fit the platform."""
+    shrunk when they do not fit (DRAM to whole MiB, the vNVDIMM to whole stripes of the largest
+    interleave set) until ``vms`` of them fit the platform."""
     dram = min(DEFAULT_VM_BYTES, (platform.config.dram_bytes // vms - PAGE_BYTES) // MiB * MiB)
     best = 0
     for k, (_, _, length) in enumerate(platform.set_ranges):
         stripe = platform.stripe_bytes(k)
-        best = max(best, min(DEFAULT_VM_BYTES, length // vms) // stripe * stripe)
+        if -(-DEFAULT_VM_BYTES // stripe) * stripe <= length // vms:
+            best = DEFAULT_VM_BYTES         # fits as it is (the allocation rounds up to stripes), so a trace
+        else:                               # made on one platform replays on another with the same VM
+            best = max(best, length // vms // stripe * stripe)
     if dram < 0 or best < PAGE_BYTES:
         raise ConfigError(f"platform {platform.name!r} has no room for {vms} VMs "
                           f"({platform.config.dram_bytes:#x} bytes of DRAM, {platform.pmem_bytes:#x} of NVDIMM)")
