@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import CTRL_STAT_NAMES, Domain, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState, STAT_NAMES
+from ._constants import CTRL_STAT_NAMES, Domain, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState
+from ._constants import STAT_NAMES
 from ._constants import EPT_ENTRIES as ENTRIES, LINE_BYTES as LINE, NO_VPN, PAGE_BYTES as PAGE
 from .errors import ConfigError
 

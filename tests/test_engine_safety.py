@@ -12,7 +12,9 @@ import pytest
 from nvemu import COMPILED, Hypervisor, Op
 from nvemu.machine.config import make_platform
 
-from conftest import trace
+from conftest import ENGINES, trace
+
+CORE = ENGINES[0]
 
 JUNK = (10**6, -1, 2**64, None, "x", np.zeros(4, np.uint64))
 
@@ -31,7 +33,7 @@ def workload(vm, n, seed):
     return trace(*recs)
 
 
-def machine(backend="core"):
+def machine(backend=CORE):
     hv = Hypervisor(make_platform(sockets=1, imcs_per_socket=2, dimm_bytes=4 << 20, dram_bytes=16 << 20,
                                   wpq_depth=4, name="t"), backend=backend)
     vms = [hv.create_vm(dram=1 << 20, nvdimms=[1 << 20]).start() for _ in range(2)]
@@ -82,12 +84,11 @@ def test_writing_every_exposed_attribute_breaks_nothing():
     assert outcome(hv, [a, b]) == outcome(fresh, [fa, fb])
 
 
-@pytest.mark.parametrize("backend", ["core", "reference"] if COMPILED else ["reference"])
 def test_two_threads_replaying_on_one_hypervisor_end_as_a_serial_run(backend):
-    n = 20000 if backend == "core" else 300
+    n = 20000 if backend == CORE else 300
     hv, vms = machine(backend)
     traces = [workload(vm, n, seed) for seed, vm in enumerate(vms)]
-    chunk = 4999 if backend == "core" else 97
+    chunk = 4999 if backend == CORE else 97
 
     def replay(t):
         for i in range(0, len(t), chunk):
@@ -99,7 +100,7 @@ def test_two_threads_replaying_on_one_hypervisor_end_as_a_serial_run(backend):
     for th in threads:
         th.join()
     serial, svms = machine(backend)
-    for t, vm in zip(traces, svms):
+    for t in traces:
         serial.run(t)
     got, want = outcome(hv, vms), outcome(serial, svms)
     assert got == want

@@ -174,7 +174,8 @@ def test_optane_3t_is_the_published_machine_and_costs_nothing_to_build():
 def test_a_trace_made_for_default_replays_on_optane_3t():
     """vm_sizes keeps the default VM wherever it fits, so the guest layout does not depend on the host."""
     from nvemu.guest.workloads import generate
-    from nvemu.tools.replayer import replay, vm_layouts
+    from nvemu.tools.prepare import vm_layouts
+    from nvemu.tools.replayer import replay
     assert vm_layouts("default")[0] == vm_layouts("optane-3t")[0]
     t = generate("kv-put", 3000, vm_layouts("default")[0], seed=1)
     a, b = replay(t, platform="default"), replay(t, platform="optane-3t")
