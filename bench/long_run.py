@@ -23,8 +23,8 @@ end) it checks:
 5. counters: every per-vCPU and per-controller counter is >= its value at the previous check (a
    wrapped 64-bit counter would go down; ``load_sum``, the loaded values' checksum modulo 2**64, is
    not an event count and wraps by design), and the totals equal what the trace implies exactly:
-   ops, loads, stores, clwb, sfence per op code, vFHA writes == EPT-violation exits, and cycles
-   per category == count x cost.
+   ops, loads, stores, clwb, sfence per op code, vFHA writes == EPT-violation exits, the fixed
+   time categories == count x latency, and the time categories add up to each vCPU's clock.
 
 At the end it prints peak RSS (``ru_maxrss``), the counters, the largest one's headroom to 2**64,
 and exits non-zero if any check failed.
@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 from nvemu import GuestFault, Hypervisor, Op, __version__
-from nvemu._constants import STAT, STAT_NAMES, LineState
+from nvemu._constants import STAT, STAT_NAMES, TIME_STATS, TIMING_FIELDS, LineState
 from nvemu.cli.common import parse_count
 from nvemu.guest.persist_loop import persist_loop_chunks
 
@@ -166,14 +166,18 @@ class Checker:
         for name, value in expected.items():
             if t[name] != value:
                 self.fail(f"counter {name} = {t[name]:,}, the trace implies {value:,}")
-        costs = self.p.costs
-        pairs = {"cycles_ops": t["ops"] * costs.op, "cycles_exit": t["exits_ept_violation"] * costs.exit,
-                 "cycles_write_protect": t["exits_ept_violation"] * costs.write_protect,
-                 "cycles_fha": t["fha_writes"] * costs.fha_write, "cycles_drain": t["lines_drained"] * costs.drain_line,
-                 "cycles_walk": t["walk_refs"] * costs.walk_level}
+        tm = dict(zip(TIMING_FIELDS, self.p.layout.timing))
+        flushes = t["clwb"] + t["clflushopt"] + t["clflush"]
+        pairs = {"ops_ps": t["ops"] * tm["op"], "exit_ps": t["exits_ept_violation"] * tm["exit"],
+                 "write_protect_ps": t["exits_ept_violation"] * tm["write_protect"],
+                 "fha_ps": t["vfha_writes"] * tm["fha_write"], "flush_ps": flushes * tm["flush_issue"]}
+        # (walk_ps is not walk_refs x latency here: the checker's own translate() calls walk untimed)
         for name, value in pairs.items():
             if t[name] != value:
                 self.fail(f"counter {name} = {t[name]:,} != {value:,}")
+        clock = self.p.engine.clock(self.vm.id)[:, 0]
+        if (rows[:, [STAT[n] for n in TIME_STATS]].sum(axis=1) != clock).any():
+            self.fail("time categories do not add up to the vCPU clocks")
         if t["vfha_writes"] != t["exits_ept_violation"] or t["fha_writes"] != t["vfha_writes"] * len(
                 self.vm.fanout_controllers):
             self.fail("vFHA writes, exits and physical FHA writes disagree")
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     t = vm.stats().total
     ctrl = hv.platform.controller_stats()
     biggest_name, biggest = max(((n, t[n]) for n in EVENTS), key=lambda kv: kv[1])
-    cycles = vm.stats().cycles
+    time_ps = vm.stats().time_ps
     print()
     print(f"replayed {done:,} ops in {replay_s:.1f} s of replay ({done / replay_s / 1e6:.1f} Mops/s), "
           f"{wall:.1f} s wall, {checker.checks} invariant checks ({check_s:.2f} s)")
@@ -250,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = ("ops", "loads", "stores", "clwb", "sfence", "tlb_hits", "tlb_misses", "walk_refs", "exits_ept_violation",
              "vfha_writes", "fha_writes", "lines_drained")
     print("counters: " + ", ".join(f"{n}={t[n]:,}" for n in shown))
-    print(f"cycles {cycles:,}; per controller drained {[c['drained'] for c in ctrl]}, "
+    print(f"emulated time {time_ps / 1e9:,.3f} ms ({time_ps / 1000 / max(t['ops'], 1):.1f} ns/op);"
+          f" per controller drained {[c['drained'] for c in ctrl]}, "
           f"WPQ-full drains {[c['drained_full'] for c in ctrl]}")
     print(f"largest counter: {biggest_name} = {biggest:,} = 2**{np.log2(max(biggest, 1)):.1f}; "
           f"it would wrap after {2**64 / max(biggest, 1) * done:.2e} ops at this rate "
@@ -265,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"ops": done, "replay_seconds": replay_s, "wall_seconds": wall, "checks": checker.checks,
                        "peak_rss_mib": peak_rss_mib(), "rss_at_checks_mib": rss_seen, "machine_rss_mib": rss_machine,
-                       "counters": t, "cycles": cycles, "controllers": ctrl, "failures": checker.failures}, f, indent=2)
+                       "counters": t, "time_ps": time_ps, "controllers": ctrl, "failures": checker.failures},
+                      f, indent=2)
     return 1 if checker.failures else 0
 
 

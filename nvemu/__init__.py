@@ -14,7 +14,7 @@ from ._constants import TRACE_DTYPE, Domain, ExitReason, FhaMode, LineState, Op
 from ._version import __version__
 from .errors import (ConfigError, GuestFault, LifecycleError, NfitError, NvemuError, ResourceError,
                      SnapshotError, TraceError)
-from .machine.config import CostModel, PlatformConfig, preset
+from .machine.config import PlatformConfig, TimingModel, preset
 from .machine.hypervisor import Hypervisor, RunResult
 from .machine.platform import Platform
 from .machine.snapshot import restore_snapshot, save_snapshot
@@ -24,7 +24,7 @@ from .tools.replayer import Replayer, ReplayReport, replay
 
 __all__ = [
     "BACKEND", "COMPILED", "TRACE_DTYPE", "Op", "LineState", "Domain", "ExitReason", "FhaMode",
-    "__version__", "CostModel", "PlatformConfig", "preset", "NvemuError", "ConfigError", "GuestFault",
+    "__version__", "TimingModel", "PlatformConfig", "preset", "NvemuError", "ConfigError", "GuestFault",
     "LifecycleError", "NfitError", "ResourceError", "SnapshotError", "TraceError", "Hypervisor", "RunResult",
     "Platform", "Stats", "VM", "Vcpu", "VmState", "replay", "Replayer", "ReplayReport",
     "save_snapshot", "restore_snapshot", "get_include",

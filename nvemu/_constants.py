@@ -112,19 +112,41 @@ class BadRecord(enum.IntEnum):
 
 
 # Per-vCPU counters, in the order of the core's stats rows. The first eight are indexed by op code.
+# Event counters count; the ``*_ps`` counters are emulated time in picoseconds by category (SPEC 6):
+# every advance of a vCPU's clock is charged to exactly one of them, so their sum is the time the
+# vCPU spent since the last reset. ``nvemu.machine.stats`` documents each one.
 STAT_NAMES = (
     "loads", "stores", "nt_stores", "clwb", "clflushopt", "clflush", "sfence", "mfence",
     "ops", "tlb_hits", "tlb_misses", "walk_refs", "tlb_flushes", "lines_flushed",
     "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall",
     "vfha_reads", "vfha_writes", "fha_writes", "lines_drained", "load_sum",
-    "cycles_ops", "cycles_walk", "cycles_exit", "cycles_write_protect", "cycles_mmio",
-    "cycles_hypercall", "cycles_fha", "cycles_drain",
+    "ops_ps", "load_ps", "walk_ps", "flush_ps", "wpq_stall_ps", "fence_ps", "exit_ps",
+    "write_protect_ps", "mmio_ps", "hypercall_ps", "fha_ps", "drain_wait_ps",
 )
 STAT = {name: i for i, name in enumerate(STAT_NAMES)}
-CYCLE_STATS = tuple(n for n in STAT_NAMES if n.startswith("cycles_"))
+TIME_STATS = tuple(n for n in STAT_NAMES if n.endswith("_ps"))
 
-# Cost-model fields, in the order of ``EngineLayout.costs`` and the core's ``cost_t``.
-COST_FIELDS = ("op", "walk_level", "exit", "write_protect", "mmio", "hypercall", "fha_write", "drain_line")
+# Timing-model fields as the engines take them (integer picoseconds), in the order of
+# ``EngineLayout.timing`` and the core's ``timing_t``. ``nvemu.machine.config.TimingModel`` derives
+# them from published figures and free parameters; each field's meaning is documented there.
+TIMING_FIELDS = ("op", "walk_ref", "load_seq", "load_rand", "dram_load_seq", "dram_load_rand", "flush_issue",
+                 "wb_seq", "wb_rand", "nt_seq", "nt_rand", "dram_wb", "dram_nt", "fence", "drain_line",
+                 "fha_write", "exit", "write_protect", "mmio", "hypercall")
+
+# The parameters of ``nvemu.machine.config.TimingModel`` (published figures and free parameters), the
+# names that bench sweeps, sweep files and results use.
+TIMING_PARAMETERS = ("cpu_ghz", "op_ns", "walk_ref_cycles", "read_seq_ns", "read_rand_ns", "dram_read_seq_ns",
+                     "dram_read_rand_ns", "write_clwb_ns", "write_ntstore_ns", "dram_write_clwb_ns",
+                     "dram_write_ntstore_ns", "persist_clwb_ns", "persist_ntstore_ns", "media_write_gbps",
+                     "flush_issue_ns", "fence_ns", "fha_write_ns", "exit_cycles", "write_protect_cycles",
+                     "mmio_cycles", "hypercall_cycles")
+
+# Per-vCPU clock words, in the order of the core's clock rows: the vCPU's time (ps), when its
+# outstanding write-backs are all accepted (ps), and the last line (HPA / 64) it loaded, wrote back
+# and nt-stored (all ones = none), which decide sequential vs random latency and nt-store merging.
+CLOCK_FIELDS = ("now", "pending", "load_line", "wb_line", "nt_line")
+CLOCK = {name: i for i, name in enumerate(CLOCK_FIELDS)}
+NO_LINE = (1 << 64) - 1
 
 # Per-controller counters.
 CTRL_STAT_NAMES = ("enqueued", "drained", "drained_full", "fha_writes")

@@ -15,7 +15,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
-    NVEMU_CAPI_VERSION = 3
+    NVEMU_CAPI_VERSION = 4
 
 ctypedef uint64_t ept_entry_t        # one EPT entry (SPEC 2 layout)
 
@@ -100,14 +100,18 @@ cdef enum:                           # stat_t: per-vCPU counters; the first eigh
     ST_FHA_WRITES
     ST_LINES_DRAINED
     ST_LOAD_SUM
-    ST_CYCLES_OPS
-    ST_CYCLES_WALK
-    ST_CYCLES_EXIT
-    ST_CYCLES_WRITE_PROTECT
-    ST_CYCLES_MMIO
-    ST_CYCLES_HYPERCALL
-    ST_CYCLES_FHA
-    ST_CYCLES_DRAIN
+    ST_OPS_PS                        # the *_PS counters: emulated time (ps) by category
+    ST_LOAD_PS
+    ST_WALK_PS
+    ST_FLUSH_PS
+    ST_WPQ_STALL_PS
+    ST_FENCE_PS
+    ST_EXIT_PS
+    ST_WRITE_PROTECT_PS
+    ST_MMIO_PS
+    ST_HYPERCALL_PS
+    ST_FHA_PS
+    ST_DRAIN_WAIT_PS
     ST_COUNT
 
 cdef enum:                           # ctrl_stat_t: per-controller counters
@@ -117,15 +121,35 @@ cdef enum:                           # ctrl_stat_t: per-controller counters
     CT_FHA_WRITES
     CT_COUNT
 
-cdef struct cost_t:                  # cycles per event (nvemu.config.CostModel)
-    uint64_t op                      # one retired guest op
-    uint64_t walk_level              # one page-walk memory reference
-    uint64_t exit                    # VM exit round trip
-    uint64_t write_protect           # EPT-violation handling on top of the exit
-    uint64_t mmio                    # MMIO emulation on top of the exit
-    uint64_t hypercall               # hypercall handling on top of the exit
+cdef enum:                           # clock_t: per-vCPU clock words (nvemu._constants.CLOCK_FIELDS)
+    CK_NOW = 0                       # the vCPU's time, ps
+    CK_PENDING                       # when its outstanding write-backs are all accepted, ps
+    CK_LOAD_LINE                     # line (HPA >> 6) of its last load, ~0 = none
+    CK_WB_LINE                       # line of its last write-back (clwb or nt-store), ~0 = none
+    CK_NT_LINE                       # line of its open write-combining buffer, ~0 = none
+    CK_COUNT
+
+cdef struct timing_t:                # picoseconds per event (nvemu.machine.config.TimingModel)
+    uint64_t op                      # every retired guest op
+    uint64_t walk_ref                # one page-walk memory reference
+    uint64_t load_seq                # NVDIMM load, same or next line as the vCPU's last load
+    uint64_t load_rand               # NVDIMM load, any other line
+    uint64_t dram_load_seq           # DRAM load, same or next line
+    uint64_t dram_load_rand          # DRAM load, any other line
+    uint64_t flush_issue             # issuing a clwb/clflushopt/clflush
+    uint64_t wb_seq                  # write-back travel to the WPQ, line after the vCPU's last write-back
+    uint64_t wb_rand                 # write-back travel to the WPQ, any other line
+    uint64_t nt_seq                  # nt-store travel to the WPQ, line after the last write-back
+    uint64_t nt_rand                 # nt-store travel to the WPQ, any other line
+    uint64_t dram_wb                 # write-back travel to a DRAM controller
+    uint64_t dram_nt                 # nt-store travel to a DRAM controller
+    uint64_t fence                   # an SFENCE/MFENCE once the write-backs are accepted
+    uint64_t drain_line              # a controller writes one WPQ line to media
     uint64_t fha_write               # one physical flush-hint write
-    uint64_t drain_line              # one WPQ line written to media
+    uint64_t exit                    # VM exit + entry round trip
+    uint64_t write_protect           # EPT-violation handling: decode and emulate the write
+    uint64_t mmio                    # EPT-misconfiguration handling on the fast MMIO path
+    uint64_t hypercall               # VMCALL handling
 
 cdef struct chunk_t:                 # one chunk of host memory (chunk_bytes, a power of two >= 4 KiB)
     uint8_t* mem                     # what CPUs observe; NULL until the chunk is first written
@@ -156,6 +180,7 @@ cdef struct vm_t:                    # one VM as the replay loop sees it
     int fha_mode                     # fha_mode_t
     uint8_t* fanout                  # [n_controllers] 1 = written on a vFHA flush
     uint64_t* drained                # [n_controllers] lines this VM's flushes drained, per controller
+    uint64_t* clock                  # [nvcpus * CK_COUNT] per-vCPU clock words
 
 cdef struct exit_t:                  # the last exit the core did not handle itself
     uint32_t reason                  # exit_reason_t
@@ -189,6 +214,7 @@ cdef class Engine:
     cdef object _wpq_head            # uint32[n_controllers]: oldest slot
     cdef object _wpq_len             # uint32[n_controllers]: entries queued
     cdef object _ctrl_stats          # uint64[n_controllers, CT_COUNT]
+    cdef object _ctrl_busy           # uint64[n_controllers]: ps when each WPQ has drained what it accepted
     cdef object _pool                # uint64[pool_tables * 512]: every VM's EPT tables
     cdef object _free_tables         # list of freed table indices (reused LIFO)
     cdef object _vms                 # dict vm id -> VmArrays (the VM's numpy arrays, by name)
@@ -198,6 +224,7 @@ cdef class Engine:
     cdef uint32_t* whead
     cdef uint32_t* wlen
     cdef uint64_t* cstats
+    cdef uint64_t* cbusy
     cdef ept_entry_t* ept
     cdef vm_t* vms
     cdef readonly uint64_t dram_bytes   # host DRAM at HPA [0, dram_bytes)
@@ -209,7 +236,7 @@ cdef class Engine:
     cdef readonly uint32_t pool_tables
     cdef readonly uint32_t next_table   # high-water mark of the pool
     cdef readonly uint32_t max_vms
-    cdef cost_t cost
+    cdef timing_t tm
     cdef exit_t exit
     cdef readonly int bad_record        # bad_record_t of the last refused record
     cdef readonly uint64_t last_value   # value of the last emulated load
@@ -221,11 +248,14 @@ cdef class Engine:
     cdef void drain_one(self, uint32_t c) noexcept nogil
     cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil
     cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil
-    cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil
+    cdef void wpq_accept(self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil
+    cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil
+    cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st, uint64_t* clk) noexcept nogil
     cdef int walk_leaf(self, vm_t* vm, uint64_t gpa, uint64_t* st, uint64_t* entry,
                        uint64_t* hpa_page, uint64_t* slot) noexcept nogil
     cdef int translate_nogil(self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bint write, uint64_t* st,
                              uint64_t* hpa, uint64_t* entry, uint64_t* tlb_index) noexcept nogil
-    cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, int reason, bint write, uint8_t op) noexcept nogil
+    cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, uint64_t* clk, int reason, bint write,
+                              uint8_t op) noexcept nogil
     cdef int run_nogil(self, const trace_rec_t* ops, uint64_t start, uint64_t n,
                        uint64_t* stopped) noexcept nogil

@@ -47,6 +47,7 @@ cdef extern from *:
 CAPI_VERSION = NVEMU_CAPI_VERSION
 STAT_COUNT = ST_COUNT
 CTRL_STAT_COUNT = CT_COUNT
+CLOCK_COUNT = CK_COUNT
 
 cdef enum:
     E_R = 1
@@ -94,6 +95,15 @@ cdef inline uint64_t load_le(const uint8_t* p, uint32_t size) noexcept nogil:
     else:
         v = p[0]
     return v
+
+
+cdef inline bint _near(uint64_t line, uint64_t last) noexcept nogil:
+    """``line`` is the same as or the one after ``last`` (a sequential access); ~0 is no line."""
+    return last != NO_VPN and (line == last or line == last + 1)
+
+
+cdef inline uint64_t _umax(uint64_t a, uint64_t b) noexcept nogil:
+    return a if a > b else b
 
 
 cdef inline void store_le(uint8_t* p, uint64_t v, uint32_t size) noexcept nogil:
@@ -190,14 +200,17 @@ cdef class Engine:
         self.dram_bytes, self.pmem_base, self.pmem_bytes = L.dram_bytes, L.pmem_base, L.pmem_bytes
         self.n_controllers, self.wpq_depth, self.domain = L.n_controllers, L.wpq_depth, L.domain
         self.pool_tables, self.max_vms = L.pool_tables, L.max_vms
-        (self.cost.op, self.cost.walk_level, self.cost.exit, self.cost.write_protect, self.cost.mmio,
-         self.cost.hypercall, self.cost.fha_write, self.cost.drain_line) = L.costs
+        (self.tm.op, self.tm.walk_ref, self.tm.load_seq, self.tm.load_rand, self.tm.dram_load_seq,
+         self.tm.dram_load_rand, self.tm.flush_issue, self.tm.wb_seq, self.tm.wb_rand, self.tm.nt_seq,
+         self.tm.nt_rand, self.tm.dram_wb, self.tm.dram_nt, self.tm.fence, self.tm.drain_line, self.tm.fha_write,
+         self.tm.exit, self.tm.write_protect, self.tm.mmio, self.tm.hypercall) = L.timing
         nctl, depth = L.n_controllers, L.wpq_depth
         self._wpq_line = np.zeros(nctl * depth, np.uint64)
         self._wpq_data = np.zeros(nctl * depth * 64, np.uint8)
         self._wpq_head = np.zeros(nctl, np.uint32)
         self._wpq_len = np.zeros(nctl, np.uint32)
         self._ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
+        self._ctrl_busy = np.zeros(nctl, np.uint64)
         self._pool = np.zeros(<uint64_t>L.pool_tables * ENTRIES, np.uint64)
         self._free_tables = []
         self._vms = {}
@@ -207,6 +220,7 @@ cdef class Engine:
         self.whead = <uint32_t*>_ptr(self._wpq_head)
         self.wlen = <uint32_t*>_ptr(self._wpq_len)
         self.cstats = <uint64_t*>_ptr(self._ctrl_stats)
+        self.cbusy = <uint64_t*>_ptr(self._ctrl_busy)
         self.ept = <uint64_t*>_ptr(self._pool)
 
     # ---- read-only views of the engine's own tables --------------------------------------------
@@ -284,7 +298,7 @@ cdef class Engine:
             a = self._vms[operator.index(vm)]
             return _state.VmSlot(operator.index(vm), v.root, v.nvcpus, v.tlb_entries, v.running, v.fha_vpn,
                                  v.fha_mode, np.stack([a.tlb_vpn, a.tlb_entry, a.tlb_hpa, a.tlb_slot], axis=1),
-                                 a.stats.copy(), a.fanout.copy(), a.drained.copy())
+                                 a.stats.copy(), a.fanout.copy(), a.drained.copy(), a.clock.copy())
 
     def set_fha(self, vm, fha_gpa, mode, fanout):
         """Register the vFHA page of ``vm`` (or None), how accesses to it are handled (FhaMode)
@@ -325,6 +339,18 @@ cdef class Engine:
         with self.lock:
             _vm(self, vm)
             return self._vms[operator.index(vm)].drained.copy()
+
+    def clock(self, vm):
+        """Per-vCPU clock words of ``vm`` (CLOCK_FIELDS): a copy, ``uint64[nvcpus, CLOCK_COUNT]``."""
+        with self.lock:
+            _vm(self, vm)
+            return self._vms[operator.index(vm)].clock.copy()
+
+    def controller_busy(self):
+        """Per controller, the time (ps) at which its WPQ will have drained every line it accepted."""
+        with self.lock:
+            _live(self)
+            return self._ctrl_busy.copy()
 
     def reset_stats(self, vm):
         with self.lock:
@@ -495,7 +521,6 @@ cdef class Engine:
             s = t * ENTRIES + ((gpa >> shift) & 511)
             e = self.ept[s]
             st[ST_WALK_REFS] += 1
-            st[ST_CYCLES_WALK] += self.cost.walk_level
             if not (e & E_RWX):
                 entry[0] = e
                 return EXIT_EPT_VIOLATION
@@ -613,32 +638,75 @@ cdef class Engine:
         ck.lines[lo] = ((ck.lines[lo] & ~(<uint16_t>LINE_STATE_MASK)) + ONE_COPY) | LINE_QUEUED
         self.cstats[c * CT_COUNT + CT_ENQUEUED] += 1
 
-    cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st) noexcept nogil:
-        """One physical FHA write per fan-out controller, each draining its WPQ fully, FIFO."""
+    cdef void wpq_accept(self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil:
+        """Timing of one write-back reaching controller ``c`` at ``arrival`` (ps). The controller
+        drains continuously, one line per ``drain_line`` ps, so ``ceil((busy - t) / drain_line)``
+        lines occupy its WPQ at time t; a full WPQ stalls the writer until a slot frees."""
+        cdef uint64_t t_line = self.tm.drain_line, busy = self.cbusy[c], reserve, wait = 0
+        reserve = <uint64_t>(self.wpq_depth - 1) * t_line
+        if t_line and busy > reserve and busy - reserve > arrival:
+            wait = busy - reserve - arrival
+            clk[CK_NOW] += wait
+            st[ST_WPQ_STALL_PS] += wait
+        self.cbusy[c] = _umax(busy, arrival + wait) + t_line
+        clk[CK_PENDING] = _umax(clk[CK_PENDING], arrival + wait)
+
+    cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil:
+        """Timing of a line leaving the vCPU (a clwb of a dirty line or an nt-store): it travels to
+        its controller (sequential or random latency) and joins the WPQ there; an nt-store to the
+        line of the open write-combining buffer merges into it. DRAM has no WPQ to wait for."""
+        cdef uint64_t line = hpa >> 6, travel
+        cdef bint seq
+        if nt:
+            if clk[CK_NT_LINE] == line:
+                return
+            clk[CK_NT_LINE] = line
+        seq = _near(line, clk[CK_WB_LINE])
+        clk[CK_WB_LINE] = line
+        if hpa < self.pmem_base:
+            travel = self.tm.dram_nt if nt else self.tm.dram_wb
+            clk[CK_PENDING] = _umax(clk[CK_PENDING], clk[CK_NOW] + travel)
+            return
+        if nt:
+            travel = self.tm.nt_seq if seq else self.tm.nt_rand
+        else:
+            travel = self.tm.wb_seq if seq else self.tm.wb_rand
+        self.wpq_accept(self.controller_of_line((hpa - self.pmem_base) >> 6), clk[CK_NOW] + travel, st, clk)
+
+    cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st, uint64_t* clk) noexcept nogil:
+        """One physical FHA write per fan-out controller, each draining its WPQ fully, FIFO.
+        Time: the writes go out together; each completes when its controller's WPQ is empty, and
+        the vCPU waits for the slowest, not the sum."""
         cdef uint32_t c
-        cdef uint64_t n, total = 0
+        cdef uint64_t n, total = 0, issued = clk[CK_NOW] + self.tm.fha_write, done = 0
         for c in range(self.n_controllers):
             if vm.fanout[c]:
                 st[ST_FHA_WRITES] += 1
-                st[ST_CYCLES_FHA] += self.cost.fha_write
                 self.cstats[c * CT_COUNT + CT_FHA_WRITES] += 1
                 n = self.drain_controller(c)
                 vm.drained[c] += n
                 total += n
+                done = _umax(done, _umax(issued, self.cbusy[c]))
         st[ST_LINES_DRAINED] += total
-        st[ST_CYCLES_DRAIN] += total * self.cost.drain_line
+        if done:
+            st[ST_FHA_PS] += self.tm.fha_write
+            st[ST_DRAIN_WAIT_PS] += done - issued
+            clk[CK_NOW] = done
         return total
 
-    cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, int reason, bint write, uint8_t op) noexcept nogil:
-        """Finish an exit on the vFHA page inside the core when the VM's mode says how."""
+    cdef bint handle_fha_exit(self, vm_t* vm, uint64_t* st, uint64_t* clk, int reason, bint write,
+                              uint8_t op) noexcept nogil:
+        """Finish an exit on the vFHA page inside the core when the VM's mode says how: the
+        round trip, the handling cost of the path, then the fan-out."""
         cdef int mode = vm.fha_mode
         if reason == EXIT_EPT_MISCONFIG and mode == FHA_MMIO:
             st[ST_EXITS_EPT_MISCONFIG] += 1
-            st[ST_CYCLES_EXIT] += self.cost.exit
-            st[ST_CYCLES_MMIO] += self.cost.mmio
+            clk[CK_NOW] += self.tm.exit + self.tm.mmio
+            st[ST_EXIT_PS] += self.tm.exit
+            st[ST_MMIO_PS] += self.tm.mmio
             if write:
                 st[ST_VFHA_WRITES] += 1
-                self.fan_out(vm, st)
+                self.fan_out(vm, st, clk)
             elif op == OP_LOAD:
                 st[ST_VFHA_READS] += 1
                 self.last_value = 0
@@ -647,18 +715,20 @@ cdef class Engine:
             return False
         if mode == FHA_WRITE_PROTECT or mode == FHA_DROP:
             st[ST_EXITS_EPT_VIOLATION] += 1
-            st[ST_CYCLES_EXIT] += self.cost.exit
-            st[ST_CYCLES_WRITE_PROTECT] += self.cost.write_protect
+            clk[CK_NOW] += self.tm.exit + self.tm.write_protect
+            st[ST_EXIT_PS] += self.tm.exit
+            st[ST_WRITE_PROTECT_PS] += self.tm.write_protect
             st[ST_VFHA_WRITES] += 1
             if mode == FHA_WRITE_PROTECT:
-                self.fan_out(vm, st)
+                self.fan_out(vm, st, clk)
             return True
         if mode == FHA_HYPERCALL:
             st[ST_EXITS_VMCALL] += 1
-            st[ST_CYCLES_EXIT] += self.cost.exit
-            st[ST_CYCLES_HYPERCALL] += self.cost.hypercall
+            clk[CK_NOW] += self.tm.exit + self.tm.hypercall
+            st[ST_EXIT_PS] += self.tm.exit
+            st[ST_HYPERCALL_PS] += self.tm.hypercall
             st[ST_VFHA_WRITES] += 1
-            self.fan_out(vm, st)
+            self.fan_out(vm, st, clk)
             return True
         return False
 
@@ -667,18 +737,19 @@ cdef class Engine:
         """Replay ``ops[start:n]``. Returns RUN_DONE, or RUN_EXIT / RUN_BAD_RECORD / RUN_NO_MEMORY
         with ``stopped[0]`` the index of the record (the exit in ``self.exit``, the reason a record
         was refused in ``self.bad_record``, the allocation failure in ``self.alloc_error``)."""
-        cdef uint64_t i, hpa, entry, idx, line, value, ts, off
+        cdef uint64_t i, hpa, entry, idx, line, value, ts, off, refs, t
         cdef const trace_rec_t* r
         cdef vm_t* vm
         cdef chunk_t* ck
         cdef uint64_t* st
+        cdef uint64_t* clk
         cdef uint32_t size
         cdef uint8_t op
         cdef bint write
         cdef int rc
         cdef uint64_t pmem_base = self.pmem_base
         cdef uint64_t chunk_mask = self.chunk_mask
-        cdef uint64_t cost_op = self.cost.op
+        cdef uint64_t t_op = self.tm.op
         cdef uint32_t max_vms = self.max_vms
         for i in range(start, n):
             r = &ops[i]
@@ -693,6 +764,7 @@ cdef class Engine:
                 stopped[0] = i
                 return RUN_BAD_RECORD
             st = vm.stats + <uint64_t>r.vcpu * ST_COUNT
+            clk = vm.clock + <uint64_t>r.vcpu * CK_COUNT
             if op >= OP_SFENCE:
                 if op > OP_MFENCE:
                     self.bad_record = BAD_OP
@@ -700,7 +772,12 @@ cdef class Engine:
                     return RUN_BAD_RECORD
                 st[op] += 1
                 st[ST_OPS] += 1
-                st[ST_CYCLES_OPS] += cost_op
+                st[ST_OPS_PS] += t_op
+                # a fence waits until the vCPU's write-backs are accepted, then closes its WC buffer
+                t = _umax(clk[CK_NOW] + t_op, clk[CK_PENDING])
+                st[ST_FENCE_PS] += t - clk[CK_NOW] - t_op + self.tm.fence
+                clk[CK_NOW] = t + self.tm.fence
+                clk[CK_NT_LINE] = NO_VPN
                 continue
             if r.gpa >= GPA_LIMIT:
                 self.bad_record = BAD_GPA
@@ -729,16 +806,22 @@ cdef class Engine:
                 write = False
             st[op] += 1
             st[ST_OPS] += 1
-            st[ST_CYCLES_OPS] += cost_op
+            st[ST_OPS_PS] += t_op
+            clk[CK_NOW] += t_op
+            refs = st[ST_WALK_REFS]
             rc = self.translate_nogil(vm, r.vcpu, r.gpa, write, st, &hpa, &entry, &ts)
+            refs = (st[ST_WALK_REFS] - refs) * self.tm.walk_ref
+            st[ST_WALK_PS] += refs
+            clk[CK_NOW] += refs
             if rc:
-                if (r.gpa >> 12) == vm.fha_vpn and self.handle_fha_exit(vm, st, rc, write, op):
+                if (r.gpa >> 12) == vm.fha_vpn and self.handle_fha_exit(vm, st, clk, rc, write, op):
                     continue
                 if rc == EXIT_EPT_MISCONFIG:
                     st[ST_EXITS_EPT_MISCONFIG] += 1
                 else:
                     st[ST_EXITS_EPT_VIOLATION] += 1
-                st[ST_CYCLES_EXIT] += self.cost.exit
+                st[ST_EXIT_PS] += self.tm.exit
+                clk[CK_NOW] += self.tm.exit
                 self.exit.reason = rc
                 self.exit.qualification = _qualification(rc, write, entry)
                 self.exit.gpa = r.gpa
@@ -752,7 +835,7 @@ cdef class Engine:
                 if write:
                     st[ST_VFHA_WRITES] += 1
                     if vm.fha_mode == FHA_NATIVE:
-                        self.fan_out(vm, st)
+                        self.fan_out(vm, st, clk)
                         continue
                 elif op == OP_LOAD:
                     st[ST_VFHA_READS] += 1
@@ -772,6 +855,13 @@ cdef class Engine:
                 value = load_le(ck.mem + off, size) if ck.mem != NULL else 0
                 st[ST_LOAD_SUM] += value
                 self.last_value = value
+                if hpa >= pmem_base:
+                    t = self.tm.load_seq if _near(hpa >> 6, clk[CK_LOAD_LINE]) else self.tm.load_rand
+                else:
+                    t = self.tm.dram_load_seq if _near(hpa >> 6, clk[CK_LOAD_LINE]) else self.tm.dram_load_rand
+                clk[CK_LOAD_LINE] = hpa >> 6
+                clk[CK_NOW] += t
+                st[ST_LOAD_PS] += t
             elif op <= OP_NT_STORE:
                 store_le(ck.mem + off, r.value, size)
                 if hpa >= pmem_base:
@@ -779,10 +869,17 @@ cdef class Engine:
                         ck.lines[off >> 6] = (ck.lines[off >> 6] & ~(<uint16_t>LINE_STATE_MASK)) | LINE_DIRTY
                     else:
                         self.enqueue(ck, (hpa - pmem_base) >> 6)
-            elif hpa >= pmem_base and ck.lines != NULL:
-                if (ck.lines[off >> 6] & LINE_STATE_MASK) == LINE_DIRTY:
+                if op == OP_NT_STORE:
+                    self.write_back(hpa, True, st, clk)
+            else:
+                clk[CK_NOW] += self.tm.flush_issue
+                st[ST_FLUSH_PS] += self.tm.flush_issue
+                if hpa < pmem_base:
+                    self.write_back(hpa, False, st, clk)     # DRAM lines are not tracked: always written back
+                elif ck.lines != NULL and (ck.lines[off >> 6] & LINE_STATE_MASK) == LINE_DIRTY:
                     self.enqueue(ck, (hpa - pmem_base) >> 6)
                     st[ST_LINES_FLUSHED] += 1
+                    self.write_back(hpa, False, st, clk)
         stopped[0] = n
         return RUN_DONE
 

@@ -212,6 +212,7 @@ cdef _load_state(Engine self, dict s, list vms):
         idx = _index(self, hpa)
         self.chunk_at(idx, False).lines[(idx & self.chunk_mask) >> 6] += ONE_COPY
     self._ctrl_stats[:] = s["ctrl_stats"]
+    self._ctrl_busy[:] = s["ctrl_busy"]
     self._pool[:] = 0
     pool = self._pool.reshape(-1, ENTRIES)
     for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
@@ -221,6 +222,6 @@ cdef _load_state(Engine self, dict s, list vms):
     for slot in vms:
         a = VmArrays(slot.nvcpus, slot.tlb_entries, self.n_controllers)
         a.tlb_vpn[:], a.tlb_entry[:], a.tlb_hpa[:], a.tlb_slot[:] = slot.tlb.T
-        a.stats[:], a.fanout[:], a.drained[:] = slot.stats, slot.fanout, slot.drained
+        a.stats[:], a.fanout[:], a.drained[:], a.clock[:] = slot.stats, slot.fanout, slot.drained, slot.clock
         _install_vm(self, slot.vm, slot.root, slot.nvcpus, slot.tlb_entries, slot.running, slot.fha_vpn,
                     slot.fha_mode, a)

@@ -9,7 +9,7 @@ def _readonly(arr):
 class VmArrays:
     """The numpy arrays behind one VM slot, by name (the slot's raw pointers borrow them)."""
 
-    __slots__ = ("tlb_vpn", "tlb_entry", "tlb_hpa", "tlb_slot", "tlb_chunk", "stats", "fanout", "drained")
+    __slots__ = ("tlb_vpn", "tlb_entry", "tlb_hpa", "tlb_slot", "tlb_chunk", "stats", "fanout", "drained", "clock")
 
     def __init__(self, nvcpus, tlb_entries, n_controllers):
         n = nvcpus * tlb_entries
@@ -21,6 +21,8 @@ class VmArrays:
         self.stats = np.zeros((nvcpus, ST_COUNT), np.uint64)
         self.fanout = np.zeros(n_controllers, np.uint8)
         self.drained = np.zeros(n_controllers, np.uint64)
+        self.clock = np.zeros((nvcpus, CK_COUNT), np.uint64)     # time 0, nothing pending, no last lines
+        self.clock[:, CK_LOAD_LINE:] = NO_VPN
 
 
 cdef uint32_t _alloc_table(Engine e) except? 0xFFFFFFFF:
@@ -78,6 +80,7 @@ cdef _install_vm(Engine e, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_
     v.stats = <uint64_t*>_ptr(a.stats)
     v.fanout = <uint8_t*>_ptr(a.fanout)
     v.drained = <uint64_t*>_ptr(a.drained)
+    v.clock = <uint64_t*>_ptr(a.clock)
     hpa, chunk = v.tlb_hpa, v.tlb_chunk
     for k in range(n):
         chunk[k] = e.chunk_at(_index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY

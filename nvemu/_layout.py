@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ._constants import TIMING_FIELDS
 from .errors import ConfigError
 
 HPA_LIMIT = 1 << 52
@@ -92,7 +93,7 @@ class EngineLayout:
     n_controllers: int
     wpq_depth: int
     domain: int
-    costs: tuple[int, ...]
+    timing: tuple[int, ...]       # picoseconds per event, in the order of _constants.TIMING_FIELDS
     pool_tables: int = 4096
     max_vms: int = 256
     chunk_shift: int = CHUNK_SHIFT      # log2 of the bytes of one chunk of host memory
@@ -137,7 +138,7 @@ class CheckedLayout:
     chunk_shift: int
     memory_budget: int
     huge_pages: bool
-    costs: tuple[int, ...]
+    timing: tuple[int, ...]  # picoseconds per event, in the order of _constants.TIMING_FIELDS
     sets: tuple[tuple[int, int, int, tuple[int, ...]], ...]   # (hpa_base, length, granularity, controllers)
 
 
@@ -153,7 +154,7 @@ def check_layout(layout: Any) -> CheckedLayout:
             pmem_base=integer(layout.pmem_base, "pmem_base"),
             chunk_shift=integer(layout.chunk_shift, "chunk_shift", 12, 31),
             memory_budget=integer(layout.budget(), "memory_budget"), huge_pages=bool(layout.huge_pages),
-            costs=tuple(integer(c, "cost") for c in layout.costs))
+            timing=tuple(integer(t, "timing") for t in layout.timing))
         sets = tuple((integer(s.hpa_base, "set hpa_base"), integer(s.length, "set length", 1),
                       integer(s.granularity, "set granularity", 64),
                       tuple(integer(c, "set controller", 0, nctl) for c in s.controllers)) for s in layout.sets)
@@ -161,8 +162,8 @@ def check_layout(layout: Any) -> CheckedLayout:
         raise ConfigError(f"not an engine layout: {e}") from None
     dram, base = out["dram_bytes"], out["pmem_base"]
     pmem_bytes = sum(length for _, length, _, _ in sets)
-    if len(out["costs"]) != 8 or any(c >= 1 << 63 for c in out["costs"]):
-        raise ConfigError("costs must be 8 non-negative cycle counts below 2**63")
+    if len(out["timing"]) != len(TIMING_FIELDS) or any(t >= 1 << 40 for t in out["timing"]):
+        raise ConfigError(f"timing must be {len(TIMING_FIELDS)} non-negative picosecond counts below 2**40")
     if dram % 4096 or base % 4096 or dram > base:
         raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
     if base + pmem_bytes > HPA_LIMIT:

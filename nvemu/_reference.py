@@ -14,10 +14,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._constants import (COST_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE,
-                         EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason, FhaMode, GPA_LIMIT, LineState,
-                         Op, QUAL_ENTRY_SHIFT, QUAL_FINAL_TRANSLATION, QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE,
-                         RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES, TRACE_DTYPE)
+from ._constants import (CLOCK, CLOCK_FIELDS, NO_LINE, TIMING_FIELDS, BadRecord, CTRL_STAT, Domain, EPT_ACCESSED,
+                         EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE, EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason,
+                         FhaMode, GPA_LIMIT, LineState, Op, QUAL_ENTRY_SHIFT, QUAL_FINAL_TRANSLATION,
+                         QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE, RunStatus, STAT, STAT_NAMES, CTRL_STAT_NAMES,
+                         TRACE_DTYPE)
 from . import _state
 from ._image import DurableImage
 from ._constants import LINE_BYTES as LINE, PAGE_BYTES as PAGE
@@ -25,9 +26,10 @@ from ._layout import EngineLayout, InterleaveLayout, budget_message, check_layou
 from ._records import record_code
 from .errors import ConfigError, GuestFault, ResourceError, TraceError
 
-CAPI_VERSION = 3
+CAPI_VERSION = 4
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
+CLOCK_COUNT = len(CLOCK_FIELDS)
 
 
 def exit_qualification(reason: int, write: bool, entry: int) -> int:
@@ -51,6 +53,8 @@ class _Vm:
         self.fha_mode = FhaMode.NONE
         self.fanout: list[int] = []
         self.drained = [0] * n_controllers      # lines this VM's flushes drained, per controller
+        # clock[vcpu] = [now ps, pending ps, last load line, last write-back line, open nt line]
+        self.clock = [[0, 0, NO_LINE, NO_LINE, NO_LINE] for _ in range(nvcpus)]
         self.running = True
 
 
@@ -62,7 +66,7 @@ class Engine:
         self.dram_bytes, self.pmem_base, self.pmem_bytes = L.dram_bytes, L.pmem_base, L.pmem_bytes
         self.n_controllers, self.wpq_depth, self.domain = L.n_controllers, L.wpq_depth, L.domain
         self.pool_tables, self.max_vms = L.pool_tables, L.max_vms
-        self.cost = dict(zip(COST_FIELDS, L.costs))
+        self.tm = dict(zip(TIMING_FIELDS, L.timing))
         self.sets = [InterleaveLayout(*s) for s in L.sets]
         self.chunk_shift, self.memory_budget, self.pmem_index = L.chunk_shift, L.memory_budget, L.pmem_index
         self.touched: set[int] = set()          # memory index of every chunk written (the directory)
@@ -75,6 +79,7 @@ class Engine:
         self.copies: dict[int, int] = {}        # line HPA -> copies of it in WPQs
         self.wpq: list[deque[tuple[int, bytes]]] = [deque() for _ in range(self.n_controllers)]
         self.ctrl = [[0] * CTRL_STAT_COUNT for _ in range(self.n_controllers)]
+        self.busy = [0] * self.n_controllers    # ps at which each WPQ has drained all it accepted
         self.pool: dict[int, list[int]] = {}    # table index -> 512 entries
         self.free_tables: list[int] = []
         self.next_table = 0
@@ -186,18 +191,56 @@ class Engine:
             n += 1
         return n
 
-    def _fan_out(self, vm: _Vm, st: list[int]) -> None:
+    def _wpq_accept(self, c: int, arrival: int, st: list[int], clock: list[int]) -> None:
+        """A write-back reaches controller c at ``arrival``. The controller writes one line to media
+        every ``drain_line`` ps, without pause while it has any; so at time t its WPQ holds
+        ceil((busy - t) / drain_line) lines. When that is the whole depth the writer stalls."""
+        per_line = self.tm["drain_line"]
+        wait = 0
+        if per_line:
+            slot_free = self.busy[c] - (self.wpq_depth - 1) * per_line
+            wait = max(0, slot_free - arrival)
+        clock[CLOCK["now"]] += wait
+        st[STAT["wpq_stall_ps"]] += wait
+        self.busy[c] = max(self.busy[c], arrival + wait) + per_line
+        clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], arrival + wait)
+
+    def _write_back(self, hpa: int, nt: bool, st: list[int], clock: list[int]) -> None:
+        """Timing of a line leaving the vCPU: travel (sequential when it follows the vCPU's last
+        write-back), then the WPQ; an nt-store to the open write-combining line merges."""
+        line = hpa // LINE
+        if nt:
+            if clock[CLOCK["nt_line"]] == line:
+                return
+            clock[CLOCK["nt_line"]] = line
+        last = clock[CLOCK["wb_line"]]
+        seq = last != NO_LINE and line in (last, last + 1)
+        clock[CLOCK["wb_line"]] = line
+        if not self._is_pmem(hpa):
+            travel = self.tm["dram_nt" if nt else "dram_wb"]
+            clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], clock[CLOCK["now"]] + travel)
+            return
+        travel = self.tm[("nt_" if nt else "wb_") + ("seq" if seq else "rand")]
+        self._wpq_accept(self.controller_of(hpa), clock[CLOCK["now"]] + travel, st, clock)
+
+    def _fan_out(self, vm: _Vm, st: list[int], clock: list[int]) -> None:
         total = 0
+        issued = clock[CLOCK["now"]] + self.tm["fha_write"]
+        done = None
         for c in range(self.n_controllers):
             if c in vm.fanout:
                 st[STAT["fha_writes"]] += 1
-                st[STAT["cycles_fha"]] += self.cost["fha_write"]
                 self.ctrl[c][CTRL_STAT["fha_writes"]] += 1
                 n = self._drain_controller(c)
                 vm.drained[c] += n
                 total += n
+                finished = max(issued, self.busy[c])    # the hint write returns once the WPQ is empty
+                done = finished if done is None else max(done, finished)
         st[STAT["lines_drained"]] += total
-        st[STAT["cycles_drain"]] += total * self.cost["drain_line"]
+        if done is not None:                            # the slowest controller, not the sum
+            st[STAT["fha_ps"]] += self.tm["fha_write"]
+            st[STAT["drain_wait_ps"]] += done - issued
+            clock[CLOCK["now"]] = done
 
     def drain(self, controllers: Iterable[int]) -> int:
         total = 0
@@ -285,6 +328,12 @@ class Engine:
         v = self._vm(vm)
         v.stats = [[0] * STAT_COUNT for _ in range(v.nvcpus)]
         v.drained = [0] * self.n_controllers
+
+    def clock(self, vm: int) -> np.ndarray:
+        return np.array(self._vm(vm).clock, dtype=np.uint64)
+
+    def controller_busy(self) -> np.ndarray:
+        return np.array(self.busy, dtype=np.uint64)
 
     def _flush_tlbs(self, v: _Vm) -> None:
         for cpu in range(v.nvcpus):
@@ -416,7 +465,6 @@ class Engine:
             i = self._index(gpa, level)
             e = self.pool[t][i]
             st[STAT["walk_refs"]] += 1
-            st[STAT["cycles_walk"]] += self.cost["walk_level"]
             if not e & EPT_RWX:
                 return ExitReason.EPT_VIOLATION, e, 0, (0, 0)
             if e & (EPT_R | EPT_W) == EPT_W:
@@ -468,37 +516,31 @@ class Engine:
 
     # ---- the replay loop ----------------------------------------------------------------------
 
-    def _handle_fha_exit(self, v: _Vm, st: list[int], reason: int, write: bool, op: int) -> bool:
-        mode, cost = v.fha_mode, self.cost
+    def _handle_fha_exit(self, v: _Vm, st: list[int], clock: list[int], reason: int, write: bool, op: int) -> bool:
+        mode, tm = v.fha_mode, self.tm
         if reason == ExitReason.EPT_MISCONFIG and mode == FhaMode.MMIO:
-            st[STAT["exits_ept_misconfig"]] += 1
-            st[STAT["cycles_exit"]] += cost["exit"]
-            st[STAT["cycles_mmio"]] += cost["mmio"]
-            if write:
-                st[STAT["vfha_writes"]] += 1
-                self._fan_out(v, st)
-            elif op == Op.LOAD:
-                st[STAT["vfha_reads"]] += 1
-                self.last_value = 0      # an emulated MMIO read returns 0
-            return True
-        if reason != ExitReason.EPT_VIOLATION or not write:
+            path = "mmio"
+        elif reason != ExitReason.EPT_VIOLATION or not write:
             return False
-        if mode in (FhaMode.WRITE_PROTECT, FhaMode.DROP):
-            st[STAT["exits_ept_violation"]] += 1
-            st[STAT["cycles_exit"]] += cost["exit"]
-            st[STAT["cycles_write_protect"]] += cost["write_protect"]
+        elif mode in (FhaMode.WRITE_PROTECT, FhaMode.DROP):
+            path = "write_protect"
+        elif mode == FhaMode.HYPERCALL:
+            path = "hypercall"
+        else:
+            return False
+        st[STAT[{"mmio": "exits_ept_misconfig", "write_protect": "exits_ept_violation",
+                 "hypercall": "exits_vmcall"}[path]]] += 1
+        clock[CLOCK["now"]] += tm["exit"] + tm[path]
+        st[STAT["exit_ps"]] += tm["exit"]
+        st[STAT[path + "_ps"]] += tm[path]
+        if write:
             st[STAT["vfha_writes"]] += 1
-            if mode == FhaMode.WRITE_PROTECT:
-                self._fan_out(v, st)
-            return True
-        if mode == FhaMode.HYPERCALL:
-            st[STAT["exits_vmcall"]] += 1
-            st[STAT["cycles_exit"]] += cost["exit"]
-            st[STAT["cycles_hypercall"]] += cost["hypercall"]
-            st[STAT["vfha_writes"]] += 1
-            self._fan_out(v, st)
-            return True
-        return False
+            if mode != FhaMode.DROP:
+                self._fan_out(v, st, clock)
+        elif op == Op.LOAD:
+            st[STAT["vfha_reads"]] += 1
+            self.last_value = 0      # an emulated MMIO read returns 0
+        return True
 
     def _check_record(self, op: int, vm: int, cpu: int, size: int, gpa: int, value: int) -> BadRecord:
         if vm not in self.vms or not self.vms[vm].running:
@@ -532,20 +574,33 @@ class Engine:
     def _step(self, i: int, op: int, vm: int, cpu: int, size: int, gpa: int, value: int) -> bool:
         """Execute one valid record; False when it exits to Python (``self.exit`` says why)."""
         v = self.vms[vm]
-        st = v.stats[cpu]
+        st, clock = v.stats[cpu], v.clock[cpu]
+        tm = self.tm
         st[op] += 1
         st[STAT["ops"]] += 1
-        st[STAT["cycles_ops"]] += self.cost["op"]
+        st[STAT["ops_ps"]] += tm["op"]
         if op in (Op.SFENCE, Op.MFENCE):
-            return True                      # fences are counted; nothing is reordered here
+            # wait until every write-back of this vCPU is accepted, then close its WC buffer
+            start = clock[CLOCK["now"]]
+            ready = max(start + tm["op"], clock[CLOCK["pending"]])
+            clock[CLOCK["now"]] = ready + tm["fence"]
+            st[STAT["fence_ps"]] += ready + tm["fence"] - start - tm["op"]
+            clock[CLOCK["nt_line"]] = NO_LINE
+            return True
+        clock[CLOCK["now"]] += tm["op"]
         write = op in (Op.STORE, Op.NT_STORE)
         on_fha = (gpa >> 12) == v.fha_vpn
+        refs = st[STAT["walk_refs"]]
         rc, result = self._translate(v, cpu, gpa, write, st)
+        walk = (st[STAT["walk_refs"]] - refs) * tm["walk_ref"]
+        st[STAT["walk_ps"]] += walk
+        clock[CLOCK["now"]] += walk
         if rc:
-            if on_fha and self._handle_fha_exit(v, st, rc, write, op):
+            if on_fha and self._handle_fha_exit(v, st, clock, rc, write, op):
                 return True
             st[STAT["exits_ept_misconfig" if rc == ExitReason.EPT_MISCONFIG else "exits_ept_violation"]] += 1
-            st[STAT["cycles_exit"]] += self.cost["exit"]
+            st[STAT["exit_ps"]] += tm["exit"]
+            clock[CLOCK["now"]] += tm["exit"]
             self.exit = (rc, exit_qualification(rc, write, result), gpa, i, vm, cpu, op)
             return False
         hpa = result
@@ -553,7 +608,7 @@ class Engine:
             if write:
                 st[STAT["vfha_writes"]] += 1
                 if v.fha_mode == FhaMode.NATIVE:
-                    self._fan_out(v, st)   # the physical FHAs, written directly
+                    self._fan_out(v, st, clock)   # the physical FHAs, written directly
                     return True
             elif op == Op.LOAD:
                 st[STAT["vfha_reads"]] += 1
@@ -562,6 +617,12 @@ class Engine:
             loaded = int.from_bytes(self._get(self.mem, hpa, size), "little")
             st[STAT["load_sum"]] = (st[STAT["load_sum"]] + loaded) % (1 << 64)
             self.last_value = loaded
+            last = clock[CLOCK["load_line"]]
+            seq = last != NO_LINE and hpa // LINE in (last, last + 1)
+            latency = tm[("" if self._is_pmem(hpa) else "dram_") + ("load_seq" if seq else "load_rand")]
+            clock[CLOCK["load_line"]] = hpa // LINE
+            clock[CLOCK["now"]] += latency
+            st[STAT["load_ps"]] += latency
         elif write:
             try:
                 self._touch(hpa)
@@ -573,9 +634,17 @@ class Engine:
                     self.state[line] = LineState.DIRTY
                 else:
                     self._enqueue(line)      # a non-temporal store goes straight to the WPQ
-        elif self._is_pmem(hpa) and self.state.get(line) == LineState.DIRTY:
-            self._enqueue(line)
-            st[STAT["lines_flushed"]] += 1
+            if op == Op.NT_STORE:
+                self._write_back(hpa, True, st, clock)
+        else:
+            clock[CLOCK["now"]] += tm["flush_issue"]
+            st[STAT["flush_ps"]] += tm["flush_issue"]
+            if not self._is_pmem(hpa):
+                self._write_back(hpa, False, st, clock)     # DRAM lines are not tracked: always written back
+            elif self.state.get(line) == LineState.DIRTY:
+                self._enqueue(line)
+                st[STAT["lines_flushed"]] += 1
+                self._write_back(hpa, False, st, clock)
         return True
 
     @property
@@ -680,7 +749,7 @@ class Engine:
                              _state.NO_VPN if v.fha_vpn is None else v.fha_vpn, int(v.fha_mode),
                              np.array(rows, np.uint64).reshape(-1, 4), np.array(v.stats, np.uint64),
                              np.array([int(c in v.fanout) for c in range(self.n_controllers)], np.uint8),
-                             np.array(v.drained, np.uint64))
+                             np.array(v.drained, np.uint64), np.array(v.clock, np.uint64).reshape(-1, CLOCK_COUNT))
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Everything that evolves, in the canonical form (``nvemu._state``)."""
@@ -710,6 +779,7 @@ class Engine:
             self.wpq[c].append((line, data.tobytes()))
             self.copies[line] = self.copies.get(line, 0) + 1
         self.ctrl = s["ctrl_stats"].tolist()
+        self.busy = s["ctrl_busy"].tolist()
         self.pool = {int(t): [int(e) for e in row] for t, row in zip(s["table_ids"], s["table_data"])}
         self.free_tables = s["free_tables"].tolist()
         self.next_table, self.last_value = (int(x) for x in s["scalars"])
@@ -722,6 +792,7 @@ class Engine:
             v.fanout = [c for c, on in enumerate(slot.fanout.tolist()) if on]
             v.stats = slot.stats.tolist()
             v.drained = slot.drained.tolist()
+            v.clock = slot.clock.tolist()
             rows = slot.tlb.tolist()
             for cpu in range(slot.nvcpus):
                 for k in range(slot.tlb_entries):

@@ -6,8 +6,9 @@ same accessors (``memory_pages``, ``media_pages``, ``line_states``, ``wpq_entrie
 ``set_state`` loads what :func:`check` returned into its own structures. The canonical form
 is a dict of numpy arrays: non-zero 4 KiB pages of memory and media (so its size follows what was
 touched, not the host), non-clean lines, WPQ entries oldest first, allocated page tables, counters,
-and per VM its meta numbers, fan-out, stats, drained lines and TLB rows ``(vpn, entry, hpa, leaf
-slot)``. :func:`check` validates everything the unchecked kernels will index by before changing anything.
+and per VM its meta numbers, fan-out, stats, drained lines, clocks and TLB rows ``(vpn, entry, hpa,
+leaf slot)``; the controllers' busy-until times. :func:`check` validates everything the unchecked
+kernels will index by before changing anything.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from ._constants import CTRL_STAT_NAMES, Domain, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode, LineState
-from ._constants import STAT_NAMES
+from ._constants import (CLOCK_FIELDS, CTRL_STAT_NAMES, Domain, EPT_ADDR_MASK, EPT_LARGE, EPT_RWX, EPT_W, FhaMode,
+                         LineState, STAT_NAMES)
 from ._constants import EPT_ENTRIES as ENTRIES, LINE_BYTES as LINE, NO_VPN, PAGE_BYTES as PAGE
 from .errors import ConfigError
 
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
+CLOCK_COUNT = len(CLOCK_FIELDS)
 
 _TOP = (("memory_hpa", np.uint64, None), ("memory_data", np.uint8, (PAGE,)),
         ("media_hpa", np.uint64, None), ("media_data", np.uint8, (PAGE,)),
         ("line_hpa", np.uint64, None), ("line_state", np.uint8, None),
         ("wpq_ctrl", np.uint32, None), ("wpq_line", np.uint64, None), ("wpq_data", np.uint8, (LINE,)),
-        ("ctrl_stats", np.uint64, (CTRL_STAT_COUNT,)), ("table_ids", np.uint32, None),
+        ("ctrl_stats", np.uint64, (CTRL_STAT_COUNT,)), ("ctrl_busy", np.uint64, None), ("table_ids", np.uint32, None),
         ("table_data", np.uint64, (ENTRIES,)), ("free_tables", np.uint32, None),
         ("scalars", np.uint64, None), ("vm_ids", np.uint32, None))
 
@@ -49,6 +51,7 @@ class VmSlot:
     stats: np.ndarray       # uint64[nvcpus, STAT_COUNT]
     fanout: np.ndarray      # uint8[n_controllers]
     drained: np.ndarray     # uint64[n_controllers]
+    clock: np.ndarray       # uint64[nvcpus, CLOCK_COUNT]: each vCPU's clock words (_constants.CLOCK_FIELDS)
 
     def meta(self) -> np.ndarray:
         return np.array([self.root, self.nvcpus, self.tlb_entries, int(self.running), self.fha_vpn,
@@ -75,6 +78,7 @@ def capture(engine: Any) -> dict[str, np.ndarray]:
             "wpq_line": np.array([w[1] for w in wpq], np.uint64),
             "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, LINE),
             "ctrl_stats": np.asarray(engine.controller_stats(), np.uint64).copy(),
+            "ctrl_busy": np.asarray(engine.controller_busy(), np.uint64).copy(),
             "table_ids": np.asarray(ids, np.uint32),
             "table_data": np.asarray(rows, np.uint64).reshape(-1, ENTRIES),
             "free_tables": np.array(engine.free_table_list(), np.uint32),
@@ -90,6 +94,7 @@ def capture(engine: Any) -> dict[str, np.ndarray]:
             out[f"vm{vm}_stats"] = np.array(s.stats, np.uint64)
             out[f"vm{vm}_drained"] = np.array(s.drained, np.uint64)
             out[f"vm{vm}_tlb"] = tlb
+            out[f"vm{vm}_clock"] = np.array(s.clock, np.uint64).reshape(-1, CLOCK_COUNT)
     return out
 
 
@@ -137,7 +142,8 @@ def check_vm_slot(engine: Any, s: VmSlot) -> None:
     if not FhaMode.NONE <= s.fha_mode <= FhaMode.NATIVE:
         raise ConfigError(f"vm {vm}: fha mode {s.fha_mode} is not an FhaMode")
     nctl = engine.n_controllers
-    for a, shape in ((s.tlb, (n, 4)), (s.stats, (s.nvcpus, STAT_COUNT)), (s.fanout, (nctl,)), (s.drained, (nctl,))):
+    for a, shape in ((s.tlb, (n, 4)), (s.stats, (s.nvcpus, STAT_COUNT)), (s.fanout, (nctl,)), (s.drained, (nctl,)),
+                     (s.clock, (s.nvcpus, CLOCK_COUNT))):
         if not isinstance(a, np.ndarray) or a.shape != shape:
             raise ConfigError(f"vm {vm}: state array of shape {getattr(a, 'shape', None)} where {shape} is needed")
 
@@ -211,8 +217,8 @@ def check(engine: Any, state: Any) -> tuple[dict[str, np.ndarray], list[VmSlot]]
     if (s["wpq_ctrl"] >= engine.n_controllers).any() or \
             (np.bincount(s["wpq_ctrl"], minlength=engine.n_controllers) > engine.wpq_depth).any():
         raise ConfigError("engine state: WPQ entries name a missing controller or overfill a queue")
-    if s["ctrl_stats"].shape[0] != engine.n_controllers:
-        raise ConfigError("engine state: ctrl_stats has the wrong number of controllers")
+    if s["ctrl_stats"].shape[0] != engine.n_controllers or len(s["ctrl_busy"]) != engine.n_controllers:
+        raise ConfigError("engine state: ctrl_stats or ctrl_busy has the wrong number of controllers")
     if len(s["scalars"]) != 2 or s["scalars"][0] > engine.pool_tables:
         raise ConfigError("engine state: scalars are not (next_table, last_value)")
     tables = np.concatenate([s["table_ids"], s["free_tables"]])
@@ -231,7 +237,8 @@ def check(engine: Any, state: Any) -> tuple[dict[str, np.ndarray], list[VmSlot]]
             raise ConfigError(f"engine state: vm {vm}'s root table {root} is not among the tables")
         slot = VmSlot(vm, root, nvcpus, tlb_entries, bool(running), fha_vpn, fha_mode,
                       get(f"vm{vm}_tlb", np.uint64, (4,)), get(f"vm{vm}_stats", np.uint64, (STAT_COUNT,)),
-                      get(f"vm{vm}_fanout", np.uint8), get(f"vm{vm}_drained", np.uint64))
+                      get(f"vm{vm}_fanout", np.uint8), get(f"vm{vm}_drained", np.uint64),
+                      get(f"vm{vm}_clock", np.uint64, (CLOCK_COUNT,)))
         check_vm_slot(engine, slot)
         valid = slot.tlb[:, 0] != NO_VPN
         if (slot.tlb[valid, 3] >= s["scalars"][0] * ENTRIES).any():

@@ -13,7 +13,7 @@ import pytest
 
 import nvemu
 from nvemu import ExitReason, Hypervisor
-from nvemu._constants import RunStatus
+from nvemu._constants import CLOCK, RunStatus
 
 from conftest import needs_compiled
 
@@ -77,6 +77,7 @@ def test_the_readme_snippet_compiles_and_runs_as_written(tmp_path):
     hv = Hypervisor("small")
     vm = hv.create_vm(dram=1 << 20, nvdimms=[1 << 20]).start()
     g = vm.nvdimms[0].gpa
-    status, rc, hpa = snippet.store(hv.platform.engine, vm.id, g + 8, 42)
+    status, rc, hpa, now = snippet.store(hv.platform.engine, vm.id, g + 8, 42)
     assert (status, rc, hpa) == (RunStatus.DONE, 0, vm.nvdimms[0].hpa + 8)
+    assert now == hv.platform.engine.clock(vm.id)[0, CLOCK["now"]] > 0     # the store's time, read nogil
     assert vm.read(g + 8, 8) == (42).to_bytes(8, "little")

@@ -32,13 +32,16 @@ def test_demo_table(capsys, tmp_path):
                   "auto -> writable (no-wpq-flush host)"):
         assert label in out
     doc = json.loads((tmp_path / "d.json").read_text())
-    assert doc["schema_version"] == 1 and doc["kind"] == "demo" and doc["parameters"]["ops"] == 6500
+    assert doc["schema_version"] == 2 and doc["kind"] == "demo" and doc["parameters"]["ops"] == 6500
     assert doc["exit_reasons"] == {"ept_violation": 48, "ept_misconfig": 49, "vmcall": 18}
     rows = {r["label"]: r for r in doc["rows"]}
     wp, mmio, hc = rows["write-protect"], rows["mmio"], rows["hypercall"]
     assert (wp["exits_ept_violation"], mmio["exits_ept_misconfig"], hc["exits_vmcall"]) == (10, 10, 10)
     assert wp["lines_drained"] == mmio["lines_drained"] == hc["lines_drained"] > 0
-    assert mmio["cycles_per_op"] > wp["cycles_per_op"]
+    native = rows["native (no VM)"]
+    assert native["exits"] == 0 and native["overhead_vs_native"] == 1
+    assert all(r["ns_per_op"] > native["ns_per_op"] for r in (wp, mmio, hc))
+    assert wp["overhead_vs_native"] == wp["ns_per_op"] / native["ns_per_op"]
     assert rows["auto -> writable (no-wpq-flush host)"]["exits_ept_violation"] == 0
     assert rows["writable"]["lines_drained"] == 0
 
@@ -96,7 +99,7 @@ def test_demo_streams_its_trace_in_chunks(monkeypatch, capsys):
 
     monkeypatch.setattr(demo, "Hypervisor", Recording)
     assert main(["demo", "--ops", "3M", "--strategies", "writable"]) == 0
-    assert sum(sizes) == 2 * 3_000_000 and max(sizes) <= 1 << 21        # writable, then the no-wpq-flush host
+    assert sum(sizes) == 3 * 3_000_000 and max(sizes) <= 1 << 21        # writable, the no-wpq-flush host, native
     assert "3,000,000" in capsys.readouterr().out
 
 

@@ -29,6 +29,14 @@ def test_stat_enum_matches_stat_names():
     assert [n[3:].lower() for n in names[:-1]] == list(c.STAT_NAMES)
 
 
+def test_clock_enum_and_timing_struct_match():
+    names = enum_block("CK_NOW = 0")
+    assert [n[3:].lower() for n in names[:-1]] == list(c.CLOCK_FIELDS)
+    start = PXD.index("cdef struct timing_t:")
+    fields = re.findall(r"^    uint64_t (\w+)", PXD[start:PXD.index("\n\n", start)], re.M)
+    assert fields == list(c.TIMING_FIELDS)
+
+
 def test_ctrl_stat_enum_matches():
     names = enum_block("CT_ENQUEUED = 0")
     assert [n[3:].lower() for n in names[:-1]] == list(c.CTRL_STAT_NAMES)
@@ -58,7 +66,7 @@ def test_backend_is_compiled():
             importlib.import_module("nvemu._core")
     if nvemu.COMPILED:
         from nvemu import _core
-        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 3
+        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 4
 
 
 @needs_compiled("compares the compiled Engine with the reference one")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nvemu import TRACE_DTYPE, GuestFault, Hypervisor, NvemuError, Op
-from nvemu._constants import BadRecord, RunStatus
+from nvemu._constants import STAT, TIME_STATS, BadRecord, RunStatus
 from nvemu._records import record_code
 from nvemu.machine.flush_hints import STRATEGIES
 
@@ -129,6 +129,8 @@ def state(hv, vms):
         "durable": [e.durable_read(vm.nvdimms[0].hpa, vm.nvdimms[0].size) for vm in vms],
         "touched": (e.touched_ranges(), e.touched_bytes),
         "state": {k: v.tolist() for k, v in e.get_state().items()},
+        "clocks": [e.clock(vm.id).tolist() for vm in vms],
+        "controller_busy": e.controller_busy().tolist(),
     }
 
 
@@ -147,6 +149,9 @@ def test_core_and_reference_agree(domain, depth, vms, actions):
     assert core_log == ref_log
     for key in core_state:
         assert core_state[key] == ref_state[key], key
+    for (rows, _), clock in zip(core_state["stats"], core_state["clocks"]):
+        for row, words in zip(rows, clock):       # every advance of a vCPU clock has a category
+            assert sum(row[STAT[n]] for n in TIME_STATS) == words[0]
 
 
 @settings(max_examples=max(EXAMPLES // 3, 10), deadline=None)

@@ -307,11 +307,11 @@ def _set(path: str, value):
     return mutate
 
 
-# (where in the description, new value): the loader checks the platform and costs, the engine state
+# (where in the description, new value): the loader checks the platform and timing model, the engine state
 # against the layout, and each VM's description against that engine state.
 META_CASES = [
     ("platform.domain", "adr+"), ("platform.wpq_depth", 0), ("platform.controllers", []),
-    ("costs.exit", -1), ("pool_tables", 0), ("max_vms", 0),
+    ("timing.exit_cycles", -1), ("pool_tables", 0), ("max_vms", 0),
     ("vms.0.id", None), ("vms.0.id", "0"), ("vms.0.id", 7), ("vms.0.vcpus", 0), ("vms.0.vcpus", 2**63),
     ("vms.0.vcpus", 3), ("vms.0.vfha_gpa", []), ("vms.0.vfha_gpa", None), ("vms.0.vfha_gpa", -4096),
     ("vms.0.vfha_gpa", 2**64), ("vms.0.vfha_gpa", 3 * 4096), ("vms.0.nvdimms.0.gpa", None),

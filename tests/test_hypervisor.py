@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from nvemu import (TRACE_DTYPE, ConfigError, GuestFault, Hypervisor, LifecycleError, Op, ResourceError,
                    VmState)
-from nvemu._constants import EPT_R, EPT_RWX, EPT_W
+from nvemu._constants import EPT_R, EPT_RWX, EPT_W, TIMING_FIELDS
 from nvemu.machine.flush_hints import allocate_vfha
 from nvemu.guest.persist_loop import persist_loop
 
@@ -138,12 +138,12 @@ def test_exits_per_strategy(make_hv, strategy, exits, read_exits):
     drains = strategy in ("write-protect", "mmio", "hypercall")
     assert s["fha_writes"] == (6 if drains else 0)             # 3 flushes x 2 controllers
     assert s["lines_drained"] == (1 if drains else 0)
-    c = hv.platform.costs
-    per_exit = {"write-protect": c.write_protect, "mmio": c.mmio, "hypercall": c.hypercall,
-                "drop": c.write_protect, "writable": 0}[strategy]
-    assert s["cycles_exit"] == sum(exits.values()) * c.exit
-    assert (s["cycles_write_protect"] + s["cycles_mmio"] + s["cycles_hypercall"]) == \
-        sum(exits.values()) * per_exit
+    tm = dict(zip(TIMING_FIELDS, hv.platform.layout.timing))      # picoseconds
+    per_exit = {"write-protect": tm["write_protect"], "mmio": tm["mmio"], "hypercall": tm["hypercall"],
+                "drop": tm["write_protect"], "writable": 0}[strategy]
+    assert s["exit_ps"] == sum(exits.values()) * tm["exit"]
+    assert (s["write_protect_ps"] + s["mmio_ps"] + s["hypercall_ps"]) == sum(exits.values()) * per_exit
+    assert s.time_ps == int(hv.platform.engine.clock(vm.id)[0, 0])     # every advance has a category
     if strategy == "mmio":
         assert hv.platform.engine.last_value == 0 and s["load_sum"] == 0
 
@@ -181,7 +181,7 @@ def mixed_workload(vms, n=3000, seed=7):
 
 def test_strategy_neutrality():
     """SPEC 7.6: write-protect, mmio and hypercall leave identical memory and media outside the
-    vFHA page; only exits, stats and cycles differ."""
+    vFHA page; only exits, stats and time differ."""
     images = {}
     for strategy in ("write-protect", "mmio", "hypercall"):
         hv, vms = run_everywhere(strategy, "broadcast", mixed_workload)

@@ -262,6 +262,7 @@ def _cases() -> list[Case]:
     add(vm_only("stats", "e.stats({vm})"))
     add(vm_only("drained_by_controller", "e.drained_by_controller({vm})"))
     add(vm_only("reset_stats", "e.reset_stats({vm})"))
+    add(vm_only("clock", "e.clock({vm})"))
 
     # -- page tables
     add(calls("map", "e.map({vm}, {gpa}, {hpa}, {length}, {perms}, {page})", {
@@ -451,8 +452,8 @@ def _cases() -> list[Case]:
         "set-granularity-neg": "lay(sets=sets(granularity=-4096))",
         "set-granularity-3": "lay(sets=sets(granularity=3))",
         "sets-None": "lay(sets=None)", "sets-of-None": "lay(sets=(None,))",
-        "costs-short": "lay(costs=(1, 2))", "costs-neg": "lay(costs=(-1,) * 8)", "costs-None": "lay(costs=None)",
-        "costs-str": "lay(costs=('a',) * 8)", "costs-2**64": "lay(costs=(2**64,) * 8)",
+        "costs-short": "lay(timing=(1, 2))", "costs-neg": "lay(timing=(-1,) * 20)", "costs-None": "lay(timing=None)",
+        "costs-str": "lay(timing=('a',) * 20)", "costs-2**64": "lay(timing=(2**64,) * 20)",
     }
     add([Case(f"__init__-{label}", "__init__", f"Engine({code})") for label, code in layouts.items()])
     add([Case("__init__-pmem-above-52-bits", "__init__", "Engine(lay(pmem_base=1 << 52, sets=sets(hpa_base=1 << 52)))"),
@@ -479,7 +480,7 @@ def _cases() -> list[Case]:
     for label, code in {"ctl-missing-bigger-pmem": "lay(sets=sets(length=S0.length * 64, controllers=(0, 9)))",
                         "ctl-200-bad-set": "lay(n_controllers=200, sets=sets(controllers=(0, 250)))",
                         "wpq-4096-bad-set": "lay(wpq_depth=4096, sets=sets(controllers=(0, 9)))",
-                        "costs-short": "lay(costs=(1, 2))", "None": "None"}.items():
+                        "costs-short": "lay(timing=(1, 2))", "None": "None"}.items():
         add([Case(f"__init__-again-{label}", "__init__", f"e.__init__({code})")])
     add([Case("__init__-again-bigger-pmem-then-store", "__init__",
               "try:\n    e.__init__(lay(sets=sets(length=S0.length * 64, controllers=(0, 9))))\n"
@@ -503,7 +504,7 @@ def _cases() -> list[Case]:
               "unmap": "u.unmap(0, 0, 4096)", "reset_stats": "u.reset_stats(0)",
               "drained_by_controller": "u.drained_by_controller(0)", "line_states": "u.line_states()",
               "discard": "u.discard(0, 4096)", "touched_ranges": "u.touched_ranges()", "vm_slot": "u.vm_slot(0)",
-              "table_rows": "u.table_rows()"}
+              "table_rows": "u.table_rows()", "clock": "u.clock(0)", "controller_busy": "u.controller_busy()"}
     add([Case("uninitialised-vm_ids", "vm_ids", "assert Engine.__new__(Engine).vm_ids() == []", expect="return"),
          Case("uninitialised-free_table_list", "free_table_list",
               "assert Engine.__new__(Engine).free_table_list() == []", expect="return")])

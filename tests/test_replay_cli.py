@@ -52,12 +52,14 @@ def test_replay_matches_a_direct_replay_exactly():
     assert (result.ops, result.vms, result.vcpus, result.chunks) == (20_000, 2, 2, 7)
     for row, vm in zip(result.per_vm, vms):
         s = vm.stats()
-        assert row["ops"] == s["ops"] and row["exits"][48] == s.exits[48] and row["cycles"] == s.cycles
+        assert row["ops"] == s["ops"] and row["exits"][48] == s.exits[48] and row["time_ps"] == s.time_ps
         assert row["lines_drained"] == s["lines_drained"]
         assert result.hypervisor.vms[vm.id].read(G, 2 << 20) == vm.read(G, 2 << 20)
     assert result.exits[48] == result.vfha_writes == int((trace["gpa"] == LAYOUT.fha_gpa).sum())
     assert result.flushes == int(np.isin(trace["op"], (Op.CLWB, Op.CLFLUSHOPT, Op.CLFLUSH)).sum())
-    assert result.cycles == sum(vm.stats().cycles for vm in vms)
+    assert result.time_ps == sum(vm.stats().time_ps for vm in vms)
+    clocks = [hv.platform.engine.clock(vm.id)[:, 0] for vm in vms]      # each vCPU's time, summed
+    assert result.time_ps == sum(int(c.sum()) for c in clocks) and result.ns_per_op == result.time_ps / 1000 / 20_000
     assert result.mops > 0 and 0 < result.tlb_hit_rate <= 1
 
 
@@ -79,7 +81,7 @@ def test_chunk_iterator_reports_each_chunk():
     assert [(c.index, c.start, c.ops) for c in chunks] == [(0, 0, 5000), (1, 5000, 5000), (2, 10000, 2000)]
     assert sum(c.exits[48] for c in chunks) == result.exits[48] > 0
     assert sum(c.lines_drained for c in chunks) == result.lines_drained
-    assert sum(c.cycles for c in chunks) == result.cycles
+    assert sum(c.time_ps for c in chunks) == result.time_ps
     with pytest.raises(Exception, match="already run"):
         list(run.chunks())
 
@@ -194,11 +196,11 @@ def test_gen_then_replay_prints_the_summary_and_writes_json_and_csv(tmp_path, ca
     out = capsys.readouterr()
     assert rc == 0 and out.err == ""
     assert "platform  small: 2 VMs x 1 vCPU, strategy mmio, fan-out broadcast" in out.out
-    for label in ("ops", "Mops/s", "ept_misconfig (49)", "flushes", "lines drained", "cycles/op",
+    for label in ("ops", "Mops/s", "ept_misconfig (49)", "flushes", "lines drained", "ns/op",
                   "TLB hit rate"):
         assert label in out.out
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert {"ops", "seconds", "mops", "exits", "lines_drained", "cycles"} <= set(doc)
+    assert {"ops", "seconds", "mops", "exits", "lines_drained", "time_ps", "ns_per_op"} <= set(doc)
     assert doc["ops"] == 20_000 and doc["exits"]["ept_misconfig"]["count"] == \
         sum(v["exits"]["ept_misconfig"]["count"] for v in doc["per_vm"]) > 0
     rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))

@@ -20,7 +20,8 @@ from nvemu.tools.tasks import execute
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SPEC = {"ops": 8000, "seed": 2, "workloads": ["kv-put", "seq-log"], "platforms": ["per-socket"], "vms": 2,
-        "strategy": ["write-protect", "mmio"], "fanout": ["broadcast", "targeted"], "costs": {"exit": [1200, 3000]}}
+        "strategy": ["write-protect", "mmio"], "fanout": ["broadcast", "targeted"],
+        "timing": {"exit_cycles": [2000, 3000]}}
 
 
 def comparable(rows):
@@ -40,16 +41,16 @@ def local_rows(cells):
 def test_grid_expansion(cells):
     assert len(cells) == 2 * 2 * 2 * 2
     assert {c["workload"] for c in cells} == {"kv-put", "seq-log"}
-    assert {c["costs"]["exit"] for c in cells} == {1200, 3000}
+    assert {c["timing"]["exit_cycles"] for c in cells} == {2000, 3000}
     assert all(c["ops"] == 8000 and c["vms"] == 2 and c["platform"] == "per-socket" for c in cells)
 
 
 def test_pool_sizes_agree(cells, local_rows):
     assert comparable(execute(run_cell, cells, workers=1, progress=False)) == comparable(local_rows)
     assert all(not r["error"] for r in local_rows)
-    dear = [r for r, c in zip(local_rows, cells) if c["costs"]["exit"] == 3000]
-    cheap = [r for r, c in zip(local_rows, cells) if c["costs"]["exit"] == 1200]
-    assert all(d["cycles"] > c["cycles"] and d["exits"] == c["exits"] for d, c in zip(dear, cheap))
+    dear = [r for r, c in zip(local_rows, cells) if c["timing"]["exit_cycles"] == 3000]
+    cheap = [r for r, c in zip(local_rows, cells) if c["timing"]["exit_cycles"] == 2000]
+    assert all(d["time_ps"] > c["time_ps"] and d["exits"] == c["exits"] for d, c in zip(dear, cheap))
 
 
 def test_dask_local_cluster_gives_the_same_rows(cells, local_rows):
@@ -97,7 +98,7 @@ def test_real_scheduler_and_workers_on_loopback(dask_cluster, tmp_path, local_ro
     spec.write_text(_toml(SPEC))
     assert main(["sweep", str(spec), "--scheduler", dask_cluster, "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     doc = json.loads((tmp_path / "d" / "results.json").read_text())
-    assert doc["kind"] == "sweep" and doc["schema_version"] == 1
+    assert doc["kind"] == "sweep" and doc["schema_version"] == 2
     assert comparable(doc["rows"]) == comparable(local_rows)
 
 
@@ -178,7 +179,8 @@ def _load(path):
 @pytest.mark.parametrize("spec, message", [
     ({"colour": ["red"]}, "unknown key 'colour'"),
     ({"strategy": []}, "'strategy' is empty"),
-    ({"costs": {"warp": [1]}}, r"costs.warp: Input should be 'op', .* \(given 'warp'\)"),
+    ({"timing": {"warp": [1]}}, r"timing.warp: Input should be 'cpu_ghz', .* \(given 'warp'\)"),
+    ({"timing": {"mmio_cycles": [-1]}}, r"timing.mmio_cycles\[0\]: Input should be greater than or equal to 0"),
     ({"wpq_depth": "sixteen"}, r"wpq_depth\[0\]: Input should be a valid integer \(given 'sixteen'\)"),
     ({"wpq_depth": [16, 0]}, r"wpq_depth\[1\]: Input should be greater than or equal to 1"),
     ({"workloads": ["nosuch"]}, r"workloads\[0\]: Input should be 'persist-loop'"),

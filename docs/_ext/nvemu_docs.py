@@ -3,7 +3,7 @@
 ``.. nvemu-cli::``      every command of ``nvemu``, from the argparse parsers (usage, description,
                         every option with its help)
 ``.. nvemu-columns::``  the results vocabulary (:data:`nvemu.tools.vocabulary.COLUMNS`)
-``.. nvemu-costs::``    the cost model's parameters and defaults
+``.. nvemu-timing::``   the timing model's parameters, defaults and sources
 """
 
 from __future__ import annotations
@@ -88,22 +88,24 @@ class ColumnsDirective(Directive):
         return node.children
 
 
-class CostsDirective(Directive):
-    """The cost model's parameters with their defaults."""
+class TimingDirective(Directive):
+    """The timing model's parameters: default, and the source of each (or why it is free)."""
 
     def run(self):
-        from nvemu import CostModel
-        lines = [".. list-table::", "   :header-rows: 1", "", "   * - parameter", "     - default (cycles)"]
-        for k, v in CostModel().to_dict().items():
-            lines += [f"   * - ``{k}``", f"     - {v}"]
+        from nvemu import TimingModel
+        from nvemu.machine.config import TIMING_SOURCES
+        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 22 10 68", "",
+                 "   * - parameter", "     - default", "     - source"]
+        for k, v in TimingModel().to_dict().items():
+            lines += [f"   * - ``{k}``", f"     - {v:g}", f"     - {_escape(TIMING_SOURCES[k])}"]
         node = nodes.section()
         node.document = self.state.document
-        nested_parse_with_titles(self.state, StringList(lines, source="nvemu-costs"), node)
+        nested_parse_with_titles(self.state, StringList(lines, source="nvemu-timing"), node)
         return node.children
 
 
 def setup(app):
     app.add_directive("nvemu-cli", CliDirective)
     app.add_directive("nvemu-columns", ColumnsDirective)
-    app.add_directive("nvemu-costs", CostsDirective)
+    app.add_directive("nvemu-timing", TimingDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..guest.workloads import WORKLOADS
-from ..machine.config import CostModel
+from ..machine.config import TimingModel
 from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..tools.cells import run_cell, run_host
 from ..tools.microbench import (COLUMNS, RATE_EVERY, RATE_WORKLOAD, TABLE_COLUMNS, grid,
@@ -88,11 +88,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     axes = dict(workloads=args.workloads, strategies=args.strategies, fanouts=args.fanout, domains=args.domains,
                 controllers=args.controllers, wpq_depths=args.wpq_depth, hints=args.hints, ops=args.ops,
                 seed=args.seed, vms=args.vms, interleave=args.interleave)
-    costs = CostModel()
+    timing = TimingModel()
     sweep = parse_sweep(args.sweep_cost) if args.sweep_cost else None
     if sweep:
         name, values = sweep
-        cells = [c for v in values for c in grid(**axes, costs={name: v})]
+        cells = [c for v in values for c in (grid(**{**axes, "wpq_depths": [v]}) if name == "wpq_depth"
+                                             else grid(**axes, timing={name: v}))]
         rate: list[dict[str, Any]] = []
     else:
         cells = grid(**axes)
@@ -104,13 +105,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_output_directory(args.out)
     check_outputs([args.json])
     out = Path(args.out)
-    parameters = {"grid": {k: v for k, v in axes.items()}, "cost_model": costs.to_dict(),
+    parameters = {"grid": {k: v for k, v in axes.items()}, "timing_model": timing.to_dict(),
                   "seeds": [args.seed], "sweep_cost": args.sweep_cost,
                   "rate": None if sweep or args.no_rate else {"workload": RATE_WORKLOAD, "every": list(RATE_EVERY)},
                   "platform": "a regular host per cell: <controllers> iMCs (2 sockets when even), one 64 MiB "
                               "NVDIMM per iMC with <hints> flush hints, 1 GiB DRAM; --domains and --wpq-depth as given"}
     meta = {"ops": args.ops, "seed": args.seed, "vms": args.vms, "interleave": args.interleave,
-            "costs": costs.to_dict(), "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
+            "timing": timing.to_dict(), "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
             "even), one 64 MiB NVDIMM per controller, 1 GiB DRAM, VM 16 MiB DRAM + 32 MiB vNVDIMM"}
     rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
     main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
@@ -122,16 +123,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         by_value: dict[int, list[dict[str, Any]]] = {}
         for r in main_rows:
             if not r.get("error"):
-                by_value.setdefault(r["costs"][name], []).append(r)
+                by_value.setdefault(r["wpq_depth"] if name == "wpq_depth" else r["timing"][name], []).append(r)
         table = sensitivity(by_value)
         write_results(table, out / "sensitivity", ("workload", "value", "ranking", "changed"),
                       kind="bench-sensitivity", **document)
         written.append(out / "sensitivity" / "results.csv")
         written += _figures(args, [(sensitivity_figure, (main_rows, name, meta, out), {})])
         changes = [t for t in table if t["changed"]]
-        _say(args, f"nvemu bench: cost-model sensitivity: {name} from {values[0]} to {values[-1]} cycles "
-                   f"(other costs: {', '.join(f'{k}={v}' for k, v in costs.to_dict().items() if k != name)})",
-             _table(table, (("workload", "workload", ""), ("value", f"cost {name}", ",d"),
+        _say(args, f"nvemu bench: timing-model sensitivity: {name} from {values[0]} to {values[-1]} "
+                   f"(other parameters: {', '.join(f'{k}={v:g}' for k, v in timing.to_dict().items() if k != name)})",
+             _table(table, (("workload", "workload", ""), ("value", name, ",g"),
                             ("ranking", "cheapest first", ""), ("changed", "changed", ""))),
              "ranking changes: " + ("; ".join(f"{t['workload']} at {name}={t['value']}: {t['ranking']}"
                                               for t in changes) or "none in this range"))
@@ -140,8 +141,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             write_results(rate_rows, out / "rate", COLUMNS, kind="bench-rate", **document)
         written += _figures(args, [(overhead_figure, (main_rows, meta, out), {}),
                                    (rate_figure, (rate_rows, meta, RATE_WORKLOAD, out), {})])
-        _say(args, f"nvemu bench: {len(cells)} cells, {args.ops:,} ops each; cost model (cycles): "
-                   + ", ".join(f"{k}={v}" for k, v in costs.to_dict().items()),
+        _say(args, f"nvemu bench: {len(cells)} cells, {args.ops:,} ops each; emulated time, timing model: "
+                   + ", ".join(f"{k}={v:g}" for k, v in timing.to_dict().items()),
              _table(main_rows, TABLE_COLUMNS))
     _say(args, "\nwrote " + ", ".join(str(p) for p in written))
     _emit_json(args, doc)
@@ -155,17 +156,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_output_directory(args.out, [args.spec])
     check_outputs([args.json], [args.spec])
     rows = execute(run_cell, cells, out_dir=args.out, resume=args.resume, desc="sweep", **_execute_options(args))
-    costs = sorted({k for c in cells for k in c["costs"]})
+    swept = sorted({k for c in cells for k in c["timing"]})
     doc = write_results(rows, args.out, ("workload", "platform", *[k for k in COLUMNS if k not in ("workload",)]),
                   kind="sweep", parameters={"spec": str(spec_path), "tasks": len(cells),
-                                            "cost_model": CostModel().to_dict(), "swept_costs": costs,
+                                            "timing_model": TimingModel().to_dict(), "swept_timing": swept,
                                             "seeds": sorted({c["seed"] for c in cells})},
                   command=_command_line(args))
-    for r in rows:                       # the swept costs as columns of the table
-        r.update({f"cost_{k}": r["costs"][k] for k in costs if isinstance(r.get("costs"), dict)})
+    for r in rows:                       # the swept timing parameters as columns of the table
+        r.update({f"timing_{k}": r["timing"][k] for k in swept if isinstance(r.get("timing"), dict)})
     _say(args, f"nvemu sweep: {len(cells)} tasks, {len(cells) - sum(bool(r.get('error')) for r in rows)} done",
          _table(rows, columns(("workload", "platform", "strategy", "fanout", "wpq_depth",
-                               *(f"cost_{k}" for k in costs), "exits", "lines_drained", "cycles_per_op"))),
+                               *(f"timing_{k}" for k in swept), "exits", "lines_drained", "ns_per_op"))),
          f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
     _emit_json(args, doc)
     return 1 if _report_failures(rows, args.verbose) else 0
@@ -179,11 +180,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     rows = execute(run_host, hosts, out_dir=args.out, resume=args.resume, desc="fleet", **_execute_options(args))
     total = fleet_total(rows)
     doc = write_results([*rows, total], args.out, HOST_COLUMNS, kind="fleet",
-                  parameters={"spec": str(spec_path), "hosts": len(hosts), "cost_model": CostModel().to_dict()},
+                  parameters={"spec": str(spec_path), "hosts": len(hosts), "timing_model": TimingModel().to_dict()},
                   command=_command_line(args))
     _say(args, f"nvemu fleet: {len(hosts)} hosts",
          _table([*rows, {**total, "platform": "", "domain": "", "controllers": 0}],
-                columns(("host", "platform", "vms", "ops", "exits", "lines_drained", "cycles_per_op"))),
+                columns(("host", "platform", "vms", "ops", "exits", "lines_drained", "ns_per_op"))),
          f"\nwrote {Path(args.out) / 'results.csv'}, {Path(args.out) / 'results.json'}")
     _emit_json(args, doc)
     return 1 if _report_failures(rows, args.verbose) else 0
@@ -209,7 +210,7 @@ def add_commands(sub: Any) -> None:
     """Add ``bench``, ``sweep`` and ``fleet`` to an argparse subparsers object."""
     b = sub.add_parser("bench", help="compare flushing strategies on a grid of workloads and platforms",
                        description="Each cell: the workload's trace under one strategy, against the same trace "
-                                   "run natively. Figures are emulated cycles from the cost model (deterministic); "
+                                   "run natively. Figures are emulated time from the timing model (deterministic); "
                                    "only the wall_* columns depend on this machine. Every list option is an axis "
                                    "of the grid.")
     b.add_argument("--workloads", metavar="NAME", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS),
@@ -233,9 +234,9 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--ops", metavar="OPS", type=parse_count, default=200_000,
                    help="guest ops (trace records) per cell, k/M/G = 10^3/10^6/10^9 (default 200k)")
     b.add_argument("--seed", metavar="S", type=non_negative_int, default=0, help="generator seed (default 0)")
-    b.add_argument("--sweep-cost", metavar="NAME=LO:HI:STEP",
-                   help="cost-model sensitivity: run the grid for each value of one cost (cycles), e.g. "
-                        "exit=500:5000:500 or exit=500,1200 (default: off)")
+    b.add_argument("--sweep", "--sweep-cost", dest="sweep_cost", metavar="NAME=LO:HI:STEP",
+                   help="sensitivity: run the grid for each value of one timing parameter or wpq_depth, e.g. "
+                        "mmio_cycles=200:3000:200 or fha_write_ns=50,150,500 (default: off)")
     b.add_argument("--no-rate", action="store_true",
                    help="skip the vFHA write-rate sweep behind the rate figure (default: run it)")
     b.add_argument("--no-plot", action="store_true", help="write no figures (default: figures when matplotlib "
@@ -249,7 +250,7 @@ def add_commands(sub: Any) -> None:
                        description="Every list in the file is an axis of the grid, every scalar applies to all "
                                    "tasks; keys as the bench options (workloads, strategies, fanout, domains, "
                                    "controllers, wpq_depth, hints, vms, ops, seed) plus traces, platforms, vcpus, "
-                                   "[costs] and [params.WORKLOAD]. The whole file is checked before any task runs.")
+                                   "[timing] and [params.WORKLOAD]. The whole file is checked before any task runs.")
     s.add_argument("spec", metavar="SPEC.toml", help="the sweep file (see examples/sweep-small.toml)")
     _runner_options(s, "nvemu-sweep")
     s.set_defaults(func=cmd_sweep)

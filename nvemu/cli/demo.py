@@ -14,6 +14,7 @@ from typing import Any
 from .._backend import BACKEND
 from .._version import __version__
 from ..guest.persist_loop import persist_loop_chunks
+from ..machine.config import TimingModel
 from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..machine.hypervisor import Hypervisor
 from ..machine.platform import Platform
@@ -27,7 +28,7 @@ from .common import (add_platform_options, add_progress_option, add_quiet_option
 DEMO_STRATEGIES = (*COMPARED_STRATEGIES, "auto")
 MAX_DEMO_OPS = 10**12
 """The most ops ``demo`` runs per strategy: hours at core speed, and far from wrapping a 64-bit
-cycle counter (an op costs at most thousands of cycles). The trace is made a chunk at a time, so
+picosecond clock (an op costs at most microseconds). The trace is made a chunk at a time, so
 memory does not grow with ``--ops``."""
 
 
@@ -43,7 +44,11 @@ def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: in
                  dram: int | None = None, nvdimm: int | None = None) -> dict[str, Any]:
     """One VM on a fresh ``platform`` (sized as ``replay`` sizes it unless given) running the
     persist loop under ``strategy``; a row in the vocabulary's names."""
-    hv = Hypervisor(platform)
+    if strategy == "native":        # no VM: no second-level page walks
+        config = platform.config if isinstance(platform, Platform) else platform
+        hv = Hypervisor(config, TimingModel(walk_ref_cycles=0))
+    else:
+        hv = Hypervisor(platform)
     vm = create_vms(hv, 1, 1, strategy, fanout, dram, nvdimm, prefault=True)[0]
     nv = vm.nvdimms[0]
     seconds, done = 0.0, 0
@@ -55,14 +60,15 @@ def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: in
     s = vm.stats()
     return {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
             "ops": done, **exit_columns(s.exits), "vfha_writes": s["vfha_writes"],
-            "fha_writes": s["fha_writes"], "lines_drained": s["lines_drained"], "cycles": s.cycles,
-            "cycles_per_op": s.cycles / max(done, 1), "tlb_hit_rate": s.tlb_hit_rate,
+            "fha_writes": s["fha_writes"], "lines_drained": s["lines_drained"], "time_ps": s.time_ps,
+            "ns_per_op": s.time_ps / 1000 / max(done, 1), "tlb_hit_rate": s.tlb_hit_rate,
             "seconds": seconds, "mops": done / seconds / 1e6 if seconds else 0.0,
             "dram_bytes": sum(r.size for r in vm.dram), "nvdimm_bytes": nv.size}
 
 
 DEMO_COLUMNS = (("label", "strategy", ""), *columns(("ops", "exits_ept_violation", "exits_ept_misconfig",
-                                                     "exits_vmcall", "lines_drained", "cycles_per_op", "mops")))
+                                                     "exits_vmcall", "lines_drained", "ns_per_op",
+                                                     "overhead_vs_native", "mops")))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     platform = platform_of(args)
     name = platform if isinstance(platform, str) else platform.name
     rows = []
-    runs = [(platform, s) for s in args.strategies] + [("no-wpq-flush", "auto")]
+    runs = [(platform, s) for s in args.strategies] + [("no-wpq-flush", "auto"), (platform, "native")]
     with progress_bar(len(runs), args.progress, "demo", unit="run") as bar:
         for where, strategy in runs:
             other = where is not platform
@@ -80,8 +86,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             row["label"] = strategy if strategy != "auto" else f"auto -> {row['resolved']}"
             if other:
                 row["label"] += " (no-wpq-flush host)"
+            if strategy == "native":
+                row["label"] = "native (no VM)"
             rows.append(row)
             bar.update(1)
+    native = rows[-1]["ns_per_op"]
+    for r in rows:
+        r["overhead_vs_native"] = r["ns_per_op"] / native if native else float("nan")
     first = rows[0]
     if not args.quiet:
         out = report_stream(args.json)
@@ -92,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         doc = document("demo", rows, {"platform": name, "ops": args.ops, "seed": args.seed, "fanout": args.fanout,
                                       "strategies": list(args.strategies),
-                                      "cost_model": Hypervisor(platform).platform.costs.to_dict()},
+                                      "timing_model": Hypervisor(platform).platform.timing.to_dict()},
                        getattr(args, "command_line", None))
         write_output(args.json, json.dumps(doc, indent=2) + "\n")
     return 0

@@ -91,7 +91,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 _ROWS: tuple[tuple[str, str], ...] = tuple((COLUMNS[k].header, k) for k in (
     "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall", "flushes", "fences", "vfha_writes", "fha_writes",
-    "lines_drained", "cycles_per_op", "tlb_hit_rate"))
+    "lines_drained", "ns_per_op", "tlb_hit_rate"))
 
 
 def summary_table(result: ReplayReport) -> str:
@@ -198,7 +198,7 @@ def add_commands(subparsers: Any) -> None:
         "replay", help="replay a trace and print a summary",
         description="Replay a trace (.npy streamed from disk, a text trace or a pmemcheck log, recognised by "
                     "content) on a platform with as many VMs and vCPUs as the trace names, and print ops, "
-                    "Mops/s, exits by reason, flushes, lines drained, cycles per op and the TLB hit rate.")
+                    "Mops/s, exits by reason, flushes, lines drained, emulated ns per op and the TLB hit rate.")
     rep.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
     rep.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
                      help="how the vFHA is virtualised (default auto: write-protect where the host has WPQ "

@@ -1,4 +1,4 @@
-"""Plain descriptions of a host platform and of the cost model (frozen dataclasses).
+"""Plain descriptions of a host platform and of the timing model (frozen dataclasses).
 
 A :class:`PlatformConfig` is what capability discovery produces from a physical NFIT and what
 the built-in presets are; :class:`nvemu.machine.platform.Platform` builds the emulated machine from one.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._constants import COST_FIELDS, LINE_BYTES, PAGE_BYTES
+from .._constants import LINE_BYTES, PAGE_BYTES, TIMING_FIELDS
 from ..errors import ConfigError
 
 KiB = 1 << 10
@@ -294,45 +294,170 @@ def preset(name: str = "default", **overrides: Any) -> PlatformConfig:
     return make_platform(**{**PRESETS[name], **overrides, "name": name})
 
 
+# Sources of the timing model's figures (SPEC 6). Each TimingModel field names one of these or FREE.
+YANG_2020 = ("Yang, Kim, Hoseinzadeh, Izraelevitz, Swanson: An Empirical Guide to the Behavior and Use of "
+             "Scalable Persistent Memory, FAST 2020")
+IZRAELEVITZ_2019 = "Izraelevitz et al.: Basic Performance Measurements of the Intel Optane DC PMM, arXiv 1903.05714"
+SPLITX = "Landau, Ben-Yehuda, Gordon: SplitX: Split Guest/Hypervisor Execution on Multi-Core, WIOV 2011 (KVM)"
+FREE = "free: nothing published; the bench's sensitivity mode shows how results move with it"
+
+TIMING_SOURCES: dict[str, str] = {
+    "cpu_ghz": FREE + " (converts the cycle figures; a Cascade Lake-class base clock)",
+    "op_ns": FREE + " (a retired op that hits the cache, about one cycle)",
+    "walk_ref_cycles": FREE + " (one paging-structure reference served by L2)",
+    "read_seq_ns": YANG_2020 + ", Fig. 2: Optane read, sequential",
+    "read_rand_ns": YANG_2020 + ", Fig. 2: Optane read, random",
+    "dram_read_seq_ns": YANG_2020 + ", Fig. 2: DRAM read, sequential",
+    "dram_read_rand_ns": YANG_2020 + ", Fig. 2: DRAM read, random",
+    "write_clwb_ns": YANG_2020 + ", Fig. 2: Optane write, store+clwb (best case: sequential)",
+    "write_ntstore_ns": YANG_2020 + ", Fig. 2: Optane write, ntstore (best case: sequential)",
+    "dram_write_clwb_ns": YANG_2020 + ", Fig. 2: DRAM write, store+clwb",
+    "dram_write_ntstore_ns": YANG_2020 + ", Fig. 2: DRAM write, ntstore",
+    "persist_clwb_ns": YANG_2020 + ": persisting 64 B with store+clwb and one fence (random address)",
+    "persist_ntstore_ns": YANG_2020 + ": persisting 64 B with ntstore and one fence (random address)",
+    "media_write_gbps": IZRAELEVITZ_2019 + ": write bandwidth of one DIMM",
+    "flush_issue_ns": FREE + " (issuing a clwb/clflushopt/clflush)",
+    "fence_ns": FREE + " (an sfence/mfence with nothing outstanding)",
+    "fha_write_ns": FREE + " (an uncached write to a physical flush hint, before its WPQ is empty)",
+    "exit_cycles": SPLITX + ": direct cost of a VM exit round trip (2,000 cycles; a KVM_RUN round trip is 2,528)",
+    "write_protect_cycles": FREE + " (EPT violation: find the vFHA, fetch, decode and emulate the store)",
+    "mmio_cycles": FREE + " (EPT misconfiguration on KVM's fast MMIO bus: no decode, skip the instruction)",
+    "hypercall_cycles": FREE + " (VMCALL dispatch to the flush handler)",
+}
+
+
 @dataclass(frozen=True)
-class CostModel:
-    """Cycle cost of each emulated event (SPEC 6). No public figure exists for several of these,
-    so they are parameters; each default's basis is given beside it."""
+class TimingModel:
+    """Emulated time (SPEC 6): every parameter is a published figure or marked free
+    (``TIMING_SOURCES`` names each one's source). :meth:`engine_timing` turns it into the
+    engines' picosecond table (``nvemu._constants.TIMING_FIELDS``).
 
-    op: int = 1                 # one retired guest memory op, the native baseline
-    walk_level: int = 30        # one page-walk memory reference (an L2/L3 hit; paging-structure caches ignored)
-    exit: int = 1200            # VM exit + entry round trip (estimate; a KVM_RUN round trip on AMD is ~2,500, LKML)
-    write_protect: int = 800    # EPT-violation handling on top: check the GPA, skip the instruction, no decode
-    mmio: int = 2500            # in-kernel MMIO emulation on top: fetch + decode + emulate the instruction
-    hypercall: int = 300        # VMCALL dispatch on top
-    fha_write: int = 200        # one uncached write to a physical flush hint
-    drain_line: int = 600       # one WPQ line written to media: ~200 ns (100-300 ns) at 3 GHz
+    How the published figures become engine latencies (calibration by construction): the
+    engines charge every op ``op_ns``; a load adds its latency, sequential when it is the same or
+    the next line as the vCPU's previous load; a store+clwb write-back travels ``wb`` to its
+    controller's WPQ and a fence waits for it; an nt-store travels ``nt``, and the following
+    nt-stores to the same line merge into it (the write-combining buffer). The travel times are
+    solved from the figures for exactly the traces ``nvemu timing`` runs (64 B = eight 8-byte
+    stores, one clwb, one sfence): ``write_*`` for sequential lines, ``persist_*`` for random
+    ones. Each controller drains its WPQ at ``media_write_gbps`` per NVDIMM behind it.
 
-    FIELDS = COST_FIELDS
+    Time is not durability: a line leaves a WPQ for the durable image only when a flush or an
+    overflow drains it, whatever the clock says (no platform promises drain timing).
+
+    Examples
+    --------
+    >>> t = TimingModel()
+    >>> round(t.exit_ns, 1)                 # SplitX's 2,000 cycles at 2.2 GHz
+    909.1
+    >>> TimingModel(mmio_cycles=200).mmio_cycles
+    200
+    """
+
+    cpu_ghz: float = 2.2
+    op_ns: float = 0.5
+    walk_ref_cycles: float = 30
+    read_seq_ns: float = 169.4
+    read_rand_ns: float = 305.0
+    dram_read_seq_ns: float = 81.4
+    dram_read_rand_ns: float = 101.5
+    write_clwb_ns: float = 62.3
+    write_ntstore_ns: float = 90.4
+    dram_write_clwb_ns: float = 57.3
+    dram_write_ntstore_ns: float = 86.9
+    persist_clwb_ns: float = 116.4
+    persist_ntstore_ns: float = 124.7
+    media_write_gbps: float = 2.3
+    flush_issue_ns: float = 1.0
+    fence_ns: float = 5.0
+    fha_write_ns: float = 150.0
+    exit_cycles: float = 2000
+    write_protect_cycles: float = 1500
+    mmio_cycles: float = 400
+    hypercall_cycles: float = 600
+
+    FREE_PARAMETERS = tuple(k for k, v in TIMING_SOURCES.items() if v.startswith("free"))
 
     def __post_init__(self) -> None:
-        for name in self.FIELDS:
+        for name in TIMING_SOURCES:
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"cost {name}={v!r} must be a non-negative integer (cycles)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v != v or v == float("inf"):
+                raise ConfigError(f"timing {name}={v!r} must be a finite non-negative number")
+        if self.cpu_ghz <= 0 or self.media_write_gbps <= 0:
+            raise ConfigError("timing cpu_ghz and media_write_gbps must be positive")
+        self.engine_timing()                      # refuses figures that leave a negative latency
 
-    def as_tuple(self) -> tuple[int, ...]:
-        """The costs in :attr:`FIELDS` order, as the engines take them."""
-        return tuple(getattr(self, n) for n in self.FIELDS)
+    @property
+    def exit_ns(self) -> float:
+        """The VM exit round trip in ns (``exit_cycles`` at ``cpu_ghz``)."""
+        return self.exit_cycles / self.cpu_ghz
 
-    def to_dict(self) -> dict[str, int]:
-        """The costs by name (emulated cycles), e.g. ``{"op": 1, "walk_level": 30, ...}``."""
-        return {n: getattr(self, n) for n in self.FIELDS}
+    def engine_timing(self, dimms_per_controller: int = 1) -> tuple[int, ...]:
+        """The engines' table (``TIMING_FIELDS``) in integer picoseconds, for controllers with
+        ``dimms_per_controller`` NVDIMMs each (they drain in parallel)."""
+        op, fence, issue = self.op_ns, self.fence_ns, self.flush_issue_ns
+        clwb_rest = 9 * op + issue + fence        # 8 stores, the clwb, the fence's own op
+        nt_rest = op + fence                      # the first nt-store; the other seven merge
+        ns = {
+            "op": op, "walk_ref": self.walk_ref_cycles / self.cpu_ghz,
+            "load_seq": self.read_seq_ns - op, "load_rand": self.read_rand_ns - op,
+            "dram_load_seq": self.dram_read_seq_ns - op, "dram_load_rand": self.dram_read_rand_ns - op,
+            "flush_issue": issue,
+            "wb_seq": self.write_clwb_ns - clwb_rest, "wb_rand": self.persist_clwb_ns - clwb_rest,
+            "nt_seq": self.write_ntstore_ns - nt_rest, "nt_rand": self.persist_ntstore_ns - nt_rest,
+            "dram_wb": self.dram_write_clwb_ns - clwb_rest, "dram_nt": self.dram_write_ntstore_ns - nt_rest,
+            "fence": fence, "drain_line": LINE_BYTES / (self.media_write_gbps * max(1, dimms_per_controller)),
+            "fha_write": self.fha_write_ns, "exit": self.exit_ns,
+            "write_protect": self.write_protect_cycles / self.cpu_ghz, "mmio": self.mmio_cycles / self.cpu_ghz,
+            "hypercall": self.hypercall_cycles / self.cpu_ghz,
+        }
+        for name, v in ns.items():
+            if v < 0:
+                raise ConfigError(f"timing: the figures leave {name} = {v:.1f} ns, below zero; lower op_ns, "
+                                  f"flush_issue_ns or fence_ns")
+            if v > 1e6:
+                raise ConfigError(f"timing: {name} = {v:.1f} ns is above a millisecond")
+        return tuple(round(ns[name] * 1000) for name in TIMING_FIELDS)
+
+    def to_dict(self) -> dict[str, float]:
+        """The parameters by name, e.g. ``{"cpu_ghz": 2.2, "op_ns": 0.5, ...}``."""
+        return {n: getattr(self, n) for n in TIMING_SOURCES}
 
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> "CostModel":
-        """A cost model from ``{name: cycles}``; names not in :attr:`FIELDS` raise ConfigError, missing ones
-        keep their defaults.
-        """
-        unknown = set(d) - set(cls.FIELDS)
+    def from_dict(cls, d: dict[str, Any]) -> "TimingModel":
+        """The inverse of :meth:`to_dict`; a dict of the old ``CostModel`` (cycle counts, keys
+        ``op, walk_level, exit, ...``) is converted by :meth:`from_costs`."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a timing model is a table of parameters, not {type(d).__name__}")
+        if d and set(d) <= set(LEGACY_COST_FIELDS):
+            return cls.from_costs(d)
+        unknown = set(d) - set(TIMING_SOURCES)
         if unknown:
-            raise ConfigError(f"unknown cost parameters: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown timing parameters: {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(TIMING_SOURCES)}")
         return cls(**d)
 
+    @classmethod
+    def from_costs(cls, costs: dict[str, int], cpu_ghz: float = 2.2) -> "TimingModel":
+        """Migration from the cycle ``CostModel`` of nvemu <= 0.x (snapshots, sweep files): cycle
+        counts become times at ``cpu_ghz``; ``drain_line`` becomes the media bandwidth that drains
+        a line in that time. Published figures keep their defaults."""
+        unknown = set(costs) - set(LEGACY_COST_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown cost parameters: {', '.join(sorted(unknown))}")
+        out: dict[str, float] = {"cpu_ghz": cpu_ghz}
+        for old, new in (("walk_level", "walk_ref_cycles"), ("exit", "exit_cycles"),
+                         ("write_protect", "write_protect_cycles"), ("mmio", "mmio_cycles"),
+                         ("hypercall", "hypercall_cycles")):
+            if old in costs:
+                out[new] = costs[old]
+        if "op" in costs:
+            out["op_ns"] = costs["op"] / cpu_ghz
+        if "fha_write" in costs:
+            out["fha_write_ns"] = costs["fha_write"] / cpu_ghz
+        if costs.get("drain_line"):
+            out["media_write_gbps"] = LINE_BYTES * cpu_ghz / costs["drain_line"]
+        return cls(**out)
 
-DEFAULT_COSTS = CostModel()
+
+LEGACY_COST_FIELDS = ("op", "walk_level", "exit", "write_protect", "mmio", "hypercall", "fha_write", "drain_line")
+DEFAULT_TIMING = TimingModel()

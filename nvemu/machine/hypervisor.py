@@ -10,7 +10,7 @@ import numpy as np
 
 from .._constants import EPT_RWX, PAGE_BYTES, PAGE_SIZES, BadRecord, ExitReason, Op, RunStatus
 from .._records import record_message
-from .config import DEFAULT_COSTS, GiB, MiB, CostModel, PlatformConfig
+from .config import DEFAULT_TIMING, GiB, MiB, PlatformConfig, TimingModel
 from ..errors import ConfigError, GuestFault, LifecycleError, ResourceError, TraceError
 from .flush_hints import FANOUTS, STRATEGIES, VirtualFlushHint, allocate_vfha, resolve_strategy
 from .platform import Platform
@@ -51,9 +51,9 @@ class Hypervisor:
     """
 
     def __init__(self, platform: Platform | PlatformConfig | str = "default",
-                 costs: CostModel = DEFAULT_COSTS, **platform_kwargs: object) -> None:
+                 timing: TimingModel = DEFAULT_TIMING, **platform_kwargs: object) -> None:
         if not isinstance(platform, Platform):
-            platform = Platform(platform, costs, **platform_kwargs)
+            platform = Platform(platform, timing, **platform_kwargs)
         self.platform = platform
         self.vms: dict[int, VM] = {}
 

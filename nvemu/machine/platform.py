@@ -11,7 +11,7 @@ from .. import _backend
 from .._constants import CTRL_STAT_NAMES, DOMAIN_NAMES, PAGE_BYTES
 from .._image import DurableImage
 from .._layout import CHUNK_SHIFT, EngineLayout, InterleaveLayout
-from .config import DEFAULT_COSTS, CostModel, PlatformConfig, preset
+from .config import DEFAULT_TIMING, TimingModel, PlatformConfig, preset
 from ..errors import ConfigError, ResourceError
 
 
@@ -74,14 +74,16 @@ class Platform:
     (2, 'adr', True)
     """
 
-    def __init__(self, config: PlatformConfig | str = "default", costs: CostModel = DEFAULT_COSTS,
+    def __init__(self, config: PlatformConfig | str = "default", timing: TimingModel = DEFAULT_TIMING,
                  *, pool_tables: int = 1 << 16, max_vms: int = 256, backend: str | None = None,
                  memory_budget: int | None = None, chunk_shift: int = CHUNK_SHIFT,
                  huge_pages: bool = True) -> None:
         if isinstance(config, str):
             config = preset(config)
         self.config = config
-        self.costs = costs
+        if not isinstance(timing, TimingModel):
+            raise ConfigError(f"timing must be a TimingModel, not {type(timing).__name__}")
+        self.timing = timing
         sets = sorted(config.interleave_sets, key=lambda s: s.spa_base)
         pmem_base = sets[0].spa_base if sets else config.dram_bytes
         layouts, hpa = [], pmem_base
@@ -93,7 +95,8 @@ class Platform:
         self.set_ranges = [(s, lay.hpa_base, lay.length) for s, lay in zip(sets, layouts)]
         self.layout = EngineLayout(dram_bytes=config.dram_bytes, pmem_base=pmem_base, sets=tuple(layouts),
                                    n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
-                                   domain=int(DOMAIN_NAMES[config.domain]), costs=costs.as_tuple(),
+                                   domain=int(DOMAIN_NAMES[config.domain]),
+                                   timing=timing.engine_timing(self.dimms_per_controller(config)),
                                    pool_tables=pool_tables, max_vms=max_vms, chunk_shift=chunk_shift,
                                    memory_budget=memory_budget, huge_pages=huge_pages)
         self.engine = _backend.engine_class(backend)(self.layout)
@@ -101,6 +104,13 @@ class Platform:
         self.dram = RangeAllocator(0, config.dram_bytes)
         self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
 
+
+    @staticmethod
+    def dimms_per_controller(config: PlatformConfig) -> int:
+        """NVDIMMs behind each controller, for the drain rate (they drain in parallel). Uneven
+        platforms take the fewest of any controller that has one: the slower, conservative rate."""
+        counts = [sum(1 for d in config.nvdimms if d.controller == c) for c in range(len(config.controllers))]
+        return min((n for n in counts if n), default=1)
 
     # ---- description ----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Snapshot and restore of a whole hypervisor, or of one VM, to one ``.npz`` file.
 
 The file holds the engine's canonical state (non-zero pages, line states, WPQs oldest first,
-page tables, TLBs, counters) and a JSON description of the platform, costs and VMs, sealed with
+page tables, TLBs, counters) and a JSON description of the platform, timing model and VMs, sealed with
 a digest so a truncated or damaged file is refused rather than half-restored. Restoring builds a
 new :class:`Hypervisor`; nothing running is touched.
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import (CTRL_STAT_NAMES, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_ENTRIES, EPT_INDEX_BITS,
-                          EPT_LARGE, EPT_LEVELS, EPT_R, EPT_RWX, EPT_W, GPA_LIMIT, HPA_LIMIT, NO_VPN, PAGE_BYTES,
-                          PAGE_SHIFT, PAGE_SIZES, STAT_NAMES)
-from .config import CostModel, PlatformConfig
+from .._constants import (CLOCK, CLOCK_FIELDS, CTRL_STAT_NAMES, EPT_ACCESSED, EPT_ADDR_MASK, EPT_DIRTY, EPT_ENTRIES,
+                          EPT_INDEX_BITS, EPT_LARGE, EPT_LEVELS, EPT_R, EPT_RWX, EPT_W, GPA_LIMIT, HPA_LIMIT, NO_LINE,
+                          NO_VPN, PAGE_BYTES, PAGE_SHIFT, PAGE_SIZES, STAT_NAMES)
+from .config import PlatformConfig, TimingModel
 from .._files import atomic_write
 from ..errors import ConfigError, NvemuError, SnapshotError
 from . import snapshot_file
@@ -115,7 +115,7 @@ def save_snapshot(target: Hypervisor | VM, path: str | Path, *, key: bytes | Non
     if vm is not None:
         state = _only_vm(state, vm)
     p = hv.platform
-    meta = json.dumps({"format": FORMAT, "platform": p.config.to_dict(), "costs": p.costs.to_dict(),
+    meta = json.dumps({"format": FORMAT, "platform": p.config.to_dict(), "timing": p.timing.to_dict(),
                        "pool_tables": p.layout.pool_tables, "max_vms": p.layout.max_vms,
                        "vms": [_vm_meta(v) for v in vms]}, sort_keys=True)
     arrays = {f"engine_{k}": v for k, v in state.items()}
@@ -166,7 +166,10 @@ def _restore(path: str | Path, backend: str | None, key: bytes | None) -> Hyperv
     snapshot_file.verify(path, files, meta_text, digest, key)
     state = {k[len("engine_"):]: v for k, v in files.items()}
     try:
-        platform = Platform(PlatformConfig.from_dict(meta["platform"]), CostModel.from_dict(meta["costs"]),
+        # snapshots from before the timing model carry "costs" (cycles) and no clocks: migrate them
+        timing = TimingModel.from_dict(meta["timing"] if "timing" in meta else meta["costs"])
+        _add_clocks(state)
+        platform = Platform(PlatformConfig.from_dict(meta["platform"]), timing,
                             pool_tables=meta["pool_tables"], max_vms=meta["max_vms"], backend=backend)
         hv = Hypervisor(platform)
         rows = _table_rows(state)
@@ -195,8 +198,9 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
         "media_hpa": (pmem_pages, None, None), "media_data": (pmem_pages, (PAGE_BYTES,), None),
         "line_hpa": (pmem_pages * 64, None, None), "line_state": (pmem_pages * 64, None, None),
         "wpq_ctrl": (queued, None, None), "wpq_line": (queued, None, None), "wpq_data": (queued, (64,), None),
-        "ctrl_stats": (nctl, (len(CTRL_STAT_NAMES),), nctl), "table_ids": (pool, None, None),
-        "table_data": (pool, (EPT_ENTRIES,), None), "free_tables": (pool, None, None), "scalars": (16, None, None),
+        "ctrl_stats": (nctl, (len(CTRL_STAT_NAMES),), nctl), "ctrl_busy": (nctl, None, nctl),
+        "table_ids": (pool, None, None), "table_data": (pool, (EPT_ENTRIES,), None), "free_tables": (pool, None, None),
+        "scalars": (16, None, None),
         "vm_ids": (max_vms, None, len(meta["vms"])),
     }
     if len(meta["vms"]) > max_vms:
@@ -208,8 +212,21 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
         out.update({f"vm{vm}_meta": (16, None, None), f"vm{vm}_fanout": (nctl, None, nctl),
                     f"vm{vm}_drained": (nctl, None, nctl),
                     f"vm{vm}_stats": (nvcpus, (len(STAT_NAMES),), nvcpus),
-                    f"vm{vm}_tlb": (nvcpus * entries, (4,), nvcpus * entries)})
+                    f"vm{vm}_tlb": (nvcpus * entries, (4,), nvcpus * entries),
+                    f"vm{vm}_clock": (nvcpus, (len(CLOCK_FIELDS),), nvcpus)})
     return {f"engine_{k}": v for k, v in out.items()}
+
+
+def _add_clocks(state: dict[str, np.ndarray]) -> None:
+    """Give a snapshot saved before the timing model its clocks: controllers idle, vCPUs at time
+    0 with nothing pending (what a fresh VM has)."""
+    if "ctrl_busy" not in state and "ctrl_stats" in state:
+        state["ctrl_busy"] = np.zeros(len(state["ctrl_stats"]), np.uint64)
+    for vm in np.asarray(state.get("vm_ids", [])).tolist():
+        if f"vm{vm}_clock" not in state and f"vm{vm}_stats" in state:
+            clock = np.zeros((len(state[f"vm{vm}_stats"]), len(CLOCK_FIELDS)), np.uint64)
+            clock[:, CLOCK["load_line"]:] = NO_LINE
+            state[f"vm{vm}_clock"] = clock
 
 
 def _check_member(path: str | Path, m: snapshot_file.Member, limits: dict[str, Any]) -> None:

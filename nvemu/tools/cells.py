@@ -1,7 +1,7 @@
 """One replay task of a benchmark grid or sweep ("cell"), and one host of a fleet.
 
 A cell is a plain dict (it travels to worker processes or Dask workers as is): which platform,
-which VMs, which trace or generator, which strategy, fan-out and cost model. :func:`run_cell`
+which VMs, which trace or generator, which strategy, fan-out and timing model (TimingModel overrides). :func:`run_cell`
 builds all of it in the worker, replays, and returns a small row of counters.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..machine.config import CostModel, PlatformConfig, make_platform, preset
+from ..machine.config import TimingModel, PlatformConfig, make_platform, preset
 from ..errors import ConfigError
 from ..machine.hypervisor import Hypervisor
 from .prepare import create_vms
@@ -20,7 +20,7 @@ from ..guest.workloads import VmLayout, generate
 
 ROW_COLUMNS = ("workload", "strategy", "fanout", "domain", "controllers", "wpq_depth", "hints", "vms", "ops",
                "exits", "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall", "exits_per_1k_ops",
-               "vfha_writes", "vfha_reads", "fha_writes", "lines_drained", "cycles", "cycles_per_op")
+               "vfha_writes", "vfha_reads", "fha_writes", "lines_drained", "time_ps", "ns_per_op")
 
 CELL_DEFAULTS: dict[str, Any] = {
     "platform": None,          # a preset name or "nfit:PATH"; None: built from the axes below
@@ -28,7 +28,7 @@ CELL_DEFAULTS: dict[str, Any] = {
     "dimm_bytes": 64 << 20, "dram_bytes": 1 << 30,
     "vms": 1, "vcpus": 1, "dram": 16 << 20, "nvdimm": 32 << 20,
     "workload": "persist-loop", "trace": None, "params": {}, "ops": 100_000, "seed": 0,
-    "strategy": "auto", "fanout": "broadcast", "costs": {},
+    "strategy": "auto", "fanout": "broadcast", "timing": {},
 }
 
 
@@ -62,8 +62,8 @@ def platform_of(c: dict[str, Any]) -> PlatformConfig:
 
 def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     """Build the cell's platform and VMs, generate or open its trace, replay it; one row."""
-    costs = CostModel.from_dict(c["costs"]) if c["costs"] else CostModel()
-    hv = Hypervisor(platform_of(c), costs)
+    timing = TimingModel.from_dict(c["timing"])
+    hv = Hypervisor(platform_of(c), timing)
     vms = create_vms(hv, c["vms"], c["vcpus"], c["strategy"], c["fanout"], c["dram"], c["nvdimm"], prefault=True)
     if c["trace"]:
         trace, name = c["trace"], Path(c["trace"]).name
@@ -82,10 +82,10 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
         "hints": int(hv.platform.wpq_flush), "vms": len(vms), "ops": result.ops, **exit_columns(result.exits),
         "exits_per_1k_ops": 1000 * exits / result.ops if result.ops else 0.0,
         "vfha_writes": result.vfha_writes, "vfha_reads": vfha_reads, "fha_writes": result.fha_writes,
-        "lines_drained": result.lines_drained, "cycles": result.cycles, "cycles_per_op": result.cycles_per_op,
+        "lines_drained": result.lines_drained, "time_ps": result.time_ps, "ns_per_op": result.ns_per_op,
         "lines_drained_by_controller": [sum(x) for x in zip(*(s.drained_by_controller for s in stats))],
         "wall_replay_seconds": result.seconds, "wall_mops": result.mops, "seed": c["seed"],
-        "costs": costs.to_dict(),
+        "timing": timing.to_dict(),
     }
 
 
@@ -96,8 +96,8 @@ def run_host(host: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     base = cell(**{k: v for k, v in host.items() if k in CELL_DEFAULTS and k != "vms"})
-    costs = CostModel.from_dict(base["costs"]) if base["costs"] else CostModel()
-    hv = Hypervisor(platform_of(base), costs)
+    timing = TimingModel.from_dict(base["timing"])
+    hv = Hypervisor(platform_of(base), timing)
     specs = host.get("vms") or [{}]
     made = []
     for spec in specs:
@@ -121,10 +121,10 @@ def run_host(host: dict[str, Any]) -> dict[str, Any]:
     result = replay(merged[order], hypervisor=hv, progress=False)
     per_vm = [{"vm": vm.id, "workload": Path(v["trace"]).name if v["trace"] else v["workload"],
                "strategy": vm.strategy, "fanout": v["fanout"], **{k: row[k] for k in (
-                   "ops", "vfha_writes", "fha_writes", "lines_drained", "cycles")},
+                   "ops", "vfha_writes", "fha_writes", "lines_drained", "time_ps")},
                **exit_columns(row["exits"])}
               for (v, vm), row in zip(made, result.per_vm)]
     return {"host": host.get("name", ""), "platform": hv.platform.name, "domain": hv.platform.domain,
             "controllers": hv.platform.n_controllers, "vms": len(made), "ops": result.ops,
-            **exit_columns(result.exits), "lines_drained": result.lines_drained, "cycles": result.cycles,
-            "cycles_per_op": result.cycles_per_op, "wall_replay_seconds": result.seconds, "per_vm": per_vm}
+            **exit_columns(result.exits), "lines_drained": result.lines_drained, "time_ps": result.time_ps,
+            "ns_per_op": result.ns_per_op, "wall_replay_seconds": result.seconds, "per_vm": per_vm}

@@ -561,7 +561,7 @@ def build_platform(platform: str | PlatformConfig | Platform = "default", domain
     if isinstance(platform, Platform):
         if domain is None or domain == platform.domain:
             return platform
-        return Platform(platform.config.with_(domain=domain), platform.costs, backend=backend or platform.backend)
+        return Platform(platform.config.with_(domain=domain), platform.timing, backend=backend or platform.backend)
     config = preset(platform) if isinstance(platform, str) else platform
     if domain is not None:
         config = config.with_(domain=domain)

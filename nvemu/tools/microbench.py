@@ -5,8 +5,8 @@ the guest writes the physical flush hints itself).
 :func:`run_bench` expands a grid of cells (workload x strategy x fan-out x domain x controllers x
 WPQ depth x flush hints), adds one native cell per group, runs them through
 :func:`nvemu.tools.tasks.execute` (local processes or Dask) and returns rows with
-``overhead_vs_native = cycles_per_op / native cycles_per_op``. Every figure except the ``wall_*``
-columns comes from the cost model, so the same grid gives the same numbers anywhere.
+``overhead_vs_native = ns_per_op / native ns_per_op``. Every figure except the ``wall_*``
+columns comes from the timing model, so the same grid gives the same numbers anywhere.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .cells import ROW_COLUMNS, cell, run_cell
+from .._constants import TIMING_PARAMETERS
 from ..guest.workloads import WORKLOADS
-from ..machine.config import CostModel
+from ..machine.config import TimingModel
 from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..errors import ConfigError
 from .tasks import execute, write_results
@@ -27,52 +28,52 @@ from .vocabulary import columns
 RATE_WORKLOAD = "kv-put"
 RATE_EVERY = (64, 32, 16, 8, 4, 2, 1)        # a vFHA write after every N-th put
 GROUP_KEYS = ("workload", "params", "fanout", "domain", "controllers", "wpq_depth", "hints", "vms", "ops", "seed",
-              "interleave", "costs")
-COLUMNS = (*ROW_COLUMNS, "native_cycles_per_op", "overhead_vs_native", "wall_replay_seconds", "wall_mops")
+              "interleave", "timing")
+COLUMNS = (*ROW_COLUMNS, "native_ns_per_op", "overhead_vs_native", "wall_replay_seconds", "wall_mops")
 
 
-def native_costs(costs: dict[str, int]) -> dict[str, int]:
+def native_timing(timing: dict[str, float]) -> dict[str, float]:
     """Native runs pay no second-level page walk."""
-    return {**CostModel().to_dict(), **costs, "walk_level": 0}
+    return {**TimingModel().to_dict(), **timing, "walk_ref_cycles": 0}
 
 
 def grid(workloads: Sequence[str] = tuple(WORKLOADS), strategies: Sequence[str] = COMPARED_STRATEGIES,
          fanouts: Sequence[str] = ("broadcast",), domains: Sequence[str] = ("adr",),
          controllers: Sequence[int] = (4,), wpq_depths: Sequence[int] = (64,), hints: Sequence[int] = (1,),
          ops: int = 200_000, seed: int = 0, vms: int = 1, interleave: str = "all",
-         costs: dict[str, int] | None = None, params: dict[str, dict[str, Any]] | None = None
+         timing: dict[str, float] | None = None, params: dict[str, dict[str, Any]] | None = None
          ) -> list[dict[str, Any]]:
     """The cells of a benchmark grid: every combination, each strategy's cells followed by the
     native cell of its group."""
-    costs = dict(costs or {})
-    CostModel.from_dict({**CostModel().to_dict(), **costs})          # refuse unknown or negative costs early
+    timing = dict(timing or {})
+    TimingModel.from_dict(timing)          # refuse unknown or negative parameters early
     cells = []
     for w, f, d, c, q, h in itertools.product(workloads, fanouts, domains, controllers, wpq_depths, hints):
         common = dict(workload=w, fanout=f, domain=d, controllers=c, wpq_depth=q, hints=h, ops=ops, seed=seed,
                       vms=vms, interleave=interleave, params=(params or {}).get(w, {}))
-        cells += [cell(strategy=s, costs=costs, **common) for s in strategies]
-        cells.append(cell(strategy="native", costs=native_costs(costs), **common))
+        cells += [cell(strategy=s, timing=timing, **common) for s in strategies]
+        cells.append(cell(strategy="native", timing=native_timing(timing), **common))
     return cells
 
 
 def _group(c: dict[str, Any]) -> tuple:
     """What a cell shares with its native baseline: everything but the strategy and the walk cost."""
     def norm(k: str) -> str:
-        if k == "costs":
-            return str(sorted(native_costs(c[k]).items()))
+        if k == "timing":
+            return str(sorted(native_timing(c[k]).items()))
         return str(c[k])
     return tuple(norm(k) for k in GROUP_KEYS)
 
 
 def with_overhead(cells: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row with its group's native cycles per op and the ratio to it."""
+    """Each row with its group's native ns per op and the ratio to it."""
     native = {_group(c): r for c, r in zip(cells, rows) if c["strategy"] == "native" and not r.get("error")}
     out = []
     for c, r in zip(cells, rows):
         base = native.get(_group(c))
-        n = base["cycles_per_op"] if base else math.nan
-        out.append({**r, "params": c["params"], "native_cycles_per_op": n,
-                    "overhead_vs_native": r.get("cycles_per_op", math.nan) / n if n else math.nan})
+        n = base["ns_per_op"] if base else math.nan
+        out.append({**r, "params": c["params"], "native_ns_per_op": n,
+                    "overhead_vs_native": r.get("ns_per_op", math.nan) / n if n else math.nan})
     return out
 
 
@@ -95,7 +96,7 @@ def rate_cells(strategies: Sequence[str] = COMPARED_STRATEGIES, ops: int = 100_0
 
 
 def sensitivity(rows_by_value: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """For a swept cost parameter: per workload and value, the strategies ranked by cycles per
+    """For a swept timing parameter: per workload and value, the strategies ranked by ns per
     op, and whether the ranking differs from the previous value's."""
     out = []
     workloads = sorted({r["workload"] for rows in rows_by_value.values() for r in rows})
@@ -104,34 +105,43 @@ def sensitivity(rows_by_value: dict[int, list[dict[str, Any]]]) -> list[dict[str
         for value in sorted(rows_by_value):
             mine = [r for r in rows_by_value[value] if r["workload"] == w and r["strategy"] != "native"
                     and not r.get("error")]
-            ranking = [r["strategy"] for r in sorted(mine, key=lambda r: (r["cycles_per_op"], r["strategy"]))]
+            ranking = [r["strategy"] for r in sorted(mine, key=lambda r: (r["ns_per_op"], r["strategy"]))]
             out.append({"workload": w, "value": value, "ranking": " < ".join(ranking),
                         "changed": previous is not None and ranking != previous,
-                        **{f"cycles_per_op_{r['strategy']}": r["cycles_per_op"] for r in mine}})
+                        **{f"ns_per_op_{r['strategy']}": r["ns_per_op"] for r in mine}})
             previous = ranking
     return out
 
 
-def parse_sweep(text: str) -> tuple[str, list[int]]:
-    """``exit=500:5000:500`` (inclusive) or ``exit=500,1200,5000`` -> ("exit", values)."""
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """``mmio_cycles=200:2000:200`` (inclusive) or ``fha_write_ns=50,150,500`` -> (name, values).
+    Names are :class:`TimingModel` parameters, or ``wpq_depth`` (a platform axis)."""
     try:
         name, spec = text.split("=", 1)
         if ":" in spec:
-            lo, hi, step = (int(x) for x in spec.split(":"))
-            values = list(range(lo, hi + 1, step))
+            lo, hi, step = (float(x) for x in spec.split(":"))
+            if step <= 0:
+                raise ValueError
+            values = [lo + k * step for k in range(int((hi - lo) / step + 1e-9) + 1)] if hi >= lo else []
         else:
-            values = [int(x) for x in spec.split(",")]
+            values = [float(x) for x in spec.split(",")]
     except ValueError:
-        raise ConfigError(f"--sweep-cost {text!r}: expected NAME=LO:HI:STEP or NAME=V1,V2,...") from None
-    if name not in CostModel.FIELDS:
-        raise ConfigError(f"--sweep-cost: unknown cost {name!r}; known: {', '.join(CostModel.FIELDS)}")
+        raise ConfigError(f"--sweep {text!r}: expected NAME=LO:HI:STEP or NAME=V1,V2,...") from None
+    if name not in TIMING_PARAMETERS and name != "wpq_depth":
+        raise ConfigError(f"--sweep: unknown parameter {name!r}; known: wpq_depth, {', '.join(TIMING_PARAMETERS)}")
     if not values:
-        raise ConfigError(f"--sweep-cost {text!r} gives no values")
+        raise ConfigError(f"--sweep {text!r} gives no values")
+    values = [int(v) if v == int(v) else v for v in values]
+    if name == "wpq_depth" and any(not isinstance(v, int) or not 1 <= v <= 4096 for v in values):
+        raise ConfigError(f"--sweep {text!r}: WPQ depths are whole numbers 1..4096")
+    if name != "wpq_depth":
+        for v in values:
+            TimingModel.from_dict({name: v})          # each value a valid model
     return name, values
 
 
 TABLE_COLUMNS = columns(("workload", "strategy", "fanout", "domain", "controllers", "wpq_depth",
-                         "exits_per_1k_ops", "lines_drained", "cycles_per_op", "overhead_vs_native"))
+                         "exits_per_1k_ops", "lines_drained", "ns_per_op", "overhead_vs_native"))
 
 
 def save(rows: Sequence[dict[str, Any]], out_dir: str | Path, **document: Any) -> dict[str, Any]:

@@ -6,10 +6,10 @@ drawn, the scale is readable and each figure states what was run.
   workload x strategy; a log scale (overheads span 1x to ~100x) with the value written on each
   bar, so a bar near 1x (``writable``) stays visible.
 * ``overhead_vs_vfha_rate``: overhead against how often the guest writes its vFHA.
-* ``sensitivity``: cycles per op against a swept cost-model parameter, one panel per workload,
+* ``sensitivity``: emulated ns per op against a swept timing parameter, one panel per workload,
   dotted lines where the strategies' ranking changes.
 
-Every figure carries a footer with the ops per cell, seed, VMs and the full cost model.
+Every figure carries a footer with the ops per cell, seed, VMs and the full timing model.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .._files import atomic_write
+from ..machine.config import TIMING_SOURCES
 
 FORMATS = ("png", "svg", "pdf")
 FACET_KEYS = ("fanout", "domain", "controllers", "wpq_depth", "hints", "vms")
@@ -35,15 +36,16 @@ def _pyplot() -> Any:
 
 
 def describe_run(meta: dict[str, Any]) -> str:
-    """The footer: what every cell shares (ops, seed, VMs, platform shape, cost model)."""
-    costs = ", ".join(f"{k}={v}" for k, v in meta.get("costs", {}).items())
+    """The footer: what every cell shares (ops, seed, VMs, platform shape, timing model)."""
+    costs = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                      for k, v in meta.get("timing", {}).items())
     parts = [f"{meta.get('ops', 0):,} guest ops per cell", f"seed {meta.get('seed', 0)}",
              f"{meta.get('vms', 1)} VM(s), interleave {meta.get('interleave', 'all')}"]
     if meta.get("platform"):
         parts.append(f"platform {meta['platform']}")
     native = ("native = the same trace without virtualization (no exits, no second-level page walks; the "
               "guest writes the physical flush hints itself).")
-    return "; ".join(parts) + f".  Cost model (emulated cycles): {costs}.  " + native
+    return "; ".join(parts) + f".  Timing model: {costs}.  " + native
 
 
 def _facets(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[tuple]]:
@@ -134,7 +136,7 @@ def overhead_figure(rows: Sequence[dict[str, Any]], meta: dict[str, Any], out: P
         ax.axhline(1.0, color="black", linewidth=0.9, linestyle="--", label="native (1x)")
         ax.set_xticks([i + width * (len(strategies) - 1) / 2 for i in range(len(workloads))], workloads,
                       rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("cycles per op / native (log scale)", fontsize=8)
+        ax.set_ylabel("emulated ns per op / native (log scale)", fontsize=8)
         ax.set_title(_facet_title(varied, facet), fontsize=9)
     axes[0].legend(fontsize=7, ncol=2, loc="upper left")
     what = f" by {', '.join(_LABELS[k] for k in varied)}" if varied else ""
@@ -162,7 +164,7 @@ def rate_figure(rate_rows: Sequence[dict[str, Any]], meta: dict[str, Any], workl
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_xlabel(f"vFHA writes per 1,000 guest ops, log scale ({workload}, deep flush after every N-th put)",
                   fontsize=9)
-    ax.set_ylabel("cycles per op / native (log scale)", fontsize=9)
+    ax.set_ylabel("emulated ns per op / native (log scale)", fontsize=9)
     ax.legend(fontsize=8)
     first = rate[0]
     where = ", ".join(f"{_LABELS[k]} {first[k]}" for k in FACET_KEYS if k in first)
@@ -170,10 +172,16 @@ def rate_figure(rate_rows: Sequence[dict[str, Any]], meta: dict[str, Any], workl
                  describe_run({**meta, "ops": first["ops"]}), fmt, dpi)
 
 
+def _swept(row: dict[str, Any], name: str) -> Any:
+    """The swept parameter's value in a result row (a timing parameter, or the WPQ depth)."""
+    return row["wpq_depth"] if name == "wpq_depth" else row["timing"][name]
+
+
 def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str, Any], out: Path,
                        fmt: str = "png", dpi: int = 120) -> Path | None:
-    """Cycles per op against the swept cost ``name``: a panel per workload (and varied platform
-    dimension), a line per strategy, dotted verticals where the ranking changes."""
+    """Emulated ns per op against the swept timing parameter (or ``wpq_depth``) ``name``: a panel per
+    workload (and varied platform dimension), a line per strategy, dotted verticals where the ranking
+    changes."""
     cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
     if not cells:
         return None
@@ -182,28 +190,28 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
     fig, axes = _grid(plt, len(facets), 6.5, 4.2)
     for ax, facet in zip(axes, facets):
         mine = [r for r in cells if tuple(r.get(k) for k in varied) == facet]
-        values = sorted({r["costs"][name] for r in mine})
+        values = sorted({_swept(r, name) for r in mine})
         ranking_prev = None
         for v in values:
-            ranking = [r["strategy"] for r in sorted((r for r in mine if r["costs"][name] == v),
-                                                     key=lambda r: (r["cycles_per_op"], r["strategy"]))]
+            ranking = [r["strategy"] for r in sorted((r for r in mine if _swept(r, name) == v),
+                                                     key=lambda r: (r["ns_per_op"], r["strategy"]))]
             if ranking_prev is not None and ranking != ranking_prev:
                 ax.axvline(v, color="grey", linestyle=":", linewidth=1)
                 ax.text(v, 0.03, " ranking changes", transform=ax.get_xaxis_transform(), fontsize=7,
                         va="bottom", ha="right", rotation=90, color="grey")
             ranking_prev = ranking
         for s in dict.fromkeys(r["strategy"] for r in mine):
-            pts = sorted((r["costs"][name], r["cycles_per_op"]) for r in mine if r["strategy"] == s)
+            pts = sorted((_swept(r, name), r["ns_per_op"]) for r in mine if r["strategy"] == s)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
-        ax.set_xlabel(f"cost-model parameter {name!r} (emulated cycles)", fontsize=8)
-        ax.set_ylabel("emulated cycles per guest op", fontsize=8)
-        ax.set_ylim(0, 1.15 * max(r["cycles_per_op"] for r in mine))
+        ax.set_xlabel(f"{name} (swept; {TIMING_SOURCES.get(name, 'WPQ depth, lines: free')[:60]})", fontsize=7)
+        ax.set_ylabel("emulated ns per guest op", fontsize=8)
+        ax.set_ylim(bottom=0)
         ax.set_title(_facet_title(varied, facet) if varied else str(mine[0]["workload"]), fontsize=9)
         ax.legend(fontsize=7)
-    others = {k: v for k, v in meta.get("costs", {}).items() if k != name}
-    swept = sorted({r["costs"][name] for r in cells})
-    return _save(plt, fig, out, "sensitivity", f"Sensitivity to the {name!r} cost: {swept[0]}..{swept[-1]} cycles",
-                 describe_run({**meta, "costs": {name: "swept", **others}}), fmt, dpi)
+    others = {k: v for k, v in meta.get("timing", {}).items() if k != name}
+    swept = sorted({_swept(r, name) for r in cells})
+    return _save(plt, fig, out, "sensitivity", f"Sensitivity to {name}: {swept[0]:g}..{swept[-1]:g}",
+                 describe_run({**meta, "timing": {name: "swept", **others}}), fmt, dpi)
 
 
 __all__ = ["FORMATS", "describe_run", "overhead_figure", "rate_figure", "sensitivity_figure"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .._constants import DEFAULT_CHUNK, ExitReason
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
-from ..machine.config import DEFAULT_COSTS, CostModel, PlatformConfig
+from ..machine.config import DEFAULT_TIMING, PlatformConfig, TimingModel
 from ..machine.hypervisor import ExitHandler, Hypervisor
 from ..machine.platform import Platform
 from ..machine.stats import Stats
@@ -46,11 +46,11 @@ def _vm_counters(vm: int, s: Stats) -> dict[str, Any]:
     return {"vm": vm, "ops": t["ops"], "loads": t["loads"], "stores": t["stores"] + t["nt_stores"],
             "flushes": t["clwb"] + t["clflushopt"] + t["clflush"], "fences": t["sfence"] + t["mfence"],
             "exits": {r: s.exits[r] for r in EXIT_REASONS}, "vfha_writes": t["vfha_writes"],
-            "fha_writes": t["fha_writes"], "lines_drained": t["lines_drained"], "cycles": s.cycles,
+            "fha_writes": t["fha_writes"], "lines_drained": t["lines_drained"], "time_ps": s.time_ps,
             "tlb_hits": t["tlb_hits"], "tlb_misses": t["tlb_misses"]}
 
 
-_SUMMED = ("ops", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes", "lines_drained", "cycles",
+_SUMMED = ("ops", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes", "lines_drained", "time_ps",
            "tlb_hits", "tlb_misses")
 
 
@@ -62,7 +62,7 @@ def _total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _rates(row: dict[str, Any]) -> dict[str, Any]:
     looked = row["tlb_hits"] + row["tlb_misses"]
-    return {**row, "cycles_per_op": row["cycles"] / row["ops"] if row["ops"] else 0.0,
+    return {**row, "ns_per_op": row["time_ps"] / 1000 / row["ops"] if row["ops"] else 0.0,
             "tlb_hit_rate": row["tlb_hits"] / looked if looked else 0.0}
 
 
@@ -78,7 +78,7 @@ class ChunkStats:
     flushes: int
     vfha_writes: int
     lines_drained: int
-    cycles: int
+    time_ps: int
 
     @property
     def mops(self) -> float:
@@ -104,8 +104,8 @@ class ReplayReport:
     fha_writes: int
     lines_drained: int
     wpq_full_drains: int
-    cycles: int
-    cycles_per_op: float
+    time_ps: int
+    ns_per_op: float
     tlb_hit_rate: float
     python_exits: int
     chunks: int
@@ -132,7 +132,7 @@ class ReplayReport:
 
     CSV_COLUMNS = ("vm", "ops", "seconds", "mops", "exits", "exits_ept_violation", "exits_ept_misconfig",
                    "exits_vmcall", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes",
-                   "lines_drained", "cycles", "cycles_per_op", "tlb_hit_rate")
+                   "lines_drained", "time_ps", "ns_per_op", "tlb_hit_rate")
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One row per VM and a ``total`` row, with :attr:`CSV_COLUMNS`."""
@@ -173,7 +173,7 @@ class Replayer:
     def __init__(self, trace: str | os.PathLike[str] | np.ndarray, *,
                  platform: str | PlatformConfig | Platform = "default", strategy: str = "auto",
                  fanout: str = "broadcast", vms: int | None = None, vcpus: int | None = None,
-                 dram: int | None = None, nvdimm: int | None = None, costs: CostModel = DEFAULT_COSTS,
+                 dram: int | None = None, nvdimm: int | None = None, timing: TimingModel = DEFAULT_TIMING,
                  prefault: bool = True, chunk_ops: int = DEFAULT_CHUNK, hypervisor: Hypervisor | None = None,
                  format: str | None = None, unregistered: str = "error", deep_flush: bool = False,
                  handler: ExitHandler | None = None, progress: bool | None = False) -> None:
@@ -182,7 +182,7 @@ class Replayer:
         self.chunk_ops = chunk_ops
         self.handler = handler
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.hv = hypervisor if hypervisor is not None else Hypervisor(platform, costs)
+        self.hv = hypervisor if hypervisor is not None else Hypervisor(platform, timing)
         self.vms, self.source = prepare(self.hv, trace, create=hypervisor is None, vms=vms, vcpus=vcpus,
                                         strategy=strategy, fanout=fanout, dram=dram, nvdimm=nvdimm,
                                         prefault=prefault, format=format, unregistered=unregistered,
@@ -243,7 +243,7 @@ class Replayer:
                 if bar is not None:
                     bar.update(done.ops)
                 yield ChunkStats(index, start, done.ops, seconds, exits, delta["flushes"], delta["vfha_writes"],
-                                 delta["lines_drained"], delta["cycles"])
+                                 delta["lines_drained"], delta["time_ps"])
         finally:
             if bar is not None:
                 bar.close()
@@ -270,7 +270,7 @@ class Replayer:
                       loads=total["loads"], stores=total["stores"], flushes=total["flushes"],
                       fences=total["fences"], vfha_writes=total["vfha_writes"], fha_writes=total["fha_writes"],
                       lines_drained=total["lines_drained"], wpq_full_drains=self._full_drains() - self._full_before,
-                      cycles=total["cycles"], cycles_per_op=total["cycles_per_op"],
+                      time_ps=total["time_ps"], ns_per_op=total["ns_per_op"],
                       tlb_hit_rate=total["tlb_hit_rate"], python_exits=self._python_exits, chunks=self._chunks,
                       trace=self.source.path, format=self.source.format, platform=self.hv.platform.name,
                       strategy=",".join(sorted({vm.strategy for vm in self.vms})),

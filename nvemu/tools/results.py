@@ -4,13 +4,13 @@
 The JSON document carries, beside the rows, what is needed to read and reproduce them, as
 pytest-benchmark's JSON carries machine and commit information::
 
-    {"schema_version": 1, "kind": "bench", "nvemu_version": "0.1.0", "backend": "core",
+    {"schema_version": 2, "kind": "bench", "nvemu_version": "0.1.0", "backend": "core",
      "created": "2026-12-02T19:10:00Z",
      "host": {"platform": ..., "machine": ..., "cpu": ..., "cpus": ..., "python": ..., "numpy": ...},
      "command": "nvemu bench --ops 20k ...",
-     "parameters": {... the platform, cost model, seeds, axes ...},
+     "parameters": {... the platform, timing model, seeds, axes ...},
      "exit_reasons": {"ept_violation": 48, "ept_misconfig": 49, "vmcall": 18},
-     "columns": {"cycles_per_op": {"unit": ..., "meaning": ...}, ...},
+     "columns": {"ns_per_op": {"unit": ..., "meaning": ...}, ...},
      "rows": [...]}
 
 Rows use the names of :mod:`nvemu.tools.vocabulary`; in the CSV every cell is a scalar
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from .._files import atomic_write
 from .vocabulary import COLUMNS, EXIT_REASONS, flatten
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: emulated time (time_ps, ns_per_op, timing_*) replaced cycles (issue 13)
 """Raised when a field of the document changes meaning or goes away (adding one does not)."""
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .._constants import COST_FIELDS, PAGE_BYTES
+from .._constants import PAGE_BYTES, TIMING_PARAMETERS
 from ..errors import ConfigError
 from ..guest.workloads import WORKLOADS
 from ..machine.config import DOMAINS, PRESETS
@@ -34,7 +34,8 @@ Positive = Annotated[int, Field(strict=True, ge=1)]
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
 Depth = Annotated[int, Field(strict=True, ge=1, le=4096)]
 Bytes = Annotated[int, Field(strict=True, ge=PAGE_BYTES)]
-Cost = Literal[COST_FIELDS]                                                  # type: ignore[valid-type]
+Timing = Literal[TIMING_PARAMETERS]                                          # type: ignore[valid-type]
+NonNegativeNumber = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 def _as_list(v: Any) -> Any:
@@ -69,7 +70,7 @@ class SweepSpec(_Strict):
     dram: Axis(Bytes) | None = None
     nvdimm: Axis(Bytes) | None = None
     interleave: Axis(Interleave) | None = None
-    costs: dict[Cost, Axis(NonNegative)] = {}
+    timing: dict[Timing, Axis(NonNegativeNumber)] = {}
     params: dict[Workload, dict[str, Any]] = {}
 
 
@@ -112,7 +113,7 @@ class HostSpec(_Strict):
     vcpus: Annotated[int, Field(strict=True, ge=1, le=256)] | None = None
     dram: Bytes | None = None
     nvdimm: Bytes | None = None
-    costs: dict[Cost, NonNegative] = {}
+    timing: dict[Timing, NonNegativeNumber] = {}
     vm: list[VmSpec] = Field([VmSpec()], min_length=1, validation_alias=AliasChoices("vm", "vms"))
 
 

@@ -10,8 +10,8 @@ Sweep file (TOML): every list is an axis of the grid, every scalar applies to al
     strategies = ["write-protect", "mmio"]   # the names of the nvemu bench options
     fanout = ["broadcast"]
     wpq_depth = [16, 64]
-    [costs]                          # cost-model parameters, each a list of values
-    exit = [1200, 2500]
+    [timing]                         # TimingModel parameters, each a list of values
+    exit_cycles = [2000, 2528]
     [params.kv-put]                  # workload parameters
     deep_flush_every = 4
 
@@ -46,7 +46,7 @@ else:                                            # pragma: no cover - Python 3.1
     import tomli as tomllib
 
 HOST_COLUMNS = ("host", "platform", "domain", "controllers", "vms", "ops", "exits", "exits_ept_violation",
-                "exits_ept_misconfig", "exits_vmcall", "lines_drained", "cycles", "cycles_per_op")
+                "exits_ept_misconfig", "exits_vmcall", "lines_drained", "time_ps", "ns_per_op")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -80,8 +80,8 @@ def sweep_cells(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, 
     sources += [("trace", str((base / t).resolve())) for t in s.traces or []]
     if not sources:
         sources = [("workload", CELL_DEFAULTS["workload"])]
-    cost_names = list(s.costs)
-    cost_values = [s.costs[n] for n in cost_names]
+    cost_names = list(s.timing)
+    cost_values = [s.timing[n] for n in cost_names]
     names = list(axes)
     cells = []
     for field, source in sources:
@@ -89,7 +89,7 @@ def sweep_cells(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, 
         for combo in itertools.product(*(axes[n] for n in names)):
             for cost_combo in itertools.product(*cost_values):
                 c = {**dict(zip(names, combo)), field: source, "params": params,
-                     "costs": dict(zip(cost_names, cost_combo))}
+                     "timing": dict(zip(cost_names, cost_combo))}
                 cells.append(cell(**c))
     return cells
 
@@ -101,8 +101,8 @@ def fleet_hosts(spec: dict[str, Any], base: Path = Path(".")) -> list[dict[str, 
     out = []
     for k, h in enumerate(fleet.host):
         fields = h.model_dump(exclude={"name", "vm"}, exclude_none=True)
-        if not fields.get("costs"):
-            fields.pop("costs", None)
+        if not fields.get("timing"):
+            fields.pop("timing", None)
         vms = []
         for v in h.vm:
             vm = v.model_dump(exclude_none=True, exclude_unset=True)
@@ -119,9 +119,9 @@ def fleet_total(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if not r.get("error")]
     total = {"host": "fleet", "vms": sum(r["vms"] for r in ok), "ops": sum(r["ops"] for r in ok),
              **{k: sum(r[k] for r in ok) for k in ("exits", "exits_ept_violation", "exits_ept_misconfig",
-                                                   "exits_vmcall", "lines_drained", "cycles")},
+                                                   "exits_vmcall", "lines_drained", "time_ps")},
              "hosts": len(rows), "failed": len(rows) - len(ok)}
-    total["cycles_per_op"] = total["cycles"] / total["ops"] if total["ops"] else 0.0
+    total["ns_per_op"] = total["time_ps"] / 1000 / total["ops"] if total["ops"] else 0.0
     return total
 
 

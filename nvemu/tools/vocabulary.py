@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .._constants import COST_FIELDS, ExitReason
+from .._constants import TIMING_PARAMETERS, ExitReason
 
 EXIT_NAMES: dict[int, str] = {int(r): r.name.lower() for r in ExitReason}
 """Intel basic exit reason -> the name nvemu writes (SDM Vol. 3C, Appendix C)."""
@@ -91,11 +91,11 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     _C("fha_writes", "FHA writes", ",d", "writes", "writes to physical flush hint addresses (each drains one WPQ)"),
     _C("lines_drained", "lines drained", ",d", "64-byte lines", "lines the guest's flushes drained from WPQs to media"),
     _C("wpq_full_drains", "WPQ-full drains", ",d", "64-byte lines", "lines a full WPQ drained on its own"),
-    _C("cycles", "cycles", ",d", "emulated cycles", "cost-model cycles of the whole run"),
-    _C("cycles_per_op", "cycles/op", ",.1f", "emulated cycles per record", "cycles / ops"),
-    _C("native_cycles_per_op", "native cycles/op", ",.1f", "emulated cycles per record",
-       "cycles_per_op of the same trace run natively (no virtualization)"),
-    _C("overhead_vs_native", "vs native", ".2f", "ratio", "cycles_per_op / native_cycles_per_op"),
+    _C("time_ps", "time ps", ",d", "emulated picoseconds", "emulated time of all vCPUs (timing model, SPEC 6)"),
+    _C("ns_per_op", "ns/op", ",.1f", "emulated ns per record", "time_ps / 1000 / ops"),
+    _C("native_ns_per_op", "native ns/op", ",.1f", "emulated ns per record",
+       "ns_per_op of the same trace run natively (no virtualization)"),
+    _C("overhead_vs_native", "vs native", ".2f", "ratio", "ns_per_op / native_ns_per_op"),
     _C("tlb_hit_rate", "TLB hit rate", ".4f", "fraction", "guest accesses that hit the emulated TLB"),
     # wall clock (the only figures that depend on the machine)
     _C("seconds", "seconds", ".3f", "s", "wall-clock seconds of the replay loop on this machine"),
@@ -106,14 +106,14 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     # bookkeeping
     _C("task", "task", "", "", "stable key of the task's parameters (what --resume matches)"),
     _C("error", "error", "", "", "empty, or why the task failed"),
-    # sensitivity (bench --sweep-cost)
-    _C("value", "value", ",d", "cycles", "the swept cost's value"),
-    _C("ranking", "cheapest first", "", "", "strategies ordered by cycles_per_op"),
+    # sensitivity (bench --sweep)
+    _C("value", "value", ",g", "the parameter's unit", "the swept timing parameter's value"),
+    _C("ranking", "cheapest first", "", "", "strategies ordered by ns_per_op"),
     _C("changed", "changed", "", "", "whether the ranking differs from the previous value's"),
 )}
-for _name in COST_FIELDS:
-    COLUMNS[f"cost_{_name}"] = Column(f"cost_{_name}", f"cost {_name}", ",d", "cycles",
-                                      f"cost-model parameter {_name!r} of the run (cycles)")
+for _name in TIMING_PARAMETERS:
+    COLUMNS[f"timing_{_name}"] = Column(f"timing_{_name}", _name, ",g", _name.rsplit("_", 1)[-1],
+                                        f"timing-model parameter {_name!r} of the run")
 
 
 def columns(names: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
@@ -129,18 +129,18 @@ def columns(names: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
 
 
 def flatten(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row with scalar cells only, for CSV: ``{"costs": {"exit": 5}}`` becomes ``cost_exit``,
+    """A row with scalar cells only, for CSV: ``{"timing": {"exit_cycles": 5}}`` becomes ``timing_exit_cycles``,
     ``{"params": {"x": 1}}`` ``param_x``, a list of numbers ``name_0``, ``name_1`` ...; lists of
     rows (``per_vm``) and tracebacks are left to the JSON document.
 
-    >>> flatten({"ops": 5, "costs": {"exit": 9}, "lines_drained_by_controller": [1, 2], "per_vm": [{}]})
-    {'ops': 5, 'cost_exit': 9, 'lines_drained_by_controller_0': 1, 'lines_drained_by_controller_1': 2}
+    >>> flatten({"ops": 5, "timing": {"exit_cycles": 9}, "lines_drained_by_controller": [1, 2], "per_vm": [{}]})
+    {'ops': 5, 'timing_exit_cycles': 9, 'lines_drained_by_controller_0': 1, 'lines_drained_by_controller_1': 2}
     """
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k in ("traceback", "per_vm"):
             continue
-        prefix = {"costs": "cost", "params": "param"}.get(k, k)
+        prefix = {"timing": "timing", "params": "param"}.get(k, k)
         if isinstance(v, Mapping):
             for kk, vv in v.items():
                 out[f"{prefix}_{kk}"] = vv if not isinstance(vv, (list, dict, tuple)) else str(vv)

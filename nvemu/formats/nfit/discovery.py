@@ -8,14 +8,14 @@ from typing import Any
 
 from ...errors import ConfigError, NfitError
 from ...machine.config import (
-    DEFAULT_COSTS,
+    DEFAULT_TIMING,
     PAGE_BYTES,
     ControllerConfig,
-    CostModel,
     GiB,
     InterleaveSetConfig,
     NvdimmConfig,
     PlatformConfig,
+    TimingModel,
     decode_handle,
 )
 from ...machine.platform import Platform
@@ -274,9 +274,9 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
 
 
 def platform_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_bytes: int = 2 * GiB,
-                       costs: CostModel = DEFAULT_COSTS, **kwargs: Any) -> Platform:
+                       timing: TimingModel = DEFAULT_TIMING, **kwargs: Any) -> Platform:
     """Capability discovery: the :class:`~nvemu.machine.platform.Platform` a physical NFIT describes
     (controllers, NVDIMMs, interleave, flush hints, persistence domain). The NFIT does not say the
     WPQ depth or how much DRAM the host has: those are parameters."""
-    return Platform(platform_config_from_nfit(data, wpq_depth=wpq_depth, dram_bytes=dram_bytes), costs, **kwargs)
+    return Platform(platform_config_from_nfit(data, wpq_depth=wpq_depth, dram_bytes=dram_bytes), timing, **kwargs)
 
