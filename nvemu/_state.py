@@ -14,7 +14,7 @@ kernels will index by before changing anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -98,10 +98,12 @@ def capture(engine: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def durable_read(engine: Any, hpa: int, n: int) -> bytes:
+def durable_read(engine: Any, hpa: int, n: int, held: Callable[[int], bool] | None = None) -> bytes:
     """``n`` bytes at ``hpa`` as a power failure now would leave them (SPEC 7.3), without one:
     media, then under adr/eadr the queued copies oldest first (controller by controller: a line
-    has one controller), then under eadr the dirty lines as CPUs see them."""
+    has one controller), then under eadr the dirty lines as CPUs see them. ``held(line)`` says
+    whether ADR holds for a line (default: everywhere); where it does not, only media survives
+    (``Platform.durable_read``: an NVDIMM whose NFIT flags say not armed)."""
     with engine.lock:
         out = bytearray(engine.read_media(hpa, n))
         end = hpa + n
@@ -109,12 +111,12 @@ def durable_read(engine: Any, hpa: int, n: int) -> bytes:
             for c in range(engine.n_controllers):
                 for line, data in engine.wpq_entries(c):
                     lo, hi = max(line, hpa), min(line + LINE, end)
-                    if lo < hi:
+                    if lo < hi and (held is None or held(line)):
                         out[lo - hpa:hi - hpa] = data[lo - line:hi - line]
         if engine.domain == Domain.EADR:
             for line, state in engine.line_states().items():
                 lo, hi = max(line, hpa), min(line + LINE, end)
-                if state == LineState.DIRTY and lo < hi:
+                if state == LineState.DIRTY and lo < hi and (held is None or held(line)):
                     out[lo - hpa:hi - hpa] = engine.read_memory(lo, hi - lo)
         return bytes(out)
 

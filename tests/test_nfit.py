@@ -202,7 +202,7 @@ def test_acpica_template_discovery(template_aml: bytes) -> None:
                                     "flush_hints": [0x418000000, 0x618000000]}]
     assert info["nvdimms"][0] | {"flush_hints": None, "spa_ranges": None} == {
         "handle": 1, "node": 0, "socket": 0, "imc": 0, "channel": 0, "dimm": 1, "size": 64 * MiB,
-        "flush_hints": None, "spa_ranges": None}
+        "flush_hints": None, "spa_ranges": None, "armed": False}     # flags 0x2A: bit 3, not armed
     assert info["spa_ranges"] == [{"index": 1, "base": 0x37C000000, "length": 0xC000000,
                                    "type": "block-data-window"}]
     assert info["interleave_sets"] == []  # its only range is a block data window, not persistent memory

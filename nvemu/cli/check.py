@@ -38,7 +38,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                          format=None if args.format == "auto" else args.format,
                          unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
                          protocol=args.protocol, fence_scope=args.fence_scope, verify=args.verify,
-                         ordering=not args.no_ordering)
+                         ordering=not args.no_ordering, adr_failure=args.adr_failure)
     if not args.quiet:
         out = report_stream(args.json)
         print(f"nvemu check: {args.trace}", file=out)
@@ -75,6 +75,9 @@ def add_commands(subparsers: Any) -> None:
                         "(default auto)")
     p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
                    help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
+    p.add_argument("--adr-failure", action="store_true",
+                   help="the power failure also defeats ADR: what sits in the WPQs (and, on eADR, the caches) "
+                        "is lost, as a deep flush guards against; --protocol auto then means deep")
     p.add_argument("--no-ordering", action="store_true",
                    help="do not report vFHA writes that overtake unfenced write-backs (deep protocol)")
     p.add_argument("--verify", metavar="N", type=non_negative_int, default=0,

@@ -44,7 +44,8 @@ def format_info(info: dict[str, Any]) -> str:
     for d in info["nvdimms"]:
         lines.append(f"  handle {d['handle']:#06x} (node {d['node']} socket {d['socket']} imc {d['imc']} "
                      f"channel {d['channel']} dimm {d['dimm']}): {format_size(d['size'])}, "
-                     f"flush hints {_hex_list(d['flush_hints'])}")
+                     f"flush hints {_hex_list(d['flush_hints'])}"
+                     + ("" if d["armed"] else "; flush failed or not armed: no ADR guarantee"))
     lines.append(f"interleave sets: {len(info['interleave_sets'])}")
     for s in info["interleave_sets"]:
         lines.append(f"  range {s['spa_index']} at {s['base']:#x}: {len(s['nvdimms'])}-way, "

@@ -51,13 +51,17 @@ class ControllerConfig:
 @dataclass(frozen=True)
 class NvdimmConfig:
     """One NVDIMM: the controller it hangs off (index into ``PlatformConfig.controllers``), its
-    channel and slot, its size in bytes and its flush hint addresses (SPA of each hint)."""
+    channel and slot, its size in bytes and its flush hint addresses (SPA of each hint).
+    ``armed`` is False when the NFIT's memory device flags say the platform flush failed (bit 2)
+    or the device is not armed (bit 3): ADR gives no guarantee for it, so what sits in the WPQs
+    for its lines is lost at a power failure (SPEC 7.3)."""
 
     controller: int
     size: int
     channel: int = 0
     dimm: int = 0
     flush_hints: tuple[int, ...] = ()
+    armed: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,8 @@ class PlatformConfig:
             return cls(
                 controllers=tuple(ControllerConfig(c["node"], c["socket"], c["imc"]) for c in d["controllers"]),
                 nvdimms=tuple(NvdimmConfig(n["controller"], n["size"], n["channel"], n["dimm"],
-                                           tuple(n["flush_hints"])) for n in d["nvdimms"]),
+                                           tuple(n["flush_hints"]), bool(n.get("armed", True)))
+                              for n in d["nvdimms"]),
                 interleave_sets=tuple(InterleaveSetConfig(s["spa_base"], tuple(s["dimms"]), s["granularity"])
                                       for s in d["interleave_sets"]),
                 wpq_depth=d["wpq_depth"], domain=d["domain"], dram_bytes=d["dram_bytes"], name=d["name"])
@@ -201,7 +206,7 @@ class PlatformConfig:
                              "flush_hints": list(self.controller_flush_hints(i))}
                             for i, c in enumerate(self.controllers)],
             "nvdimms": [{"handle": self.handle(i), **decode_handle(self.handle(i)), "size": d.size,
-                         "controller": d.controller, "flush_hints": list(d.flush_hints)}
+                         "controller": d.controller, "flush_hints": list(d.flush_hints), "armed": d.armed}
                         for i, d in enumerate(self.nvdimms)],
             "interleave_sets": [{"spa_base": s.spa_base, "length": self.set_bytes(s),
                                  "dimms": list(s.dimms), "granularity": s.granularity,

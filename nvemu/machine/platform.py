@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy as np
 
-from .. import _backend
+from .. import _backend, _state
 from .._constants import CTRL_STAT_NAMES, DOMAIN_NAMES, PAGE_BYTES
 from .._image import DurableImage
 from .._layout import CHUNK_SHIFT, EngineLayout, InterleaveLayout
@@ -230,9 +231,34 @@ class Platform:
         """What the NVDIMM media durably holds at ``hpa``."""
         return self.engine.read_media(hpa, n)
 
-    def durable_read(self, hpa: int, n: int) -> bytes:
-        """What ``[hpa, hpa+n)`` would hold after a power failure now; nothing is failed."""
-        return self.engine.durable_read(hpa, n)
+    def adr_holds(self, hpa: int, adr_failure: bool = False) -> bool:
+        """Does ADR protect the NVDIMM line at ``hpa`` at a power failure? Not when ADR fails
+        (``adr_failure``), and not for an NVDIMM whose NFIT flags say the platform flush failed or
+        it is not armed (``NvdimmConfig.armed``)."""
+        return not adr_failure and self.config.nvdimms[self.nvdimm_of(hpa)].armed
+
+    def _adr_at_risk(self, adr_failure: bool) -> bool:
+        return self.domain != "none" and (adr_failure or not all(d.armed for d in self.config.nvdimms))
+
+    def durable_read(self, hpa: int, n: int, adr_failure: bool = False) -> bytes:
+        """What ``[hpa, hpa+n)`` would hold after a power failure now; nothing is failed.
+
+        With ``adr_failure`` the failure also defeats ADR (SPEC 7.3): what sits in the WPQs is lost
+        and, on an ``eadr`` host, the dirty cache lines too, so only media survives; the same holds
+        at any power failure for the lines of an NVDIMM that is not ``armed``. Sources: Linux
+        commit ab630891ce0e (libnvdimm, region: sysfs trigger for nvdimm_flush()) documents the
+        deep flush (a flush-hint write) as what limits the damage of an ADR failure; eADR rides on
+        ADR: Linux ``acpi_nfit_register_region`` (drivers/acpi/nfit/core.c) says the NFIT
+        persistence-domain bits are hierarchical (CPU cache flush on power loss implies memory
+        controller flush: the caches are written back into the memory controller, whose queues
+        ADR then drains), and PMDK's ``pmem_deep_flush`` writes back the caches "regardless of
+        eADR support" (libpmem/pmem.c; pmem2_deep_flush(3): "not to rely on automatic cache or
+        WPQ flush on power failure (ADR/eADR)")."""
+        if not self._adr_at_risk(adr_failure):
+            return self.engine.durable_read(hpa, n)
+        if adr_failure:
+            return self.read_media(hpa, n)
+        return _state.durable_read(self.engine, hpa, n, held=self.adr_holds)
 
     def line_states(self) -> dict[int, int]:
         """{line HPA: LineState} of every NVDIMM line that is not CLEAN."""
@@ -252,9 +278,20 @@ class Platform:
         """Write every listed (default: all) controller's flush hint: their WPQs drain to media."""
         return int(self.engine.drain(range(self.n_controllers) if controllers is None else controllers))
 
-    def power_fail(self) -> DurableImage:
+    def power_fail(self, adr_failure: bool = False) -> DurableImage:
         """Cut the power and reboot; returns the durable image of NVDIMM space (SPEC 7.3), sparse:
-        ``image.read(hpa, n)``, ``image.ranges()``, ``image[off:off + n]``, ``image.to_array()``."""
+        ``image.read(hpa, n)``, ``image.ranges()``, ``image[off:off + n]``, ``image.to_array()``.
+        With ``adr_failure`` (or for an NVDIMM that is not ``armed``) the WPQ contents and, under
+        eADR, the dirty cache lines of the unprotected lines are lost (see :meth:`durable_read`)."""
+        if self._adr_at_risk(adr_failure):
+            state = self.engine.get_state()
+            keep = np.array([self.adr_holds(int(a), adr_failure) for a in state["wpq_line"].tolist()], bool)
+            for k in ("wpq_ctrl", "wpq_line", "wpq_data"):
+                state[k] = state[k][keep] if len(keep) else state[k]
+            held = np.array([self.adr_holds(int(a), adr_failure) for a in state["line_hpa"].tolist()], bool)
+            for k in ("line_hpa", "line_state"):
+                state[k] = state[k][held] if len(held) else state[k]
+            self.engine.set_state(state)
         return self.engine.power_fail()
 
     def discard(self, hpa: int, n: int) -> None:

@@ -90,6 +90,7 @@ class CheckResult:
     fanouts: dict[int, str]
     verified: list[int] = field(default_factory=list)          # points compared with a real power failure
     verify_mismatches: list[tuple[int, int]] = field(default_factory=list)  # (point, first differing HPA)
+    adr_failure: bool = False                   # the power failure also loses the WPQs
 
     @property
     def ok(self) -> bool:
@@ -130,7 +131,7 @@ class CheckResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the run's parameters, the counts and every violation."""
         return {"ok": self.ok, "ops": self.ops, "platform": self.platform, "domain": self.domain,
-                "protocol": self.protocol, "fence_scope": self.fence_scope,
+                "adr_failure": self.adr_failure, "protocol": self.protocol, "fence_scope": self.fence_scope,
                 "strategies": {str(k): v for k, v in self.strategies.items()},
                 "fanouts": {str(k): v for k, v in self.fanouts.items()},
                 "candidates": self.candidates, "points": self.points, "completed_stores": self.completed_stores,
@@ -144,7 +145,8 @@ class CheckResult:
         strategies = ",".join(sorted(set(self.strategies.values())))
         fanouts = ",".join(sorted(set(self.fanouts.values())))
         whose = "storing vCPU" if self.fence_scope == "vcpu" else "any vCPU of the VM"
-        lines = [(f"platform  {self.platform} (domain {self.domain}), {len(self.strategies)} VM(s), "
+        lines = [(f"platform  {self.platform} (domain {self.domain}{', ADR fails' if self.adr_failure else ''}), "
+                  f"{len(self.strategies)} VM(s), "
                   f"strategy {strategies}, fan-out {fanouts}"),
                  f"protocol  {self.protocol} ({PROTOCOL_TEXT[self.protocol]}; fence by the {whose})",
                  (f"checked   {len(self.points):,} of {self.candidates:,} crash points (after each fence and "

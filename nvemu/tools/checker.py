@@ -317,10 +317,11 @@ def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_
 
 class _Checker:
     def __init__(self, hv: Hypervisor, ops: np.ndarray, protocol: str, fence_scope: str,
-                 handler: ExitHandler, full_every: int, ordering: bool = True) -> None:
+                 handler: ExitHandler, full_every: int, ordering: bool = True, adr_failure: bool = False) -> None:
         self.hv, self.ops, self.handler = hv, ops, handler
         self.platform = hv.platform
-        self.domain = self.platform.domain
+        self.adr_failure = adr_failure
+        self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
         self.model = _Model(hv, protocol, fence_scope, ordering)
         self.full_every = full_every
         self.open: dict[int, dict[int, Violation]] = {}    # line slot -> {store: its run of lost points}
@@ -384,7 +385,8 @@ class _Checker:
         """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
         block of at most _SPAN_LIMIT bytes, one read of the whole span or one per run of adjacent
         lines, whichever reads less (a call costs about _RUN_COST bytes)."""
-        read = self.platform.durable_read
+        def read(hpa: int, n: int) -> bytes:
+            return self.platform.durable_read(hpa, n, self.adr_failure)
         out = np.empty((len(lines), LINE), np.uint8)
         i = 0
         while i < len(lines):
@@ -482,13 +484,13 @@ class _Checker:
             path = os.path.join(tmp, "point.npz")
             save_snapshot(self.hv, path)
             copy = restore_snapshot(path, backend=self.platform.backend)
-            image = copy.platform.power_fail()
+            image = copy.platform.power_fail(self.adr_failure)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         base = self.platform.pmem_base
         for vm in self.hv.vms.values():
             for r in vm.nvdimms:
-                probe = np.frombuffer(self.platform.durable_read(r.hpa, r.size), np.uint8)
+                probe = np.frombuffer(self.platform.durable_read(r.hpa, r.size, self.adr_failure), np.uint8)
                 real = image[r.hpa - base:r.hpa - base + r.size]
                 diff = np.flatnonzero(probe != real)
                 if len(diff):
@@ -498,7 +500,8 @@ class _Checker:
 
 def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
-          verify: int = 0, full_every: int | None = None, ordering: bool = True) -> CheckResult:
+          verify: int = 0, full_every: int | None = None, ordering: bool = True,
+          adr_failure: bool = False) -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
     indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
@@ -506,8 +509,9 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     stores. ``verify``: also compare that many of the points (evenly spread) with a real power
     failure of a snapshot-restored copy. ``full_every``: re-read every tracked line at every so
     many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``:
-    report vFHA writes that overtake unfenced write-backs (deep protocol only). Afterwards ``hv`` has
-    replayed the whole trace.
+    report vFHA writes that overtake unfenced write-backs (deep protocol only). ``adr_failure``: the
+    power failure also defeats ADR, so only media survives (``Platform.durable_read``) and ``auto``
+    means the deep protocol. Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -520,7 +524,8 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
     domain = hv.platform.domain
-    resolved = protocol if protocol != "auto" else ("deep" if domain == "none" else "flush")
+    survives = "none" if adr_failure else domain
+    resolved = protocol if protocol != "auto" else ("deep" if survives == "none" else "flush")
     candidates = persist_points(hv, ops)
     chosen = _choose_points(candidates, points, len(ops))
     verify_at = set()
@@ -529,7 +534,7 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
                                                         .round().astype(np.int64))}
     if full_every is None:
         full_every = max(64, -(-len(chosen) // 16))
-    checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering)
+    checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering, adr_failure)
     verified, mismatches = [], []
     for n, p in enumerate(chosen):
         checker._replay(p + 1)
@@ -547,7 +552,7 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
                        domain=domain, platform=hv.platform.name,
                        strategies={vm.id: vm.strategy for vm in hv.vms.values()},
                        fanouts={vm.id: vm.fanout for vm in hv.vms.values()},
-                       verified=verified, verify_mismatches=mismatches)
+                       verified=verified, verify_mismatches=mismatches, adr_failure=adr_failure)
 
 
 # ---- a trace file on a fresh machine -------------------------------------------------------------

@@ -17,6 +17,7 @@ from .tables import (
     EFI_MEMORY_NV,
     EFI_MEMORY_WB,
     FORMAT_INTERFACE_CODE,
+    MEM_NOT_ARMED,
     ControlRegion,
     FlushHintAddress,
     Interleave,
@@ -47,7 +48,7 @@ def nfit_from_platform_config(cfg: PlatformConfig) -> Nfit:
     a memory device map per NVDIMM (member ``k`` of a set at ``region_offset = k * granularity``;
     an NVDIMM in no set is mapped to range index 0); an Interleave structure per set when it has
     more than one member or a granularity other than 4 KiB (``line_size`` = granularity, one line
-    per period at offset 0); a control region per NVDIMM (serial number = NVDIMM number + 1); a
+    per period at offset 0; flags bit 3 "not armed" for an NVDIMM that is not ``armed``); a control region per NVDIMM (serial number = NVDIMM number + 1); a
     flush hint structure per NVDIMM that has hints; platform capabilities with the domain's bits
     (:data:`DOMAIN_CAPABILITIES`) and highest valid capability 1.
     """
@@ -67,11 +68,11 @@ def nfit_from_platform_config(cfg: PlatformConfig) -> Nfit:
             maps[d] = MemoryMap(device_handle=cfg.handle(d), physical_id=d, range_index=k + 1,
                                 region_index=d + 1, region_size=cfg.nvdimms[d].size,
                                 region_offset=pos * s.granularity, interleave_index=il_index,
-                                interleave_ways=len(s.dimms))
+                                interleave_ways=len(s.dimms), flags=0 if cfg.nvdimms[d].armed else MEM_NOT_ARMED)
     for d, nv in enumerate(cfg.nvdimms):
         if d not in maps:
             maps[d] = MemoryMap(device_handle=cfg.handle(d), physical_id=d, range_index=0, region_index=d + 1,
-                                region_size=nv.size)
+                                region_size=nv.size, flags=0 if nv.armed else MEM_NOT_ARMED)
     subtables: list[Subtable] = [*spas, *(maps[d] for d in sorted(maps)), *interleaves]
     subtables += [_control_region(d + 1, d + 1) for d in range(len(cfg.nvdimms))]
     subtables += [FlushHintAddress(device_handle=cfg.handle(d), hint_addresses=nv.flush_hints)

@@ -22,6 +22,7 @@ from ...machine.platform import Platform
 from .codec import Nfit, parse
 from .tables import (
     DEFAULT_GRANULARITY,
+    MEM_NO_ADR,
     FlushHintAddress,
     Interleave,
     MemoryMap,
@@ -55,6 +56,11 @@ class _Dimm:
     def key(self) -> tuple[int, int, int]:
         d = decode_handle(self.handle)
         return (d["node"], d["socket"], d["imc"])
+
+    @property
+    def armed(self) -> bool:
+        """ADR guarantees this device: no map of it says "platform flush failed" or "not armed"."""
+        return not any(m.flags & MEM_NO_ADR for _, m in self.maps)
 
     @property
     def size(self) -> int:
@@ -155,6 +161,8 @@ def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_b
     - one NVDIMM per distinct device handle, sorted by handle: its size is the ``region_size`` of
       its map into a persistent-memory SPA range (for a DIMM mapped into none, the sum of its maps'
       sizes), its flush hints those of the flush hint structures naming its handle, in table order;
+      it is not ``armed`` when a map's flags say "platform flush failed" (bit 2) or "not armed"
+      (bit 3): no ADR guarantee, its WPQ contents are lost at a power failure;
     - one interleave set per persistent-memory ("pm") SPA range, in table order, its members the
       DIMMs mapped into it ordered by ``region_offset``; the granularity is the ``line_size`` of the
       Interleave structure the maps name, else :data:`DEFAULT_GRANULARITY` (4 KiB);
@@ -183,7 +191,7 @@ def platform_config_from_nfit(data: bytes | Nfit, *, wpq_depth: int = 64, dram_b
                                                 f"needs a positive multiple of 4 KiB")
         loc = decode_handle(d.handle)
         nvdimms.append(NvdimmConfig(controller=sv.keys.index(d.key), size=size, channel=loc["channel"],
-                                    dimm=loc["dimm"], flush_hints=tuple(d.hints)))
+                                    dimm=loc["dimm"], flush_hints=tuple(d.hints), armed=d.armed))
     isets = []
     for st in sv.sets:
         s = st.spa
@@ -223,7 +231,7 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
     """A JSON-ready summary of what the table says (lenient: works for tables nvemu cannot model).
 
     Keys: ``controllers`` [{node, socket, imc, flush_hints}], ``nvdimms`` [{handle, node, socket,
-    imc, channel, dimm, size, flush_hints, spa_ranges}], ``wpq_flush`` (does some NVDIMM list a
+    imc, channel, dimm, size, flush_hints, spa_ranges, armed}], ``wpq_flush`` (does some NVDIMM list a
     flush hint), ``persistence_domain``, ``capabilities`` (raw, highest valid, effective,
     or None), ``spa_ranges`` [{index, base, length, type}], ``interleave_sets`` [{spa_index, base,
     length, granularity, nvdimms, wpq_flush}] (a set's ``wpq_flush``: one of its NVDIMMs lists a
@@ -254,7 +262,8 @@ def discover(data: bytes | Nfit) -> dict[str, Any]:
         "creator_id": nfit.creator_id, "creator_revision": nfit.creator_revision,
         "controllers": controllers,
         "nvdimms": [{"handle": d.handle, **decode_handle(d.handle), "size": d.size,
-                     "flush_hints": list(d.hints), "spa_ranges": [m.range_index for _, m in d.maps]}
+                     "flush_hints": list(d.hints), "spa_ranges": [m.range_index for _, m in d.maps],
+                     "armed": d.armed}
                     for d in sv.dimms],
         "wpq_flush": any(d.hints for d in sv.dimms),
         "persistence_domain": sv.domain,

@@ -36,6 +36,16 @@ CAP_MEM_MIRRORING = 1 << 2
 DOMAIN_CAPABILITIES = {"eadr": CAP_CACHE_FLUSH | CAP_MEM_FLUSH, "adr": CAP_MEM_FLUSH, "none": 0}
 
 SPA_FLAG_LOCATION_COOKIE_VALID = 1 << 2
+# Memory device to SPA range map flags (ACPI 6.x table 5-135; ACPICA actbl2.h ACPI_NFIT_MEM_*).
+MEM_SAVE_FAILED = 1 << 0
+MEM_RESTORE_FAILED = 1 << 1
+MEM_FLUSH_FAILED = 1 << 2      # the platform flush of the last shutdown failed
+MEM_NOT_ARMED = 1 << 3         # the device is not armed: it may not persist writes (Linux NDD_UNARMED)
+MEM_HEALTH_OBSERVED = 1 << 4
+MEM_HEALTH_ENABLED = 1 << 5
+MEM_MAP_FAILED = 1 << 6
+#: The flags that take away the ADR guarantee for a device (issue 16, item 4).
+MEM_NO_ADR = MEM_FLUSH_FAILED | MEM_NOT_ARMED
 EFI_MEMORY_WB = 0x8
 EFI_MEMORY_NV = 0x8000
 #: Interleave granularity assumed for a set whose memory device maps name no Interleave structure.
