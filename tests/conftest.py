@@ -8,6 +8,13 @@ Inputs too big for the reference model in a pure run are sized with :func:`scale
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,3 +72,28 @@ def small_vm(hv: Hypervisor, **kw):
 def trace(*records) -> np.ndarray:
     """TRACE_DTYPE array from (op, vcpu, vm, size, gpa, value) tuples."""
     return np.array(list(records), dtype=TRACE_DTYPE)
+
+
+@functools.lru_cache(maxsize=None)
+def iasl_path() -> str | None:
+    """A current ACPICA iasl: ``$NVEMU_IASL``, else the one ``shared/tools/acpica/build-iasl.sh``
+    (beside the checkout or beside any directory above it, so a git worktree finds it too) builds
+    (20260408: knows the ACPI 6.4 SPA location cookie), else a system iasl new enough to know it
+    (ACPICA 20210331 or later; Debian 12's 20200925 silently drops the cookie), else None."""
+    if os.environ.get("NVEMU_IASL"):
+        return os.environ["NVEMU_IASL"]
+    checkout = Path(__file__).resolve().parents[1]
+    for above in checkout.parents:
+        script = above / "shared" / "tools" / "acpica" / "build-iasl.sh"
+        if script.exists():
+            r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
+            if r.returncode == 0 and r.stdout.strip():
+                return r.stdout.strip().splitlines()[-1]
+            break
+    system = shutil.which("iasl")
+    if system:
+        r = subprocess.run([system, "-v"], capture_output=True, text=True)
+        m = re.search(r"version (\d{8})", r.stdout + r.stderr)
+        if m and int(m.group(1)) >= 20210331:
+            return system
+    return None

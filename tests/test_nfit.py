@@ -28,12 +28,13 @@ from nvemu.formats import nfit
 from nvemu.machine.config import (PRESETS, ControllerConfig, GiB, InterleaveSetConfig, KiB, MiB, NvdimmConfig,
                           PlatformConfig, make_platform, preset)
 from nvemu.errors import ConfigError, NfitError
+from conftest import iasl_path
 from nvemu.formats.nfit import (GUIDS, ControlRegion, DataRegion, FlushHintAddress, Interleave, MemoryMap, Nfit,
                         PlatformCapabilities, RawSubtable, Smbios, SpaRange)
 
 DATA = Path(__file__).parent / "data" / "nfit"
-IASL = shutil.which("iasl")
-needs_iasl = pytest.mark.skipif(IASL is None, reason="iasl (acpica-tools) is not installed")
+IASL = iasl_path()      # a current iasl (issue 16 item 7): the system one predates the SPA location cookie
+needs_iasl = pytest.mark.skipif(IASL is None, reason="no current iasl (shared/tools/acpica/build-iasl.sh failed)")
 FUZZ_EXAMPLES = int(os.environ.get("NVEMU_FUZZ_EXAMPLES", "1000"))
 PM_GUID = "66F0D379-B4F3-4074-AC43-0D3318B78CDB"
 
@@ -66,7 +67,7 @@ def disassemble(data: bytes, workdir: Path, name: str) -> str:
     return (workdir / f"{name}.dsl").read_text()
 
 
-_DSL_LINE = re.compile(r"^\[([0-9A-F]+)h\s+\d+\s+\d+\]\s+(.*?)\s+:\s+(.*)$")
+_DSL_LINE = re.compile(r"^\[([0-9A-F]+)h\s+\d+\s+(?:\d+|[0-9A-F]+h)\]\s+(.*?)\s+:\s+(.*)$")   # old and 2026 iasl
 
 
 def acpica_fields(text: str) -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
@@ -140,7 +141,10 @@ def assert_matches_acpica(table: Nfit, text: str) -> None:
         decoded: dict[str, list[str]] = {}
         for name, value in theirs[1:]:
             decoded.setdefault(name, []).append(value.split()[0] if value else value)
-        for acpica_label, attr in ACPICA_LABELS[type(ours)]:
+        labels = ACPICA_LABELS[type(ours)]
+        if isinstance(ours, SpaRange) and ours.location_cookie is not None:
+            labels = [*labels, ("Location Cookie", "location_cookie")]   # ACPICA prints one always
+        for acpica_label, attr in labels:
             expected = getattr(ours, attr)
             got = decoded.get(acpica_label, [])
             if isinstance(expected, tuple):
@@ -162,7 +166,25 @@ def template_aml(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     work = tmp_path_factory.mktemp("template")
     r = run_iasl(["-T", "NFIT"], work)
     assert r.returncode == 0, r.stdout + r.stderr
+    # ACPICA's template emits the 64-byte SPA range (with its cookie) but leaves flags bit 2 clear,
+    # a table Linux refuses (add_spa: length != sizeof_spa); set the flag as ACPI 6.4 asks.
+    text = (work / "nfit.asl").read_text()
+    flags = re.compile(r"(Flags \(decoded below\) : )0000(\n(?:.*\n){2}\s+Location Cookie Valid : )0")
+    assert flags.search(text)
+    (work / "nfit.asl").write_text(flags.sub(r"\g<1>0004\g<2>1", text, count=1))
+    (work / "unflagged.asl").write_text(text)
     return compile_asl(work / "nfit.asl", work / "out")
+
+
+@needs_iasl
+def test_acpica_template_as_shipped_is_refused_as_linux_refuses_it(tmp_path: Path) -> None:
+    """ACPICA 20260408's template: a 64-byte SPA range whose flags say no location cookie."""
+    r = run_iasl(["-T", "NFIT"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = compile_asl(tmp_path / "nfit.asl", tmp_path / "out")
+    with pytest.raises(NfitError, match=r"offset 0x2a .*field length: subtable 0 \(SPA range\) is 64 bytes but its "
+                                        r"flags .* say the location cookie is not valid: it must be 56 bytes"):
+        nfit.parse(data)
 
 
 @needs_iasl
@@ -176,7 +198,7 @@ def test_acpica_template_parses_field_by_field(template_aml: bytes, tmp_path: Pa
     spa, mmap, il, smb, dcr, bdw, fh, caps = subtables
     assert spa.range_type == "block-data-window" and spa.guid == GUIDS["block-data-window"]
     assert (spa.address, spa.length, spa.memory_mapping) == (0x37C000000, 0xC000000, 8)
-    assert spa.location_cookie is None
+    assert spa.flags == 4 and spa.location_cookie == 0x12345678ABCDEF00
     assert (mmap.device_handle, mmap.physical_id, mmap.range_index, mmap.region_index) == (1, 4, 1, 1)
     assert (mmap.region_size, mmap.address, mmap.interleave_ways, mmap.flags) == (0x4000000, 0x8000000, 3,
                                                                                   0x2A)
@@ -379,12 +401,21 @@ def test_preset_host_table_decodes_with_iasl(name: str, tmp_path: Path) -> None:
     assert f"Capabilities (decoded below) : {caps:08X}" in text
     hints = [h for d in cfg.nvdimms for h in d.flush_hints]
     assert re.findall(r"Hint Address : ([0-9A-F]+)", text) == [f"{h:016X}" for h in hints]
-    # ACPICA's compiler turns its own disassembly back into the same table (it stamps its own creator).
+    # ACPICA's compiler turns its own disassembly back into the same table (it stamps its own creator),
+    # except that it always writes the 64-byte SPA range: nvemu's 56-byte ranges come back with the
+    # location cookie, which Linux accepts only with flags bit 2 set, so the test sets it.
+    dsl = tmp_path / f"{name}.dsl"
+    text = re.sub(r"(Flags \(decoded below\) : )0000(\n(?:.*\n){2}\s+Location Cookie Valid : )0",
+                  r"\g<1>0004\g<2>1", dsl.read_text())
+    dsl.write_text(text)
     r = run_iasl(["-p", "again", f"{name}.dsl"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     again = nfit.parse((tmp_path / "again.aml").read_bytes())
-    restamped = dataclasses.replace(again, creator_id=table.creator_id,
-                                    creator_revision=table.creator_revision)
+    assert all(s.flags & 4 and s.location_cookie is not None for s in again.select(SpaRange))
+    restamped = dataclasses.replace(
+        again, creator_id=table.creator_id, creator_revision=table.creator_revision,
+        subtables=[dataclasses.replace(s, flags=s.flags & ~4, location_cookie=None) if isinstance(s, SpaRange)
+                   else s for s in again.subtables])
     assert restamped == table
 
 
@@ -458,8 +489,7 @@ def odd_table() -> Nfit:
     return Nfit(subtables=[
         SpaRange(range_index=1, range_type="pm", address=0x1_0000_0000, length=64 * M, flags=4,
                  location_cookie=0x1122334455667788),
-        SpaRange(range_index=2, range_type="0b1f7e4c-0000-4000-8000-00000000abcd", address=0, length=4096,
-                 tail=b"\x01\x02"),
+        SpaRange(range_index=2, range_type="0b1f7e4c-0000-4000-8000-00000000abcd", address=0, length=4096),
         MemoryMap(device_handle=0x1001, range_index=1, region_size=64 * M, tail=b"xyz"),
         Interleave(interleave_index=1, line_size=256, line_offsets=[0, 4], tail=b"\xff"),
         Smbios(data=b"\x11" * 9),
@@ -517,8 +547,10 @@ tails = st.binary(max_size=7)
 subtable_strategy = st.one_of(
     st.builds(SpaRange, range_index=u(2),
               range_type=st.one_of(st.sampled_from(sorted(GUIDS)), st.uuids().map(str)),
-              address=u(8), length=u(8), flags=u(2), reserved=u(4), proximity_domain=u(4),
-              memory_mapping=u(8), location_cookie=st.none() | u(8), tail=tails),
+              address=u(8), length=u(8), flags=u(2).map(lambda f: f & ~4), reserved=u(4), proximity_domain=u(4),
+              memory_mapping=u(8)),
+    st.builds(SpaRange, range_index=u(2), range_type=st.sampled_from(sorted(GUIDS)), address=u(8),
+              length=u(8), flags=u(2).map(lambda f: f | 4), location_cookie=u(8)),
     st.builds(MemoryMap, device_handle=u(4), range_index=u(2), region_size=u(8), region_offset=u(8),
               address=u(8), physical_id=u(2), region_id=u(2), region_index=u(2), interleave_index=u(2),
               interleave_ways=u(2), flags=u(2), reserved=u(2), tail=tails),
@@ -868,3 +900,64 @@ def test_cli_numbers(text: str, value: int) -> None:
 def test_platform_config_type_is_exported() -> None:
     table = nfit.nfit_from_platform_config(preset())
     assert isinstance(nfit.platform_config_from_nfit(table), PlatformConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 16, item 7: NFIT details as ACPI 6.4 and Linux have them
+
+
+def test_spa_length_must_agree_with_the_cookie_flag() -> None:
+    """ACPI 6.4: the location cookie is present when SPA flags bit 2 says so; Linux
+    (drivers/acpi/nfit/core.c sizeof_spa/add_spa) refuses a SPA range of any other length."""
+    with_cookie = SpaRange(range_index=1, range_type="pm", address=0, length=4096, flags=4, location_cookie=7)
+    data = Nfit(subtables=[with_cookie]).to_bytes()
+    assert len(data) == 40 + 64 and nfit.parse(data).subtables[0].location_cookie == 7
+    plain = Nfit(subtables=[SpaRange(range_index=1, range_type="pm", address=0, length=4096)]).to_bytes()
+    assert len(plain) == 40 + 56
+    flagged_short = fix_checksum(set_u(bytearray(plain), 40 + 6, 2, 4))        # flag set, 56 bytes
+    with pytest.raises(NfitError, match=r"offset 0x2a .*field length: subtable 0 \(SPA range\) is 56 bytes but its "
+                                        r"flags \(offset 0x2e\) say the location cookie is valid: it must be 64"):
+        nfit.parse(bytes(flagged_short))
+    unflagged_long = fix_checksum(set_u(bytearray(data), 40 + 6, 2, 0))       # flag clear, 64 bytes
+    with pytest.raises(NfitError, match="is 64 bytes but its flags .* not valid: it must be 56 bytes"):
+        nfit.parse(bytes(unflagged_long))
+    for bad in (SpaRange(range_index=1, range_type="pm", address=0, length=1, flags=4),
+                SpaRange(range_index=1, range_type="pm", address=0, length=1, location_cookie=1),
+                SpaRange(range_index=1, range_type="pm", address=0, length=1, tail=b"\x01")):
+        with pytest.raises(NfitError, match=r"field flags: subtable 0 \(SPA range\): flags bit 2"):
+            Nfit(subtables=[bad]).to_bytes()
+
+
+def _with_interleave(cfg, **changes) -> bytes:
+    t = nfit.nfit_from_platform_config(cfg)
+    return Nfit(subtables=[dataclasses.replace(s, **changes) if isinstance(s, Interleave) else s
+                           for s in t.subtables]).to_bytes()
+
+
+def test_interleave_line_offsets_are_honoured_or_refused() -> None:
+    """Linux reads a DIMM's line L at base + region offset + (L // count) * count * ways * size +
+    line_offsets[L % count] * size. A table laying lines out as nvemu does (offsets j * ways) is
+    accepted, whatever its line count; one that does not is refused with a clear error."""
+    cfg = preset("cross-socket", dimm_bytes=4 * M, dram_bytes=16 * M)          # one 4-way set
+    same = nfit.platform_config_from_nfit(_with_interleave(cfg, line_size=4096, line_offsets=(0, 4, 8)),
+                                          dram_bytes=16 * M, name=cfg.name)
+    assert same == cfg
+    bad = _with_interleave(cfg, line_size=4096, line_offsets=(1,))
+    with pytest.raises(NfitError, match=r"interleave structure 1 .* gives line offsets \[1\] for a 4-way set; "
+                                        r"nvemu's interleave puts a member's lines at \[0\].*refused rather than remapped"):
+        nfit.platform_config_from_nfit(bad)
+    info = nfit.discover(bad)
+    assert info["modelable"] is False and "refused rather than remapped" in info["model_error"]
+    t = nfit.nfit_from_platform_config(cfg)
+    swapped = Nfit(subtables=[dataclasses.replace(s, region_offset=0x10000 + s.region_offset)
+                              if isinstance(s, MemoryMap) else s for s in t.subtables]).to_bytes()
+    with pytest.raises(NfitError, match=r"starts at region offset 0x10000; .* needs 0x0: refused"):
+        nfit.platform_config_from_nfit(swapped)
+
+
+def test_control_regions_carry_the_optane_format_interface_code() -> None:
+    """Linux drivers/acpi/nfit/nfit.h: 0x0201 is NFIT_FIC_BLK (block-addressable, not energy backed),
+    0x0301 NFIT_FIC_BYTEN (byte-addressable, not energy backed), what Optane DIMMs report."""
+    assert nfit.FORMAT_INTERFACE_CODE == 0x0301
+    t = nfit.nfit_from_platform_config(preset("default"))
+    assert {c.code for c in t.select(ControlRegion)} == {0x0301}

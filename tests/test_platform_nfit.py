@@ -12,13 +12,16 @@ from nvemu.formats import nfit
 from nvemu.formats.nfit import platform_from_nfit
 from nvemu.guest.drivers import TraceWriter, pmem_persist
 
+from conftest import iasl_path
+
 DATA = Path(__file__).parent / "data" / "nfit"
-pytestmark = pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (acpica-tools) is not installed")
+IASL = iasl_path()
+pytestmark = pytest.mark.skipif(IASL is None, reason="no current iasl (shared/tools/acpica/build-iasl.sh failed)")
 
 
 def compiled(name: str, tmp_path: Path) -> bytes:
     shutil.copy(DATA / f"{name}.asl", tmp_path / f"{name}.asl")
-    r = subprocess.run(["iasl", "-vs", f"{name}.asl"], cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run([IASL, "-vs", f"{name}.asl"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     return (tmp_path / f"{name}.aml").read_bytes()
 

@@ -71,11 +71,14 @@ def _encode_subtable(st: Subtable, index: int, offset: int) -> bytes:
         else:
             put(ControlRegion._WINDOW)
     if isinstance(st, SpaRange):
+        valid = bool(st.flags & SPA_FLAG_LOCATION_COOKIE_VALID)
+        if (st.location_cookie is not None) != valid or st.tail:
+            raise _err(offset + 6, "flags", f"subtable {index} (SPA range): flags bit 2 (location cookie valid) is "
+                                            f"{int(valid)} but it {'has' if st.location_cookie is not None else 'has no'} "
+                                            f"location cookie{' and a tail' if st.tail else ''}: ACPI 6.4 gives the "
+                                            f"structure 64 bytes with the cookie, 56 without, and nothing else")
         if st.location_cookie is not None:
             out.extend(_enc(st.location_cookie, 8, offset + len(out), f"location_cookie of subtable {index}"))
-        elif len(st.tail) >= 8:
-            raise _err(offset, "tail", f"subtable {index} (SPA range): with no location cookie a tail of "
-                                       f"{len(st.tail)} bytes would read back as one")
     for i, item in enumerate(items):
         assert array is not None
         out.extend(_enc(item, array[2], offset + len(out), f"{array[1]}[{i}] of subtable {index}"))
@@ -152,12 +155,19 @@ def _decode_subtable(data: bytes, off: int, length: int, index: int, warnings: l
                                           f"block windows need the {ControlRegion.full_bytes()}-byte form")
         else:
             values["short_form"] = True
-    if cls is SpaRange and length >= need + 8:
-        values["location_cookie"] = _u(data, pos, 8)
-        pos += 8
-    elif cls is SpaRange and values["flags"] & SPA_FLAG_LOCATION_COOKIE_VALID:
-        warnings.append(f"subtable {index} at offset {off:#x}: SPA range flags say the location cookie is "
-                        f"valid but the structure is only {length} bytes")
+    if cls is SpaRange:
+        # ACPI 6.4: the location cookie is there when flags bit 2 says it is valid; Linux
+        # (drivers/acpi/nfit/core.c add_spa, sizeof_spa) refuses a length that disagrees.
+        valid = bool(values["flags"] & SPA_FLAG_LOCATION_COOKIE_VALID)
+        want = need + 8 if valid else need
+        if length != want:
+            raise _err(off + 2, "length", f"subtable {index} (SPA range) is {length} bytes but its flags (offset "
+                                          f"{off + 6:#x}) say the location cookie is "
+                                          f"{'valid' if valid else 'not valid'}: it must be {want} bytes "
+                                          f"(ACPI 6.4; Linux refuses the table)")
+        if valid:
+            values["location_cookie"] = _u(data, pos, 8)
+            pos += 8
     if cls._ARRAY:
         count_name, items_name, item_size = cls._ARRAY
         count = values.pop(count_name)

@@ -91,6 +91,34 @@ class _Survey:
     warnings: list[str]
 
 
+def _layout_problems(s: SpaRange, members: list[tuple[int, MemoryMap]],
+                     interleaves: dict[int, tuple[int, Interleave]], gran: int) -> list[str]:
+    """Where the table puts each member's lines against nvemu's rule (members in region-offset
+    order ``k = 0, 1, ...``, one ``gran``-byte line from each in turn). Linux reads a DIMM's line
+    ``L`` at SPA base + region offset + ``(L // line_count) * line_count * ways * line_size +
+    line_offsets[L % line_count] * line_size``; that equals nvemu's ``(L * ways + k) * gran`` for
+    every ``L`` exactly when the region offset is ``k * gran`` and ``line_offsets[j] == j * ways``. A
+    table that says otherwise is refused, never silently remapped."""
+    ways = len(members)
+    out = []
+    for k, (o, m) in enumerate(members):
+        if ways > 1 and m.region_offset != k * gran:
+            out.append(f"NVDIMM {m.device_handle:#x} (map at offset {o:#x}) starts at region offset "
+                       f"{m.region_offset:#x}; nvemu's interleave (members in region-offset order, one "
+                       f"{gran:#x}-byte line each) needs {k * gran:#x}: refused rather than remapped")
+            break
+        if m.interleave_index in interleaves:
+            io, il = interleaves[m.interleave_index]
+            want = [j * ways for j in range(il.line_count)]
+            if list(il.line_offsets) != want:
+                out.append(f"interleave structure {il.interleave_index} (offset {io:#x}) gives line offsets "
+                           f"{list(il.line_offsets)} for a {ways}-way set; nvemu's interleave puts a "
+                           f"member's lines at {want} (in lines of {il.line_size:#x} bytes): refused rather "
+                           f"than remapped")
+                break
+    return out
+
+
 def _survey(nfit: Nfit) -> _Survey:
     warnings = list(nfit.warnings)
     spa = nfit.located(SpaRange)
@@ -147,6 +175,8 @@ def _survey(nfit: Nfit) -> _Survey:
         if len(sizes) > 1:
             problems.append(f"the maps of SPA range {s.range_index} name interleave structures with "
                             f"different line sizes {sorted(sizes)}")
+        elif not problems:
+            problems += _layout_problems(s, members, interleaves, min(sizes) if sizes else DEFAULT_GRANULARITY)
         sets.append(_Set(off, s, members, min(sizes) if sizes else None, problems))
     ordered = sorted(dimms.values(), key=lambda d: d.handle)
     return _Survey(nfit=nfit, dimms=ordered, keys=sorted({d.key for d in ordered}), spa=spa, sets=sets,

@@ -50,8 +50,11 @@ EFI_MEMORY_WB = 0x8
 EFI_MEMORY_NV = 0x8000
 #: Interleave granularity assumed for a set whose memory device maps name no Interleave structure.
 DEFAULT_GRANULARITY = 4 * KiB
-#: Region format interface code nvemu writes in control regions: JEDEC byte-addressable, energy backed.
-FORMAT_INTERFACE_CODE = 0x0201
+#: Region format interface code nvemu writes in control regions (JEDEC, interface in the low byte,
+#: function in the high byte; Linux drivers/acpi/nfit/nfit.h): 0x0101 is byte-addressable, energy
+#: backed (NVDIMM-N); 0x0201 is block-addressable, not energy backed; 0x0301 is byte-addressable, not
+#: energy backed, which is what Intel Optane DC persistent memory reports and what nvemu writes.
+FORMAT_INTERFACE_CODE = 0x0301
 
 _Layout = tuple[tuple[str, int], ...]
 
@@ -127,8 +130,9 @@ class SpaRange(_Known):
     """Type 0, System Physical Address (SPA) Range: ``length`` bytes at ``address`` of one type.
 
     ``range_type`` is a short name from :data:`GUIDS` ("pm", "volatile", ...) or, for any other
-    GUID, its canonical string. ``location_cookie`` (ACPI 6.3+) is None when the structure is the
-    older 56-byte form.
+    GUID, its canonical string. ``location_cookie`` (ACPI 6.4) is there exactly when ``flags`` bit 2
+    (location cookie valid) is set: the 64-byte form; otherwise None and the structure is 56 bytes
+    (a length that disagrees with the flags is refused, as Linux refuses it). ``tail`` must be empty.
     """
 
     TYPE: ClassVar[int] = 0

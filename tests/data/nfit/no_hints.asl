@@ -19,29 +19,33 @@
 [0002]                             Length : 0000
 
 [0002]                        Range Index : 0001
-[0002]              Flags (decoded below) : 0000
+[0002]              Flags (decoded below) : 0004
                 Add/Online Operation Only : 0
                    Proximity Domain Valid : 0
+                    Location Cookie Valid : 1
 [0004]                           Reserved : 00000000
 [0004]                   Proximity Domain : 00000000
 [0016]                   Region Type GUID : 66F0D379-B4F3-4074-AC43-0D3318B78CDB
 [0008]                 Address Range Base : 0000000100000000
 [0008]               Address Range Length : 0000000008000000
 [0008]               Memory Map Attribute : 0000000000008008
+[0008]                    Location Cookie : 4E56454D55000001
 
 [0002]                      Subtable Type : 0000 [System Physical Address Range]
 [0002]                             Length : 0000
 
 [0002]                        Range Index : 0002
-[0002]              Flags (decoded below) : 0000
+[0002]              Flags (decoded below) : 0004
                 Add/Online Operation Only : 0
                    Proximity Domain Valid : 0
+                    Location Cookie Valid : 1
 [0004]                           Reserved : 00000000
 [0004]                   Proximity Domain : 00000000
 [0016]                   Region Type GUID : 66F0D379-B4F3-4074-AC43-0D3318B78CDB
 [0008]                 Address Range Base : 0000000108000000
 [0008]               Address Range Length : 0000000008000000
 [0008]               Memory Map Attribute : 0000000000008008
+[0008]                    Location Cookie : 4E56454D55000002
 
 [0002]                      Subtable Type : 0001 [Memory Range Map]
 [0002]                             Length : 0000
