@@ -201,8 +201,8 @@ def add_commands(subparsers: Any) -> None:
                     "Mops/s, exits by reason, flushes, lines drained, emulated ns per op and the TLB hit rate.")
     rep.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
     rep.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
-                     help="how the vFHA is virtualised (default auto: write-protect where the host has WPQ "
-                          "flush hints, else writable)")
+                     help="how the vFHA is virtualised (default auto: write-protect a VM whose vNVDIMMs sit in "
+                          "an interleave set with WPQ flush hints, else writable)")
     rep.add_argument("--fanout", default="broadcast", choices=list(FANOUTS), help="default broadcast")
     rep.add_argument("--vms", metavar="N", type=int, help="VMs to create (default: as the trace names)")
     rep.add_argument("--vcpus", metavar="N", type=int, help="vCPUs per VM (default: as the trace names)")
