@@ -944,7 +944,8 @@ def test_interleave_line_offsets_are_honoured_or_refused() -> None:
     assert same == cfg
     bad = _with_interleave(cfg, line_size=4096, line_offsets=(1,))
     with pytest.raises(NfitError, match=r"interleave structure 1 .* gives line offsets \[1\] for a 4-way set; "
-                                        r"nvemu's interleave puts a member's lines at \[0\].*refused rather than remapped"):
+                                        r"nvemu's interleave puts a member's lines at \[0\]"
+                                        r".*refused rather than remapped"):
         nfit.platform_config_from_nfit(bad)
     info = nfit.discover(bad)
     assert info["modelable"] is False and "refused rather than remapped" in info["model_error"]

@@ -46,9 +46,10 @@ def nfit_from_platform_config(cfg: PlatformConfig) -> Nfit:
 
     Subtables, grouped by type: a "pm" SPA range per interleave set (range index = set number + 1);
     a memory device map per NVDIMM (member ``k`` of a set at ``region_offset = k * granularity``;
-    an NVDIMM in no set is mapped to range index 0); an Interleave structure per set when it has
-    more than one member or a granularity other than 4 KiB (``line_size`` = granularity, one line
-    per period at offset 0; flags bit 3 "not armed" for an NVDIMM that is not ``armed``); a control region per NVDIMM (serial number = NVDIMM number + 1); a
+    an NVDIMM in no set is mapped to range index 0; flags bit 3 "not armed" for an NVDIMM that is
+    not ``armed``); an Interleave structure per set when it has more than one member or a
+    granularity other than 4 KiB (``line_size`` = granularity, one line per period at offset 0);
+    a control region per NVDIMM (serial number = NVDIMM number + 1); a
     flush hint structure per NVDIMM that has hints; platform capabilities with the domain's bits
     (:data:`DOMAIN_CAPABILITIES`) and highest valid capability 1.
     """

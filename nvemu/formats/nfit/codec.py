@@ -74,7 +74,8 @@ def _encode_subtable(st: Subtable, index: int, offset: int) -> bytes:
         valid = bool(st.flags & SPA_FLAG_LOCATION_COOKIE_VALID)
         if (st.location_cookie is not None) != valid or st.tail:
             raise _err(offset + 6, "flags", f"subtable {index} (SPA range): flags bit 2 (location cookie valid) is "
-                                            f"{int(valid)} but it {'has' if st.location_cookie is not None else 'has no'} "
+                                            f"{int(valid)} but it "
+                                            f"{'has' if st.location_cookie is not None else 'has no'} "
                                             f"location cookie{' and a tail' if st.tail else ''}: ACPI 6.4 gives the "
                                             f"structure 64 bytes with the cookie, 56 without, and nothing else")
         if st.location_cookie is not None:
