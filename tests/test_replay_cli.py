@@ -216,6 +216,21 @@ def test_json_to_stdout_replaces_the_table(capsys):
     assert doc["ops"] == 13 and doc["vms"] == 2 and doc["format"] == "text"
 
 
+def test_auto_strategy_is_reported_per_vm_on_a_host_with_hints_on_one_socket(tmp_path, capsys):
+    """Issue 16 item 1: on hints-socket0 the VM backed by socket 0's set is write-protected, the one
+    on socket 1's set (no hints: Linux nvdimm_has_flush) keeps a writable vFHA; the report says which."""
+    trace = tmp_path / "two.npy"
+    assert main(["gen", "persist-loop", "-n", "4000", "--vms", "2", "-o", str(trace), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--preset", "hints-socket0", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["vm"], r["strategy"]) for r in doc["per_vm"]] == [(0, "write-protect"), (1, "writable")]
+    assert doc["per_vm"][0]["fha_writes"] > 0 and doc["per_vm"][1]["fha_writes"] == 0
+    assert main(["replay", str(trace), "--preset", "hints-socket0"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("strategy"))
+    assert row.split() == ["strategy", "write-protect", "writable"]
+
+
 def test_import_converts_every_format_both_ways(tmp_path, capsys):
     out = tmp_path / "two.npy"
     assert main(["import", "pmemcheck", str(DATA / "two_files.log"), "-o", str(out), "--preset", "small"]) == 0

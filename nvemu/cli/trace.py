@@ -102,6 +102,8 @@ def summary_table(result: ReplayReport) -> str:
     rows = [{"metric": "ops", **{c: f"{r['ops']:,}" for c, r in cols}},
             {"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
             {"metric": "Mops/s", **{c: "" for c, _ in cols}, "total": f"{result.mops:.2f}"}]
+    if result.vms > 1:      # auto decides per VM (by the NVDIMMs backing it)
+        rows.insert(1, {"metric": "strategy", **{c: r.get("strategy", "") for c, r in cols[:-1]}, "total": ""})
     for label, key in _ROWS:
         fmt = COLUMNS[key].fmt
         rows.append({"metric": label, **{c: format(exit_columns(r["exits"]).get(key, r.get(key)), fmt)

@@ -197,7 +197,8 @@ class Replayer:
         return sum(c["drained_full"] for c in self.hv.platform.controller_stats())
 
     def _counters(self) -> list[dict[str, Any]]:
-        return [_vm_counters(vm.id, vm.stats() - self._before[vm.id]) for vm in self.vms]
+        return [{**_vm_counters(vm.id, vm.stats() - self._before[vm.id]), "strategy": vm.strategy,
+                 "fanout": vm.fanout} for vm in self.vms]
 
     def _handle(self, offset: int) -> ExitHandler:
         """The exit handler for a chunk starting at record ``offset``: faults re-indexed into the
