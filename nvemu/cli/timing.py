@@ -1,6 +1,8 @@
-"""``nvemu timing``: the Optane studies' microbenchmarks (Yang et al., FAST 2020; Izraelevitz et
-al. 2019) run through the emulator (:mod:`nvemu.tools.membench`): generated traces replayed by the
-engine on a bare-metal guest, timed by the vCPU's clock.
+"""``nvemu timing``: the Optane studies' microbenchmarks run through the emulator.
+
+The patterns of Yang et al. (FAST 2020) and Izraelevitz et al. (2019), from
+:mod:`nvemu.tools.membench`: generated traces replayed by the engine on a bare-metal guest, timed
+by the vCPU's clock.
 """
 
 from __future__ import annotations

@@ -153,12 +153,14 @@ def write_limit(preset: str = DEFAULT_PRESET, timing: TimingModel | None = None)
 
 
 def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, preset: str = DEFAULT_PRESET,
-               timing: TimingModel | None = None, seed: int = 0, backend: str | None = None) -> TimingResult:
+               timing: TimingModel | None = None, seed: int = 0, backend: str | None = None,
+               memory: str = "nvdimm") -> TimingResult:
     """Run one microbenchmark through the engine and return its mean latency and bandwidth.
 
     ``timing`` defaults to the calibrated :class:`TimingModel` with ``walk_ref_cycles = 0`` (a
     bare-metal run: no second-level page walk). ``backend`` picks the engine (default: the
-    compiled core when built). Raises ConfigError for a request it cannot run.
+    compiled core when built). ``memory="dram"`` runs the pattern on the guest's DRAM instead
+    of its vNVDIMM (the studies' DRAM baseline). Raises ConfigError for a request it cannot run.
 
     Examples
     --------
@@ -169,13 +171,16 @@ def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, 
     ['fence_interval', 'gb_per_s', 'ns', 'pattern', 'preset', 'size']
     """
     check(pattern, size, fence_interval, preset)
+    if memory not in ("nvdimm", "dram"):
+        raise ConfigError(f"memory {memory!r}: 'nvdimm' or 'dram'")
     timing = timing or TimingModel(walk_ref_cycles=0)
     hv = Hypervisor(preset, timing, backend=backend)
     cfg = hv.platform.config
     region_bytes = min(REGION_BYTES, max(cfg.set_bytes(s) for s in cfg.interleave_sets) // PAGE * PAGE)
     vm = hv.create_vm(dram=min(16 << 20, cfg.dram_bytes // 2 // PAGE * PAGE), nvdimms=[region_bytes],
                       strategy="native").start()
-    warm, measured, reps = _trace(pattern, size, fence_interval, vm.nvdimms[0].gpa, region_bytes,
+    target = vm.nvdimms[0] if memory == "nvdimm" else vm.dram[0]
+    warm, measured, reps = _trace(pattern, size, fence_interval, target.gpa, min(region_bytes, target.size),
                                   np.random.default_rng(seed))
     hv.run(warm)
     before = vm.stats().time_ps
