@@ -74,7 +74,8 @@ def add_commands(subparsers: Any) -> None:
                         "fence); deep (flush, then vFHA write, fence); auto: deep on domain none, else flush "
                         "(default auto)")
     p.add_argument("--fence-scope", default="vcpu", choices=list(FENCE_SCOPES),
-                   help="whose fence completes a store: the storing vCPU (default) or any vCPU of its VM")
+                   help="whose fence completes a store: the vCPU that issued its write-back (default; Intel SDM "
+                        "CLWB/CLFLUSHOPT) or any vCPU of its VM")
     p.add_argument("--adr-failure", action="store_true",
                    help="the power failure also defeats ADR: what sits in the WPQs (and, on eADR, the caches) "
                         "is lost, as a deep flush guards against; --protocol auto then means deep")

@@ -144,7 +144,7 @@ class CheckResult:
         """A human-readable report: the setup, the counts, then up to ``limit`` lost stores."""
         strategies = ",".join(sorted(set(self.strategies.values())))
         fanouts = ",".join(sorted(set(self.fanouts.values())))
-        whose = "storing vCPU" if self.fence_scope == "vcpu" else "any vCPU of the VM"
+        whose = "vCPU issuing the write-back" if self.fence_scope == "vcpu" else "any vCPU of the VM"
         lines = [(f"platform  {self.platform} (domain {self.domain}{', ADR fails' if self.adr_failure else ''}), "
                   f"{len(self.strategies)} VM(s), "
                   f"strategy {strategies}, fan-out {fanouts}"),

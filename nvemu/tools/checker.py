@@ -5,9 +5,11 @@ The guest's side is a *persistence protocol* (SPEC 1, 3, 7.3). A STORE or NT_STO
 VM ``v`` to its vNVDIMM has *completed* it when
 
 1. after the store its line was written back (a CLWB, CLFLUSHOPT or CLFLUSH of the line by any vCPU
-   of ``v``; an NT_STORE writes itself back),
-2. then vCPU ``c`` executed a fence (SFENCE or MFENCE) -- with ``fence_scope="vm"``, a fence by any
-   vCPU of ``v`` counts,
+   ``w`` of ``v``; an NT_STORE writes itself back, ``w = c``),
+2. then vCPU ``w``, the one that *issued the write-back*, executed a fence (SFENCE or MFENCE) -- with
+   ``fence_scope="vm"``, a fence by any vCPU of ``v`` counts. The Intel SDM (Vol. 2A, CLWB and
+   CLFLUSHOPT) orders these write-backs only "with respect to ... fencing instructions executed by
+   the same logical processor": a fence of the storing vCPU does not order another vCPU's CLWB,
 3. and, where the platform's persistence domain is ``none``, after that fence some vCPU of ``v``
    wrote the vFHA (a STORE or NT_STORE to any byte of the vFHA page) and then that vCPU fenced
    (``fence_scope="vm"``: any vCPU of ``v``), as Linux's ``nvdimm_flush()`` does.
@@ -28,8 +30,8 @@ byte (latest in trace order) or of any later store to it (later stores may legit
 reached the media too). Anything else is a :class:`Violation`, reported with the op index of the
 store, the crash point and the line (GPA and HPA).
 
-A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while
-one of its write-backs (or NT stores) is not yet fenced is an *ordering* violation (``kind
+A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while a
+write-back (or NT store) *it issued* is not yet fenced by it is an *ordering* violation (``kind
 "unfenced"``, reported at the vFHA write). x86 orders CLWB/CLFLUSHOPT/NT stores before a later store
 only through a fence, which is why ``nvdimm_flush()`` fences before the flush-hint write: on hardware
 the drain may miss such a write-back. The emulator performs write-backs at once (fences move no
@@ -250,7 +252,7 @@ class _Model:
                 if op == _NT_STORE or fence_only:
                     self.fence.setdefault(self._key(vm, cpu), []).append(rec)
                 else:
-                    self.wb.setdefault((vm, line), []).append((rec, cpu))
+                    self.wb.setdefault((vm, line), []).append(rec)
                 continue
             hpa = self._hpa(vm, gpa)                       # CLWB, CLFLUSHOPT, CLFLUSH
             if hpa < 0:
@@ -260,12 +262,12 @@ class _Model:
             if s is not None:
                 touched.add(s)
             waiting = self.wb.pop((vm, line), None)
-            if waiting:
-                for rec, store_cpu in waiting:
-                    self.fence.setdefault(self._key(vm, store_cpu), []).append(rec)
+            if waiting:                     # ordered by a fence of the vCPU issuing the write-back (SDM)
+                self.fence.setdefault(self._key(vm, cpu), []).extend(waiting)
 
     def _overtaken(self, vm: int, cpu: int, at: int) -> None:
-        """The vFHA write at ``at`` passes the writer's write-backs that no fence has ordered yet."""
+        """The vFHA write at ``at`` passes write-backs (and NT stores) the writing vCPU issued and
+        has not fenced yet."""
         for rec in self.fence.get(self._key(vm, cpu), ()):
             if rec[0] not in self.flagged:
                 self.flagged.add(rec[0])
