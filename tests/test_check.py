@@ -113,6 +113,37 @@ def test_drop_on_domain_none_loses_exactly_the_stores_worked_out_by_hand():
     assert vm.stats().exits[48] == 3 and vm.stats()["lines_drained"] == 0     # trapped, drained nothing
 
 
+def test_a_lost_store_of_zeros_is_reported():
+    """Media starts as zeros, so a value comparison never sees a lost store of zeros: provenance
+    does. The store completes at 4 (write-back, fence, vFHA write, fence) and drop drains nothing."""
+    hv, vm = machine("none", "drop")
+    g, f = vm.nvdimms[0].gpa, vm.vfha_gpa
+    result = check(hv, trace((S, 0, 0, 8, g, 0), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),
+                             (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0)))
+    assert result.completed_stores == 1 and pairs(result) == [(0, 4)]
+    v = result.violations[0]
+    assert (v.expected, v.found, v.lost, v.completed) == (bytes(8), bytes(8), 0xFF, 4)
+
+
+def test_a_lost_store_of_the_value_media_already_holds_is_reported():
+    """With a one-entry WPQ, store 5's write-back (op 6) pushes store 0's copy to media: media
+    then holds X, which store 5 writes again. Store 0 is lost at 4 only; store 5 completes at 9
+    and is lost there although the durable bytes equal its value (its own copy never drained)."""
+    hv, vm = machine("none", "drop", wpq_depth=1)
+    g, f = vm.nvdimms[0].gpa, vm.vfha_gpa
+    X = 0x5A5A5A5A5A5A5A5A
+    ops = trace((S, 0, 0, 8, g, X), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),     # 0-2
+                (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0),                             # 3-4  store 0 done
+                (S, 0, 0, 8, g, X), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),     # 5-7  op 6 drains store 0
+                (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0))                             # 8-9  store 5 done
+    result = check(hv, ops)
+    assert result.points == [2, 3, 4, 7, 8, 9] and result.completed_stores == 2
+    assert pairs(result) == [(0, 4), (5, 9)]
+    v = result.violations[-1]
+    assert (v.store, v.expected, v.found, v.completed) == (5, X.to_bytes(8, "little"), X.to_bytes(8, "little"), 9)
+    assert hv.platform.controller_stats()[hv.platform.controller_of(vm.nvdimms[0].hpa)]["drained_full"] == 1
+
+
 @pytest.mark.parametrize("domain", ["adr", "eadr"])
 def test_drop_loses_nothing_where_the_wpq_is_in_the_persistence_domain(domain):
     hv, vm = machine(domain, "drop")

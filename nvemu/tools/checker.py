@@ -23,12 +23,15 @@ shows exactly the stores it would lose.
 
 *Crash points* are the op indices after which the guest could observe persistence: after each fence
 and after each vFHA write (``points="all"``), or ``N`` evenly sampled among them, or a list. The
-trace is replayed in segments up to each point (``Hypervisor.replay``), and
-``Platform.durable_read`` tells what a power failure then would leave; nothing is failed. For each
-byte of every completed store the durable value must be that of the *last completed* store to the
-byte (latest in trace order) or of any later store to it (later stores may legitimately have
-reached the media too). Anything else is a :class:`Violation`, reported with the op index of the
-store, the crash point and the line (GPA and HPA).
+trace is replayed in segments up to each point (``Hypervisor.replay``); nothing is failed. Every
+byte of every completed store must be durable as the *last completed* store to the byte wrote it,
+or as a later store did (later stores may legitimately have reached the media too). This is
+decided by *provenance*, not by value (:mod:`nvemu.tools.check_model`): the model knows which
+write-back's copy of each line a power failure would leave (media; under ``adr`` also the WPQs,
+under ``eadr`` also the caches, as ``Platform.durable_read``) and a store is lost when that copy
+was taken before it, so a store of zeros, or of the value the media already held, is lost like any
+other. Anything lost is a :class:`Violation`, reported with the op index of the store, the crash
+point, the line (GPA and HPA) and the durable bytes ``Platform.durable_read`` gives there.
 
 A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while a
 write-back (or NT store) *it issued* is not yet fenced by it is an *ordering* violation (``kind
@@ -38,13 +41,13 @@ the drain may miss such a write-back. The emulator performs write-backs at once 
 data), so the durable image alone can never show this guest bug; the ordering check does.
 
 Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
-its vFHA page are never checked. Lines are re-read at a point when something could have changed
-their durable value since the last point (a store, write-back, completion, or -- on a ``none``
-platform -- a WPQ drain of the line), and every line is re-read at 16 points spread over the run
-(``full_every``) and at the last one, so a fault that touches lines the guest did not is caught too. ``verify`` also
-checks that many points against a real ``power_fail()`` of a snapshot-restored copy.
+its vFHA page are never checked. A line is judged at a point when its durable copy or its
+completed stores changed since the last point, and every line at 16 points spread over the run
+(``full_every``) and at the last one, where the model's WPQs are also compared with the engine's.
+``verify`` also checks that many points of ``Platform.durable_read`` against a real
+``power_fail()`` of a snapshot-restored copy.
 
-Memory: about 1.2 KiB per distinct 64-byte line with a completed store, plus the pending stores.
+Memory: about 1.1 KiB per distinct 64-byte line the trace stores to, plus the pending stores.
 
 Examples
 --------
@@ -70,12 +73,13 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import DOMAIN_NAMES, LINE_BYTES as LINE, PAGE_MASK, PAGE_SHIFT, TRACE_DTYPE, Op
+from .._constants import DOMAIN_NAMES, LINE_BYTES as LINE, PAGE_SHIFT, TRACE_DTYPE, Op
 from ..machine.config import PlatformConfig, preset
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
 from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
+from .check_model import Model
 from .check_report import CheckResult, Violation
 from .prepare import prepare, relocated, unmapped_error
 
@@ -84,201 +88,6 @@ FENCE_SCOPES = ("vcpu", "vm")
 _SPAN_LIMIT = 64 << 20          # never read more than this in one durable_read to probe sparse lines
 _RUN_COST = 4096                # one durable_read call costs about as much as reading this many bytes
 
-_LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
-
-
-# ---- the model of the guest's persistence protocol ---------------------------------------------------
-
-class _Lines:
-    """Per 64-byte host line with a store: the last completed store of each byte (its op index, the
-    op index its protocol completed at, its value), the latest stored value, and the stores since
-    the last completed one (to know which later values are allowed)."""
-
-    def __init__(self) -> None:
-        self.slot: dict[int, int] = {}
-        self.n = 0
-        cap = 256
-        self.hpa = np.zeros(cap, np.int64)
-        self.lc = np.full((cap, LINE), -1, np.int64)        # op index of the last completed store
-        self.done = np.full((cap, LINE), -1, np.int64)      # ... and where its protocol completed
-        self.exp = np.zeros((cap, LINE), np.uint8)          # ... and the value it wrote
-        self.latest = np.zeros((cap, LINE), np.uint8)       # value of the latest store to the byte
-        self.active = np.zeros(cap, bool)                   # some byte has a completed store
-        self.hist: list[list[tuple[int, int, int, int]]] = []   # (op index, offset, size, value)
-        self.prune_at: list[int] = []
-
-    def get(self, line: int) -> int:
-        s = self.slot.get(line)
-        if s is None:
-            s = self.slot[line] = self.n
-            if s == len(self.hpa):
-                self._grow()
-            self.hpa[s] = line
-            self.hist.append([])
-            self.prune_at.append(32)
-            self.n += 1
-        return s
-
-    def _grow(self) -> None:
-        cap = 2 * len(self.hpa)
-        for name, fill in (("hpa", 0), ("lc", -1), ("done", -1), ("exp", 0), ("latest", 0), ("active", False)):
-            old = getattr(self, name)
-            new = np.full((cap,) + old.shape[1:], fill, old.dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
-
-    def store(self, s: int, i: int, off: int, size: int, value: int) -> None:
-        h = self.hist[s]
-        h.append((i, off, size, value))
-        self.latest[s, off:off + size] = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
-        if len(h) >= self.prune_at[s]:
-            self.prune(s)
-            self.prune_at[s] = max(32, 2 * len(h))
-
-    def complete(self, s: int, i: int, off: int, size: int, value: int, at: int) -> None:
-        lc = self.lc[s, off:off + size]
-        newer = lc < i
-        if not newer.any():
-            return                          # every byte already has a later completed store
-        data = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
-        if newer.all():
-            lc[:] = i
-            self.done[s, off:off + size] = at
-            self.exp[s, off:off + size] = data
-        else:
-            lc[newer] = i
-            self.done[s, off:off + size][newer] = at
-            self.exp[s, off:off + size][newer] = data[newer]
-        self.active[s] = True
-
-    def prune(self, s: int) -> None:
-        """Forget stores every byte of which has a later completed store."""
-        lc = self.lc[s]
-        self.hist[s] = [e for e in self.hist[s] if lc[e[1]:e[1] + e[2]].min() <= e[0]]
-
-    def allowed(self, s: int, b: int, value: int) -> bool:
-        """Is ``value`` at byte ``b`` of line ``s`` the last completed store's or a later store's?"""
-        last = int(self.lc[s, b])
-        if int(self.exp[s, b]) == value:
-            return True
-        for i, off, size, v in self.hist[s]:
-            if i > last and off <= b < off + size and (v >> (8 * (b - off))) & 0xFF == value:
-                return True
-        return False
-
-
-class _Model:
-    """Follows the trace op by op and records when each store completes its protocol."""
-
-    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, ordering: bool = True) -> None:
-        self.hv = hv
-        self.protocol = protocol
-        self.ordering = ordering and protocol == "deep"
-        self.unfenced: list[tuple[int, int, int]] = []     # (store, vFHA write, line slot)
-        self.flagged: set[int] = set()
-        self.per_vcpu = fence_scope == "vcpu"
-        p = hv.platform
-        self.pmem_lo, self.pmem_hi = p.pmem_base, p.pmem_base + p.pmem_bytes
-        self.vfha_page = {vm.id: vm.vfha_gpa >> PAGE_SHIFT for vm in hv.vms.values()}
-        self.pages: dict[tuple[int, int], int] = {}       # (vm, GPA page) -> HPA page, -1: not NVDIMM
-        self.lines = _Lines()
-        self.wb: dict[tuple[int, int], list] = {}         # (vm, line HPA) -> stores awaiting a write-back
-        self.fence: dict[Any, list] = {}                  # fence key -> stores awaiting the fence
-        self.fha: dict[int, list] = {}                    # vm -> fenced stores awaiting a vFHA write
-        self.fha_fence: dict[Any, list] = {}              # fence key -> stores awaiting the final fence
-        self.touched: set[int] = set()                    # line slots whose durable value may have moved
-        self.completed = 0
-
-    def forget_translations(self) -> None:
-        self.pages.clear()
-
-    def _hpa(self, vm: int, gpa: int) -> int:
-        """HPA of an NVDIMM GPA (a fresh walk, cached per page), or -1 for DRAM and unmapped GPAs."""
-        key = (vm, gpa >> PAGE_SHIFT)
-        page = self.pages.get(key)
-        if page is None:
-            hpa = self.hv.vms[vm].gpa_to_hpa(gpa & ~PAGE_MASK) if vm in self.hv.vms else None
-            page = hpa if hpa is not None and self.pmem_lo <= hpa < self.pmem_hi else -1
-            self.pages[key] = page
-        return -1 if page < 0 else page | (gpa & PAGE_MASK)
-
-    def _key(self, vm: int, vcpu: int) -> Any:
-        return (vm, vcpu) if self.per_vcpu else vm
-
-    def run(self, ops: np.ndarray, base: int, skipped: set[int]) -> None:
-        """Follow ``ops`` (records ``base``, ``base+1``, ...), leaving out the ``skipped`` indices."""
-        if not len(ops):
-            return
-        lines, touched = self.lines, self.touched
-        deep, fence_only = self.protocol == "deep", self.protocol == "fence"
-        cols = zip(ops["op"].tolist(), ops["vcpu"].tolist(), ops["vm"].tolist(), ops["size"].tolist(),
-                   ops["gpa"].tolist(), ops["value"].tolist())
-        for k, (op, cpu, vm, size, gpa, value) in enumerate(cols):
-            if op == _LOAD:
-                continue
-            i = base + k
-            if skipped and i in skipped:
-                continue
-            if op >= _SFENCE:
-                key = self._key(vm, cpu)
-                if deep:
-                    done = self.fha_fence.pop(key, None)
-                    if done:
-                        self._complete(done, i)
-                    fenced = self.fence.pop(key, None)
-                    if fenced:
-                        self.fha.setdefault(vm, []).extend(fenced)
-                else:
-                    done = self.fence.pop(key, None)
-                    if done:
-                        self._complete(done, i)
-                continue
-            if op <= _NT_STORE:
-                if gpa >> PAGE_SHIFT == self.vfha_page.get(vm):
-                    if self.ordering:
-                        self._overtaken(vm, cpu, i)
-                    waiting = self.fha.pop(vm, None)
-                    if waiting:
-                        self.fha_fence.setdefault(self._key(vm, cpu), []).extend(waiting)
-                    continue
-                hpa = self._hpa(vm, gpa)
-                if hpa < 0:
-                    continue
-                line = hpa & ~(LINE - 1)
-                s = lines.get(line)
-                touched.add(s)
-                lines.store(s, i, hpa & (LINE - 1), size, value)
-                rec = (i, s, hpa & (LINE - 1), size, value)
-                if op == _NT_STORE or fence_only:
-                    self.fence.setdefault(self._key(vm, cpu), []).append(rec)
-                else:
-                    self.wb.setdefault((vm, line), []).append(rec)
-                continue
-            hpa = self._hpa(vm, gpa)                       # CLWB, CLFLUSHOPT, CLFLUSH
-            if hpa < 0:
-                continue
-            line = hpa & ~(LINE - 1)
-            s = lines.slot.get(line)
-            if s is not None:
-                touched.add(s)
-            waiting = self.wb.pop((vm, line), None)
-            if waiting:                     # ordered by a fence of the vCPU issuing the write-back (SDM)
-                self.fence.setdefault(self._key(vm, cpu), []).extend(waiting)
-
-    def _overtaken(self, vm: int, cpu: int, at: int) -> None:
-        """The vFHA write at ``at`` passes write-backs (and NT stores) the writing vCPU issued and
-        has not fenced yet."""
-        for rec in self.fence.get(self._key(vm, cpu), ()):
-            if rec[0] not in self.flagged:
-                self.flagged.add(rec[0])
-                self.unfenced.append((rec[0], at, rec[1]))
-
-    def _complete(self, stores: list, at: int) -> None:
-        lines = self.lines
-        for i, s, off, size, value in stores:
-            lines.complete(s, i, off, size, value, at)
-            self.touched.add(s)
-        self.completed += len(stores)
 
 
 # ---- the checker ---------------------------------------------------------------------------------
@@ -324,16 +133,14 @@ class _Checker:
         self.platform = hv.platform
         self.adr_failure = adr_failure
         self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
-        self.model = _Model(hv, protocol, fence_scope, ordering)
+        self.model = Model(hv, protocol, fence_scope, ordering, self.domain)
         self.full_every = full_every
         self.open: dict[int, dict[int, Violation]] = {}    # line slot -> {store: its run of lost points}
         self.violations: list[Violation] = []
         self.points: dict[int, int] = {}                    # crash points probed so far -> their rank
         self.last = -1
-        self.verdicts: dict[int, tuple[bytes, dict[int, list[int]]]] = {}  # slot -> (what was judged, lost)
         stats = self.platform.engine.controller_stats()
-        self.enqueued, self.drained = stats[:, 0].copy(), stats[:, 1].copy()
-        self.queues = [[line for line, _ in self.platform.wpq(c)] for c in range(self.platform.n_controllers)]
+        self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
         self.pos = 0
 
@@ -359,29 +166,27 @@ class _Checker:
         if exits:
             self.model.forget_translations()       # the handler may have changed mappings
         self.model.run(seg, a, self.skipped)
-        if self.domain == "none":
-            self._drained_lines()
+        self._drains()
         self.pos = stop
         for store, at, s in self.model.unfenced:
             self.violations.append(replace(self._violation(store, at, s, [], None), until=at))
         self.model.unfenced = []
 
-    def _drained_lines(self) -> None:
-        """Where only media survives, a drain changes what a power failure leaves: mark the lines
-        that left each WPQ since the last segment. Queues drain oldest first, so with ``d`` more
-        lines drained at controller ``c`` they are the ``d`` oldest of its queue as last seen (lines
-        queued and drained within the segment were written back in it, so are marked already)."""
-        drained = self.platform.engine.controller_stats()[:, 1]
-        lines, touched = self.model.lines, self.model.touched
-        for c in np.flatnonzero(drained != self.drained).tolist():
-            for line in self.queues[c][:int(drained[c] - self.drained[c])]:
-                s = lines.slot.get(line)
-                if s is not None:
-                    touched.add(s)
-        enqueued = self.platform.engine.controller_stats()[:, 0]
-        for c in np.flatnonzero((drained != self.drained) | (enqueued != self.enqueued)).tolist():
-            self.queues[c] = [line for line, _ in self.platform.wpq(c)]
-        self.drained, self.enqueued = drained.copy(), enqueued.copy()
+    def _drains(self) -> None:
+        """Hand the model the lines each WPQ drained since the last segment (they leave oldest
+        first), after checking that the engine queued exactly the copies the trace's write-backs
+        queue in the model."""
+        stats = self.platform.engine.controller_stats()
+        enqueued, drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
+        model = self.model
+        if not np.array_equal(enqueued - self.enqueued, model.enqueued):
+            c = int(np.flatnonzero(enqueued - self.enqueued != model.enqueued)[0])
+            raise LifecycleError(f"checker: controller {c} queued {int(enqueued[c] - self.enqueued[c])} lines where "
+                                 f"the trace's write-backs queue {int(model.enqueued[c])} (was the machine changed "
+                                 f"behind the checker?)")
+        model.enqueued[:] = 0
+        model.drained(drained - self.drained)
+        self.enqueued, self.drained = enqueued, drained
 
     def _durable(self, lines: np.ndarray) -> np.ndarray:
         """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
@@ -407,50 +212,44 @@ class _Checker:
         return out
 
     def probe(self, point: int, full: bool) -> None:
-        """Re-read the lines that may have changed since the last point (all of them when ``full``):
-        open a run for each store newly lost, end the run of each store no longer lost."""
-        L = self.model.lines
+        """Judge the lines whose durable version or completed stores changed since the last point
+        (all of them when ``full``, after checking the model's WPQs against the engine's): open a
+        run for each store newly lost, end the run of each store no longer lost."""
+        model = self.model
+        L = model.lines
         previous = self.last
         self.points[point] = len(self.points)
         self.last = point
         if full:
+            if not model.same_queues():
+                raise LifecycleError("checker: the engine's WPQs hold other lines than the trace's write-backs "
+                                     "queued (was the machine changed behind the checker?)")
             slots = np.flatnonzero(L.active[:L.n])
         else:
-            slots = np.array(sorted(s for s in self.model.touched if L.active[s]), np.int64)
-        self.model.touched = set()
+            slots = np.array(sorted(s for s in model.touched if L.active[s]), np.int64)
+        model.touched = set()
         if not len(slots):
             return
-        slots = slots[np.argsort(L.hpa[slots], kind="stable")]
-        durable = self._durable(L.hpa[slots])
-        bad = (L.lc[slots] >= 0) & (durable != L.exp[slots]) & (durable != L.latest[slots])
-        lost_now: dict[int, tuple[int, dict[int, list[int]]]] = {}
-        verdicts = self.verdicts
-        for r in np.flatnonzero(bad.any(axis=1)).tolist():
-            s = int(slots[r])
-            key = durable[r].tobytes() + L.lc[s].tobytes() + L.latest[s].tobytes() + bytes([len(L.hist[s]) & 255])
-            seen = verdicts.get(s)
-            if seen is not None and seen[0] == key:           # nothing about this line changed: same verdict
-                lost = seen[1]
-            else:
-                lost = {}
-                for b in np.flatnonzero(bad[r]).tolist():
-                    if not L.allowed(s, b, int(durable[r, b])):
-                        lost.setdefault(int(L.lc[s, b]), []).append(b)
-                verdicts[s] = (key, lost)
-            if lost:
-                lost_now[s] = (r, lost)
+        version = L.durable_version(slots)
+        behind = np.flatnonzero(L.lc[slots].max(axis=1) > version)
+        lost_now = {int(slots[r]): L.lost(int(slots[r]), int(version[r])) for r in behind.tolist()}
         for s in [s for s in slots.tolist() if s in self.open]:    # probed lines with stores lost so far
-            now = lost_now.get(s, (0, {}))[1]
+            now = lost_now.get(s, {})
             runs = self.open[s]
             for store in [x for x in runs if x not in now]:
                 self._close(runs.pop(store), previous)
             if not runs:
                 del self.open[s]
-        for s, (r, lost) in lost_now.items():
+        fresh = [s for s, lost in lost_now.items() if any(store not in self.open.get(s, {}) for store in lost)]
+        durable: dict[int, np.ndarray] = {}
+        if fresh:
+            order = sorted(fresh, key=lambda s: int(L.hpa[s]))
+            durable = dict(zip(order, self._durable(L.hpa[np.array(order, np.int64)])))
+        for s, lost in lost_now.items():
             runs = self.open.setdefault(s, {})
             for store, offsets in sorted(lost.items()):
                 if store not in runs:
-                    runs[store] = self._violation(store, point, s, offsets, durable[r])
+                    runs[store] = self._violation(store, point, s, offsets, durable[s])
 
     def _close(self, v: Violation, until: int) -> None:
         self.violations.append(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
