@@ -455,3 +455,51 @@ def test_cli_errors(tmp_path, capsys):
     assert "line 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["check", str(bad), "--points", "0"])
+
+
+# ---- no vacuous pass (issue 14 item 4) ------------------------------------------------------------------
+
+def test_a_pmemcheck_log_without_vfha_writes_on_domain_none_is_a_vacuous_pass(capsys):
+    """A pmemcheck log names no vFHA write, so on a domain-none host (deep protocol) no store can
+    complete: the report says so and why, and --strict makes it exit 3."""
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--strategy", "drop"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "0 of 4 stores to a vNVDIMM completed" in text and "WARNING   only 0 of 4" in text
+    assert "--deep-flush" in text and "see WARNING" in text
+    assert main([*args, "--strict"]) == 3
+    assert main([*args, "--strict", "--deep-flush"]) == 1          # now the stores complete: and are lost
+    capsys.readouterr()
+    assert main([*args[:-2], "--strategy", "write-protect", "--strict", "--deep-flush"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_the_vacuous_report_names_the_missing_step():
+    """Never fenced; fenced but never written back; fewer than half completed."""
+    hv, vm = machine("adr")
+    g = vm.nvdimms[0].gpa
+    result = check(hv, trace((S, 0, 0, 8, g, 1), (CLWB, 0, 0, 0, g, 0), (LD, 0, 0, 8, g, 0)))
+    assert result.vacuous and result.stores == 1 and "never fences" in result.vacuous_reason()
+    hv, vm = machine("adr")
+    result = check(hv, trace((S, 0, 0, 8, g, 1), (SF, 0, 0, 0, 0, 0)))
+    assert result.vacuous and "never writes a vNVDIMM line back" in result.vacuous_reason()
+    assert result.as_dict()["vacuous"] is True and result.as_dict()["stores"] == 1
+    hv, vm = machine("adr")
+    ops = trace((S, 0, 0, 8, g, 1), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),
+                (S, 0, 0, 8, g + 64, 2), (S, 0, 0, 8, g + 128, 3), (SF, 0, 0, 0, 0, 0))
+    result = check(hv, ops)
+    assert result.completed_stores == 1 and result.stores == 3 and result.vacuous and result.ok
+    assert "most stores are not written back and fenced" in result.vacuous_reason()
+    hv, vm = machine("adr")
+    result = check(hv, ops[:3])
+    assert not result.vacuous and result.vacuous_reason() == "" and "WARNING" not in result.report()
+
+
+@pytest.mark.parametrize("flags", [["--deep-flush"], ["--skip-unregistered"], ["--deep-flush", "--skip-unregistered"]])
+@pytest.mark.parametrize("name", ["basic.npy", "basic.txt"])
+def test_pmemcheck_flags_on_another_trace_are_an_error(name, flags, capsys):
+    assert main(["check", str(DATA / name), "--preset", "small", "--nvdimm", "2M", "--dram", "1M", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only to a pmemcheck log" in err and flags[0] in err
+    with pytest.raises(ConfigError, match="only to a pmemcheck log, not to an array"):
+        check_trace(np.load(DATA / "basic.npy"), platform="small", deep_flush=True)

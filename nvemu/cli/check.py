@@ -29,7 +29,8 @@ def _points_arg(text: str) -> str | int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """``check TRACE``: exit 0 when no completed store is lost, 1 when some is, 2 on bad input."""
+    """``check TRACE``: exit 0 when no completed store is lost, 1 when some is, 2 on bad input, 3
+    (with ``--strict``) when none is lost but the check was vacuous (``CheckResult.vacuous``)."""
     check_outputs([args.json], [args.trace, args.nfit])
     platform: str | PlatformConfig = (platform_config_from_nfit(read_nfit(args.nfit)) if args.nfit
                                       else args.preset)
@@ -45,7 +46,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(result.report(args.limit), file=out)
     if args.json:
         write_output(args.json, json.dumps(result.as_dict(), indent=2) + "\n")
-    return 0 if result.ok else 1
+    if not result.ok:
+        return 1
+    return 3 if args.strict and result.vacuous else 0
 
 
 def add_commands(subparsers: Any) -> None:
@@ -55,7 +58,8 @@ def add_commands(subparsers: Any) -> None:
         description="Replay a trace and, at every persist point of the guest (after each fence and each vFHA "
                     "write; or N sampled ones), check that every store whose persistence protocol had completed "
                     "(written back and fenced, plus a vFHA write and fence where the domain is none) is in the "
-                    "durable image. Exit status: 0 none lost, 1 violations, 2 bad input.")
+                    "durable image. Exit status: 0 none lost, 1 violations, 2 bad input, 3 (--strict) none lost but "
+                    "fewer than half the stores to a vNVDIMM completed their protocol (a vacuous check).")
     p.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", metavar="NAME", default="default", choices=list(PRESETS),
@@ -91,9 +95,14 @@ def add_commands(subparsers: Any) -> None:
                    help="vNVDIMM of each VM, bytes with K/M/G suffixes (default 256M, less on a small platform)")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
     p.add_argument("--skip-unregistered", action="store_true",
-                   help="pmemcheck: drop records outside every registered file instead of failing")
+                   help="pmemcheck only (an error on other traces): drop records outside every registered file "
+                        "instead of failing")
     p.add_argument("--deep-flush", action="store_true",
-                   help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
+                   help="pmemcheck only (an error on other traces): write the vFHA (and fence) after every fence "
+                        "that closes a flush")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 3 when nothing is lost but the check was vacuous: no store, or fewer than half the "
+                        "stores to a vNVDIMM, completed its protocol (the report says why)")
     p.add_argument("--limit", metavar="N", type=non_negative_int, default=20, help="lost stores listed (default 20)")
     p.add_argument("--json", metavar="FILE", help="write the result (every violation) as JSON ('-': stdout, "
                    "which then carries only the JSON; the report goes to stderr) (default: none)")

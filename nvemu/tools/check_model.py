@@ -40,6 +40,9 @@ from ..machine.hypervisor import Hypervisor
 
 _LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
 MEDIA, QUEUE, CACHE = 0, 1, 2       # what survives a power failure for a line: media; + WPQs; + caches
+COUNTS = ("stores", "nt_stores", "write_backs", "fences", "vfha_writes")
+"""What :attr:`Model.counts` counts: stores to a vNVDIMM (the checked stores; NT_STOREs among them),
+write-backs of vNVDIMM lines, fences and vFHA writes, leaving out the ops an exit handler skipped."""
 
 
 class Lines:
@@ -140,6 +143,7 @@ class Model:
         self.fha_fence: dict[Any, list] = {}              # fence key -> stores awaiting the final fence
         self.touched: set[int] = set()                    # line slots whose verdict may have changed
         self.completed = 0
+        self.counts = dict.fromkeys(COUNTS, 0)          # what the trace did (for a vacuous check's report)
         self.queues: list[deque[tuple[int, int]]] = [deque() for _ in range(p.n_controllers)]
         self.enqueued = np.zeros(p.n_controllers, np.int64)     # copies the model queued, per controller
         for line, state in p.line_states().items():      # the machine as the check finds it
@@ -206,7 +210,7 @@ class Model:
         if not len(ops):
             return
         lines = self.lines
-        dirty, slot_of = lines.dirty, lines.slot
+        dirty, slot_of, counts = lines.dirty, lines.slot, self.counts
         deep, fence_only = self.protocol == "deep", self.protocol == "fence"
         cols = zip(ops["op"].tolist(), ops["vcpu"].tolist(), ops["vm"].tolist(), ops["size"].tolist(),
                    ops["gpa"].tolist())
@@ -217,6 +221,7 @@ class Model:
             if skipped and i in skipped:
                 continue
             if op >= _SFENCE:
+                counts["fences"] += 1
                 key = self._key(vm, cpu)
                 if deep:
                     done = self.fha_fence.pop(key, None)
@@ -232,6 +237,7 @@ class Model:
                 continue
             if op <= _NT_STORE:
                 if gpa >> PAGE_SHIFT == self.vfha_page.get(vm):
+                    counts["vfha_writes"] += 1
                     if self.ordering:
                         self._overtaken(vm, cpu, i)
                     waiting = self.fha.pop(vm, None)
@@ -246,7 +252,9 @@ class Model:
                 if s is None:
                     s = self._slot(line)
                 rec = (i, s, hpa & (LINE - 1), size)
+                counts["stores"] += 1
                 if op == _NT_STORE:
+                    counts["nt_stores"] += 1
                     self._enqueue(s, i)             # straight to the WPQ, the whole line as it is now
                 else:
                     dirty[s] = True
@@ -259,6 +267,7 @@ class Model:
             if hpa < 0:
                 continue
             line = hpa & ~(LINE - 1)
+            counts["write_backs"] += 1
             s = slot_of.get(line)
             if s is not None and dirty[s]:
                 self._enqueue(s, i)
@@ -282,4 +291,4 @@ class Model:
         self.completed += len(stores)
 
 
-__all__ = ["CACHE", "Lines", "MEDIA", "Model", "QUEUE"]
+__all__ = ["CACHE", "COUNTS", "Lines", "MEDIA", "Model", "QUEUE"]

@@ -349,7 +349,8 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     checker._replay(len(ops))
     violations = sorted(checker.violations, key=lambda v: (v.point, v.store, v.kind))
     return CheckResult(ops=len(ops), points=chosen, candidates=len(candidates), violations=violations,
-                       completed_stores=checker.model.completed, protocol=resolved, fence_scope=fence_scope,
+                       completed_stores=checker.model.completed, trace_counts=dict(checker.model.counts),
+                       protocol=resolved, fence_scope=fence_scope,
                        domain=domain, platform=hv.platform.name,
                        strategies={vm.id: vm.strategy for vm in hv.vms.values()},
                        fanouts={vm.id: vm.fanout for vm in hv.vms.values()},
