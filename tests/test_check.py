@@ -503,3 +503,41 @@ def test_pmemcheck_flags_on_another_trace_are_an_error(name, flags, capsys):
     assert len(err.splitlines()) == 1 and "only to a pmemcheck log" in err and flags[0] in err
     with pytest.raises(ConfigError, match="only to a pmemcheck log, not to an array"):
         check_trace(np.load(DATA / "basic.npy"), platform="small", deep_flush=True)
+
+
+# ---- progress bar and JSON Lines (issue 14 item 5) ----------------------------------------------------------
+
+def test_jsonl_streams_each_violation_then_a_summary(tmp_path, capsys):
+    out, whole = tmp_path / "v.jsonl", tmp_path / "r.json"
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--strategy", "drop",
+            "--deep-flush", "--no-progress"]
+    assert main([*args, "--jsonl", str(out), "--json", str(whole)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in rows] == ["violation"] * 4 + ["summary"]
+    assert [(r["store"], r["point"]) for r in rows[:4]] == [(1, 10), (2, 10), (3, 10), (4, 10)]
+    doc = json.loads(whole.read_text())
+    assert rows[-1]["violations"] == 4 and rows[-1]["ok"] is False and "violations" in doc
+    assert sorted(json.dumps(r["store"]) for r in rows[:4]) == sorted(json.dumps(v["store"]) for v in doc["violations"])
+    capsys.readouterr()
+    assert main([*args, "--jsonl", "-"]) == 1                 # stdout: only the JSON lines
+    text = capsys.readouterr()
+    assert all(json.loads(line) for line in text.out.splitlines()) and "nvemu check:" in text.err
+    assert main([*args, "--json", "-"]) == 1                  # one JSON object, nothing else
+    assert json.loads(capsys.readouterr().out)["lost_stores"] == [1, 2, 3, 4]
+    assert main([*args, "--json", "-", "--jsonl", "-"]) == 2
+
+
+def test_progress_bar_on_request(capsys):
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--deep-flush", "-q"]
+    assert main([*args, "--progress"]) == 0
+    assert "check: 100%" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_check_streams_violations_and_progress_from_python():
+    seen, done = [], []
+    hv, vm = machine("none", "drop")
+    result = check(hv, hand_trace(vm), on_violation=seen.append, progress=lambda n, total: done.append((n, total)))
+    assert sorted(seen, key=lambda v: (v.point, v.store)) == result.violations
+    assert sum(n for n, _ in done) == 18 and {t for _, t in done} == {18}

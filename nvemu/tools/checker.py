@@ -67,7 +67,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -143,6 +143,8 @@ class _Checker:
         self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
         self.pos = 0
+        self.on_violation: Callable[[Violation], None] | None = None
+        self.progress: Callable[[int, int], None] | None = None
 
     def _replay(self, stop: int) -> None:
         """Run ops[pos:stop] on the hypervisor, then follow them in the model."""
@@ -168,8 +170,10 @@ class _Checker:
         self.model.run(seg, a, self.skipped)
         self._drains()
         self.pos = stop
+        if self.progress is not None:
+            self.progress(stop - a, len(self.ops))
         for store, at, s in self.model.unfenced:
-            self.violations.append(replace(self._violation(store, at, s, [], None), until=at))
+            self._emit(replace(self._violation(store, at, s, [], None), until=at))
         self.model.unfenced = []
 
     def _drains(self) -> None:
@@ -252,7 +256,12 @@ class _Checker:
                     runs[store] = self._violation(store, point, s, offsets, durable[s])
 
     def _close(self, v: Violation, until: int) -> None:
-        self.violations.append(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
+        self._emit(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
+
+    def _emit(self, v: Violation) -> None:
+        self.violations.append(v)
+        if self.on_violation is not None:
+            self.on_violation(v)
 
     def finish(self) -> None:
         """End every open run at the last crash point."""
@@ -302,7 +311,8 @@ class _Checker:
 def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
-          adr_failure: bool = False) -> CheckResult:
+          adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
+          progress: Callable[[int, int], None] | None = None) -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
     indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
@@ -312,7 +322,9 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``:
     report vFHA writes that overtake unfenced write-backs (deep protocol only). ``adr_failure``: the
     power failure also defeats ADR, so only media survives (``Platform.durable_read``) and ``auto``
-    means the deep protocol. Afterwards ``hv`` has replayed the whole trace.
+    means the deep protocol. ``on_violation`` is called with each violation as soon as its run of
+    crash points ends (to stream them), ``progress`` with the number of ops replayed since its last
+    call and the trace's length. Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -336,6 +348,7 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     if full_every is None:
         full_every = max(64, -(-len(chosen) // 16))
     checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering, adr_failure)
+    checker.on_violation, checker.progress = on_violation, progress
     verified, mismatches = [], []
     for n, p in enumerate(chosen):
         checker._replay(p + 1)
