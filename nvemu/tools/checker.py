@@ -67,48 +67,62 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from .._constants import DOMAIN_NAMES, LINE_BYTES as LINE, PAGE_SHIFT, TRACE_DTYPE, Op
+from .._constants import DOMAIN_NAMES, PAGE_SHIFT, TRACE_DTYPE, Op
 from ..machine.config import PlatformConfig, preset
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
 from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
+from ..formats.trace import TraceSource
 from .check_model import Model
 from .check_report import CheckResult, Violation
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
 FENCE_SCOPES = ("vcpu", "vm")
-_SPAN_LIMIT = 64 << 20          # never read more than this in one durable_read to probe sparse lines
-_RUN_COST = 4096                # one durable_read call costs about as much as reading this many bytes
+CHUNK_OPS = 1 << 16            # records the engine runs between two looks of the model
 
 
 
 # ---- the checker ---------------------------------------------------------------------------------
 
-def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
-    """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
+def _vfha_table(hv: Hypervisor) -> np.ndarray:
+    """vm id -> its vFHA's GPA page (-1: none)."""
+    table = np.full(max(hv.vms, default=-1) + 1, -1, np.int64)
+    for vm in hv.vms.values():
+        table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
+    return table
+
+
+def _persist_points(table: np.ndarray, ops: np.ndarray) -> np.ndarray:
+    """Indices in ``ops`` of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
     op = np.asarray(ops["op"])
     points = (op == Op.SFENCE) | (op == Op.MFENCE)
-    if hv.vms:
-        table = np.full(max(max(hv.vms) + 1, int(ops["vm"].max()) + 1 if len(ops) else 0), -1, np.int64)
-        for vm in hv.vms.values():
-            table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
-        page = (np.asarray(ops["gpa"]) >> np.uint64(12)).astype(np.int64)
-        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == table[np.asarray(ops["vm"], np.int64)])
+    if len(table) and len(ops):
+        vm = np.asarray(ops["vm"], np.int64)
+        known = vm < len(table)
+        page = (np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        vfha = np.where(known, table[np.where(known, vm, 0)], -1)
+        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == vfha) & known
     return np.flatnonzero(points)
 
 
-def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_ops: int) -> list[int]:
+def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
+    """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
+    return _persist_points(_vfha_table(hv), ops)
+
+
+def _choose_points(n_candidates: int, points: str | int | Iterable[int],
+                   n_ops: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ranks among the persist points, or None for all of them; or the op indices given)."""
     if isinstance(points, str):
         if points == "all":
-            return candidates.tolist()
+            return None, None
         try:
             points = int(points)
         except ValueError:
@@ -116,42 +130,40 @@ def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_
     if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
         if points <= 0:
             raise ConfigError(f"points={points}: must be positive (or 'all')")
-        if points >= len(candidates):
-            return candidates.tolist()
-        pick = np.unique(np.linspace(0, len(candidates) - 1, int(points)).round().astype(np.int64))
-        return candidates[pick].tolist()
-    chosen = sorted({int(p) for p in points})
-    if chosen and not (0 <= chosen[0] and chosen[-1] < n_ops):
+        if points >= n_candidates:
+            return None, None
+        return np.unique(np.linspace(0, n_candidates - 1, int(points)).round().astype(np.int64)), None
+    chosen = np.array(sorted({int(p) for p in points}), np.int64)
+    if len(chosen) and not (0 <= chosen[0] and chosen[-1] < n_ops):
         raise ConfigError(f"crash points must be op indices 0..{n_ops - 1}")
-    return chosen
+    return None, chosen
 
 
 class _Checker:
-    def __init__(self, hv: Hypervisor, ops: np.ndarray, protocol: str, fence_scope: str,
-                 handler: ExitHandler, full_every: int, ordering: bool = True, adr_failure: bool = False) -> None:
-        self.hv, self.ops, self.handler = hv, ops, handler
+    """Runs the trace chunk by chunk: the model translates a chunk (seeing new lines as they are
+    before it), the engine runs it, the model follows it and judges its crash points; then the
+    engine's WPQs must agree with the model's."""
+
+    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, handler: ExitHandler, full_every: int,
+                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None]) -> None:
+        self.hv, self.handler = hv, handler
         self.platform = hv.platform
         self.adr_failure = adr_failure
         self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
-        self.model = Model(hv, protocol, fence_scope, ordering, self.domain)
+        self.model = Model(hv, protocol, fence_scope, ordering, self.domain, emit)
         self.full_every = full_every
-        self.open: dict[int, dict[int, Violation]] = {}    # line slot -> {store: its run of lost points}
-        self.violations: list[Violation] = []
-        self.points: dict[int, int] = {}                    # crash points probed so far -> their rank
-        self.last = -1
+        self.n_points = 0                                   # crash points in the whole run
         stats = self.platform.engine.controller_stats()
         self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
-        self.pos = 0
-        self.on_violation: Callable[[Violation], None] | None = None
-        self.progress: Callable[[int, int], None] | None = None
 
-    def _replay(self, stop: int) -> None:
-        """Run ops[pos:stop] on the hypervisor, then follow them in the model."""
-        a = self.pos
-        if stop <= a:
-            return
-        seg = self.ops[a:stop]
+    def full(self, rank: int) -> bool:
+        return (rank + 1) % self.full_every == 0 or rank == self.n_points - 1
+
+    def run(self, seg: np.ndarray, a: int, points: np.ndarray) -> None:
+        """Run records ``a, a+1, ...`` (``seg``) and judge the crash points among them."""
+        model = self.model
+        hpas = model.translate(seg)
         exits = []
 
         def handle(fault: GuestFault) -> str:
@@ -166,125 +178,29 @@ class _Checker:
         except (TraceError, LifecycleError) as e:
             raise e.shifted(a) from None
         if exits:
-            self.model.forget_translations()       # the handler may have changed mappings
-        self.model.run(seg, a, self.skipped)
-        self._drains()
-        self.pos = stop
-        if self.progress is not None:
-            self.progress(stop - a, len(self.ops))
-        for store, at, s in self.model.unfenced:
-            self._emit(replace(self._violation(store, at, s, [], None), until=at))
-        self.model.unfenced = []
+            model.forget_translations()       # the handler may have changed mappings
+            hpas = model.translate(seg)
+        model.run(seg, a, hpas, self.skipped, points, self.full)
+        self._agree()
 
-    def _drains(self) -> None:
-        """Hand the model the lines each WPQ drained since the last segment (they leave oldest
-        first), after checking that the engine queued exactly the copies the trace's write-backs
-        queue in the model."""
+    def _agree(self) -> None:
+        """The engine queued and drained, per controller, what the model did, and its WPQs hold
+        the same copies."""
         stats = self.platform.engine.controller_stats()
         enqueued, drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         model = self.model
-        if not np.array_equal(enqueued - self.enqueued, model.enqueued):
-            c = int(np.flatnonzero(enqueued - self.enqueued != model.enqueued)[0])
-            raise LifecycleError(f"checker: controller {c} queued {int(enqueued[c] - self.enqueued[c])} lines where "
-                                 f"the trace's write-backs queue {int(model.enqueued[c])} (was the machine changed "
-                                 f"behind the checker?)")
+        for name, engine, mine in (("queued", enqueued - self.enqueued, model.enqueued),
+                                   ("drained", drained - self.drained, model.drained)):
+            if not np.array_equal(engine, mine):
+                c = int(np.flatnonzero(engine != mine)[0])
+                raise LifecycleError(f"checker: controller {c} {name} {int(engine[c])} lines where the trace's "
+                                     f"model says {int(mine[c])} (was the machine changed behind the checker?)")
+        differs = model.same_queues()
+        if differs:
+            raise LifecycleError(f"checker: {differs} (was the machine changed behind the checker?)")
         model.enqueued[:] = 0
-        model.drained(drained - self.drained)
+        model.drained[:] = 0
         self.enqueued, self.drained = enqueued, drained
-
-    def _durable(self, lines: np.ndarray) -> np.ndarray:
-        """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
-        block of at most _SPAN_LIMIT bytes, one read of the whole span or one per run of adjacent
-        lines, whichever reads less (a call costs about _RUN_COST bytes)."""
-        def read(hpa: int, n: int) -> bytes:
-            return self.platform.durable_read(hpa, n, self.adr_failure)
-        out = np.empty((len(lines), LINE), np.uint8)
-        i = 0
-        while i < len(lines):
-            j = int(np.searchsorted(lines, lines[i] + _SPAN_LIMIT - LINE, side="right"))
-            block = lines[i:j]
-            breaks = np.flatnonzero(np.diff(block) != LINE) + 1
-            starts, ends = np.r_[0, breaks], np.r_[breaks, len(block)]
-            span = int(block[-1] - block[0]) + LINE
-            if span <= len(starts) * _RUN_COST + LINE * len(block):
-                buf = np.frombuffer(read(int(block[0]), span), np.uint8).reshape(-1, LINE)
-                out[i:j] = buf[(block - block[0]) // LINE]
-            else:
-                for a, b in zip(starts.tolist(), ends.tolist()):
-                    out[i + a:i + b] = np.frombuffer(read(int(block[a]), LINE * (b - a)), np.uint8).reshape(-1, LINE)
-            i = j
-        return out
-
-    def probe(self, point: int, full: bool) -> None:
-        """Judge the lines whose durable version or completed stores changed since the last point
-        (all of them when ``full``, after checking the model's WPQs against the engine's): open a
-        run for each store newly lost, end the run of each store no longer lost."""
-        model = self.model
-        L = model.lines
-        previous = self.last
-        self.points[point] = len(self.points)
-        self.last = point
-        if full:
-            if not model.same_queues():
-                raise LifecycleError("checker: the engine's WPQs hold other lines than the trace's write-backs "
-                                     "queued (was the machine changed behind the checker?)")
-            slots = np.flatnonzero(L.active[:L.n])
-        else:
-            slots = np.array(sorted(s for s in model.touched if L.active[s]), np.int64)
-        model.touched = set()
-        if not len(slots):
-            return
-        version = L.durable_version(slots)
-        behind = np.flatnonzero(L.lc[slots].max(axis=1) > version)
-        lost_now = {int(slots[r]): L.lost(int(slots[r]), int(version[r])) for r in behind.tolist()}
-        for s in [s for s in slots.tolist() if s in self.open]:    # probed lines with stores lost so far
-            now = lost_now.get(s, {})
-            runs = self.open[s]
-            for store in [x for x in runs if x not in now]:
-                self._close(runs.pop(store), previous)
-            if not runs:
-                del self.open[s]
-        fresh = [s for s, lost in lost_now.items() if any(store not in self.open.get(s, {}) for store in lost)]
-        durable: dict[int, np.ndarray] = {}
-        if fresh:
-            order = sorted(fresh, key=lambda s: int(L.hpa[s]))
-            durable = dict(zip(order, self._durable(L.hpa[np.array(order, np.int64)])))
-        for s, lost in lost_now.items():
-            runs = self.open.setdefault(s, {})
-            for store, offsets in sorted(lost.items()):
-                if store not in runs:
-                    runs[store] = self._violation(store, point, s, offsets, durable[s])
-
-    def _close(self, v: Violation, until: int) -> None:
-        self._emit(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
-
-    def _emit(self, v: Violation) -> None:
-        self.violations.append(v)
-        if self.on_violation is not None:
-            self.on_violation(v)
-
-    def finish(self) -> None:
-        """End every open run at the last crash point."""
-        for runs in self.open.values():
-            for v in runs.values():
-                self._close(v, self.last)
-        self.open = {}
-
-    def _violation(self, store: int, point: int, s: int, offsets: list[int],
-                   durable: np.ndarray | None) -> Violation:
-        """A lost store (``durable``: its line's durable bytes) or, without ``durable``, an unfenced one."""
-        rec = self.ops[store]
-        size, gpa, value = int(rec["size"]), int(rec["gpa"]), int(rec["value"])
-        L = self.model.lines
-        off = gpa & (LINE - 1)              # the store's offset in its line (stores never cross lines)
-        common: dict[str, Any] = {
-            "store": store, "point": point, "vm": int(rec["vm"]), "vcpu": int(rec["vcpu"]),
-            "op": Op(int(rec["op"])).name, "size": size, "gpa": gpa, "hpa": int(L.hpa[s]) + off,
-            "expected": value.to_bytes(8, "little")[:size]}
-        if durable is None:
-            return Violation(completed=-1, found=b"", lost=0, kind="unfenced", **common)
-        return Violation(completed=int(L.done[s, offsets[0]]), found=durable[off:off + size].tobytes(),
-                         lost=sum(1 << (b - off) for b in offsets), **common)
 
     def verify(self, point: int) -> int | None:
         """Compare durable_read with a real power failure of a snapshot-restored copy over every
@@ -308,12 +224,13 @@ class _Checker:
         return None
 
 
-def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
+def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Iterable[int] = "all", *,
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
           adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
           progress: Callable[[int, int], None] | None = None) -> CheckResult:
-    """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
+    """Replay ``ops`` (TRACE_DTYPE, or a :class:`~nvemu.formats.trace.TraceSource`, read in chunks of
+    CHUNK_OPS records, twice) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
     indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
     sees exits the core does not handle (op_index in the whole trace); ops it skips are not
@@ -328,41 +245,87 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
-    if not isinstance(ops, np.ndarray) or ops.dtype != TRACE_DTYPE or ops.ndim != 1:
+    if isinstance(ops, TraceSource):
+        source = ops
+        chunks: Callable[[], Iterator[tuple[int, np.ndarray]]] = lambda: source.chunks(CHUNK_OPS)  # noqa: E731
+        n_ops = len(source)
+    elif not isinstance(ops, np.ndarray) or ops.dtype != TRACE_DTYPE or ops.ndim != 1:
         raise TraceError("a trace must be a one-dimensional numpy array of TRACE_DTYPE")
+    else:
+        array = ops
+        chunks = lambda: ((lo, array[lo:lo + CHUNK_OPS]) for lo in range(0, len(array), CHUNK_OPS))  # noqa: E731
+        n_ops = len(ops)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if fence_scope not in FENCE_SCOPES:
         raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
     if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
+    return _check_chunks(hv, chunks, n_ops, points, protocol, fence_scope, handler, verify, full_every, ordering,
+                         adr_failure, on_violation, progress)
+
+
+def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.ndarray]]], n_ops: int,
+                  points: str | int | Iterable[int], protocol: str, fence_scope: str, handler: ExitHandler,
+                  verify: int, full_every: int | None, ordering: bool, adr_failure: bool,
+                  on_violation: Callable[[Violation], None] | None,
+                  progress: Callable[[int, int], None] | None) -> CheckResult:
+    """:func:`check` of the trace ``chunks()`` yields as (first index, records), ``n_ops`` records
+    in all: one pass counts the persist points, a second runs the check."""
     domain = hv.platform.domain
     survives = "none" if adr_failure else domain
     resolved = protocol if protocol != "auto" else ("deep" if survives == "none" else "flush")
-    candidates = persist_points(hv, ops)
-    chosen = _choose_points(candidates, points, len(ops))
-    verify_at = set()
-    if verify and chosen:
-        verify_at = {chosen[int(k)] for k in np.unique(np.linspace(0, len(chosen) - 1, min(verify, len(chosen)))
-                                                        .round().astype(np.int64))}
+    table = _vfha_table(hv)
+    n_candidates = sum(len(_persist_points(table, c)) for _, c in chunks())
+    ranks, given = _choose_points(n_candidates, points, n_ops)
+    n_points = len(ranks) if ranks is not None else len(given) if given is not None else n_candidates
+    verify_ranks = set()
+    if verify and n_points:
+        verify_ranks = set(np.unique(np.linspace(0, n_points - 1, min(verify, n_points)).round()
+                                     .astype(np.int64)).tolist())
     if full_every is None:
-        full_every = max(64, -(-len(chosen) // 16))
-    checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering, adr_failure)
-    checker.on_violation, checker.progress = on_violation, progress
+        full_every = max(64, -(-n_points // 16))
+    violations: list[Violation] = []
+
+    def emit(v: Violation) -> None:
+        violations.append(v)
+        if on_violation is not None:
+            on_violation(v)
+    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit)
+    checker.n_points = n_points
+    chosen: list[int] = []
     verified, mismatches = [], []
-    for n, p in enumerate(chosen):
-        checker._replay(p + 1)
-        checker.probe(p, full=(n + 1) % full_every == 0 or n == len(chosen) - 1)
-        if p in verify_at:
-            verified.append(p)
-            bad = checker.verify(p)
-            if bad is not None:
-                mismatches.append((p, bad))
-    checker.finish()
-    checker._replay(len(ops))
-    violations = sorted(checker.violations, key=lambda v: (v.point, v.store, v.kind))
-    return CheckResult(ops=len(ops), points=chosen, candidates=len(candidates), violations=violations,
-                       completed_stores=checker.model.completed, trace_counts=dict(checker.model.counts),
+    seen = 0                                  # persist points before this chunk
+    for lo, chunk in chunks():
+        cand = _persist_points(table, chunk) + lo
+        if ranks is not None:
+            take = ranks[(ranks >= seen) & (ranks < seen + len(cand))] - seen
+            mine = cand[take]
+        elif given is not None:
+            mine = given[(given >= lo) & (given < lo + len(chunk))]
+        else:
+            mine = cand
+        seen += len(cand)
+        first = len(chosen)
+        chosen += mine.tolist()
+        cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks]
+        a = lo
+        for stop in sorted({p + 1 for p in cuts} | {lo + len(chunk)}):
+            if stop > a:
+                checker.run(chunk[a - lo:stop - lo], a, mine[(mine >= a) & (mine < stop)])
+                a = stop
+            if stop - 1 in cuts:
+                verified.append(stop - 1)
+                bad = checker.verify(stop - 1)
+                if bad is not None:
+                    mismatches.append((stop - 1, bad))
+        if progress is not None:
+            progress(len(chunk), n_ops)
+    checker.model.finish()
+    violations.sort(key=lambda v: (v.point, v.store, v.kind))
+    model = checker.model
+    return CheckResult(ops=n_ops, points=chosen, candidates=n_candidates, violations=violations,
+                       completed_stores=model.completed, trace_counts=dict(model.counts),
                        protocol=resolved, fence_scope=fence_scope,
                        domain=domain, platform=hv.platform.name,
                        strategies={vm.id: vm.strategy for vm in hv.vms.values()},
@@ -403,9 +366,8 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
     hv = Hypervisor(build_platform(platform, domain, backend))
     _, source = prepare(hv, trace, vms=vms, vcpus=vcpus, strategy=strategy, fanout=fanout, dram=dram,
                         nvdimm=nvdimm, format=format, unregistered=unregistered, deep_flush=deep_flush)
-    records = source.array()
     try:
-        return check(hv, records, points, **options)
+        return check(hv, source, points, **options)
     except (TraceError, LifecycleError) as e:
         raise relocated(e, 0, source) from None
     except GuestFault as f:
