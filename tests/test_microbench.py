@@ -144,7 +144,7 @@ def test_the_free_sweeps_cover_each_exit_path_the_flush_hint_and_the_wpq():
     assert {"write_protect_cycles", "mmio_cycles", "hypercall_cycles", "fha_write_ns", "wpq_depth"} <= set(names)
     for name, values in parse_sweeps(["free"]):          # each range brackets the default
         default = 64 if name == "wpq_depth" else TimingModel().to_dict()[name]
-        assert values[0] < default < values[-1]
+        assert values[0] < default < values[-1] and default in values
 
 
 def test_sensitivity_ranking_helper():

@@ -128,10 +128,10 @@ def sensitivity(rows_by_value: dict[Any, list[dict[str, Any]]]) -> list[dict[str
 
 FREE_SWEEPS: dict[str, str] = {
     # The free parameters (TimingModel.FREE_PARAMETERS that decide the strategy comparison, and the
-    # WPQ depth): `--sweep free` runs each over these ranges, which bracket the defaults.
-    "write_protect_cycles": "write_protect_cycles=0:4000:500",
-    "mmio_cycles": "mmio_cycles=0:4000:500",
-    "hypercall_cycles": "hypercall_cycles=0:4000:500",
+    # WPQ depth): `--sweep free` runs each over these values, which bracket and include the defaults.
+    "write_protect_cycles": "write_protect_cycles=0,250,500,750,1000,1500,2000,3000,4000",
+    "mmio_cycles": "mmio_cycles=0,200,400,750,1000,1500,2000,3000,4000",
+    "hypercall_cycles": "hypercall_cycles=0,300,600,900,1200,1500,2000,3000,4000",
     "fha_write_ns": "fha_write_ns=0,50,100,150,250,500,1000",
     "wpq_depth": "wpq_depth=4,8,16,32,64,128,256",
 }

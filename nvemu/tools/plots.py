@@ -180,6 +180,14 @@ def _swept(row: dict[str, Any], name: str) -> Any:
 
 _STYLES = {"write-protect": ("o", "-"), "mmio": ("s", "--"), "hypercall": ("^", "-."), "writable": ("D", ":"),
            "auto": ("v", "-"), "drop": ("x", ":")}
+_SHORT = {"write-protect": "WP", "mmio": "MMIO", "hypercall": "HC", "writable": "W"}
+
+
+def _short(order: str) -> str:
+    """A ranking with the strategies' short names: ``"W < MMIO < HC = WP"``."""
+    for name, short in _SHORT.items():
+        order = order.replace(name, short)
+    return order
 
 
 def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str, Any], out: Path,
@@ -187,7 +195,8 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
     """Emulated ns per op against the swept timing parameter (or ``wpq_depth``) ``name``: a panel per
     workload (and varied platform dimension), a line per strategy (each with its own marker and
     dash, so equal times stay visible), the default value dashed, and a shaded band between the
-    two swept values where the strategies' ranking flips, labelled with the new ranking."""
+    two swept values where the strategies' ranking flips, labelled with the new ranking. The y
+    axis spans the panel's times (not from 0), so that close strategies stay apart."""
     cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
     if not cells:
         return None
@@ -200,13 +209,13 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
         mine = [r for r in cells if tuple(r.get(k) for k in varied) == facet]
         values = sorted({_swept(r, name) for r in mine})
         orders = [ranking([r for r in mine if _swept(r, name) == v]) for v in values]
-        top = max(r["ns_per_op"] for r in mine)
         for (a, b), (before, after) in zip(zip(values, values[1:]), zip(orders, orders[1:])):
             if before != after:
                 flips += 1
                 ax.axvspan(a, b, facecolor="tab:orange", alpha=0.12, edgecolor="saddlebrown", linewidth=0.6)
-                ax.text((a + b) / 2, top * 1.02, "flips to\n" + after.replace(" < ", " <\n"), fontsize=6,
-                        ha="center", va="bottom", color="saddlebrown")
+                middle = math.sqrt(a * b) if name == "wpq_depth" else (a + b) / 2
+                ax.text(middle, 0.97, "flips to " + _short(after), transform=ax.get_xaxis_transform(),
+                        fontsize=6.5, rotation=90, ha="center", va="top", color="saddlebrown")
         if default is not None and values[0] <= default <= values[-1]:
             ax.axvline(default, color="grey", linestyle="--", linewidth=0.9)
             ax.text(default, 0.02, f"default {default:g}", transform=ax.get_xaxis_transform(), fontsize=7,
@@ -216,15 +225,18 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
             pts = sorted((_swept(r, name), r["ns_per_op"]) for r in mine if r["strategy"] == s)
             marker, dash = _STYLES.get(s, ("o", "-"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=dash, markersize=4,
-                    label=s, markerfacecolor="none")
+                    label=f"{s} ({_SHORT.get(s, s)})", markerfacecolor="none")
         if name == "wpq_depth":
             ax.set_xscale("log", base=2)
             ax.set_xticks(values, [f"{v:g}" for v in values])
-        ax.set_xlabel(f"{name} ({'WPQ lines' if name == 'wpq_depth' else 'free parameter'})"
-                      if name == "wpq_depth" or TIMING_SOURCES.get(name, "").startswith("free") else name,
+        free = name == "wpq_depth" or TIMING_SOURCES.get(name, "").startswith("free")
+        ax.set_xlabel(f"{name} ({'WPQ lines, ' if name == 'wpq_depth' else ''}{'free parameter' if free else 'swept'})",
                       fontsize=8)
         ax.set_ylabel("emulated ns per guest op", fontsize=8)
-        ax.set_ylim(0, top * 1.35)
+        times = [r["ns_per_op"] for r in mine]
+        lo, hi = min(times), max(times)
+        span = hi - lo or max(hi * 0.05, 1e-9)
+        ax.set_ylim(lo - 0.15 * span, hi + 1.1 * span)         # the top half keeps the flip labels clear
         title = _facet_title(varied, facet) if varied else str(mine[0]["workload"])
         if len(set(orders)) == 1 and " < " not in orders[0]:
             title += " (all strategies equal: lines overlap)"
@@ -234,7 +246,8 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
     fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(labels), frameon=False)
     others = {k: v for k, v in meta.get("timing", {}).items() if k != name}
     swept = sorted({_swept(r, name) for r in cells})
-    what = f"ranking flips in {flips} place(s), shaded" if flips else "the ranking never flips in this range"
+    what = (f"ranking flips in {flips} place(s), shaded; y axes do not start at 0" if flips
+            else "the ranking never flips in this range; y axes do not start at 0")
     return _save(plt, fig, out, figure, f"Sensitivity to {name}: {swept[0]:g}..{swept[-1]:g} ({what})",
                  describe_run({**meta, "timing": {name: "swept", **others}}), fmt, dpi)
 
