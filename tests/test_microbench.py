@@ -129,6 +129,7 @@ def test_free_sweeps_every_free_parameter_each_with_its_table_and_figure(tmp_pat
         assert (tmp_path / "sensitivity" / name / "results.csv").exists()
         assert (tmp_path / f"sensitivity-{name}.png").exists()
     assert [f["name"] for f in seen] == ["sensitivity-wpq_depth", "sensitivity-mmio_cycles"]
+    assert [len(f["panels"]) for f in seen] == [1, 1]          # the swept WPQ depth is the x axis, not a panel
     assert "ranking flips in 1 place" in seen[1]["title"]
     assert main(["bench", "--sweep", "free", "--sweep", "mmio_cycles=1,2", "--out", str(tmp_path / "x"),
                  "--no-progress"]) == 2

@@ -201,7 +201,7 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
     if not cells:
         return None
     plt = _pyplot()
-    varied, facets = _facets(cells, ("workload", *FACET_KEYS))
+    varied, facets = _facets(cells, ("workload", *(k for k in FACET_KEYS if k != name)))   # the swept axis: x
     fig, axes = _grid(plt, len(facets), 6.5, 4.4)
     default = meta.get("timing", {}).get(name) if name != "wpq_depth" else meta.get("wpq_depth", 64)
     flips = 0
@@ -243,7 +243,8 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.005, 0.998), fontsize=8, ncol=len(labels),
+               frameon=False)
     others = {k: v for k, v in meta.get("timing", {}).items() if k != name}
     swept = sorted({_swept(r, name) for r in cells})
     what = (f"ranking flips in {flips} place(s), shaded; y axes do not start at 0" if flips
