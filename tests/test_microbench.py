@@ -104,13 +104,48 @@ def test_timing_sensitivity_finds_where_the_ranking_changes(tmp_path, capsys):
                  "--sweep", "hypercall_cycles=1000:2000:250", "--out", str(tmp_path), "--workers", "1",
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
-    # hypercall handling is cheaper than write-protect handling (1,500 cycles) below it, dearer above
-    # (at 1,500 the two tie and the names break it)
-    assert "kv-put at hypercall_cycles=1750: write-protect < hypercall" in out
+    # hypercall handling is cheaper than write-protect handling (1,500 cycles) below it, dearer above;
+    # at 1,500 the two tie, and the tie is reported as one
+    assert "kv-put between hypercall_cycles=1250 and 1500: hypercall = write-protect" in out
+    assert "kv-put between hypercall_cycles=1500 and 1750: write-protect < hypercall" in out
     with open(tmp_path / "sensitivity" / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert [(r["value"], r["changed"]) for r in table] == [("1000", "False"), ("1250", "False"),
-                                                            ("1500", "False"), ("1750", "True"), ("2000", "False")]
+    assert [(r["value"], r["ranking"], r["changed"]) for r in table] == [
+        ("1000", "hypercall < write-protect", "False"), ("1250", "hypercall < write-protect", "False"),
+        ("1500", "hypercall = write-protect", "True"), ("1750", "write-protect < hypercall", "True"),
+        ("2000", "write-protect < hypercall", "False")]
+
+
+def test_free_sweeps_every_free_parameter_each_with_its_table_and_figure(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = _panels(monkeypatch)
+    assert main(["bench", "--workloads", "kv-put", "--strategies", "write-protect", "mmio", "--ops", "2000",
+                 "--sweep", "wpq_depth=8,64", "--sweep", "mmio_cycles=0,3000", "--out", str(tmp_path),
+                 "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity to wpq_depth from 8 to 64 (default 64" in out and "sensitivity to mmio_cycles" in out
+    assert "kv-put between mmio_cycles=0 and 3000: write-protect < mmio" in out
+    for name in ("wpq_depth", "mmio_cycles"):
+        assert (tmp_path / "sensitivity" / name / "results.csv").exists()
+        assert (tmp_path / f"sensitivity-{name}.png").exists()
+    assert [f["name"] for f in seen] == ["sensitivity-wpq_depth", "sensitivity-mmio_cycles"]
+    assert [len(f["panels"]) for f in seen] == [1, 1]          # the swept WPQ depth is the x axis, not a panel
+    assert "ranking flips in 1 place" in seen[1]["title"]
+    assert main(["bench", "--sweep", "free", "--sweep", "mmio_cycles=1,2", "--out", str(tmp_path / "x"),
+                 "--no-progress"]) == 2
+    assert "mmio_cycles is swept twice" in capsys.readouterr().err
+
+
+def test_the_free_sweeps_cover_each_exit_path_the_flush_hint_and_the_wpq():
+    from nvemu import TimingModel
+    from nvemu.tools.microbench import FREE_SWEEPS, parse_sweeps
+    names = [n for n, _ in parse_sweeps(["free"])]
+    assert names == list(FREE_SWEEPS)
+    assert set(names) - {"wpq_depth"} <= set(TimingModel.FREE_PARAMETERS)
+    assert {"write_protect_cycles", "mmio_cycles", "hypercall_cycles", "fha_write_ns", "wpq_depth"} <= set(names)
+    for name, values in parse_sweeps(["free"]):          # each range brackets the default
+        default = 64 if name == "wpq_depth" else TimingModel().to_dict()[name]
+        assert values[0] < default < values[-1] and default in values
 
 
 def test_sensitivity_ranking_helper():
@@ -119,6 +154,9 @@ def test_sensitivity_ranking_helper():
             2: [{"workload": "w", "strategy": "a", "ns_per_op": 3.0},
                 {"workload": "w", "strategy": "b", "ns_per_op": 2.0}]}
     assert [(r["ranking"], r["changed"]) for r in sensitivity(rows)] == [("a < b", False), ("b < a", True)]
+    rows[3] = [{"workload": "w", "strategy": "b", "ns_per_op": 2.0},
+               {"workload": "w", "strategy": "a", "ns_per_op": 2.0}]
+    assert [(r["ranking"], r["previous"]) for r in sensitivity(rows)][-1] == ("a = b", 2)
 
 
 def test_a_failed_cell_is_reported_and_the_rest_complete(capsys):

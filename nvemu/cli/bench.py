@@ -19,7 +19,7 @@ from ..machine.config import TimingModel
 from ..machine.flush_hints import COMPARED_STRATEGIES
 from ..tools.cells import run_cell, run_host
 from ..tools.microbench import (COLUMNS, RATE_EVERY, RATE_WORKLOAD, TABLE_COLUMNS, grid,
-                                parse_sweep, rate_cells, run_bench, save, sensitivity)
+                                parse_sweeps, rate_cells, run_bench, save, sensitivity)
 from ..tools.plots import FORMATS, overhead_figure, rate_figure, sensitivity_figure
 from ..tools.spec import check_cells
 from ..tools.sweep import HOST_COLUMNS, fleet_hosts, fleet_total, load_toml, sweep_cells
@@ -89,12 +89,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 controllers=args.controllers, wpq_depths=args.wpq_depth, hints=args.hints, ops=args.ops,
                 seed=args.seed, vms=args.vms, interleave=args.interleave)
     timing = TimingModel()
-    sweep = parse_sweep(args.sweep_cost) if args.sweep_cost else None
-    if sweep:
-        name, values = sweep
-        cells = [c for v in values for c in (grid(**{**axes, "wpq_depths": [v]}) if name == "wpq_depth"
-                                             else grid(**axes, timing={name: v}))]
-        rate: list[dict[str, Any]] = []
+    sweeps = parse_sweeps(args.sweep_cost) if args.sweep_cost else []
+    spans: list[tuple[str, list, int, int]] = []           # (parameter, values, first cell, end)
+    rate: list[dict[str, Any]] = []
+    if sweeps:
+        cells = []
+        for name, values in sweeps:
+            start = len(cells)
+            cells += [c for v in values for c in (grid(**{**axes, "wpq_depths": [v]}) if name == "wpq_depth"
+                                                  else grid(**axes, timing={name: v}))]
+            spans.append((name, values, start, len(cells)))
     else:
         cells = grid(**axes)
         first = {k: [v[0]] for k, v in axes.items() if k in ("fanouts", "domains", "controllers", "wpq_depths",
@@ -107,36 +111,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     parameters = {"grid": {k: v for k, v in axes.items()}, "timing_model": timing.to_dict(),
                   "seeds": [args.seed], "sweep_cost": args.sweep_cost,
-                  "rate": None if sweep or args.no_rate else {"workload": RATE_WORKLOAD, "every": list(RATE_EVERY)},
+                  "rate": None if sweeps or args.no_rate else {"workload": RATE_WORKLOAD, "every": list(RATE_EVERY)},
                   "platform": "a regular host per cell: <controllers> iMCs (2 sockets when even), one 64 MiB "
                               "NVDIMM per iMC with <hints> flush hints, 1 GiB DRAM; --domains and --wpq-depth as given"}
     meta = {"ops": args.ops, "seed": args.seed, "vms": args.vms, "interleave": args.interleave,
-            "timing": timing.to_dict(), "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
+            "timing": timing.to_dict(), "wpq_depth": args.wpq_depth[0],
+            "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
             "even), one 64 MiB NVDIMM per controller, 1 GiB DRAM, VM 16 MiB DRAM + 32 MiB vNVDIMM"}
     rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
     main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
     document = dict(parameters=parameters, command=_command_line(args))
     doc = save(main_rows, out, **document)
     written = [out / "results.csv", out / "results.json"]
-    if sweep:
-        name, values = sweep
-        by_value: dict[int, list[dict[str, Any]]] = {}
-        for r in main_rows:
+    for name, values, start, end in spans:
+        by_value: dict[Any, list[dict[str, Any]]] = {}
+        for r in main_rows[start:end]:
             if not r.get("error"):
                 by_value.setdefault(r["wpq_depth"] if name == "wpq_depth" else r["timing"][name], []).append(r)
         table = sensitivity(by_value)
-        write_results(table, out / "sensitivity", ("workload", "value", "ranking", "changed"),
+        where, figure = (out / "sensitivity", "sensitivity") if len(spans) == 1 else \
+            (out / "sensitivity" / name, f"sensitivity-{name}")
+        write_results(table, where, ("workload", "value", "ranking", "changed", "previous"),
                       kind="bench-sensitivity", **document)
-        written.append(out / "sensitivity" / "results.csv")
-        written += _figures(args, [(sensitivity_figure, (main_rows, name, meta, out), {})])
+        written.append(where / "results.csv")
+        written += _figures(args, [(sensitivity_figure, (main_rows[start:end], name, meta, out),
+                                    {"figure": figure})])
         changes = [t for t in table if t["changed"]]
-        _say(args, f"nvemu bench: timing-model sensitivity: {name} from {values[0]} to {values[-1]} "
-                   f"(other parameters: {', '.join(f'{k}={v:g}' for k, v in timing.to_dict().items() if k != name)})",
-             _table(table, (("workload", "workload", ""), ("value", name, ",g"),
-                            ("ranking", "cheapest first", ""), ("changed", "changed", ""))),
-             "ranking changes: " + ("; ".join(f"{t['workload']} at {name}={t['value']}: {t['ranking']}"
-                                              for t in changes) or "none in this range"))
-    else:
+        default = args.wpq_depth[0] if name == "wpq_depth" else timing.to_dict()[name]
+        lines = [f"nvemu bench: sensitivity to {name} from {values[0]:g} to {values[-1]:g} (default {default:g}; "
+                 f"the other parameters at their defaults)"]
+        if len(spans) == 1:
+            lines.append(_table(table, (("workload", "workload", ""), ("value", name, ",g"),
+                                        ("ranking", "cheapest first", ""), ("changed", "changed", ""))))
+        else:                                              # several sweeps: the ranking at the default
+            at = default if default in values else values[0]
+            lines.append(_table([t for t in table if t["value"] == at],
+                                (("workload", "workload", ""), ("ranking", f"cheapest first at {name}={at:g}", ""))))
+        lines.append("ranking changes: " + ("; ".join(f"{t['workload']} between {name}={t['previous']:g} and "
+                                                       f"{t['value']:g}: {t['ranking']}" for t in changes)
+                                            or "none in this range") + "\n")
+        _say(args, *lines)
+    if not spans:
         if rate_rows:
             write_results(rate_rows, out / "rate", COLUMNS, kind="bench-rate", **document)
         written += _figures(args, [(overhead_figure, (main_rows, meta, out), {}),
@@ -234,9 +249,11 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--ops", metavar="OPS", type=parse_count, default=200_000,
                    help="guest ops (trace records) per cell, k/M/G = 10^3/10^6/10^9 (default 200k)")
     b.add_argument("--seed", metavar="S", type=non_negative_int, default=0, help="generator seed (default 0)")
-    b.add_argument("--sweep", "--sweep-cost", dest="sweep_cost", metavar="NAME=LO:HI:STEP",
+    b.add_argument("--sweep", "--sweep-cost", dest="sweep_cost", metavar="NAME=LO:HI:STEP", action="append",
                    help="sensitivity: run the grid for each value of one timing parameter or wpq_depth, e.g. "
-                        "mmio_cycles=200:3000:200 or fha_write_ns=50,150,500 (default: off)")
+                        "mmio_cycles=200:3000:200 or fha_write_ns=50,150,500; repeat it to sweep several, one at "
+                        "a time; 'free' sweeps every free parameter (each exit path's handling cost, the "
+                        "flush-hint latency, the WPQ depth) (default: off)")
     b.add_argument("--no-rate", action="store_true",
                    help="skip the vFHA write-rate sweep behind the rate figure (default: run it)")
     b.add_argument("--no-plot", action="store_true", help="write no figures (default: figures when matplotlib "

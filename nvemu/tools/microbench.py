@@ -95,21 +95,58 @@ def rate_cells(strategies: Sequence[str] = COMPARED_STRATEGIES, ops: int = 100_0
     return out
 
 
-def sensitivity(rows_by_value: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def ranking(rows: Sequence[dict[str, Any]]) -> str:
+    """Strategies cheapest first by ns per op, ``<`` between them and ``=`` where two take the same
+    emulated time (a tie is reported, never broken by name): ``"writable < hypercall = mmio"``."""
+    ordered = sorted(rows, key=lambda r: (r["ns_per_op"], r["strategy"]))
+    out = ""
+    for prev, r in zip([None, *ordered], ordered):
+        if prev is not None:
+            out += " = " if math.isclose(r["ns_per_op"], prev["ns_per_op"], rel_tol=1e-9) else " < "
+        out += r["strategy"]
+    return out
+
+
+def sensitivity(rows_by_value: dict[Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """For a swept timing parameter: per workload and value, the strategies ranked by ns per
-    op, and whether the ranking differs from the previous value's."""
+    op (:func:`ranking`), and whether the ranking differs from the previous value's, which is
+    ``previous`` (the ranking flips somewhere between ``previous`` and ``value``)."""
     out = []
     workloads = sorted({r["workload"] for rows in rows_by_value.values() for r in rows})
     for w in workloads:
-        previous = None
+        previous, before = None, None
         for value in sorted(rows_by_value):
             mine = [r for r in rows_by_value[value] if r["workload"] == w and r["strategy"] != "native"
                     and not r.get("error")]
-            ranking = [r["strategy"] for r in sorted(mine, key=lambda r: (r["ns_per_op"], r["strategy"]))]
-            out.append({"workload": w, "value": value, "ranking": " < ".join(ranking),
-                        "changed": previous is not None and ranking != previous,
+            order = ranking(mine)
+            out.append({"workload": w, "value": value, "ranking": order,
+                        "changed": previous is not None and order != previous, "previous": before,
                         **{f"ns_per_op_{r['strategy']}": r["ns_per_op"] for r in mine}})
-            previous = ranking
+            previous, before = order, value
+    return out
+
+
+FREE_SWEEPS: dict[str, str] = {
+    # The free parameters (TimingModel.FREE_PARAMETERS that decide the strategy comparison, and the
+    # WPQ depth): `--sweep free` runs each over these values, which bracket and include the defaults.
+    "write_protect_cycles": "write_protect_cycles=0,250,500,750,1000,1500,2000,3000,4000",
+    "mmio_cycles": "mmio_cycles=0,200,400,750,1000,1500,2000,3000,4000",
+    "hypercall_cycles": "hypercall_cycles=0,300,600,900,1200,1500,2000,3000,4000",
+    "fha_write_ns": "fha_write_ns=0,50,100,150,250,500,1000",
+    "wpq_depth": "wpq_depth=4,8,16,32,64,128,256",
+}
+
+
+def parse_sweeps(texts: Sequence[str]) -> list[tuple[str, list[float]]]:
+    """Each ``--sweep`` (:func:`parse_sweep`); ``free`` stands for every sweep of
+    :data:`FREE_SWEEPS`. A parameter swept twice is refused."""
+    out: list[tuple[str, list[float]]] = []
+    for text in texts:
+        for one in FREE_SWEEPS.values() if text == "free" else [text]:
+            name, values = parse_sweep(one)
+            if any(n == name for n, _ in out):
+                raise ConfigError(f"--sweep: {name} is swept twice")
+            out.append((name, values))
     return out
 
 
@@ -126,7 +163,7 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
         else:
             values = [float(x) for x in spec.split(",")]
     except ValueError:
-        raise ConfigError(f"--sweep {text!r}: expected NAME=LO:HI:STEP or NAME=V1,V2,...") from None
+        raise ConfigError(f"--sweep {text!r}: expected NAME=LO:HI:STEP, NAME=V1,V2,... or free") from None
     if name not in TIMING_PARAMETERS and name != "wpq_depth":
         raise ConfigError(f"--sweep: unknown parameter {name!r}; known: wpq_depth, {', '.join(TIMING_PARAMETERS)}")
     if not values:

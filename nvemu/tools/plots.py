@@ -7,7 +7,7 @@ drawn, the scale is readable and each figure states what was run.
   bar, so a bar near 1x (``writable``) stays visible.
 * ``overhead_vs_vfha_rate``: overhead against how often the guest writes its vFHA.
 * ``sensitivity``: emulated ns per op against a swept timing parameter, one panel per workload,
-  dotted lines where the strategies' ranking changes.
+  shaded bands where the strategies' ranking flips (``sensitivity-NAME`` when several are swept).
 
 Every figure carries a footer with the ops per cell, seed, VMs and the full timing model.
 """
@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from .._files import atomic_write
 from ..machine.config import TIMING_SOURCES
+from .microbench import ranking
 
 FORMATS = ("png", "svg", "pdf")
 FACET_KEYS = ("fanout", "domain", "controllers", "wpq_depth", "hints", "vms")
@@ -177,40 +178,78 @@ def _swept(row: dict[str, Any], name: str) -> Any:
     return row["wpq_depth"] if name == "wpq_depth" else row["timing"][name]
 
 
+_STYLES = {"write-protect": ("o", "-"), "mmio": ("s", "--"), "hypercall": ("^", "-."), "writable": ("D", ":"),
+           "auto": ("v", "-"), "drop": ("x", ":")}
+_SHORT = {"write-protect": "WP", "mmio": "MMIO", "hypercall": "HC", "writable": "W"}
+
+
+def _short(order: str) -> str:
+    """A ranking with the strategies' short names: ``"W < MMIO < HC = WP"``."""
+    for name, short in _SHORT.items():
+        order = order.replace(name, short)
+    return order
+
+
 def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str, Any], out: Path,
-                       fmt: str = "png", dpi: int = 120) -> Path | None:
+                       fmt: str = "png", dpi: int = 120, figure: str = "sensitivity") -> Path | None:
     """Emulated ns per op against the swept timing parameter (or ``wpq_depth``) ``name``: a panel per
-    workload (and varied platform dimension), a line per strategy, dotted verticals where the ranking
-    changes."""
+    workload (and varied platform dimension), a line per strategy (each with its own marker and
+    dash, so equal times stay visible), the default value dashed, and a shaded band between the
+    two swept values where the strategies' ranking flips, labelled with the new ranking. The y
+    axis spans the panel's times (not from 0), so that close strategies stay apart."""
     cells = [r for r in rows if r["strategy"] != "native" and not r.get("error")]
     if not cells:
         return None
     plt = _pyplot()
-    varied, facets = _facets(cells, ("workload", *FACET_KEYS))
-    fig, axes = _grid(plt, len(facets), 6.5, 4.2)
+    varied, facets = _facets(cells, ("workload", *(k for k in FACET_KEYS if k != name)))   # the swept axis: x
+    fig, axes = _grid(plt, len(facets), 6.5, 4.4)
+    default = meta.get("timing", {}).get(name) if name != "wpq_depth" else meta.get("wpq_depth", 64)
+    flips = 0
     for ax, facet in zip(axes, facets):
         mine = [r for r in cells if tuple(r.get(k) for k in varied) == facet]
         values = sorted({_swept(r, name) for r in mine})
-        ranking_prev = None
-        for v in values:
-            ranking = [r["strategy"] for r in sorted((r for r in mine if _swept(r, name) == v),
-                                                     key=lambda r: (r["ns_per_op"], r["strategy"]))]
-            if ranking_prev is not None and ranking != ranking_prev:
-                ax.axvline(v, color="grey", linestyle=":", linewidth=1)
-                ax.text(v, 0.03, " ranking changes", transform=ax.get_xaxis_transform(), fontsize=7,
-                        va="bottom", ha="right", rotation=90, color="grey")
-            ranking_prev = ranking
+        orders = [ranking([r for r in mine if _swept(r, name) == v]) for v in values]
+        for (a, b), (before, after) in zip(zip(values, values[1:]), zip(orders, orders[1:])):
+            if before != after:
+                flips += 1
+                ax.axvspan(a, b, facecolor="tab:orange", alpha=0.12, edgecolor="saddlebrown", linewidth=0.6)
+                middle = math.sqrt(a * b) if name == "wpq_depth" else (a + b) / 2
+                ax.text(middle, 0.97, "flips to " + _short(after), transform=ax.get_xaxis_transform(),
+                        fontsize=6.5, rotation=90, ha="center", va="top", color="saddlebrown")
+        if default is not None and values[0] <= default <= values[-1]:
+            ax.axvline(default, color="grey", linestyle="--", linewidth=0.9)
+            ax.text(default, 0.02, f"default {default:g}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    color="dimgrey", ha="left", va="bottom",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
         for s in dict.fromkeys(r["strategy"] for r in mine):
             pts = sorted((_swept(r, name), r["ns_per_op"]) for r in mine if r["strategy"] == s)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
-        ax.set_xlabel(f"{name} (swept; {TIMING_SOURCES.get(name, 'WPQ depth, lines: free')[:60]})", fontsize=7)
+            marker, dash = _STYLES.get(s, ("o", "-"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=dash, markersize=4,
+                    label=f"{s} ({_SHORT.get(s, s)})", markerfacecolor="none")
+        if name == "wpq_depth":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+        free = name == "wpq_depth" or TIMING_SOURCES.get(name, "").startswith("free")
+        ax.set_xlabel(f"{name} ({'WPQ lines, ' if name == 'wpq_depth' else ''}{'free parameter' if free else 'swept'})",
+                      fontsize=8)
         ax.set_ylabel("emulated ns per guest op", fontsize=8)
-        ax.set_ylim(bottom=0)
-        ax.set_title(_facet_title(varied, facet) if varied else str(mine[0]["workload"]), fontsize=9)
-        ax.legend(fontsize=7)
+        times = [r["ns_per_op"] for r in mine]
+        lo, hi = min(times), max(times)
+        span = hi - lo or max(hi * 0.05, 1e-9)
+        ax.set_ylim(lo - 0.15 * span, hi + 1.1 * span)         # the top half keeps the flip labels clear
+        title = _facet_title(varied, facet) if varied else str(mine[0]["workload"])
+        if len(set(orders)) == 1 and " < " not in orders[0]:
+            title += " (all strategies equal: lines overlap)"
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.005, 0.998), fontsize=8, ncol=len(labels),
+               frameon=False)
     others = {k: v for k, v in meta.get("timing", {}).items() if k != name}
     swept = sorted({_swept(r, name) for r in cells})
-    return _save(plt, fig, out, "sensitivity", f"Sensitivity to {name}: {swept[0]:g}..{swept[-1]:g}",
+    what = (f"ranking flips in {flips} place(s), shaded; y axes do not start at 0" if flips
+            else "the ranking never flips in this range; y axes do not start at 0")
+    return _save(plt, fig, out, figure, f"Sensitivity to {name}: {swept[0]:g}..{swept[-1]:g} ({what})",
                  describe_run({**meta, "timing": {name: "swept", **others}}), fmt, dpi)
 
 
