@@ -176,7 +176,12 @@ class Model:
         self.open: dict[int, dict[int, tuple[Violation, int]]] = {}   # slot -> {store: (its run, first rank)}
         self.rank = -1                                    # crash points judged so far, less one
         self.last = -1                                    # the last of them
-        for line, state in p.line_states().items():      # the machine as the check finds it
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Take over the dirty lines and queued copies the machine has when the check starts."""
+        p = self.platform
+        for line, state in p.line_states().items():
             if state == LineState.DIRTY:
                 self.lines.dirty[self._slot(line)] = True
         for c in range(p.n_controllers):
@@ -194,8 +199,11 @@ class Model:
         if s is None:
             p = self.platform
             mode = self.base_mode if self.armed or p.adr_holds(line) else MEDIA
-            s = self.lines.add(line, p.controller_of(line), mode, p.read_memory(line, LINE), p.read_media(line, LINE))
+            s = self._add(line, p.controller_of(line), mode, p.read_memory(line, LINE), p.read_media(line, LINE))
         return s
+
+    def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
+        return self.lines.add(line, ctrl, mode, mem, media)
 
     def forget_translations(self) -> None:
         self.pages.clear()

@@ -79,12 +79,17 @@ from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
 from ..formats.trace import TraceSource
+from .._backend import COMPILED
+from .check_fast import AVAILABLE, FastModel
 from .check_model import Model
 from .check_report import CheckResult, Violation
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
 FENCE_SCOPES = ("vcpu", "vm")
+MODELS = ("auto", "compiled", "python")
+COMPILED_MODEL = AVAILABLE and COMPILED
+"""Does ``check(model="auto")`` use the compiled kernel? Not in a pure install."""
 CHUNK_OPS = 1 << 16            # records the engine runs between two looks of the model
 
 
@@ -145,12 +150,13 @@ class _Checker:
     engine's WPQs must agree with the model's."""
 
     def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, handler: ExitHandler, full_every: int,
-                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None]) -> None:
+                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None], model: str) -> None:
         self.hv, self.handler = hv, handler
         self.platform = hv.platform
         self.adr_failure = adr_failure
         self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
-        self.model = Model(hv, protocol, fence_scope, ordering, self.domain, emit)
+        self.model = (FastModel if model == "compiled" else Model)(hv, protocol, fence_scope, ordering, self.domain,
+                                                                    emit)
         self.full_every = full_every
         self.n_points = 0                                   # crash points in the whole run
         stats = self.platform.engine.controller_stats()
@@ -228,7 +234,7 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
           adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> CheckResult:
+          progress: Callable[[int, int], None] | None = None, model: str = "auto") -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE, or a :class:`~nvemu.formats.trace.TraceSource`, read in chunks of
     CHUNK_OPS records, twice) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
@@ -241,7 +247,9 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
     power failure also defeats ADR, so only media survives (``Platform.durable_read``) and ``auto``
     means the deep protocol. ``on_violation`` is called with each violation as soon as its run of
     crash points ends (to stream them), ``progress`` with the number of ops replayed since its last
-    call and the trace's length. Afterwards ``hv`` has replayed the whole trace.
+    call and the trace's length. ``model``: "compiled" (the kernel in ``nvemu._checkcore``), "python"
+    (:class:`~nvemu.tools.check_model.Model`, the oracle) or "auto": compiled when built and the
+    engine is not the pure reference (NVEMU_PUREPYTHON=1). Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -261,15 +269,21 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
         raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
     if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if model == "compiled" and not COMPILED_MODEL:
+        raise ConfigError("model='compiled': nvemu._checkcore is not built (a pure install)")
+    if model == "auto":
+        model = "compiled" if COMPILED_MODEL else "python"
     return _check_chunks(hv, chunks, n_ops, points, protocol, fence_scope, handler, verify, full_every, ordering,
-                         adr_failure, on_violation, progress)
+                         adr_failure, on_violation, progress, model)
 
 
 def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.ndarray]]], n_ops: int,
                   points: str | int | Iterable[int], protocol: str, fence_scope: str, handler: ExitHandler,
                   verify: int, full_every: int | None, ordering: bool, adr_failure: bool,
                   on_violation: Callable[[Violation], None] | None,
-                  progress: Callable[[int, int], None] | None) -> CheckResult:
+                  progress: Callable[[int, int], None] | None, model: str) -> CheckResult:
     """:func:`check` of the trace ``chunks()`` yields as (first index, records), ``n_ops`` records
     in all: one pass counts the persist points, a second runs the check."""
     domain = hv.platform.domain
@@ -291,7 +305,7 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
         violations.append(v)
         if on_violation is not None:
             on_violation(v)
-    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit)
+    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit, model)
     checker.n_points = n_points
     chosen: list[int] = []
     verified, mismatches = [], []
