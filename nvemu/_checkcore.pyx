@@ -14,6 +14,8 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
+from nvemu._core cimport Engine, chunk_t
+
 DEF LINE = 64
 
 # record kinds (what the Python side classified each record as)
@@ -216,6 +218,47 @@ cdef class CheckKernel:
         self.pending[s].head = self.pending[s].tail = -1
         self.n += 1
         return s
+
+    def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
+        """Add a slot for each line (NVDIMM HPAs, checked by the caller) with its bytes and
+        controller as ``engine`` (the compiled core; hold its lock) has them now; returns the
+        first new slot (the others follow in order). Lines start clean."""
+        cdef Py_ssize_t k, n = hpas.shape[0]
+        cdef int64_t first = self.n, s
+        cdef uint64_t off, idx
+        cdef chunk_t* ck
+        if modes.shape[0] != n:
+            raise ValueError("hpas and modes differ in length")
+        if self.n + n > self.cap:
+            self._grow(max(256, 2 * self.cap, self.n + n))
+        with nogil:
+            for k in range(n):
+                s = self.n + k
+                off = <uint64_t>hpas[k] - engine.pmem_base
+                idx = engine.pmem_index + off
+                ck = engine.chunk_at(idx, False)
+                if ck.mem != NULL:
+                    memcpy(&self.mem[s * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.mem[s * LINE], 0, LINE)
+                if ck.med != NULL:
+                    memcpy(&self.media[s * LINE], ck.med + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.media[s * LINE], 0, LINE)
+                self.hpa[s] = hpas[k]
+                self.ctrl[s] = engine.controller_of_line(off >> 6)
+                self.mode[s] = modes[k]
+                self.top[s] = -1
+                self.media_v[s] = -1
+                self.newest_v[s] = -1
+                self.queued[s] = 0
+                self.newest_pos[s] = -1
+                self.dirty[s] = 0
+                self.touched[s] = 0
+                self.wb[s].head = self.wb[s].tail = -1
+                self.pending[s].head = self.pending[s].tail = -1
+            self.n += n
+        return first
 
     def queue_initial(self, int64_t s, bytes data):
         """A copy of line ``s`` already queued when the check starts (version -1)."""

@@ -12,18 +12,20 @@ about 44 bytes of state and the line's bytes in memory and on media (128 bytes);
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .._constants import LINE_BYTES as LINE, LineState, Op
 from ..machine.hypervisor import Hypervisor
-from .check_model import COUNTS, DRAINING, Model
+from .check_model import COUNTS, DRAINING, MEDIA, Model
 from .check_report import Violation
 
 try:
     from .._checkcore import CheckKernel
+    from .._core import Engine as CoreEngine
 except ImportError:             # a pure install (NVEMU_PUREPYTHON=1): the plain-Python model only
-    CheckKernel = None
+    CheckKernel = CoreEngine = None
 
 AVAILABLE = CheckKernel is not None
 """True when the compiled kernel is built (not in a pure install)."""
@@ -56,6 +58,7 @@ class FastModel(Model):
         self.kernel = CheckKernel(p.n_controllers, int(p.engine.wpq_depth), max(n_vms, 1), max_cpus,
                                   fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
         self._dirty_at_start: set[int] = set()
+        self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
         self.lines = _Slots()     # type: ignore[assignment]
         self._adopt()
@@ -75,6 +78,18 @@ class FastModel(Model):
         s = self.kernel.add_line(line, ctrl, mode, bytes(mem), bytes(media), line in self._dirty_at_start)
         self.lines.slot[line] = s
         return int(s)
+
+    def _add_lines(self, lines: list[int]) -> None:
+        if not self._bulk:
+            return super()._add_lines(lines)
+        p = self.platform
+        modes = np.full(len(lines), self.base_mode, np.int8)
+        if not self.armed:
+            modes[[not p.adr_holds(line) for line in lines]] = MEDIA
+        engine = p.engine
+        with engine.lock:
+            first = self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
+        self.lines.slot.update(zip(lines, range(first, first + len(lines))))
 
     @property
     def completed(self) -> int:     # type: ignore[override]
@@ -115,7 +130,7 @@ class FastModel(Model):
         return None
 
     def run(self, ops: np.ndarray, base: int, hpas: np.ndarray, skipped: set[int], points: np.ndarray,
-            full: Callable[[int], bool]) -> None:
+            full: Callable[[Any], Any]) -> None:
         n = len(ops)
         if not n:
             return
@@ -137,9 +152,9 @@ class FastModel(Model):
             get = self.lines.slot.get
             slot[pmem] = np.array([get(line, -1) for line in uniq.tolist()], np.int32)[inverse]
         point = np.zeros(n, np.uint8)
-        first = int(self.kernel.rank) + 1
-        for k, p in enumerate(points.tolist()):
-            point[p - base] = 2 if full(first + k) else 1
+        if len(points):
+            ranks = int(self.kernel.rank) + 1 + np.arange(len(points))
+            point[points - base] = np.where(full(ranks), 2, 1)
         self.kernel.run(base, kind, ops["vcpu"].astype(np.int32), ops["vm"].astype(np.int32),
                         ops["size"].astype(np.int32), ops["gpa"].astype(np.int64), ops["value"].astype(np.uint64),
                         slot, (hpas & (LINE - 1)).astype(np.int32), point)

@@ -163,8 +163,9 @@ class _Checker:
         self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
 
-    def full(self, rank: int) -> bool:
-        return (rank + 1) % self.full_every == 0 or rank == self.n_points - 1
+    def full(self, rank: Any) -> Any:
+        """Is the crash point of rank ``rank`` (an int or an array of them) a full one?"""
+        return ((rank + 1) % self.full_every == 0) | (rank == self.n_points - 1)
 
     def run(self, seg: np.ndarray, a: int, points: np.ndarray) -> None:
         """Run records ``a, a+1, ...`` (``seg``) and judge the crash points among them."""
