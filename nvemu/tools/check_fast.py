@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import LINE_BYTES as LINE, LineState, Op
+from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, LineState, Op
 from ..machine.hypervisor import Hypervisor
 from .check_model import COUNTS, DRAINING, MEDIA, Model
 from .check_report import Violation
@@ -33,11 +33,40 @@ AVAILABLE = CheckKernel is not None
 _K_FENCE, _K_VFHA, _K_STORE, _K_NT, _K_FLUSH = 1, 2, 3, 4, 5
 
 
+class _SortedSlots:
+    """Line HPA -> slot as two sorted arrays (12 bytes a line): what :class:`Model` asks of
+    ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.vals = np.zeros(0, np.int32)
+
+    def lookup(self, lines: np.ndarray) -> np.ndarray:
+        """The slot of each of ``lines`` (-1: none)."""
+        pos = np.minimum(np.searchsorted(self.keys, lines), max(len(self.keys) - 1, 0))
+        if not len(self.keys):
+            return np.full(len(lines), -1, np.int32)
+        return np.where(self.keys[pos] == lines, self.vals[pos], -1).astype(np.int32)
+
+    def get(self, line: int, default: int | None = None) -> int | None:
+        s = int(self.lookup(np.array([line], np.int64))[0])
+        return default if s < 0 else s
+
+    def __contains__(self, line: int) -> bool:
+        return self.get(line) is not None
+
+    def insert(self, lines: np.ndarray, slots: np.ndarray) -> None:
+        """Add ``lines`` (ascending, none known) with their ``slots``."""
+        pos = np.searchsorted(self.keys, lines)
+        self.keys = np.insert(self.keys, pos, lines)
+        self.vals = np.insert(self.vals, pos, slots.astype(np.int32))
+
+
 class _Slots:
     """What :class:`Model` needs of its lines when the kernel holds them: HPA -> slot."""
 
     def __init__(self) -> None:
-        self.slot: dict[int, int] = {}
+        self.slot = _SortedSlots()
 
 
 class FastModel(Model):
@@ -59,6 +88,7 @@ class FastModel(Model):
                                   fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
         self._dirty_at_start: set[int] = set()
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
+        self._tables: dict[tuple[int, int], np.ndarray] = {}   # (vm, 2 MiB span) -> its pages' HPAs
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
         self.lines = _Slots()     # type: ignore[assignment]
         self._adopt()
@@ -76,8 +106,11 @@ class FastModel(Model):
 
     def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
         s = self.kernel.add_line(line, ctrl, mode, bytes(mem), bytes(media), line in self._dirty_at_start)
-        self.lines.slot[line] = s
+        self.lines.slot.insert(np.array([line], np.int64), np.array([s]))
         return int(s)
+
+    def _unknown(self, lines: np.ndarray) -> np.ndarray:
+        return lines[self.lines.slot.lookup(lines) < 0]
 
     def _add_lines(self, lines: list[int]) -> None:
         if not self._bulk:
@@ -89,7 +122,25 @@ class FastModel(Model):
         engine = p.engine
         with engine.lock:
             first = self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
-        self.lines.slot.update(zip(lines, range(first, first + len(lines))))
+        self.lines.slot.insert(np.asarray(lines, np.int64), np.arange(first, first + len(lines)))
+
+    def forget_translations(self) -> None:
+        super().forget_translations()
+        self._tables.clear()
+
+    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
+        key = (vm, span)
+        rows = self._tables.get(key)
+        if rows is None and self._bulk and vm in self.hv.vms:
+            level, table, _, _ = self.hv.vms[vm].page_table.walk(span << 21)[-1]
+            if level != 1:
+                return None
+            entries = np.asarray(self.platform.engine.pool[table * 512:(table + 1) * 512], np.uint64)
+            present = ((entries & np.uint64(EPT_RWX)) != 0) & ((entries & np.uint64(3)) != 2)
+            pages = (entries & np.uint64(EPT_ADDR_MASK)).astype(np.int64)
+            rows = np.where(present & (pages >= self.pmem_lo) & (pages < self.pmem_hi), pages, -1)
+            self._tables[key] = rows
+        return rows
 
     @property
     def completed(self) -> int:     # type: ignore[override]
@@ -148,9 +199,7 @@ class FastModel(Model):
         slot = np.full(n, -1, np.int32)
         lines = hpas[pmem] & ~(LINE - 1)
         if len(lines):
-            uniq, inverse = np.unique(lines, return_inverse=True)
-            get = self.lines.slot.get
-            slot[pmem] = np.array([get(line, -1) for line in uniq.tolist()], np.int32)[inverse]
+            slot[pmem] = self.lines.slot.lookup(lines)
         point = np.zeros(n, np.uint8)
         if len(points):
             ranks = int(self.kernel.rank) + 1 + np.arange(len(points))

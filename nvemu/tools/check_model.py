@@ -231,6 +231,11 @@ class Model:
             self.pages[key] = base
         return base
 
+    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
+        """HPA pages of the 512 GPA pages of 2 MiB span ``span`` (-1: not vNVDIMM), when the
+        engine lets its leaf table be read whole; None here (page by page instead)."""
+        return None
+
     def _page(self, vm: int, gpa_page: int) -> int:
         key = (vm, gpa_page)
         page = self.pages.get(key)
@@ -257,8 +262,16 @@ class Model:
         bases = np.array([self._span(k >> 40, k & ((1 << 40) - 1)) for k in uspan.tolist()], np.int64)
         base = bases[sinv]
         hpa = np.where(base >= 0, base + (gpa & ((1 << _SPAN_SHIFT) - 1)), -1)
-        small = base == -3                                  # 4 KiB leaves (the vFHA's among them): page by page
+        small = base == -3                                  # 4 KiB leaves (the vFHA's among them)
         if small.any():
+            spans = np.unique(span[small])
+            rows = [self._span_pages(k >> 40, k & ((1 << 40) - 1)) for k in spans.tolist()]
+            if all(r is not None for r in rows):            # a leaf table per span, read whole
+                table = np.stack(rows)
+                pages = table[np.searchsorted(spans, span[small]), (gpa[small] >> PAGE_SHIFT) & 511]
+                hpa[small] = np.where(pages >= 0, pages | (gpa[small] & PAGE_MASK), -1)
+                small[:] = False
+        if small.any():                                     # page by page
             key = (vm[small] << 52) | (gpa[small] >> PAGE_SHIFT)
             uniq, inverse = np.unique(key, return_inverse=True)
             pages = np.array([self._page(k >> 52, k & ((1 << 52) - 1)) for k in uniq.tolist()], np.int64)
@@ -269,11 +282,15 @@ class Model:
             hpa[writes & (vm == v) & ((gpa >> PAGE_SHIFT) == fha_page)] = -2
         out[keep] = hpa
         stored = np.unique(hpa[writes & (hpa >= 0)] & ~(LINE - 1))
-        slot = self.lines.slot
-        new = [line for line in stored.tolist() if line not in slot]
-        if new:
-            self._add_lines(new)
+        new = self._unknown(stored)
+        if len(new):
+            self._add_lines(new.tolist())
         return out
+
+    def _unknown(self, lines: np.ndarray) -> np.ndarray:
+        """Those of ``lines`` (ascending) that have no slot yet."""
+        slot = self.lines.slot
+        return np.array([line for line in lines.tolist() if line not in slot], np.int64)
 
     def _add_lines(self, lines: list[int]) -> None:
         """Give each of ``lines`` (new, ascending) a slot."""
