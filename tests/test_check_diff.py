@@ -6,6 +6,7 @@ both must report the same violations, the same completed stores and the same cou
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import needs_compiled, small_vm, tiny_platform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,3 +89,35 @@ def test_the_kernel_and_the_python_model_agree_on_a_hand_case_with_every_kind_of
     assert compiled == python
     kinds = {v.kind for v in compiled[0]}
     assert kinds == {"lost", "unfenced"}
+
+
+@needs_compiled("runs the compiled checker kernel")
+def test_the_kernel_on_the_reference_engine_reads_lines_through_the_python_api():
+    """On the reference engine the kernel cannot read the engine's memory in C: new lines come
+    in one by one, with the same result."""
+    from nvemu.guest.workloads import VmLayout, generate
+    out = []
+    for model in ("compiled", "python"):
+        hv = Hypervisor(tiny_platform(domain="none"), backend="reference")
+        vm = small_vm(hv, strategy="drop")
+        result = check(hv, generate("pmdk-tx", 1500, VmLayout.of(vm), seed=2), model=model)
+        out.append((result.violations, result.completed_stores))
+    assert out[0] == out[1] and out[0][0]
+
+
+def test_check_trace_streams_a_trace_file(tmp_path, monkeypatch):
+    """``check`` reads a trace file chunk by chunk and never builds the whole trace (issue 12
+    item 6): TraceSource.array is not called, and the result is that of the array."""
+    from nvemu.formats.trace import TraceSource, save_trace
+    from nvemu.guest.workloads import generate
+    from nvemu.tools import checker
+    from nvemu.tools.checker import check_trace
+    from nvemu.tools.prepare import vm_layouts
+    path = tmp_path / "t.npy"
+    ops = generate("kv-put", 5000, vm_layouts("small")[0], seed=3)
+    save_trace(path, ops)
+    whole = check_trace(ops, platform="small", domain="none", strategy="drop")
+    monkeypatch.setattr(checker, "CHUNK_OPS", 777)
+    monkeypatch.setattr(TraceSource, "array", lambda self: pytest.fail("the whole trace was built"))
+    streamed = check_trace(path, platform="small", domain="none", strategy="drop")
+    assert streamed.violations == whole.violations and streamed.points == whole.points and whole.violations
