@@ -4,7 +4,8 @@
 For each workload and size: generates the trace (``nvemu gen``, default platform, seed 0; cached
 in ``--cache``), then runs ``nvemu replay TRACE -q`` and ``nvemu check TRACE --points all -q
 --json FILE`` as child processes of the Python that runs this script, with the nvemu checkout
-``--nvemu`` on PYTHONPATH (compare two checkouts: run once per checkout). Prints a Markdown table:
+``--nvemu`` on PYTHONPATH and as the working directory (``python -m`` puts the working directory
+first on the path; compare two checkouts: run once per checkout). Prints a Markdown table:
 wall seconds of each (``time.perf_counter`` around the child), their ratio, the crash points
 checked (``len(points)`` of the JSON), points per second of the check and the peak RSS of each
 child (``ru_maxrss`` from ``os.wait4``, KiB, printed in GiB).
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     """(wall seconds, peak RSS GiB, exit status) of a child process."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, cwd=env["PYTHONPATH"])
     _, status, usage = os.wait4(p.pid, 0)
     seconds = time.perf_counter() - t0
     return seconds, usage.ru_maxrss / 2**20, os.waitstatus_to_exitcode(status)
@@ -60,7 +61,7 @@ def main() -> None:
             trace = os.path.join(args.cache, f"{workload}-{size}.npy")
             if not os.path.exists(trace):
                 subprocess.run([*py, "gen", workload, "-n", str(n), "-o", trace, "--no-progress"], env=env,
-                               check=True, stdout=subprocess.DEVNULL)
+                               check=True, stdout=subprocess.DEVNULL, cwd=env["PYTHONPATH"])
             replay_s, replay_rss, rc = run([*py, "replay", trace, "-q"], env)
             if rc:
                 sys.exit(f"replay of {trace} exited {rc}")

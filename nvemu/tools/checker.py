@@ -41,13 +41,18 @@ the drain may miss such a write-back. The emulator performs write-backs at once 
 data), so the durable image alone can never show this guest bug; the ordering check does.
 
 Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
-its vFHA page are never checked. A line is judged at a point when its durable copy or its
-completed stores changed since the last point, and every line at 16 points spread over the run
-(``full_every``) and at the last one, where the model's WPQs are also compared with the engine's.
-``verify`` also checks that many points of ``Platform.durable_read`` against a real
-``power_fail()`` of a snapshot-restored copy.
+its vFHA page are never checked. The engine runs the trace in chunks of ``CHUNK_OPS`` records and is
+never stopped at a crash point: the model follows the WPQs itself and must agree with the engine
+after every chunk (:mod:`nvemu.tools.check_model`). A line is judged at a point when its durable
+copy or its completed stores changed since the last point, and every line at 16 points spread
+over the run (``full_every``) and at the last one. ``verify`` also checks that many points of
+``Platform.durable_read`` against a real ``power_fail()`` of a snapshot-restored copy (the engine
+stops there).
 
-Memory: about 1.1 KiB per distinct 64-byte line the trace stores to, plus the pending stores.
+The model runs in the compiled kernel ``nvemu._checkcore`` (:mod:`nvemu.tools.check_fast`; about
+210 bytes per distinct line the trace stores to, and one record per store until it is known
+durable) or, in a pure install or with ``model="python"``, in plain Python (the oracle the
+differential tests compare the kernel with; about 1.2 KiB per line).
 
 Examples
 --------
