@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import needs_compiled, small_vm, tiny_platform
+from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,7 +98,7 @@ def test_the_kernel_on_the_reference_engine_reads_lines_through_the_python_api()
     from nvemu.guest.workloads import VmLayout, generate
     out = []
     for model in ("compiled", "python"):
-        hv = Hypervisor(tiny_platform(domain="none"), backend="reference")
+        hv = Hypervisor(tiny_platform(domain="none"), backend=ENGINES[1])       # the reference model
         vm = small_vm(hv, strategy="drop")
         result = check(hv, generate("pmdk-tx", 1500, VmLayout.of(vm), seed=2), model=model)
         out.append((result.violations, result.completed_stores))
