@@ -1,5 +1,6 @@
-"""The only place the extension is declared. NVEMU_PUREPYTHON=1 skips it (reference model only);
-NVEMU_DEBUG_DIRECTIVES=1 turns bounds and initialization checks on and writes annotated HTML."""
+"""The only place the extensions are declared (the engine, and the checker's model).
+NVEMU_PUREPYTHON=1 skips them (reference model only); NVEMU_DEBUG_DIRECTIVES=1 turns bounds and
+initialization checks on and writes annotated HTML."""
 
 import os
 
@@ -13,7 +14,7 @@ if not PURE:
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("nvemu._core", ["nvemu/_core.pyx"])],
+        [Extension("nvemu._core", ["nvemu/_core.pyx"]), Extension("nvemu._checkcore", ["nvemu/_checkcore.pyx"])],
         compiler_directives={
             "language_level": 3,
             "boundscheck": DEBUG,

@@ -59,11 +59,14 @@ def test_trace_dtype_is_24_packed_bytes():
 def test_backend_is_compiled():
     if os.environ.get("NVEMU_REQUIRE_COMPILED") == "1":
         assert nvemu.COMPILED, "CI asked for the compiled core but nvemu runs on the reference model"
+        from nvemu.tools.checker import COMPILED_MODEL
+        assert COMPILED_MODEL, "CI asked for the compiled core but the checker runs its plain-Python model"
     if os.environ.get("NVEMU_REQUIRE_PURE") == "1":             # CI's pure install: no extension at all
         assert not nvemu.COMPILED and nvemu.BACKEND == "reference"
-        assert not list(Path(nvemu.__file__).parent.glob("_core*.so")), "the pure install built the extension"
-        with pytest.raises(ImportError):
-            importlib.import_module("nvemu._core")
+        for name in ("_core", "_checkcore"):
+            assert not list(Path(nvemu.__file__).parent.glob(f"{name}*.so")), f"the pure install built {name}"
+            with pytest.raises(ImportError):
+                importlib.import_module(f"nvemu.{name}")
     if nvemu.COMPILED:
         from nvemu import _core
         assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 4

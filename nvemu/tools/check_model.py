@@ -39,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import LINE_BYTES as LINE, PAGE_MASK, PAGE_SHIFT, FhaMode, LineState, Op
+from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, PAGE_MASK, PAGE_SHIFT, FhaMode, LineState, Op
 from ..machine.hypervisor import Hypervisor
 from .check_report import Violation
 
 _LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
+_SPAN_SHIFT = 21
 MEDIA, QUEUE, CACHE = 0, 1, 2       # what survives a power failure for a line: media; + WPQs; + caches
 COUNTS = ("stores", "nt_stores", "write_backs", "fences", "vfha_writes")
 """What :attr:`Model.counts` counts: stores to a vNVDIMM (the checked stores; NT_STOREs among them),
@@ -176,7 +177,12 @@ class Model:
         self.open: dict[int, dict[int, tuple[Violation, int]]] = {}   # slot -> {store: (its run, first rank)}
         self.rank = -1                                    # crash points judged so far, less one
         self.last = -1                                    # the last of them
-        for line, state in p.line_states().items():      # the machine as the check finds it
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Take over the dirty lines and queued copies the machine has when the check starts."""
+        p = self.platform
+        for line, state in p.line_states().items():
             if state == LineState.DIRTY:
                 self.lines.dirty[self._slot(line)] = True
         for c in range(p.n_controllers):
@@ -194,11 +200,41 @@ class Model:
         if s is None:
             p = self.platform
             mode = self.base_mode if self.armed or p.adr_holds(line) else MEDIA
-            s = self.lines.add(line, p.controller_of(line), mode, p.read_memory(line, LINE), p.read_media(line, LINE))
+            s = self._add(line, p.controller_of(line), mode, p.read_memory(line, LINE), p.read_media(line, LINE))
         return s
+
+    def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
+        return self.lines.add(line, ctrl, mode, mem, media)
 
     def forget_translations(self) -> None:
         self.pages.clear()
+
+    def _span(self, vm: int, span: int) -> int:
+        """HPA of the 2 MiB at GPA ``span << 21`` when one large leaf maps it all to vNVDIMM
+        space, -1 when it maps it all elsewhere or not at all, -3 when 4 KiB leaves do."""
+        key = (vm, -1 - span)
+        base = self.pages.get(key)
+        if base is None:
+            base = -3
+            if vm not in self.hv.vms:
+                base = -1
+            else:
+                level, _, _, entry = self.hv.vms[vm].page_table.walk(span << _SPAN_SHIFT)[-1]
+                if not entry & EPT_RWX or entry & 3 == 2:
+                    base = -1 if level >= 2 else -3
+                elif level >= 2:
+                    size = 1 << (12 + 9 * (level - 1))
+                    hpa = (entry & EPT_ADDR_MASK & ~(size - 1)) | ((span << _SPAN_SHIFT) & (size - 1))
+                    base = hpa if self.pmem_lo <= hpa and hpa + (1 << _SPAN_SHIFT) <= self.pmem_hi else -1
+                    if base >= 0 and self.vfha_page.get(vm, -1) >> 9 == span:
+                        base = -3               # never expected: the vFHA page gets its own leaf
+            self.pages[key] = base
+        return base
+
+    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
+        """HPA pages of the 512 GPA pages of 2 MiB span ``span`` (-1: not vNVDIMM), when the
+        engine lets its leaf table be read whole; None here (page by page instead)."""
+        return None
 
     def _page(self, vm: int, gpa_page: int) -> int:
         key = (vm, gpa_page)
@@ -220,21 +256,46 @@ class Model:
         out = np.full(len(ops), -1, np.int64)
         if not keep.any():
             return out
-        key = (vm[keep] << 52) | (gpa[keep] >> PAGE_SHIFT)
-        uniq, inverse = np.unique(key, return_inverse=True)
-        pages = np.array([self._page(k >> 52, k & ((1 << 52) - 1)) for k in uniq.tolist()], np.int64)
-        vfha = np.array([self.vfha_page.get(k >> 52) == k & ((1 << 52) - 1) for k in uniq.tolist()], bool)
-        page = pages[inverse]
-        hpa = np.where(page >= 0, page | (gpa[keep] & PAGE_MASK), -1)
+        vm, gpa = vm[keep], gpa[keep]
+        span = (vm << 40) | (gpa >> _SPAN_SHIFT)            # 2 MiB spans: one walk each when a large page
+        uspan, sinv = np.unique(span, return_inverse=True)
+        bases = np.array([self._span(k >> 40, k & ((1 << 40) - 1)) for k in uspan.tolist()], np.int64)
+        base = bases[sinv]
+        hpa = np.where(base >= 0, base + (gpa & ((1 << _SPAN_SHIFT) - 1)), -1)
+        small = base == -3                                  # 4 KiB leaves (the vFHA's among them)
+        if small.any():
+            spans = np.unique(span[small])
+            rows = [self._span_pages(k >> 40, k & ((1 << 40) - 1)) for k in spans.tolist()]
+            if all(r is not None for r in rows):            # a leaf table per span, read whole
+                table = np.stack(rows)
+                pages = table[np.searchsorted(spans, span[small]), (gpa[small] >> PAGE_SHIFT) & 511]
+                hpa[small] = np.where(pages >= 0, pages | (gpa[small] & PAGE_MASK), -1)
+                small[:] = False
+        if small.any():                                     # page by page
+            key = (vm[small] << 52) | (gpa[small] >> PAGE_SHIFT)
+            uniq, inverse = np.unique(key, return_inverse=True)
+            pages = np.array([self._page(k >> 52, k & ((1 << 52) - 1)) for k in uniq.tolist()], np.int64)
+            page = pages[inverse]
+            hpa[small] = np.where(page >= 0, page | (gpa[small] & PAGE_MASK), -1)
         writes = op[keep] <= _NT_STORE
-        hpa[vfha[inverse] & writes] = -2
+        for v, fha_page in self.vfha_page.items():
+            hpa[writes & (vm == v) & ((gpa >> PAGE_SHIFT) == fha_page)] = -2
         out[keep] = hpa
         stored = np.unique(hpa[writes & (hpa >= 0)] & ~(LINE - 1))
-        slot = self.lines.slot
-        for line in stored.tolist():
-            if line not in slot:
-                self._slot(line)
+        new = self._unknown(stored)
+        if len(new):
+            self._add_lines(new.tolist())
         return out
+
+    def _unknown(self, lines: np.ndarray) -> np.ndarray:
+        """Those of ``lines`` (ascending) that have no slot yet."""
+        slot = self.lines.slot
+        return np.array([line for line in lines.tolist() if line not in slot], np.int64)
+
+    def _add_lines(self, lines: list[int]) -> None:
+        """Give each of ``lines`` (new, ascending) a slot."""
+        for line in lines:
+            self._slot(line)
 
     def _key(self, vm: int, vcpu: int) -> Any:
         return (vm, vcpu) if self.per_vcpu else vm

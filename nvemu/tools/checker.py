@@ -41,13 +41,18 @@ the drain may miss such a write-back. The emulator performs write-backs at once 
 data), so the durable image alone can never show this guest bug; the ordering check does.
 
 Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
-its vFHA page are never checked. A line is judged at a point when its durable copy or its
-completed stores changed since the last point, and every line at 16 points spread over the run
-(``full_every``) and at the last one, where the model's WPQs are also compared with the engine's.
-``verify`` also checks that many points of ``Platform.durable_read`` against a real
-``power_fail()`` of a snapshot-restored copy.
+its vFHA page are never checked. The engine runs the trace in chunks of ``CHUNK_OPS`` records and is
+never stopped at a crash point: the model follows the WPQs itself and must agree with the engine
+after every chunk (:mod:`nvemu.tools.check_model`). A line is judged at a point when its durable
+copy or its completed stores changed since the last point, and every line at 16 points spread
+over the run (``full_every``) and at the last one. ``verify`` also checks that many points of
+``Platform.durable_read`` against a real ``power_fail()`` of a snapshot-restored copy (the engine
+stops there).
 
-Memory: about 1.1 KiB per distinct 64-byte line the trace stores to, plus the pending stores.
+The model runs in the compiled kernel ``nvemu._checkcore`` (:mod:`nvemu.tools.check_fast`; about
+210 bytes per distinct line the trace stores to, and one record per store until it is known
+durable) or, in a pure install or with ``model="python"``, in plain Python (the oracle the
+differential tests compare the kernel with; about 1.2 KiB per line).
 
 Examples
 --------
@@ -79,12 +84,17 @@ from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
 from ..formats.trace import TraceSource
+from .._backend import COMPILED
+from .check_fast import AVAILABLE, FastModel
 from .check_model import Model
 from .check_report import CheckResult, Violation
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
 FENCE_SCOPES = ("vcpu", "vm")
+MODELS = ("auto", "compiled", "python")
+COMPILED_MODEL = AVAILABLE and COMPILED
+"""Does ``check(model="auto")`` use the compiled kernel? Not in a pure install."""
 CHUNK_OPS = 1 << 16            # records the engine runs between two looks of the model
 
 
@@ -145,20 +155,22 @@ class _Checker:
     engine's WPQs must agree with the model's."""
 
     def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, handler: ExitHandler, full_every: int,
-                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None]) -> None:
+                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None], model: str) -> None:
         self.hv, self.handler = hv, handler
         self.platform = hv.platform
         self.adr_failure = adr_failure
         self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
-        self.model = Model(hv, protocol, fence_scope, ordering, self.domain, emit)
+        self.model = (FastModel if model == "compiled" else Model)(hv, protocol, fence_scope, ordering, self.domain,
+                                                                    emit)
         self.full_every = full_every
         self.n_points = 0                                   # crash points in the whole run
         stats = self.platform.engine.controller_stats()
         self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
 
-    def full(self, rank: int) -> bool:
-        return (rank + 1) % self.full_every == 0 or rank == self.n_points - 1
+    def full(self, rank: Any) -> Any:
+        """Is the crash point of rank ``rank`` (an int or an array of them) a full one?"""
+        return ((rank + 1) % self.full_every == 0) | (rank == self.n_points - 1)
 
     def run(self, seg: np.ndarray, a: int, points: np.ndarray) -> None:
         """Run records ``a, a+1, ...`` (``seg``) and judge the crash points among them."""
@@ -228,7 +240,7 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
           adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
-          progress: Callable[[int, int], None] | None = None) -> CheckResult:
+          progress: Callable[[int, int], None] | None = None, model: str = "auto") -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE, or a :class:`~nvemu.formats.trace.TraceSource`, read in chunks of
     CHUNK_OPS records, twice) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
@@ -241,7 +253,9 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
     power failure also defeats ADR, so only media survives (``Platform.durable_read``) and ``auto``
     means the deep protocol. ``on_violation`` is called with each violation as soon as its run of
     crash points ends (to stream them), ``progress`` with the number of ops replayed since its last
-    call and the trace's length. Afterwards ``hv`` has replayed the whole trace.
+    call and the trace's length. ``model``: "compiled" (the kernel in ``nvemu._checkcore``), "python"
+    (:class:`~nvemu.tools.check_model.Model`, the oracle) or "auto": compiled when built and the
+    engine is not the pure reference (NVEMU_PUREPYTHON=1). Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -261,15 +275,21 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
         raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
     if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if model == "compiled" and not COMPILED_MODEL:
+        raise ConfigError("model='compiled': nvemu._checkcore is not built (a pure install)")
+    if model == "auto":
+        model = "compiled" if COMPILED_MODEL else "python"
     return _check_chunks(hv, chunks, n_ops, points, protocol, fence_scope, handler, verify, full_every, ordering,
-                         adr_failure, on_violation, progress)
+                         adr_failure, on_violation, progress, model)
 
 
 def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.ndarray]]], n_ops: int,
                   points: str | int | Iterable[int], protocol: str, fence_scope: str, handler: ExitHandler,
                   verify: int, full_every: int | None, ordering: bool, adr_failure: bool,
                   on_violation: Callable[[Violation], None] | None,
-                  progress: Callable[[int, int], None] | None) -> CheckResult:
+                  progress: Callable[[int, int], None] | None, model: str) -> CheckResult:
     """:func:`check` of the trace ``chunks()`` yields as (first index, records), ``n_ops`` records
     in all: one pass counts the persist points, a second runs the check."""
     domain = hv.platform.domain
@@ -291,7 +311,7 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
         violations.append(v)
         if on_violation is not None:
             on_violation(v)
-    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit)
+    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit, model)
     checker.n_points = n_points
     chosen: list[int] = []
     verified, mismatches = [], []

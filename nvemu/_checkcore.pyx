@@ -1,0 +1,614 @@
+# cython: language_level=3
+"""The crash-consistency checker's model in C, without the GIL: the same rules as
+``nvemu.tools.check_model.Model`` (the plain-Python oracle, which the differential tests compare it
+with), fed one chunk of pre-classified records at a time.
+
+Per tracked line it keeps about 44 bytes of state (latest completed store, durable versions, queue
+count, controller, mode, flags) plus the line's bytes in memory and on media (128 bytes, to
+report what a lost store's bytes hold); per pending store one 88-byte record, from the store until
+it is known durable. A crash point costs in proportion to the lines whose completed stores or
+durable copy changed since the last one (all lines at a ``full`` point).
+"""
+
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memset
+
+from nvemu._core cimport Engine, chunk_t
+
+DEF LINE = 64
+
+# record kinds (what the Python side classified each record as)
+cdef enum:
+    K_NONE = 0      # a load, a skipped record, or memory that is not a vNVDIMM's
+    K_FENCE = 1
+    K_VFHA = 2      # a STORE or NT_STORE to the VM's vFHA page
+    K_STORE = 3
+    K_NT = 4
+    K_FLUSH = 5     # CLWB, CLFLUSHOPT, CLFLUSH of a vNVDIMM line (slot -1: a line the trace never stored)
+
+cdef enum:
+    MEDIA = 0
+    QUEUE = 1
+    CACHE = 2
+
+cdef struct Rec:
+    int64_t i           # op index of the store
+    int64_t done        # op index its protocol completed at
+    int64_t gpa
+    int64_t first_point
+    int64_t first_rank
+    uint64_t value
+    uint64_t found
+    uint64_t lost       # bit k: byte k of the store
+    uint64_t cur        # bytes of the line lost at the crash point being judged
+    int32_t slot
+    int32_t vm
+    int32_t cpu
+    int32_t nxt
+    uint8_t off
+    uint8_t size
+    uint8_t op
+    uint8_t is_open
+    uint8_t flagged
+
+cdef struct List:
+    int32_t head
+    int32_t tail
+
+cdef struct Event:
+    int64_t kind        # 0 lost (a run that ended), 1 unfenced
+    int64_t store
+    int64_t point
+    int64_t until
+    int64_t points
+    int64_t completed
+    int64_t vm
+    int64_t cpu
+    int64_t op
+    int64_t size
+    int64_t gpa
+    int64_t hpa
+    uint64_t value
+    uint64_t found
+    uint64_t lost
+
+
+cdef inline void _push(List* l, Rec* recs, int32_t r) noexcept nogil:
+    recs[r].nxt = -1
+    if l.tail < 0:
+        l.head = r
+    else:
+        recs[l.tail].nxt = r
+    l.tail = r
+
+
+cdef inline void _splice(List* dst, List* src, Rec* recs) noexcept nogil:
+    """Append all of ``src`` to ``dst`` and empty ``src``."""
+    if src.head < 0:
+        return
+    if dst.tail < 0:
+        dst.head = src.head
+    else:
+        recs[dst.tail].nxt = src.head
+    dst.tail = src.tail
+    src.head = -1
+    src.tail = -1
+
+
+cdef class CheckKernel:
+    """One check's model state. ``reserve`` makes room for the line slots the Python side added;
+    ``run`` follows a chunk; ``events`` hands over the violations settled so far."""
+
+    cdef int64_t n, cap
+    cdef int64_t* hpa
+    cdef int64_t* top
+    cdef int64_t* media_v
+    cdef int64_t* newest_v
+    cdef int32_t* queued
+    cdef int32_t* ctrl
+    cdef int32_t* newest_pos
+    cdef int8_t* mode
+    cdef uint8_t* dirty
+    cdef uint8_t* touched
+    cdef uint8_t* mem
+    cdef uint8_t* media
+    cdef List* wb
+    cdef List* pending
+    cdef int32_t* touch_list
+    cdef int64_t n_touched
+    cdef Rec* recs
+    cdef int32_t rec_cap, free_rec
+    cdef List* fence
+    cdef List* fha_fence
+    cdef List* fha
+    cdef int32_t n_keys, n_vms, max_cpus
+    cdef bint per_vcpu, deep, fence_only, ordering
+    cdef int32_t nc, depth
+    cdef int32_t* q_slot
+    cdef int64_t* q_ver
+    cdef uint8_t* q_data
+    cdef int32_t* q_head
+    cdef int32_t* q_len
+    cdef uint8_t* drain_mask
+    cdef public object enqueued_arr, drained_arr, counts_arr
+    cdef int64_t[::1] enqueued, drained, counts
+    cdef public int64_t completed, rank, last
+    cdef Event* events_buf
+    cdef int64_t n_events, events_cap
+
+    def __cinit__(self):
+        self.hpa = NULL
+
+    def __init__(self, int n_controllers, int depth, int n_vms, int max_cpus, bint per_vcpu, str protocol,
+                 bint ordering, drain_mask):
+        import numpy as np
+        self.nc, self.depth = n_controllers, depth
+        self.n_vms, self.max_cpus, self.per_vcpu = n_vms, max_cpus, per_vcpu
+        self.n_keys = n_vms * max_cpus if per_vcpu else n_vms
+        self.deep, self.fence_only = protocol == "deep", protocol == "fence"
+        self.ordering = ordering and self.deep
+        self.n = self.cap = 0
+        self.rec_cap = 0
+        self.free_rec = -1
+        self.recs = NULL
+        self.fence = <List*>malloc(sizeof(List) * max(self.n_keys, 1))
+        self.fha_fence = <List*>malloc(sizeof(List) * max(self.n_keys, 1))
+        self.fha = <List*>malloc(sizeof(List) * max(n_vms, 1))
+        for k in range(max(self.n_keys, 1)):
+            self.fence[k].head = self.fence[k].tail = -1
+            self.fha_fence[k].head = self.fha_fence[k].tail = -1
+        for k in range(max(n_vms, 1)):
+            self.fha[k].head = self.fha[k].tail = -1
+        self.q_slot = <int32_t*>malloc(sizeof(int32_t) * n_controllers * depth)
+        self.q_ver = <int64_t*>malloc(sizeof(int64_t) * n_controllers * depth)
+        self.q_data = <uint8_t*>malloc(LINE * n_controllers * depth)
+        self.q_head = <int32_t*>malloc(sizeof(int32_t) * n_controllers)
+        self.q_len = <int32_t*>malloc(sizeof(int32_t) * n_controllers)
+        memset(self.q_head, 0, sizeof(int32_t) * n_controllers)
+        memset(self.q_len, 0, sizeof(int32_t) * n_controllers)
+        mask = np.ascontiguousarray(drain_mask, np.uint8).reshape(-1)
+        if len(mask) != n_vms * n_controllers:
+            raise ValueError("drain_mask must have n_vms * n_controllers entries")
+        self.drain_mask = <uint8_t*>malloc(max(len(mask), 1))
+        for k in range(len(mask)):
+            self.drain_mask[k] = mask[k]
+        self.enqueued_arr = np.zeros(n_controllers, np.int64)
+        self.drained_arr = np.zeros(n_controllers, np.int64)
+        self.counts_arr = np.zeros(5, np.int64)
+        self.enqueued, self.drained, self.counts = self.enqueued_arr, self.drained_arr, self.counts_arr
+        self.completed = 0
+        self.rank = -1
+        self.last = -1
+        self.events_buf = NULL
+        self.n_events = self.events_cap = 0
+        self.n_touched = 0
+        if not (self.fence and self.fha_fence and self.fha and self.q_slot and self.q_ver and self.q_data
+                and self.q_head and self.q_len and self.drain_mask):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.hpa); free(self.top); free(self.media_v); free(self.newest_v); free(self.queued)
+        free(self.ctrl); free(self.newest_pos); free(self.mode); free(self.dirty); free(self.touched)
+        free(self.mem); free(self.media); free(self.wb); free(self.pending); free(self.touch_list)
+        free(self.recs); free(self.fence); free(self.fha_fence); free(self.fha); free(self.q_slot)
+        free(self.q_ver); free(self.q_data); free(self.q_head); free(self.q_len); free(self.drain_mask)
+        free(self.events_buf)
+
+    # ---- lines (with the GIL, from Python) ----
+
+    def add_line(self, int64_t hpa, int ctrl, int mode, bytes mem, bytes media, bint dirty):
+        """Add the next line slot (its bytes as the engine holds them now); returns the slot."""
+        cdef int64_t s = self.n
+        if s == self.cap:
+            self._grow(max(256, 2 * self.cap))
+        self.hpa[s] = hpa
+        self.top[s] = -1
+        self.media_v[s] = -1
+        self.newest_v[s] = -1
+        self.queued[s] = 0
+        self.ctrl[s] = ctrl
+        self.newest_pos[s] = -1
+        self.mode[s] = mode
+        self.dirty[s] = dirty
+        self.touched[s] = 0
+        memcpy(&self.mem[s * LINE], <const char*>mem, LINE)
+        memcpy(&self.media[s * LINE], <const char*>media, LINE)
+        self.wb[s].head = self.wb[s].tail = -1
+        self.pending[s].head = self.pending[s].tail = -1
+        self.n += 1
+        return s
+
+    def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
+        """Add a slot for each line (NVDIMM HPAs, checked by the caller) with its bytes and
+        controller as ``engine`` (the compiled core; hold its lock) has them now; returns the
+        first new slot (the others follow in order). Lines start clean."""
+        cdef Py_ssize_t k, n = hpas.shape[0]
+        cdef int64_t first = self.n, s
+        cdef uint64_t off, idx
+        cdef chunk_t* ck
+        if modes.shape[0] != n:
+            raise ValueError("hpas and modes differ in length")
+        if self.n + n > self.cap:
+            self._grow(max(256, 2 * self.cap, self.n + n))
+        with nogil:
+            for k in range(n):
+                s = self.n + k
+                off = <uint64_t>hpas[k] - engine.pmem_base
+                idx = engine.pmem_index + off
+                ck = engine.chunk_at(idx, False)
+                if ck.mem != NULL:
+                    memcpy(&self.mem[s * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.mem[s * LINE], 0, LINE)
+                if ck.med != NULL:
+                    memcpy(&self.media[s * LINE], ck.med + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.media[s * LINE], 0, LINE)
+                self.hpa[s] = hpas[k]
+                self.ctrl[s] = engine.controller_of_line(off >> 6)
+                self.mode[s] = modes[k]
+                self.top[s] = -1
+                self.media_v[s] = -1
+                self.newest_v[s] = -1
+                self.queued[s] = 0
+                self.newest_pos[s] = -1
+                self.dirty[s] = 0
+                self.touched[s] = 0
+                self.wb[s].head = self.wb[s].tail = -1
+                self.pending[s].head = self.pending[s].tail = -1
+            self.n += n
+        return first
+
+    def queue_initial(self, int64_t s, bytes data):
+        """A copy of line ``s`` already queued when the check starts (version -1)."""
+        self._enqueue(<int32_t>s, -1, <const uint8_t*><const char*>data)
+
+    def _grow(self, int64_t cap):
+        self.hpa = <int64_t*>self._re(self.hpa, cap * 8)
+        self.top = <int64_t*>self._re(self.top, cap * 8)
+        self.media_v = <int64_t*>self._re(self.media_v, cap * 8)
+        self.newest_v = <int64_t*>self._re(self.newest_v, cap * 8)
+        self.queued = <int32_t*>self._re(self.queued, cap * 4)
+        self.ctrl = <int32_t*>self._re(self.ctrl, cap * 4)
+        self.newest_pos = <int32_t*>self._re(self.newest_pos, cap * 4)
+        self.mode = <int8_t*>self._re(self.mode, cap)
+        self.dirty = <uint8_t*>self._re(self.dirty, cap)
+        self.touched = <uint8_t*>self._re(self.touched, cap)
+        self.mem = <uint8_t*>self._re(self.mem, cap * LINE)
+        self.media = <uint8_t*>self._re(self.media, cap * LINE)
+        self.wb = <List*>self._re(self.wb, cap * sizeof(List))
+        self.pending = <List*>self._re(self.pending, cap * sizeof(List))
+        self.touch_list = <int32_t*>self._re(self.touch_list, cap * 4)
+        self.cap = cap
+
+    cdef void* _re(self, void* p, size_t n) except NULL:
+        cdef void* q = realloc(p, n)
+        if q == NULL:
+            raise MemoryError()
+        return q
+
+    @property
+    def lines(self):
+        return self.n
+
+    def tracked_bytes(self):
+        """Bytes this kernel holds: per line, per pending store, the queues and events."""
+        return (self.cap * (8 * 4 + 4 * 4 + 3 + 2 * LINE + 2 * sizeof(List)) + self.rec_cap * sizeof(Rec)
+                + self.nc * self.depth * (12 + LINE) + self.events_cap * sizeof(Event))
+
+    def queue_lines(self, int c):
+        """Line HPAs and bytes of controller ``c``'s queue, oldest first."""
+        out = []
+        cdef int k, pos
+        for k in range(self.q_len[c]):
+            pos = c * self.depth + (self.q_head[c] + k) % self.depth
+            out.append((self.hpa[self.q_slot[pos]], bytes((<char*>&self.q_data[pos * LINE])[:LINE])))
+        return out
+
+    # ---- records and events (nogil) ----
+
+    cdef int32_t _new_rec(self) except -1 nogil:
+        cdef int32_t r
+        cdef Rec* q
+        if self.free_rec < 0:
+            q = <Rec*>realloc(self.recs, sizeof(Rec) * (2 * self.rec_cap + 256))
+            if q == NULL:
+                with gil:
+                    raise MemoryError()
+            self.recs = q
+            for r in range(self.rec_cap, 2 * self.rec_cap + 256):
+                self.recs[r].nxt = self.free_rec
+                self.free_rec = r
+            self.rec_cap = 2 * self.rec_cap + 256
+        r = self.free_rec
+        self.free_rec = self.recs[r].nxt
+        return r
+
+    cdef inline void _free_rec(self, int32_t r) noexcept nogil:
+        self.recs[r].nxt = self.free_rec
+        self.free_rec = r
+
+    cdef int _emit(self, int64_t kind, Rec* r, int64_t point, int64_t until, int64_t points) except -1 nogil:
+        cdef Event* q
+        if self.n_events == self.events_cap:
+            q = <Event*>realloc(self.events_buf, sizeof(Event) * (2 * self.events_cap + 64))
+            if q == NULL:
+                with gil:
+                    raise MemoryError()
+            self.events_buf = q
+            self.events_cap = 2 * self.events_cap + 64
+        cdef Event* e = &self.events_buf[self.n_events]
+        self.n_events += 1
+        e.kind, e.store, e.point, e.until, e.points = kind, r.i, point, until, points
+        e.completed = r.done if kind == 0 else -1
+        e.vm, e.cpu, e.op, e.size, e.gpa = r.vm, r.cpu, r.op, r.size, r.gpa
+        e.hpa = self.hpa[r.slot] + r.off
+        e.value, e.found, e.lost = r.value, r.found, r.lost
+        return 0
+
+    def events(self):
+        """The violations settled since the last call, as tuples (see ``Event``)."""
+        out = []
+        cdef Event* e
+        for k in range(self.n_events):
+            e = &self.events_buf[k]
+            out.append((e.kind, e.store, e.point, e.until, e.points, e.completed, e.vm, e.cpu, e.op, e.size,
+                        e.gpa, e.hpa, e.value, e.found, e.lost))
+        self.n_events = 0
+        return out
+
+    # ---- the WPQs ----
+
+    cdef inline void _touch(self, int32_t s) noexcept nogil:
+        if not self.touched[s]:
+            self.touched[s] = 1
+            self.touch_list[self.n_touched] = s
+            self.n_touched += 1
+
+    cdef void _drain_one(self, int32_t c) noexcept nogil:
+        cdef int32_t pos = c * self.depth + self.q_head[c]
+        cdef int32_t s = self.q_slot[pos]
+        self.media_v[s] = self.q_ver[pos]
+        memcpy(&self.media[s * LINE], &self.q_data[pos * LINE], LINE)
+        self.queued[s] -= 1
+        self.q_head[c] = (self.q_head[c] + 1) % self.depth
+        self.q_len[c] -= 1
+        self.drained[c] += 1
+        self._touch(s)
+
+    cdef void _enqueue(self, int32_t s, int64_t version, const uint8_t* data) noexcept nogil:
+        cdef int32_t c = self.ctrl[s]
+        if self.q_len[c] == self.depth:
+            self._drain_one(c)
+        cdef int32_t pos = c * self.depth + (self.q_head[c] + self.q_len[c]) % self.depth
+        self.q_len[c] += 1
+        self.q_slot[pos] = s
+        self.q_ver[pos] = version
+        memcpy(&self.q_data[pos * LINE], data, LINE)
+        if version >= 0:
+            self.enqueued[c] += 1
+        self.newest_v[s] = version
+        self.newest_pos[s] = pos
+        self.queued[s] += 1
+        self.dirty[s] = 0
+        self._touch(s)
+
+    # ---- the trace ----
+
+    cdef inline int32_t _key(self, int32_t vm, int32_t cpu) noexcept nogil:
+        return vm * self.max_cpus + cpu if self.per_vcpu else vm
+
+    def run(self, int64_t base, const int8_t[::1] kind, const int32_t[::1] cpu, const int32_t[::1] vm,
+            const int32_t[::1] size, const int64_t[::1] gpa, const uint64_t[::1] value, const int32_t[::1] slot,
+            const int32_t[::1] off, const uint8_t[::1] point):
+        """Follow one chunk: record ``k`` is op ``base + k``; ``point[k]`` 1 judges the lines that
+        changed after it, 2 every line. Indices were checked by the caller."""
+        cdef Py_ssize_t n = kind.shape[0]
+        if not (cpu.shape[0] == vm.shape[0] == size.shape[0] == gpa.shape[0] == value.shape[0] == slot.shape[0]
+                == off.shape[0] == point.shape[0] == n):
+            raise ValueError("all columns must have the same length")
+        with nogil:
+            self._run(base, kind, cpu, vm, size, gpa, value, slot, off, point, n)
+
+    cdef int _run(self, int64_t base, const int8_t[::1] kind, const int32_t[::1] cpu, const int32_t[::1] vm,
+                  const int32_t[::1] size, const int64_t[::1] gpa, const uint64_t[::1] value,
+                  const int32_t[::1] slot, const int32_t[::1] off, const uint8_t[::1] point,
+                  Py_ssize_t n) except -1 nogil:
+        cdef Py_ssize_t k
+        cdef int64_t i
+        cdef int32_t s, key, r, c, v, q
+        cdef int8_t kd
+        cdef List* l
+        cdef List done
+        for k in range(n):
+            i = base + k
+            kd = kind[k]
+            if kd == K_FENCE:
+                self.counts[3] += 1
+                key = self._key(vm[k], cpu[k])
+                if self.deep:
+                    done = self.fha_fence[key]
+                    self.fha_fence[key].head = self.fha_fence[key].tail = -1
+                    if done.head >= 0:
+                        self._complete(&done, i)
+                    _splice(&self.fha[vm[k]], &self.fence[key], self.recs)
+                else:
+                    done = self.fence[key]
+                    self.fence[key].head = self.fence[key].tail = -1
+                    if done.head >= 0:
+                        self._complete(&done, i)
+            elif kd == K_VFHA:
+                self.counts[4] += 1
+                v = vm[k]
+                key = self._key(v, cpu[k])
+                if self.ordering:
+                    r = self.fence[key].head
+                    while r >= 0:
+                        if not self.recs[r].flagged:
+                            self.recs[r].flagged = 1
+                            self._emit(1, &self.recs[r], i, i, 1)
+                        r = self.recs[r].nxt
+                _splice(&self.fha_fence[key], &self.fha[v], self.recs)
+                for c in range(self.nc):
+                    if self.drain_mask[v * self.nc + c]:
+                        while self.q_len[c]:
+                            self._drain_one(c)
+            elif kd == K_STORE or kd == K_NT:
+                s = slot[k]
+                memcpy(&self.mem[s * LINE + off[k]], &value[k], size[k])
+                r = self._new_rec()
+                self.recs[r].i = i
+                self.recs[r].done = -1
+                self.recs[r].gpa = gpa[k]
+                self.recs[r].value = value[k]
+                self.recs[r].slot = s
+                self.recs[r].vm = vm[k]
+                self.recs[r].cpu = cpu[k]
+                self.recs[r].off = <uint8_t>off[k]
+                self.recs[r].size = <uint8_t>size[k]
+                self.recs[r].op = 2 if kd == K_NT else 1
+                self.recs[r].is_open = 0
+                self.recs[r].flagged = 0
+                self.counts[0] += 1
+                if kd == K_NT:
+                    self.counts[1] += 1
+                    self._enqueue(s, i, &self.mem[s * LINE])
+                else:
+                    self.dirty[s] = 1
+                if kd == K_NT or self.fence_only:
+                    _push(&self.fence[self._key(vm[k], cpu[k])], self.recs, r)
+                else:
+                    _push(&self.wb[s], self.recs, r)
+            elif kd == K_FLUSH:
+                self.counts[2] += 1
+                s = slot[k]
+                if s >= 0:
+                    if self.dirty[s]:
+                        self._enqueue(s, i, &self.mem[s * LINE])
+                    self._flushed(s, vm[k], self._key(vm[k], cpu[k]))
+            if point[k]:
+                self._judge(i, point[k] == 2)
+        return 0
+
+    cdef void _flushed(self, int32_t s, int32_t v, int32_t key) noexcept nogil:
+        """Move the stores of VM ``v`` awaiting a write-back of line ``s`` to ``key``'s fence."""
+        cdef List keep
+        cdef int32_t r = self.wb[s].head, nxt
+        keep.head = keep.tail = -1
+        while r >= 0:
+            nxt = self.recs[r].nxt
+            if self.recs[r].vm == v:
+                _push(&self.fence[key], self.recs, r)
+            else:
+                _push(&keep, self.recs, r)
+            r = nxt
+        self.wb[s] = keep
+
+    cdef inline uint64_t _mask(self, Rec* r) noexcept nogil:
+        return ((<uint64_t>1 << r.size) - 1) << r.off
+
+    cdef int64_t _version(self, int32_t s) noexcept nogil:
+        if self.mode[s] == CACHE:
+            return 0x7FFFFFFFFFFFFFFF
+        if self.mode[s] == QUEUE and self.queued[s]:
+            return self.newest_v[s]
+        return self.media_v[s]
+
+    cdef uint64_t _covered(self, int32_t s, int64_t i) noexcept nogil:
+        """Bytes of line ``s`` that pending completed stores newer than op ``i`` wrote."""
+        cdef uint64_t m = 0
+        cdef int32_t q = self.pending[s].head
+        while q >= 0:
+            if self.recs[q].i > i:
+                m |= self._mask(&self.recs[q])
+            q = self.recs[q].nxt
+        return m
+
+    cdef int _complete(self, List* stores, int64_t at) except -1 nogil:
+        cdef int32_t r = stores.head, nxt, s
+        while r >= 0:
+            nxt = self.recs[r].nxt
+            self.completed += 1
+            s = self.recs[r].slot
+            self.recs[r].done = at
+            if self.recs[r].i <= self._version(s) or self._mask(&self.recs[r]) & ~self._covered(s, self.recs[r].i) == 0:
+                self._free_rec(r)             # durable already, or every byte has a later completed store
+            else:
+                _push(&self.pending[s], self.recs, r)
+                if self.recs[r].i > self.top[s]:
+                    self.top[s] = self.recs[r].i
+                self._touch(s)
+            r = nxt
+        return 0
+
+    # ---- crash points ----
+
+    cdef int _judge(self, int64_t point, bint full) except -1 nogil:
+        cdef int64_t previous = self.last, t
+        cdef int32_t s
+        self.last = point
+        self.rank += 1
+        if full:
+            for s in range(self.n):
+                self._judge_line(s, previous, point)
+        else:
+            for t in range(self.n_touched):
+                self._judge_line(self.touch_list[t], previous, point)
+        for t in range(self.n_touched):
+            self.touched[self.touch_list[t]] = 0
+        self.n_touched = 0
+        return 0
+
+    cdef int _judge_line(self, int32_t s, int64_t previous, int64_t point) except -1 nogil:
+        if self.top[s] < 0 or self.pending[s].head < 0:
+            return 0
+        cdef int64_t version = self._version(s)
+        cdef List keep
+        cdef int32_t r = self.pending[s].head, nxt
+        cdef uint64_t lost
+        cdef const uint8_t* durable
+        while r >= 0:                   # first the verdicts, while the list is whole
+            self.recs[r].cur = 0
+            if self.recs[r].i > version:
+                self.recs[r].cur = self._mask(&self.recs[r]) & ~self._covered(s, self.recs[r].i)
+            r = self.recs[r].nxt
+        keep.head = keep.tail = -1
+        r = self.pending[s].head
+        while r >= 0:
+            nxt = self.recs[r].nxt
+            lost = self.recs[r].cur
+            if lost == 0:
+                if self.recs[r].is_open:
+                    self._emit(0, &self.recs[r], self.recs[r].first_point, previous,
+                               self.rank - self.recs[r].first_rank)
+                self._free_rec(r)
+            else:
+                if not self.recs[r].is_open:
+                    self.recs[r].is_open = 1
+                    self.recs[r].first_point = point
+                    self.recs[r].first_rank = self.rank
+                    self.recs[r].lost = lost >> self.recs[r].off
+                    if self.mode[s] == QUEUE and self.queued[s]:
+                        durable = &self.q_data[self.newest_pos[s] * LINE]
+                    else:
+                        durable = &self.media[s * LINE]
+                    self.recs[r].found = 0
+                    memcpy(&self.recs[r].found, durable + self.recs[r].off, self.recs[r].size)
+                _push(&keep, self.recs, r)
+            r = nxt
+        self.pending[s] = keep
+        return 0
+
+    def finish(self):
+        """End every open run at the last crash point."""
+        cdef int32_t s, r
+        self.rank += 1
+        for s in range(self.n):
+            r = self.pending[s].head
+            while r >= 0:
+                if self.recs[r].is_open:
+                    self._emit(0, &self.recs[r], self.recs[r].first_point, self.last,
+                               self.rank - self.recs[r].first_rank)
+                    self.recs[r].is_open = 0
+                r = self.recs[r].nxt

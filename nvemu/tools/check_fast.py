@@ -1,0 +1,229 @@
+"""The checker's model on the compiled kernel (``nvemu._checkcore``): the same rules as
+:class:`~nvemu.tools.check_model.Model`, which stays the oracle and the model of a pure install.
+
+Python classifies each chunk's records with numpy (fence, vFHA write, store, NT store, write-back
+of a tracked line, or nothing), gives each new line a slot (its bytes read before the engine runs
+the chunk) and hands the columns over; the kernel follows them without the GIL and judges the
+crash points, and the violations it settled come back as tuples. Per tracked line the kernel holds
+about 44 bytes of state and the line's bytes in memory and on media (128 bytes);
+``Model.lines.slot`` maps a line's HPA to its slot (a dict entry, about 100 bytes more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, LineState, Op
+from ..machine.hypervisor import Hypervisor
+from .check_model import COUNTS, DRAINING, MEDIA, Model
+from .check_report import Violation
+
+try:
+    from .._checkcore import CheckKernel
+    from .._core import Engine as CoreEngine
+except ImportError:             # a pure install (NVEMU_PUREPYTHON=1): the plain-Python model only
+    CheckKernel = CoreEngine = None
+
+AVAILABLE = CheckKernel is not None
+"""True when the compiled kernel is built (not in a pure install)."""
+
+_K_FENCE, _K_VFHA, _K_STORE, _K_NT, _K_FLUSH = 1, 2, 3, 4, 5
+
+
+class _SortedSlots:
+    """Line HPA -> slot as two sorted arrays (12 bytes a line): what :class:`Model` asks of
+    ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.vals = np.zeros(0, np.int32)
+
+    def lookup(self, lines: np.ndarray) -> np.ndarray:
+        """The slot of each of ``lines`` (-1: none)."""
+        pos = np.minimum(np.searchsorted(self.keys, lines), max(len(self.keys) - 1, 0))
+        if not len(self.keys):
+            return np.full(len(lines), -1, np.int32)
+        return np.where(self.keys[pos] == lines, self.vals[pos], -1).astype(np.int32)
+
+    def get(self, line: int, default: int | None = None) -> int | None:
+        s = int(self.lookup(np.array([line], np.int64))[0])
+        return default if s < 0 else s
+
+    def __contains__(self, line: int) -> bool:
+        return self.get(line) is not None
+
+    def insert(self, lines: np.ndarray, slots: np.ndarray) -> None:
+        """Add ``lines`` (ascending, none known) with their ``slots``."""
+        pos = np.searchsorted(self.keys, lines)
+        self.keys = np.insert(self.keys, pos, lines)
+        self.vals = np.insert(self.vals, pos, slots.astype(np.int32))
+
+
+class _Slots:
+    """What :class:`Model` needs of its lines when the kernel holds them: HPA -> slot."""
+
+    def __init__(self) -> None:
+        self.slot = _SortedSlots()
+
+
+class FastModel(Model):
+    """:class:`Model` with the per-record work and the crash points in the compiled kernel."""
+
+    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, ordering: bool, survives: str,
+                 emit: Callable[[Violation], None]) -> None:
+        if CheckKernel is None:
+            raise ImportError("nvemu._checkcore is not built (a pure install): use the plain-Python model")
+        p = hv.platform
+        n_vms = max(hv.vms, default=-1) + 1
+        max_cpus = max((len(vm.vcpus) for vm in hv.vms.values()), default=1)
+        mask = np.zeros((max(n_vms, 1), p.n_controllers), np.uint8)
+        for vm in hv.vms.values():
+            slot = p.engine.vm_slot(vm.id)
+            if slot.fha_mode in DRAINING:
+                mask[vm.id] = np.asarray(slot.fanout) != 0
+        self.kernel = CheckKernel(p.n_controllers, int(p.engine.wpq_depth), max(n_vms, 1), max_cpus,
+                                  fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
+        self._dirty_at_start: set[int] = set()
+        self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
+        self._tables: dict[tuple[int, int], np.ndarray] = {}   # (vm, 2 MiB span) -> its pages' HPAs
+        super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
+        self.lines = _Slots()     # type: ignore[assignment]
+        self._adopt()
+
+    def _adopt(self) -> None:
+        if not hasattr(self, "kernel") or not isinstance(getattr(self, "lines", None), _Slots):
+            return                   # Model.__init__ calls this before the slots exist
+        p = self.platform
+        self._dirty_at_start = {line for line, state in p.line_states().items() if state == LineState.DIRTY}
+        for line in self._dirty_at_start:
+            self._slot(line)
+        for c in range(p.n_controllers):
+            for line, data in p.wpq(c):
+                self.kernel.queue_initial(self._slot(line), bytes(data))
+
+    def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
+        s = self.kernel.add_line(line, ctrl, mode, bytes(mem), bytes(media), line in self._dirty_at_start)
+        self.lines.slot.insert(np.array([line], np.int64), np.array([s]))
+        return int(s)
+
+    def _unknown(self, lines: np.ndarray) -> np.ndarray:
+        return lines[self.lines.slot.lookup(lines) < 0]
+
+    def _add_lines(self, lines: list[int]) -> None:
+        if not self._bulk:
+            return super()._add_lines(lines)
+        p = self.platform
+        modes = np.full(len(lines), self.base_mode, np.int8)
+        if not self.armed:
+            modes[[not p.adr_holds(line) for line in lines]] = MEDIA
+        engine = p.engine
+        with engine.lock:
+            first = self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
+        self.lines.slot.insert(np.asarray(lines, np.int64), np.arange(first, first + len(lines)))
+
+    def forget_translations(self) -> None:
+        super().forget_translations()
+        self._tables.clear()
+
+    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
+        key = (vm, span)
+        rows = self._tables.get(key)
+        if rows is None and self._bulk and vm in self.hv.vms:
+            level, table, _, _ = self.hv.vms[vm].page_table.walk(span << 21)[-1]
+            if level != 1:
+                return None
+            entries = np.asarray(self.platform.engine.pool[table * 512:(table + 1) * 512], np.uint64)
+            present = ((entries & np.uint64(EPT_RWX)) != 0) & ((entries & np.uint64(3)) != 2)
+            pages = (entries & np.uint64(EPT_ADDR_MASK)).astype(np.int64)
+            rows = np.where(present & (pages >= self.pmem_lo) & (pages < self.pmem_hi), pages, -1)
+            self._tables[key] = rows
+        return rows
+
+    @property
+    def completed(self) -> int:     # type: ignore[override]
+        return int(self.kernel.completed)
+
+    @completed.setter
+    def completed(self, value: int) -> None:
+        pass                         # Model.__init__ sets it; the kernel counts
+
+    @property
+    def counts(self) -> dict[str, int]:     # type: ignore[override]
+        return dict(zip(COUNTS, self.kernel.counts_arr.tolist()))
+
+    @counts.setter
+    def counts(self, value: dict[str, int]) -> None:
+        pass
+
+    @property
+    def enqueued(self) -> np.ndarray:       # type: ignore[override]
+        return self.kernel.enqueued_arr
+
+    @enqueued.setter
+    def enqueued(self, value: np.ndarray) -> None:
+        pass
+
+    @property
+    def drained(self) -> np.ndarray:        # type: ignore[override]
+        return self.kernel.drained_arr
+
+    @drained.setter
+    def drained(self, value: np.ndarray) -> None:
+        pass
+
+    def same_queues(self) -> str | None:
+        for c in range(self.platform.n_controllers):
+            if [(line, bytes(d)) for line, d in self.platform.wpq(c)] != self.kernel.queue_lines(c):
+                return f"the WPQ of controller {c} holds other lines or bytes than the model's"
+        return None
+
+    def run(self, ops: np.ndarray, base: int, hpas: np.ndarray, skipped: set[int], points: np.ndarray,
+            full: Callable[[Any], Any]) -> None:
+        n = len(ops)
+        if not n:
+            return
+        op = ops["op"]
+        kind = np.zeros(n, np.int8)
+        kind[op >= Op.SFENCE] = _K_FENCE
+        kind[hpas == -2] = _K_VFHA
+        pmem = hpas >= 0
+        kind[pmem & (op == Op.STORE)] = _K_STORE
+        kind[pmem & (op == Op.NT_STORE)] = _K_NT
+        kind[pmem & (op >= Op.CLWB) & (op <= Op.CLFLUSH)] = _K_FLUSH
+        if skipped:
+            inside = [i - base for i in skipped if base <= i < base + n]
+            kind[inside] = 0
+        slot = np.full(n, -1, np.int32)
+        lines = hpas[pmem] & ~(LINE - 1)
+        if len(lines):
+            slot[pmem] = self.lines.slot.lookup(lines)
+        point = np.zeros(n, np.uint8)
+        if len(points):
+            ranks = int(self.kernel.rank) + 1 + np.arange(len(points))
+            point[points - base] = np.where(full(ranks), 2, 1)
+        self.kernel.run(base, kind, ops["vcpu"].astype(np.int32), ops["vm"].astype(np.int32),
+                        ops["size"].astype(np.int32), ops["gpa"].astype(np.int64), ops["value"].astype(np.uint64),
+                        slot, (hpas & (LINE - 1)).astype(np.int32), point)
+        self._events()
+
+    def _events(self) -> None:
+        for (kind, store, point, until, points, completed, vm, cpu, op, size, gpa, hpa, value, found,
+             lost) in self.kernel.events():
+            common = {"store": store, "point": point, "vm": vm, "vcpu": cpu, "op": Op(op).name, "size": size,
+                      "gpa": gpa, "hpa": hpa, "expected": int(value).to_bytes(8, "little")[:size],
+                      "until": until, "points": points}
+            if kind == 1:
+                self.emit(Violation(completed=-1, found=b"", lost=0, kind="unfenced", **common))
+            else:
+                self.emit(Violation(completed=completed, found=int(found).to_bytes(8, "little")[:size], lost=lost,
+                                    **common))
+
+    def finish(self) -> None:
+        self.kernel.finish()
+        self._events()
+
+
+__all__ = ["AVAILABLE", "FastModel"]

@@ -1,0 +1,123 @@
+"""The checker's compiled kernel (nvemu._checkcore) against its plain-Python model, the oracle
+(issue 14 item 1): hypothesis-generated traces over a few lines, on every persistence domain,
+a broken and a correct strategy, WPQs of one to four entries, every protocol and fence scope;
+both must report the same violations, the same completed stores and the same counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nvemu import Hypervisor, Op
+from nvemu._constants import TRACE_DTYPE
+from nvemu.tools.checker import check
+
+EXAMPLES = 300
+
+SIZES = (1, 2, 4, 8)
+
+
+@st.composite
+def traces(draw):
+    """(setup, records as (op, vcpu, line, offset, size, value) with line -1 for the vFHA)."""
+    setup = {"domain": draw(st.sampled_from(["none", "adr", "eadr"])),
+             "strategy": draw(st.sampled_from(["drop", "write-protect"])),
+             "depth": draw(st.integers(1, 4)),
+             "protocol": draw(st.sampled_from(["auto", "fence", "flush", "deep"])),
+             "scope": draw(st.sampled_from(["vcpu", "vm"])),
+             "full_every": draw(st.integers(1, 9))}
+    n = draw(st.integers(1, 60))
+    records = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["store", "store", "store", "nt", "flush", "flush", "fence", "fence", "vfha",
+                                     "load"]))
+        cpu = draw(st.integers(0, 1))
+        line = draw(st.integers(0, 5))
+        size = draw(st.sampled_from(SIZES))
+        offset = draw(st.integers(0, 64 // size - 1)) * size
+        value = draw(st.sampled_from([0, 1, 0xFF, 0x0123456789ABCDEF, draw(st.integers(0, (1 << 64) - 1))]))
+        value &= (1 << (8 * size)) - 1
+        op = {"store": Op.STORE, "nt": Op.NT_STORE, "load": Op.LOAD, "vfha": Op.STORE,
+              "flush": draw(st.sampled_from([Op.CLWB, Op.CLFLUSHOPT, Op.CLFLUSH])),
+              "fence": draw(st.sampled_from([Op.SFENCE, Op.MFENCE]))}[kind]
+        records.append((int(op), cpu, -1 if kind == "vfha" else line, offset, size, value,
+                        kind in ("fence",), kind in ("flush",)))
+    return setup, records
+
+
+def run(setup, records, model):
+    hv = Hypervisor(tiny_platform(domain=setup["domain"], wpq_depth=setup["depth"]))
+    vm = small_vm(hv, strategy=setup["strategy"], vcpus=2)
+    base = vm.nvdimms[0].gpa
+    rows = []
+    for op, cpu, line, offset, size, value, fence, flush in records:
+        if fence:
+            rows.append((op, cpu, 0, 0, 0, 0))
+        elif flush:
+            rows.append((op, cpu, 0, 0, base + 64 * line, 0))
+        elif line < 0:
+            rows.append((op, cpu, 0, 8, vm.vfha_gpa, 1))
+        else:
+            rows.append((op, cpu, 0, size, base + 64 * line + offset, value))
+    ops = np.array(rows, TRACE_DTYPE)
+    result = check(hv, ops, protocol=setup["protocol"], fence_scope=setup["scope"],
+                   full_every=setup["full_every"], model=model)
+    return result.violations, result.completed_stores, result.trace_counts, result.points
+
+
+@needs_compiled("compares the compiled checker kernel with the plain-Python model")
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_the_kernel_and_the_python_model_find_the_same_violations(case):
+    setup, records = case
+    assert run(setup, records, "compiled") == run(setup, records, "python")
+
+
+@needs_compiled("compares the compiled checker kernel with the plain-Python model")
+def test_the_kernel_and_the_python_model_agree_on_a_hand_case_with_every_kind_of_violation():
+    """Lost (drop on none), unfenced (vFHA write before the fence), zero-valued and later-durable."""
+    setup = {"domain": "none", "strategy": "drop", "depth": 2, "protocol": "auto", "scope": "vcpu", "full_every": 3}
+    F, S, C, V = (Op.SFENCE, 0, -1, 0, 0, 0, True, False), Op.STORE, Op.CLWB, (Op.STORE, 0, -1, 0, 8, 1, False, False)
+    records = [(S, 0, 0, 0, 8, 0, False, False), (C, 0, 0, 0, 0, 0, False, True), V, F,
+               (S, 0, 1, 8, 4, 7, False, False), (C, 0, 1, 0, 0, 0, False, True), F, V, F,
+               (S, 1, 2, 0, 8, 9, False, False), (C, 1, 2, 0, 0, 0, False, True), (C, 0, 3, 0, 0, 0, False, True),
+               (Op.SFENCE, 1, -1, 0, 0, 0, True, False), V, F]
+    compiled, python = run(setup, records, "compiled"), run(setup, records, "python")
+    assert compiled == python
+    kinds = {v.kind for v in compiled[0]}
+    assert kinds == {"lost", "unfenced"}
+
+
+@needs_compiled("runs the compiled checker kernel")
+def test_the_kernel_on_the_reference_engine_reads_lines_through_the_python_api():
+    """On the reference engine the kernel cannot read the engine's memory in C: new lines come
+    in one by one, with the same result."""
+    from nvemu.guest.workloads import VmLayout, generate
+    out = []
+    for model in ("compiled", "python"):
+        hv = Hypervisor(tiny_platform(domain="none"), backend=ENGINES[1])       # the reference model
+        vm = small_vm(hv, strategy="drop")
+        result = check(hv, generate("pmdk-tx", 1500, VmLayout.of(vm), seed=2), model=model)
+        out.append((result.violations, result.completed_stores))
+    assert out[0] == out[1] and out[0][0]
+
+
+def test_check_trace_streams_a_trace_file(tmp_path, monkeypatch):
+    """``check`` reads a trace file chunk by chunk and never builds the whole trace (issue 12
+    item 6): TraceSource.array is not called, and the result is that of the array."""
+    from nvemu.formats.trace import TraceSource, save_trace
+    from nvemu.guest.workloads import generate
+    from nvemu.tools import checker
+    from nvemu.tools.checker import check_trace
+    from nvemu.tools.prepare import vm_layouts
+    path = tmp_path / "t.npy"
+    ops = generate("kv-put", 5000, vm_layouts("small")[0], seed=3)
+    save_trace(path, ops)
+    whole = check_trace(ops, platform="small", domain="none", strategy="drop")
+    monkeypatch.setattr(checker, "CHUNK_OPS", 777)
+    monkeypatch.setattr(TraceSource, "array", lambda self: pytest.fail("the whole trace was built"))
+    streamed = check_trace(path, platform="small", domain="none", strategy="drop")
+    assert streamed.violations == whole.violations and streamed.points == whole.points and whole.violations
