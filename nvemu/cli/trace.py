@@ -44,7 +44,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(chunks: Iterable[np.ndarray], total: int, enabled: bool | None, desc: str) -> Iterator[np.ndarray]:
+def _progress(chunks: Iterable[np.ndarray], total: int | None, enabled: bool | None, desc: str
+              ) -> Iterator[np.ndarray]:
     """``chunks`` passed through, advancing a tqdm bar by their record counts."""
     with progress_bar(total, enabled, desc, unit="op") as bar:
         for chunk in chunks:
@@ -77,7 +78,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
-    n = tr.save_trace(args.output, records)
+    total = len(npy) if fmt == "npy" else None            # a log's record count is known only at its end
+    n = tr.save_trace(args.output, _progress(records, total, args.progress, "import"))
     if fmt == "pmemcheck":
         imp = stream.info
         files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
@@ -194,6 +196,7 @@ def add_commands(subparsers: Any) -> None:
     imp.add_argument("--deep-flush", action="store_true",
                      help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
     add_platform_options(imp, "to place pmemcheck files on")
+    add_progress_option(imp)
     imp.set_defaults(func=cmd_import)
 
     rep = subparsers.add_parser(
