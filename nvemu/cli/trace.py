@@ -74,11 +74,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         records = (chunk for _, chunk in npy.chunks())
         what = "a native trace"
     elif fmt == "text":
-        records = tr.load_text(args.input)
+        records = [tr.load_text(args.input)]                 # read whole: text traces are written by hand
         what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
-    total = len(npy) if fmt == "npy" else None            # a log's record count is known only at its end
+    total = len(npy) if fmt == "npy" else len(records[0]) if fmt == "text" else None    # a log's: at its end
     n = tr.save_trace(args.output, _progress(records, total, args.progress, "import"))
     if fmt == "pmemcheck":
         imp = stream.info
@@ -150,6 +150,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # ---- wiring ---------------------------------------------------------------------------------------
 
+def add_pmemcheck_options(p: argparse.ArgumentParser) -> None:
+    """``--skip-unregistered`` and ``--deep-flush``: how a pmemcheck log becomes a trace, the same
+    wherever one is read."""
+    p.add_argument("--skip-unregistered", action="store_true",
+                   help="pmemcheck: drop stores and flushes outside every registered file instead of failing "
+                        "(default: off)")
+    p.add_argument("--deep-flush", action="store_true",
+                   help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush "
+                        "(default: off)")
+
+
 def add_commands(subparsers: Any) -> None:
     """Add ``gen``, ``import`` and ``replay`` to an argparse subparsers object."""
     names = ", ".join(WORKLOADS)
@@ -191,10 +202,7 @@ def add_commands(subparsers: Any) -> None:
                      help="place pmemcheck files at this guest-physical address (default: the first VM's vNVDIMM)")
     imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number,
                      help="... within this many bytes, K/M/G suffixes (default: the vNVDIMM's size)")
-    imp.add_argument("--skip-unregistered", action="store_true",
-                     help="drop pmemcheck stores/flushes outside every registered file instead of failing")
-    imp.add_argument("--deep-flush", action="store_true",
-                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
+    add_pmemcheck_options(imp)
     add_platform_options(imp, "to place pmemcheck files on")
     add_progress_option(imp)
     imp.set_defaults(func=cmd_import)
@@ -214,10 +222,7 @@ def add_commands(subparsers: Any) -> None:
     rep.add_argument("--format", default="auto", choices=("auto", *tr.FORMATS), help="default: by content")
     rep.add_argument("--chunk", metavar="OPS", type=parse_count, default=tr.DEFAULT_CHUNK,
                      help=f"records replayed per chunk (default {tr.DEFAULT_CHUNK:,})")
-    rep.add_argument("--skip-unregistered", action="store_true",
-                     help="pmemcheck: drop records outside every registered file instead of failing")
-    rep.add_argument("--deep-flush", action="store_true",
-                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
+    add_pmemcheck_options(rep)
     rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, which then "
                      "carries only the JSON; the table goes to stderr) (default: none)")
     rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, which then "
@@ -228,5 +233,5 @@ def add_commands(subparsers: Any) -> None:
     rep.set_defaults(func=cmd_replay)
 
 
-__all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
+__all__ = ["add_commands", "add_pmemcheck_options", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
 
