@@ -208,6 +208,31 @@ def test_gen_then_replay_prints_the_summary_and_writes_json_and_csv(tmp_path, ca
     assert int(rows[0]["exits_ept_misconfig"]) + int(rows[1]["exits_ept_misconfig"]) == \
         int(rows[2]["exits_ept_misconfig"])
     assert doc["exits"]["ept_misconfig"]["reason"] == 49
+    assert "native ns/op" in out.out and "vs native" in out.out
+    assert doc["overhead_vs_native"] == pytest.approx(doc["ns_per_op"] / doc["native_ns_per_op"])
+    assert doc["overhead_vs_native"] > 1                     # every vFHA write exits under mmio
+    for vm in doc["per_vm"]:
+        assert vm["overhead_vs_native"] == pytest.approx(vm["ns_per_op"] / vm["native_ns_per_op"])
+    assert float(rows[2]["overhead_vs_native"]) == pytest.approx(doc["overhead_vs_native"])
+
+    assert main(["replay", str(npy), "--preset", "small", "--no-native", "--json", str(tmp_path / "n.json"),
+                 "--no-progress"]) == 0
+    assert "vs native" not in capsys.readouterr().out
+    doc = json.loads((tmp_path / "n.json").read_text())
+    assert doc["native_ns_per_op"] is None and doc["overhead_vs_native"] is None
+
+
+def test_the_native_baseline_is_the_trace_run_natively_without_second_level_walks(backend):
+    from nvemu import TimingModel
+    from nvemu.machine.platform import Platform
+    trace = generate("kv-put", 4000, LAYOUT, seed=2)
+    r = replay(trace, native=True, platform=Platform("small", backend=backend), strategy="write-protect",
+               dram=4 << 20, nvdimm=2 << 20)
+    assert r.hypervisor.platform.backend == backend
+    bare = replay(trace, platform=Platform("small", TimingModel(walk_ref_cycles=0), backend=backend),
+                  strategy="native", dram=4 << 20, nvdimm=2 << 20)
+    assert r.native_ns_per_op == bare.ns_per_op and bare.exits == {k: 0 for k in bare.exits}
+    assert r.overhead_vs_native == r.ns_per_op / bare.ns_per_op > 1
 
 
 def test_json_to_stdout_replaces_the_table(capsys):

@@ -20,7 +20,7 @@ from .._backend import BACKEND
 from .._heap import bound_heap
 from .._version import __version__
 from ..errors import NvemuError
-from . import bench, check, demo, nfit, trace
+from . import bench, check, demo, nfit, timing, trace
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_commands(sub)
     bench.add_commands(sub)
     check.add_commands(sub)
+    timing.add_commands(sub)
     for command in sub.choices.values():          # --debug also after the command's name
         _add_debug(command)
     return parser
