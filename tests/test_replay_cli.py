@@ -358,3 +358,14 @@ def test_long_commands_show_a_switchable_progress_bar(tmp_path, capsys, argv):
     assert main(argv + ["--progress"]) == 0
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(f"{argv[0]}:") and total in err, err
+
+
+def test_gen_and_import_are_silent_with_quiet(tmp_path, capsys):
+    """-q on gen and import as on the other commands: the file is written, nothing is printed."""
+    out, again = tmp_path / "q.npy", tmp_path / "q.txt"
+    assert main(["gen", "kv-put", "-n", "500", "-o", str(out), "--preset", "small", "-q"]) == 0
+    assert main(["import", "npy", str(out), "-o", str(again), "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert np.array_equal(load_trace(again), np.load(out))
+    assert main(["gen", "kv-put", "-n", "500", "-o", str(out), "--preset", "small"]) == 0
+    assert capsys.readouterr().out.startswith("nvemu gen: wrote 500 ops of kv-put")

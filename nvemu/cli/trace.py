@@ -39,8 +39,9 @@ def cmd_gen(args: argparse.Namespace) -> int:
                            footprint=args.footprint, **params)
     n = tr.save_trace(args.output, _progress(chunks, args.ops, args.progress, "gen"))
     footprint = args.footprint or min(lay.nvdimm_size for lay in layouts)
-    print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
-          f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
+    if not args.quiet:
+        print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
+              f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
     return 0
 
 
@@ -85,7 +86,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
         what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
                 + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
-    print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
+    if not args.quiet:
+        print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
     return 0
 
 
@@ -191,6 +193,7 @@ def add_commands(subparsers: Any) -> None:
                      help="4 KiB blocks per write, at most (linux-fsync; default 8)")
     add_platform_options(gen, "the trace is for")
     add_progress_option(gen)
+    add_quiet_option(gen)
     gen.set_defaults(func=cmd_gen)
 
     imp = subparsers.add_parser(
@@ -209,6 +212,7 @@ def add_commands(subparsers: Any) -> None:
     add_pmemcheck_options(imp)
     add_platform_options(imp, "to place pmemcheck files on")
     add_progress_option(imp)
+    add_quiet_option(imp)
     imp.set_defaults(func=cmd_import)
 
     rep = subparsers.add_parser(
