@@ -62,12 +62,14 @@ def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: in
         if done_ops is not None:
             done_ops(len(chunk))
     s = vm.stats()
-    return {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
+    row = {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
             "ops": done, **exit_columns(s.exits), "vfha_writes": s["vfha_writes"],
             "fha_writes": s["fha_writes"], "lines_drained": s["lines_drained"], "time_ps": s.time_ps,
             "ns_per_op": s.time_ps / 1000 / max(done, 1), "tlb_hit_rate": s.tlb_hit_rate,
             "seconds": seconds, "mops": done / seconds / 1e6 if seconds else 0.0,
             "dram_bytes": sum(r.size for r in vm.dram), "nvdimm_bytes": nv.size}
+    vm.destroy()              # its memory goes now, not when a garbage collection finds the cycle
+    return row
 
 
 DEMO_COLUMNS = (("label", "strategy", ""), *columns(("ops", "exits_ept_violation", "exits_ept_misconfig",
