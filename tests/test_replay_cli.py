@@ -369,3 +369,15 @@ def test_gen_and_import_are_silent_with_quiet(tmp_path, capsys):
     assert np.array_equal(load_trace(again), np.load(out))
     assert main(["gen", "kv-put", "-n", "500", "-o", str(out), "--preset", "small"]) == 0
     assert capsys.readouterr().out.startswith("nvemu gen: wrote 500 ops of kv-put")
+
+
+@pytest.mark.parametrize("flag", ["--deep-flush", "--skip-unregistered"])
+def test_pmemcheck_options_on_another_trace_are_refused_alike(tmp_path, capsys, flag):
+    """import, like replay, refuses a pmemcheck-only option on another trace in one line, before writing."""
+    trace = tmp_path / "t.npy"
+    save_npy(trace, generate("random-rw", 100, [LAYOUT]))
+    for argv in (["import", "npy", str(trace), "-o", str(tmp_path / "o.npy")], ["replay", str(trace), "-q"]):
+        assert main(argv + [flag, "--preset", "small"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"nvemu: error: {flag} applies only to a pmemcheck log, not to this npy trace", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npy"]

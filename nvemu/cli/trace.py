@@ -20,8 +20,9 @@ from ..formats import trace as tr
 from .._constants import PAGE_BYTES
 from ..errors import ConfigError
 from ..machine.flush_hints import FANOUTS, STRATEGIES
-from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
-                     format_table, parse_count, parse_number, platform_of, progress_bar, report_stream, write_output)
+from .common import (add_platform_options, add_pmemcheck_options, add_progress_option, add_quiet_option,
+                     check_outputs, format_size, format_table, parse_count, parse_number, platform_of, progress_bar,
+                     report_stream, write_output)
 from ..tools.prepare import vm_layouts
 from ..tools.replayer import Replayer, ReplayReport, with_native
 from ..guest.workloads import WORKLOADS, iter_generate
@@ -60,6 +61,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
     check_outputs([args.output], [args.input, args.nfit])
     fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
+    for flag, given in (("--deep-flush", args.deep_flush), ("--skip-unregistered", args.skip_unregistered)):
+        if given and fmt != "pmemcheck":            # as replay and check say it
+            raise ConfigError(f"{flag} applies only to a pmemcheck log, not to this {fmt} trace")
     if fmt == "pmemcheck":
         lay = vm_layouts(platform_of(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
         gpa = lay.nvdimm_gpa if args.nvdimm_gpa is None else args.nvdimm_gpa
@@ -156,17 +160,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # ---- wiring ---------------------------------------------------------------------------------------
 
-def add_pmemcheck_options(p: argparse.ArgumentParser) -> None:
-    """``--skip-unregistered`` and ``--deep-flush``: how a pmemcheck log becomes a trace, the same
-    wherever one is read."""
-    p.add_argument("--skip-unregistered", action="store_true",
-                   help="pmemcheck: drop stores and flushes outside every registered file instead of failing "
-                        "(default: off)")
-    p.add_argument("--deep-flush", action="store_true",
-                   help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush "
-                        "(default: off)")
-
-
 def add_commands(subparsers: Any) -> None:
     """Add ``gen``, ``import`` and ``replay`` to an argparse subparsers object."""
     names = ", ".join(WORKLOADS)
@@ -245,5 +238,5 @@ def add_commands(subparsers: Any) -> None:
     rep.set_defaults(func=cmd_replay)
 
 
-__all__ = ["add_commands", "add_pmemcheck_options", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
+__all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
 
