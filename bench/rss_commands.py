@@ -7,6 +7,7 @@ each as a separate ``python -m nvemu`` process:
     nvemu gen persist-loop -n N -o DIR/trace_N.npy
     nvemu import npy DIR/trace_N.npy -o DIR/copy_N.npy
     nvemu replay DIR/trace_N.npy --strategy write-protect -q
+    nvemu check DIR/trace_N.npy --strategy write-protect -q        (only with --commands ... check)
 
 and reads the command's peak resident set the way the kernel accounts it: each command is the only
 child of a fresh measuring process, which waits for it and prints
@@ -15,7 +16,8 @@ Then it prints, per command, the peak at the largest size against the smallest (
 10%; what stays resident is one chunk of the trace, and for replay the emulated machine with its
 prefaulted 256 MiB vNVDIMM, memory and media).
 
-    python bench/rss_commands.py [--sizes 10M 200M] [--dir bench/out] [--keep]
+    python bench/rss_commands.py [--sizes 10M 200M] [--commands gen import replay check] [--dir bench/out]
+                                 [--keep]
 
 Slow, not a test: 200 M ops take minutes per command and 9.6 GB of disk while the copy exists.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-COMMANDS = ("gen", "import", "replay")
+COMMANDS = ("gen", "import", "replay", "check")
 
 
 def measure(argv: list[str]) -> None:
@@ -69,6 +71,9 @@ def main() -> int:
                     "(default: 10M 200M)")
     ap.add_argument("--workload", default="persist-loop", help="the generator (default persist-loop)")
     ap.add_argument("--dir", type=Path, default=HERE / "out", help="where the traces go (default bench/out)")
+    ap.add_argument("--commands", nargs="+", default=["gen", "import", "replay"], choices=COMMANDS,
+                    help="what to measure (gen always runs, to make the trace; default: gen import replay; "
+                         "check runs about 30 s per million ops here, so 200 M takes hours)")
     ap.add_argument("--keep", action="store_true", help="keep the generated traces (default: removed)")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -79,9 +84,10 @@ def main() -> int:
         trace, copy = args.dir / f"trace_{n}.npy", args.dir / f"copy_{n}.npy"
         argvs = {"gen": ["gen", args.workload, "-n", str(n), "-o", str(trace), "--no-progress"],
                  "import": ["import", "npy", str(trace), "-o", str(copy), "--no-progress"],
-                 "replay": ["replay", str(trace), "--strategy", "write-protect", "-q", "--no-progress"]}
+                 "replay": ["replay", str(trace), "--strategy", "write-protect", "-q", "--no-progress"],
+                 "check": ["check", str(trace), "--strategy", "write-protect", "-q", "--no-progress"]}
         try:
-            for command in COMMANDS:
+            for command in [c for c in COMMANDS if c == "gen" or c in args.commands]:
                 row = run(argvs[command])
                 peaks[command, n] = row["peak_kib"] / 1024
                 print(f"{command:8s} {n:>13,} {peaks[command, n]:>8.1f} MiB {row['seconds']:>7.1f} s", flush=True)
@@ -94,7 +100,7 @@ def main() -> int:
     small, large = sizes[0], sizes[-1]
     print()
     worst = 0.0
-    for command in COMMANDS:
+    for command in [c for c in COMMANDS if c == "gen" or c in args.commands]:
         growth = peaks[command, large] / peaks[command, small] - 1
         worst = max(worst, growth)
         print(f"{command:8s} peak RSS at {large:,} vs {small:,} ops: {peaks[command, large]:.1f} vs "
