@@ -160,6 +160,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # ---- wiring ---------------------------------------------------------------------------------------
 
+def _add_output(p: argparse.ArgumentParser) -> None:
+    """``-o/--output``: the trace a command writes."""
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+
+
+def _finish(p: argparse.ArgumentParser, func: Any, platform_what: str) -> None:
+    """What every trace command takes last: the platform, a progress bar, -q; and its handler."""
+    add_platform_options(p, platform_what)
+    add_progress_option(p)
+    add_quiet_option(p)
+    p.set_defaults(func=func)
+
+
 def add_commands(subparsers: Any) -> None:
     """Add ``gen``, ``import`` and ``replay`` to an argparse subparsers object."""
     names = ", ".join(WORKLOADS)
@@ -172,7 +185,7 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("workload", metavar="WORKLOAD", choices=list(WORKLOADS), help=names)
     gen.add_argument("-n", "--ops", metavar="OPS", type=parse_count, required=True,
                      help="number of records (k/M/G = 10^3/10^6/10^9)")
-    gen.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    _add_output(gen)
     gen.add_argument("--footprint", metavar="SIZE", type=parse_number,
                      help="bytes of each vNVDIMM the workload touches (default: all of it)")
     gen.add_argument("--vms", metavar="N", type=int, default=1, help="VMs (default 1)")
@@ -184,10 +197,7 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
     gen.add_argument("--max-blocks", metavar="N", type=int,
                      help="4 KiB blocks per write, at most (linux-fsync; default 8)")
-    add_platform_options(gen, "the trace is for")
-    add_progress_option(gen)
-    add_quiet_option(gen)
-    gen.set_defaults(func=cmd_gen)
+    _finish(gen, cmd_gen, "the trace is for")
 
     imp = subparsers.add_parser(
         "import", help="convert a pmemcheck log, text or npy trace",
@@ -197,16 +207,13 @@ def add_commands(subparsers: Any) -> None:
     imp.add_argument("format", metavar="FORMAT", choices=("pmemcheck", "text", "npy", "auto"),
                      help="pmemcheck, text, npy, or auto (recognise by content)")
     imp.add_argument("input", metavar="INPUT", help="the file to convert")
-    imp.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    _add_output(imp)
     imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number,
                      help="place pmemcheck files at this guest-physical address (default: the first VM's vNVDIMM)")
     imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number,
                      help="... within this many bytes, K/M/G suffixes (default: the vNVDIMM's size)")
     add_pmemcheck_options(imp)
-    add_platform_options(imp, "to place pmemcheck files on")
-    add_progress_option(imp)
-    add_quiet_option(imp)
-    imp.set_defaults(func=cmd_import)
+    _finish(imp, cmd_import, "to place pmemcheck files on")
 
     rep = subparsers.add_parser(
         "replay", help="replay a trace and print a summary",
@@ -232,10 +239,7 @@ def add_commands(subparsers: Any) -> None:
     rep.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                      help="replay the trace a second time natively (strategy native, no second-level walks) "
                           "for the native ns per op and the overhead against it (default: on)")
-    add_progress_option(rep)
-    add_quiet_option(rep)
-    add_platform_options(rep, "to create")
-    rep.set_defaults(func=cmd_replay)
+    _finish(rep, cmd_replay, "to create")
 
 
 __all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]
