@@ -151,6 +151,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                    progress=args.progress, **options)
     result = run.run()
     if args.native:
+        for vm in run.vms:          # its figures are taken: free the machine before the native one is built
+            vm.destroy()
         result = with_native(result, args.trace, **options)
     if not args.quiet:
         print(summary_table(result), file=report_stream(args.json, args.csv))
