@@ -1104,14 +1104,17 @@ cdef class Engine:
             s, vms = _state.check(self, state)
             _load_state(self, s, vms)
 
-    def power_fail(self):
+    def power_fail(self, lost=None):
         """Lose power, then reboot. Returns the durable image (a sparse :class:`DurableImage`):
         media, then under adr/eadr the queued copies in FIFO order, then under eadr the dirty lines.
         Afterwards media holds that image, memory shows it, DRAM is zero, caches, WPQs and TLBs
-        are empty. Page tables (hypervisor state) are kept."""
+        are empty. Page tables (hypervisor state) are kept. ``lost``: HPAs of lines ADR does not
+        protect this time (an ADR failure, an NVDIMM not armed), whose queued copies and dirty
+        data are lost: only their media survives."""
         cdef uint32_t c
         cdef uint64_t k, slot, line, idx, csz = 1ULL << self.chunk_shift, lo
         cdef chunk_t* ck
+        gone = set() if lost is None else {(int(a) - self.pmem_base) >> 6 for a in lost}
         with self.lock:
             _live(self)
             if self.domain >= DOMAIN_ADR:
@@ -1119,6 +1122,8 @@ cdef class Engine:
                     for k in range(self.wlen[c]):
                         slot = c * self.wpq_depth + (self.whead[c] + k) % self.wpq_depth
                         line = self.wline[slot]
+                        if gone and line in gone:
+                            continue
                         ck = self.chunk_at(self.pmem_index + (line << 6), False)
                         memcpy(ck.med + ((line << 6) & self.chunk_mask), self.wdata + slot * 64, 64)
             chunks = {}
@@ -1129,6 +1134,8 @@ cdef class Engine:
                     continue
                 if self.domain == DOMAIN_EADR:
                     for lo in np.flatnonzero((_lines(ck, csz >> 6) & LINE_STATE_MASK) == LINE_DIRTY).tolist():
+                        if gone and ((idx - self.pmem_index) >> 6) + lo in gone:
+                            continue
                         memcpy(ck.med + (lo << 6), ck.mem + (lo << 6), 64)
                 memcpy(ck.mem, ck.med, csz)
                 memset(ck.lines, 0, 2 * (csz >> 6))

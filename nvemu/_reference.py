@@ -800,17 +800,26 @@ class Engine:
                     v.tlb[cpu][k] = None if vpn == _state.NO_VPN else (vpn, e, page, (where // 512, where % 512))
             self.vms[slot.vm] = v
 
-    def power_fail(self) -> DurableImage:
-        """Lose power and reboot; the durable image (SPEC 7.3), sparse, chunk by chunk."""
+    def power_fail(self, lost: Any = None) -> DurableImage:
+        """Lose power and reboot; the durable image (SPEC 7.3), sparse, chunk by chunk. ``lost``:
+        HPAs of lines ADR does not protect this time, whose queued copies and dirty data are lost."""
+        gone = set() if lost is None else {int(a) for a in lost}
         if self.domain >= Domain.ADR:
             for q in self.wpq:
                 for line, data in q:        # FIFO: a later copy of a line wins
-                    self._put(self.med, line, data)
+                    if line not in gone:
+                        self._put(self.med, line, data)
         if self.domain == Domain.EADR:
             for line, state in self.state.items():
-                if state == LineState.DIRTY:
+                if state == LineState.DIRTY and line not in gone:
                     self._put(self.med, line, self._get(self.mem, line, LINE))
-        self.mem = {a: bytearray(p) for a, p in self.med.items()}
+        for a in [a for a in self.mem if a not in self.med]:      # DRAM, and lines never written back
+            del self.mem[a]
+        for a, p in self.med.items():                # memory shows media, rewritten in place (no copy)
+            if a in self.mem:
+                self.mem[a][:] = p
+            else:
+                self.mem[a] = bytearray(p)
         self.state, self.copies = {}, {}
         self.wpq = [deque() for _ in range(self.n_controllers)]
         for v in self.vms.values():

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,71 @@ def test_interrupted_gen_leaves_nothing_or_the_old_file(tmp_path, capsys, monkey
     assert out.read_bytes() == before and os.listdir(tmp_path) == ["g.npy"]
     assert "interrupted" in one_line(capsys.readouterr().err)
 
+
+
+def _unnamed_output(pid: int, directory: Path) -> int:
+    """Bytes written so far to the unnamed (O_TMPFILE) output file process ``pid`` has open in
+    ``directory``; 0 while it has none."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir() if fds.exists() else ():
+        try:
+            target = os.readlink(fd)
+            if target.startswith(f"{directory}/") and target.endswith("(deleted)"):
+                return os.stat(fd).st_size
+        except OSError:                       # the descriptor closed meanwhile
+            continue
+    return 0
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="unnamed files are a Linux feature (O_TMPFILE)")
+@pytest.mark.parametrize("old", [None, b"the old file"])
+def test_a_gen_killed_outright_leaves_nothing_or_the_old_file(tmp_path, old):
+    """SIGKILL cannot be caught: the trace is written to a file without a name, which the kernel
+    removes with the process; it gets its name only once complete."""
+    out = tmp_path / "k.npy"
+    if old:
+        out.write_bytes(old)
+    p = subprocess.Popen([sys.executable, "-m", "nvemu", "gen", "persist-loop", "-n", "1G", "-o", str(out),
+                          "--no-progress"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        written = 0
+        for _ in range(6000):                       # until 10 MB of the 24 GB are written
+            written = _unnamed_output(p.pid, tmp_path)
+            if written > 10 << 20 or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert written > 10 << 20 and os.listdir(tmp_path) == (["k.npy"] if old else [])
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert os.listdir(tmp_path) == (["k.npy"] if old else [])
+    if old:
+        assert out.read_bytes() == old
+
+
+@pytest.mark.parametrize("how", ["named", "copied"])
+def test_outputs_are_whole_where_a_file_cannot_be_unnamed_or_linked(tmp_path, monkeypatch, how):
+    """Without O_TMPFILE the output is a hidden temporary file beside the target until renamed;
+    an unnamed file that cannot be linked (a restricted /proc) is copied out under such a name."""
+    from nvemu import _files
+    if how == "named":
+        monkeypatch.setattr(_files, "_unnamed", lambda directory: None)
+    else:
+        def refuse(*a, **k):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(_files.os, "link", refuse)
+    out = tmp_path / "t.npy"
+    records = np.zeros(1000, TRACE_DTYPE)
+    records["op"] = 6
+    with _files.AtomicFile(out, "wb") as f:
+        f.write(b"x" * 100)
+        hidden = [n for n in os.listdir(tmp_path) if n.startswith(".t.npy.") and n.endswith(".tmp")]
+        assert len(hidden) == (0 if how == "copied" else 1) and len(os.listdir(tmp_path)) == len(hidden)
+    assert out.read_bytes() == b"x" * 100 and os.listdir(tmp_path) == ["t.npy"]
+    assert save_trace(out, records) == 1000
+    assert os.listdir(tmp_path) == ["t.npy"] and np.array_equal(np.load(out), records)
 
 def test_a_failing_writer_leaves_the_old_text_trace(tmp_path):
     out = tmp_path / "t.txt"

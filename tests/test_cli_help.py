@@ -56,3 +56,25 @@ def test_output_options_are_consistent():
         for action in parser._actions:
             if "--out" in action.option_strings or "--output" in action.option_strings:
                 assert {"-o", "--output"} <= set(action.option_strings), name
+
+
+def test_exit_columns_come_from_the_exit_reasons():
+    """One exit column per Intel exit reason nvemu models, named and numbered from ExitReason (the
+    vocabulary no longer restates the numbers), and each JSON exit keyed by the same name."""
+    from nvemu._constants import ExitReason
+    from nvemu.tools.vocabulary import COLUMNS, exit_columns, exits_by_name
+    for reason in ExitReason:
+        name = reason.name.lower()
+        column = COLUMNS[f"exits_{name}"]
+        assert column.header == f"{name} ({int(reason)})" and f"basic exit reason {int(reason)}" in column.meaning
+        assert exits_by_name({int(reason): 7})[name] == {"reason": int(reason), "count": 7}
+    assert set(exit_columns({})) == {f"exits_{r.name.lower()}" for r in ExitReason} | {"exits"}
+
+
+def test_pmemcheck_options_read_the_same_wherever_a_log_is_read():
+    """import and replay take --skip-unregistered and --deep-flush from one definition."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {name: {a.dest: a.help for a in sub.choices[name]._actions if a.dest in ("skip_unregistered", "deep_flush")}
+             for name in ("import", "replay")}
+    assert helps["import"] == helps["replay"] and len(helps["import"]) == 2

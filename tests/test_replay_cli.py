@@ -336,3 +336,48 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
     bar.close()
     replay(trace, progress=None, **SMALL)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv", [["gen", "persist-loop", "-n", "3000", "-o", "{d}/g.npy"],
+                                  ["import", "npy", "{d}/t.npy", "-o", "{d}/i.npy"],
+                                  ["import", "pmemcheck", "{d}/p.log", "-o", "{d}/p.npy"],
+                                  ["demo", "--ops", "2000", "--strategies", "writable", "-q"]])
+def test_long_commands_show_a_switchable_progress_bar(tmp_path, capsys, argv):
+    """gen, import and demo advance a tqdm bar on stderr by records done (demo: every strategy's
+    ops) with --progress, and print none with --no-progress (or when stderr is not a terminal)."""
+    save_npy(tmp_path / "t.npy", generate("random-rw", 2500, [LAYOUT]))
+    (tmp_path / "p.log").write_text("START|REGISTER_FILE;/f;0x1000;0x1000;0x0|STORE;0x1000;0x5;0x8|"
+                                    "FLUSH;0x1000;0x1000|FENCE|STOP\n")
+    argv = [a.format(d=tmp_path) for a in argv] + ["--preset", "small"]
+    total = {"gen": "3.00k/3.00k", "import": "2.50k/2.50k", "demo": "6.00k/6.00k"}[argv[0]]
+    if argv[1] == "pmemcheck":
+        total = "66.0op"           # a store, 64 write-backs, a fence; no total: known only at the end
+    for switch in ("--no-progress", None):
+        assert main(argv + ([switch] if switch else [])) == 0
+        assert capsys.readouterr().err == ""
+    assert main(argv + ["--progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"{argv[0]}:") and total in err, err
+
+
+def test_gen_and_import_are_silent_with_quiet(tmp_path, capsys):
+    """-q on gen and import as on the other commands: the file is written, nothing is printed."""
+    out, again = tmp_path / "q.npy", tmp_path / "q.txt"
+    assert main(["gen", "kv-put", "-n", "500", "-o", str(out), "--preset", "small", "-q"]) == 0
+    assert main(["import", "npy", str(out), "-o", str(again), "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert np.array_equal(load_trace(again), np.load(out))
+    assert main(["gen", "kv-put", "-n", "500", "-o", str(out), "--preset", "small"]) == 0
+    assert capsys.readouterr().out.startswith("nvemu gen: wrote 500 ops of kv-put")
+
+
+@pytest.mark.parametrize("flag", ["--deep-flush", "--skip-unregistered"])
+def test_pmemcheck_options_on_another_trace_are_refused_alike(tmp_path, capsys, flag):
+    """import, like replay, refuses a pmemcheck-only option on another trace in one line, before writing."""
+    trace = tmp_path / "t.npy"
+    save_npy(trace, generate("random-rw", 100, [LAYOUT]))
+    for argv in (["import", "npy", str(trace), "-o", str(tmp_path / "o.npy")], ["replay", str(trace), "-q"]):
+        assert main(argv + [flag, "--preset", "small"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"nvemu: error: {flag} applies only to a pmemcheck log, not to this npy trace", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npy"]

@@ -148,6 +148,17 @@ def add_progress_option(p: argparse.ArgumentParser) -> None:
                    help="a progress bar on stderr (default: only when stderr is a terminal)")
 
 
+def add_pmemcheck_options(p: argparse.ArgumentParser) -> None:
+    """``--skip-unregistered`` and ``--deep-flush``: how a pmemcheck log becomes a trace, the same
+    wherever one is read (import, replay; check reads logs the same way)."""
+    p.add_argument("--skip-unregistered", action="store_true",
+                   help="pmemcheck only (an error on other traces): drop records outside every registered file "
+                        "instead of failing (default: off)")
+    p.add_argument("--deep-flush", action="store_true",
+                   help="pmemcheck only (an error on other traces): write the vFHA (and fence) after every fence "
+                        "that closes a flush (default: off)")
+
+
 def add_quiet_option(p: argparse.ArgumentParser, verbose: str | None = None) -> None:
     """``-q/--quiet`` (no report, only errors and requested files) and, where there is more to
     say, ``-v/--verbose``."""
@@ -193,6 +204,7 @@ def platform_of(args: argparse.Namespace) -> str | Platform:
     return args.preset
 
 
-__all__ = ["non_negative_int", "positive_int", "add_platform_options", "add_progress_option", "add_quiet_option",
+__all__ = ["non_negative_int", "positive_int", "add_platform_options", "add_pmemcheck_options",
+           "add_progress_option", "add_quiet_option",
            "progress_bar", "check_output_directory", "check_outputs", "fail", "report_stream", "write_output",
            "format_size", "format_table", "parse_count", "parse_number", "parse_range", "platform_of", "read_nfit"]

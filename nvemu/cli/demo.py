@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .._backend import BACKEND
 from .._version import __version__
@@ -41,9 +41,11 @@ def demo_ops(text: str) -> int:
 
 
 def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: int, seed: int,
-                 dram: int | None = None, nvdimm: int | None = None) -> dict[str, Any]:
+                 dram: int | None = None, nvdimm: int | None = None,
+                 done_ops: Callable[[int], object] | None = None) -> dict[str, Any]:
     """One VM on a fresh ``platform`` (sized as ``replay`` sizes it unless given) running the
-    persist loop under ``strategy``; a row in the vocabulary's names."""
+    persist loop under ``strategy``; a row in the vocabulary's names. ``done_ops(n)`` is called
+    after each chunk of ``n`` ops (a progress bar's ``update``)."""
     if strategy == "native":        # no VM: no second-level page walks
         config = platform.config if isinstance(platform, Platform) else platform
         hv = Hypervisor(config, TimingModel(walk_ref_cycles=0))
@@ -57,13 +59,17 @@ def run_strategy(platform: str | Platform, strategy: str, fanout: str, n_ops: in
         hv.run(chunk)
         seconds += time.perf_counter() - t0
         done += len(chunk)
+        if done_ops is not None:
+            done_ops(len(chunk))
     s = vm.stats()
-    return {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
+    row = {"platform": hv.platform.name, "strategy": strategy, "resolved": vm.strategy, "fanout": fanout,
             "ops": done, **exit_columns(s.exits), "vfha_writes": s["vfha_writes"],
             "fha_writes": s["fha_writes"], "lines_drained": s["lines_drained"], "time_ps": s.time_ps,
             "ns_per_op": s.time_ps / 1000 / max(done, 1), "tlb_hit_rate": s.tlb_hit_rate,
             "seconds": seconds, "mops": done / seconds / 1e6 if seconds else 0.0,
             "dram_bytes": sum(r.size for r in vm.dram), "nvdimm_bytes": nv.size}
+    vm.destroy()              # its memory goes now, not when a garbage collection finds the cycle
+    return row
 
 
 DEMO_COLUMNS = (("label", "strategy", ""), *columns(("ops", "exits_ept_violation", "exits_ept_misconfig",
@@ -78,18 +84,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = platform if isinstance(platform, str) else platform.name
     rows = []
     runs = [(platform, s) for s in args.strategies] + [("no-wpq-flush", "auto"), (platform, "native")]
-    with progress_bar(len(runs), args.progress, "demo", unit="run") as bar:
+    with progress_bar(len(runs) * args.ops, args.progress, "demo", unit="op") as bar:
         for where, strategy in runs:
             other = where is not platform
+            bar.set_postfix_str(strategy, refresh=False)
             row = run_strategy(where, strategy, args.fanout, args.ops, args.seed,
-                               None if other else args.dram, None if other else args.nvdimm)
+                               None if other else args.dram, None if other else args.nvdimm, bar.update)
             row["label"] = strategy if strategy != "auto" else f"auto -> {row['resolved']}"
             if other:
                 row["label"] += " (no-wpq-flush host)"
             if strategy == "native":
                 row["label"] = "native (no VM)"
             rows.append(row)
-            bar.update(1)
     native = rows[-1]["ns_per_op"]
     for r in rows:
         r["overhead_vs_native"] = r["ns_per_op"] / native if native else float("nan")

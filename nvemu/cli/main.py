@@ -17,6 +17,7 @@ import traceback
 from typing import Any, NoReturn, Sequence
 
 from .._backend import BACKEND
+from .._heap import bound_heap
 from .._version import __version__
 from ..errors import NvemuError
 from . import bench, check, demo, nfit, timing, trace
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["nvemu", *(shlex.quote(a) for a in argv)])
     debug = args.debug or os.environ.get("NVEMU_DEBUG") == "1"
+    bound_heap()                               # chunks come and go: keep the heap from fragmenting
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)

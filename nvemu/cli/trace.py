@@ -20,8 +20,9 @@ from ..formats import trace as tr
 from .._constants import PAGE_BYTES
 from ..errors import ConfigError
 from ..machine.flush_hints import FANOUTS, STRATEGIES
-from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
-                     format_table, parse_count, parse_number, platform_of, progress_bar, report_stream, write_output)
+from .common import (add_platform_options, add_pmemcheck_options, add_progress_option, add_quiet_option,
+                     check_outputs, format_size, format_table, parse_count, parse_number, platform_of, progress_bar,
+                     report_stream, write_output)
 from ..tools.prepare import vm_layouts
 from ..tools.replayer import Replayer, ReplayReport, with_native
 from ..guest.workloads import WORKLOADS, iter_generate
@@ -39,12 +40,14 @@ def cmd_gen(args: argparse.Namespace) -> int:
                            footprint=args.footprint, **params)
     n = tr.save_trace(args.output, _progress(chunks, args.ops, args.progress, "gen"))
     footprint = args.footprint or min(lay.nvdimm_size for lay in layouts)
-    print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
-          f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
+    if not args.quiet:
+        print(f"nvemu gen: wrote {n:,} ops of {args.workload} ({args.vms} VM x {args.vcpus} vCPU, footprint "
+              f"{format_size(footprint)}, seed {args.seed}) to {args.output}")
     return 0
 
 
-def _progress(chunks: Iterable[np.ndarray], total: int, enabled: bool | None, desc: str) -> Iterator[np.ndarray]:
+def _progress(chunks: Iterable[np.ndarray], total: int | None, enabled: bool | None, desc: str
+              ) -> Iterator[np.ndarray]:
     """``chunks`` passed through, advancing a tqdm bar by their record counts."""
     with progress_bar(total, enabled, desc, unit="op") as bar:
         for chunk in chunks:
@@ -58,6 +61,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``import FORMAT INPUT -o OUTPUT``: convert a pmemcheck log, text or npy trace to npy or text."""
     check_outputs([args.output], [args.input, args.nfit])
     fmt = tr.detect_format(args.input) if args.format == "auto" else args.format
+    for flag, given in (("--deep-flush", args.deep_flush), ("--skip-unregistered", args.skip_unregistered)):
+        if given and fmt != "pmemcheck":            # as replay and check say it
+            raise ConfigError(f"{flag} applies only to a pmemcheck log, not to this {fmt} trace")
     if fmt == "pmemcheck":
         lay = vm_layouts(platform_of(args), 1, dram=args.dram, nvdimm=args.nvdimm)[0]
         gpa = lay.nvdimm_gpa if args.nvdimm_gpa is None else args.nvdimm_gpa
@@ -73,17 +79,19 @@ def cmd_import(args: argparse.Namespace) -> int:
         records = (chunk for _, chunk in npy.chunks())
         what = "a native trace"
     elif fmt == "text":
-        records = tr.load_text(args.input)
+        records = [tr.load_text(args.input)]                 # read whole: text traces are written by hand
         what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
-    n = tr.save_trace(args.output, records)
+    total = len(npy) if fmt == "npy" else len(records[0]) if fmt == "text" else None    # a log's: at its end
+    n = tr.save_trace(args.output, _progress(records, total, args.progress, "import"))
     if fmt == "pmemcheck":
         imp = stream.info
         files = "; ".join(f"{f.name} at GPA {f.gpa:#x} ({format_size(f.size)})" for f in imp.files) or "no files"
         what = (f"{imp.log_records:,} pmemcheck records ({files}; {len(imp.markers)} markers"
                 + (f"; {imp.skipped} records outside registered files skipped" if imp.skipped else "") + ")")
-    print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
+    if not args.quiet:
+        print(f"nvemu import: {n:,} ops from {what} -> {args.output}")
     return 0
 
 
@@ -143,6 +151,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                    progress=args.progress, **options)
     result = run.run()
     if args.native:
+        for vm in run.vms:          # its figures are taken: free the machine before the native one is built
+            vm.destroy()
         result = with_native(result, args.trace, **options)
     if not args.quiet:
         print(summary_table(result), file=report_stream(args.json, args.csv))
@@ -151,6 +161,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # ---- wiring ---------------------------------------------------------------------------------------
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    """``-o/--output``: the trace a command writes."""
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+
+
+def _finish(p: argparse.ArgumentParser, func: Any, platform_what: str) -> None:
+    """What every trace command takes last: the platform, a progress bar, -q; and its handler."""
+    add_platform_options(p, platform_what)
+    add_progress_option(p)
+    add_quiet_option(p)
+    p.set_defaults(func=func)
+
 
 def add_commands(subparsers: Any) -> None:
     """Add ``gen``, ``import`` and ``replay`` to an argparse subparsers object."""
@@ -164,7 +187,7 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("workload", metavar="WORKLOAD", choices=list(WORKLOADS), help=names)
     gen.add_argument("-n", "--ops", metavar="OPS", type=parse_count, required=True,
                      help="number of records (k/M/G = 10^3/10^6/10^9)")
-    gen.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    _add_output(gen)
     gen.add_argument("--footprint", metavar="SIZE", type=parse_number,
                      help="bytes of each vNVDIMM the workload touches (default: all of it)")
     gen.add_argument("--vms", metavar="N", type=int, default=1, help="VMs (default 1)")
@@ -176,9 +199,7 @@ def add_commands(subparsers: Any) -> None:
     gen.add_argument("--read-fraction", metavar="F", type=float, help="share of loads (random-rw; default 0.5)")
     gen.add_argument("--max-blocks", metavar="N", type=int,
                      help="4 KiB blocks per write, at most (linux-fsync; default 8)")
-    add_platform_options(gen, "the trace is for")
-    add_progress_option(gen)
-    gen.set_defaults(func=cmd_gen)
+    _finish(gen, cmd_gen, "the trace is for")
 
     imp = subparsers.add_parser(
         "import", help="convert a pmemcheck log, text or npy trace",
@@ -188,17 +209,13 @@ def add_commands(subparsers: Any) -> None:
     imp.add_argument("format", metavar="FORMAT", choices=("pmemcheck", "text", "npy", "auto"),
                      help="pmemcheck, text, npy, or auto (recognise by content)")
     imp.add_argument("input", metavar="INPUT", help="the file to convert")
-    imp.add_argument("-o", "--output", metavar="FILE", required=True, help="FILE.npy (or a text trace)")
+    _add_output(imp)
     imp.add_argument("--nvdimm-gpa", metavar="GPA", type=parse_number,
                      help="place pmemcheck files at this guest-physical address (default: the first VM's vNVDIMM)")
     imp.add_argument("--nvdimm-size", metavar="SIZE", type=parse_number,
                      help="... within this many bytes, K/M/G suffixes (default: the vNVDIMM's size)")
-    imp.add_argument("--skip-unregistered", action="store_true",
-                     help="drop pmemcheck stores/flushes outside every registered file instead of failing")
-    imp.add_argument("--deep-flush", action="store_true",
-                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
-    add_platform_options(imp, "to place pmemcheck files on")
-    imp.set_defaults(func=cmd_import)
+    add_pmemcheck_options(imp)
+    _finish(imp, cmd_import, "to place pmemcheck files on")
 
     rep = subparsers.add_parser(
         "replay", help="replay a trace and print a summary",
@@ -216,10 +233,7 @@ def add_commands(subparsers: Any) -> None:
     rep.add_argument("--format", default="auto", choices=("auto", *tr.FORMATS), help="default: by content")
     rep.add_argument("--chunk", metavar="OPS", type=parse_count, default=tr.DEFAULT_CHUNK,
                      help=f"records replayed per chunk (default {tr.DEFAULT_CHUNK:,})")
-    rep.add_argument("--skip-unregistered", action="store_true",
-                     help="pmemcheck: drop records outside every registered file instead of failing")
-    rep.add_argument("--deep-flush", action="store_true",
-                     help="pmemcheck: write the vFHA (and fence) after every fence that closes a flush")
+    add_pmemcheck_options(rep)
     rep.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout, which then "
                      "carries only the JSON; the table goes to stderr) (default: none)")
     rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, which then "
@@ -227,10 +241,7 @@ def add_commands(subparsers: Any) -> None:
     rep.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                      help="replay the trace a second time natively (strategy native, no second-level walks) "
                           "for the native ns per op and the overhead against it (default: on)")
-    add_progress_option(rep)
-    add_quiet_option(rep)
-    add_platform_options(rep, "to create")
-    rep.set_defaults(func=cmd_replay)
+    _finish(rep, cmd_replay, "to create")
 
 
 __all__ = ["add_commands", "cmd_gen", "cmd_import", "cmd_replay", "summary_table"]

@@ -279,7 +279,18 @@ class LinuxFsync(Workload):
         return k - 1, (streams.base[None, :] + first * BLOCK)[..., None]
 
 
-class PmdkTx(Workload):
+class _RecordWorkload(Workload):
+    """A workload whose units each write one record of one of :attr:`SIZES` bytes, drawn uniformly
+    (64, 128, 192 or 256 unless a subclass says otherwise)."""
+
+    SIZES = (64, 128, 192, 256)
+
+    def record_sizes(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Which of :attr:`SIZES` each unit writes (indices)."""
+        return _pick(rng, len(self.SIZES), shape)
+
+
+class PmdkTx(_RecordWorkload):
     name = "pmdk-tx"
     help = "undo-log transaction: read the object, log it + persist, write it + persist, commit + persist"
     unit_ops = 60
@@ -307,17 +318,16 @@ class PmdkTx(Workload):
         slots = log_bytes // self.SLOT
         slot = (state.get("unit", 0) + np.arange(n))[:, None] % slots
         obj = _pick(rng, (streams.size - log_bytes) // 256, shape)
-        variant = 2 * _pick(rng, len(self.SIZES), shape) + self._deep(state, n)[:, None]
+        variant = 2 * self.record_sizes(rng, shape) + self._deep(state, n)[:, None]
         base = streams.base[None, :]
         return variant, np.stack([base + slot * self.SLOT, base + log_bytes + obj * 256], axis=-1)
 
 
-class KvPut(Workload):
+class KvPut(_RecordWorkload):
     name = "kv-put"
     help = "hash-indexed put: read the bucket, write a 64-256 B value + persist, set the bucket + persist"
     unit_ops = 25
     defaults: ClassVar[dict[str, Any]] = {"deep_flush_every": 1}
-    SIZES = (64, 128, 192, 256)
 
     def min_slice(self) -> int:
         return 16 * 1024        # a page of buckets and 48 value slots
@@ -336,7 +346,7 @@ class KvPut(Workload):
         index = max(streams.size // 8 // BLOCK * BLOCK, BLOCK)
         bucket = _pick(rng, index // 8, shape)
         slot = _pick(rng, (streams.size - index) // 256, shape)
-        variant = 2 * _pick(rng, len(self.SIZES), shape) + self._deep(state, n)[:, None]
+        variant = 2 * self.record_sizes(rng, shape) + self._deep(state, n)[:, None]
         base = streams.base[None, :]
         return variant, np.stack([base + bucket * 8, base + index + slot * 256], axis=-1)
 
@@ -367,12 +377,11 @@ class RandomRw(Workload):
         return variant, (streams.vm_base[None, :] + where * 8)[..., None]
 
 
-class SeqLog(Workload):
+class SeqLog(_RecordWorkload):
     name = "seq-log"
     help = "append 64-256 B records to a circular log + persist, then the tail pointer + persist"
     unit_ops = 20
     defaults: ClassVar[dict[str, Any]] = {"deep_flush_every": 16}
-    SIZES = (64, 128, 192, 256)
 
     def builders(self):
         def append(t: TraceWriter, size: int, deep: bool) -> None:
@@ -384,7 +393,7 @@ class SeqLog(Workload):
 
     def units(self, rng, streams, n, state):
         shape = (n, len(streams))
-        pick = _pick(rng, len(self.SIZES), shape)
+        pick = self.record_sizes(rng, shape)
         sizes = np.array(self.SIZES)[pick]
         area = streams.size - LINE_BYTES            # the header line, then the log
         tails = state.setdefault("tail", np.zeros(len(streams), np.int64))
@@ -402,12 +411,11 @@ class SeqLog(Workload):
         return variant, np.stack([base + LINE_BYTES + offset, np.broadcast_to(base, shape)], axis=-1)
 
 
-class FhaReadback(Workload):
+class FhaReadback(_RecordWorkload):
     name = "fha-readback"
     help = "persist a 64-256 B record, then write the flush hint and read it back (a driver that polls its FHA)"
     unit_ops = 14
     defaults: ClassVar[dict[str, Any]] = {"reads": 1}
-    SIZES = (64, 128, 192, 256)
 
     def builders(self):
         def flush_and_poll(t: TraceWriter, size: int, reads: int) -> None:
@@ -424,7 +432,7 @@ class FhaReadback(Workload):
     def units(self, rng, streams, n, state):
         shape = (n, len(streams))
         slot = _pick(rng, streams.size // 256, shape)
-        return _pick(rng, len(self.SIZES), shape), (streams.base[None, :] + slot * 256)[..., None]
+        return self.record_sizes(rng, shape), (streams.base[None, :] + slot * 256)[..., None]
 
 
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (PersistLoop, LinuxFsync, PmdkTx, KvPut, SeqLog,

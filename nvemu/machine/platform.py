@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-import numpy as np
-
 from .. import _backend, _state
 from .._constants import CTRL_STAT_NAMES, DOMAIN_NAMES, PAGE_BYTES
 from .._image import DurableImage
@@ -283,16 +281,14 @@ class Platform:
         ``image.read(hpa, n)``, ``image.ranges()``, ``image[off:off + n]``, ``image.to_array()``.
         With ``adr_failure`` (or for an NVDIMM that is not ``armed``) the WPQ contents and, under
         eADR, the dirty cache lines of the unprotected lines are lost (see :meth:`durable_read`)."""
-        if self._adr_at_risk(adr_failure):
-            state = self.engine.get_state()
-            keep = np.array([self.adr_holds(int(a), adr_failure) for a in state["wpq_line"].tolist()], bool)
-            for k in ("wpq_ctrl", "wpq_line", "wpq_data"):
-                state[k] = state[k][keep] if len(keep) else state[k]
-            held = np.array([self.adr_holds(int(a), adr_failure) for a in state["line_hpa"].tolist()], bool)
-            for k in ("line_hpa", "line_state"):
-                state[k] = state[k][held] if len(held) else state[k]
-            self.engine.set_state(state)
-        return self.engine.power_fail()
+        if not self._adr_at_risk(adr_failure):
+            return self.engine.power_fail()
+        # Only the lines whose fate differs are named (queued ones; under eADR the dirty ones too):
+        # the machine is failed in place, never copied (the image is its one copy of NVDIMM space).
+        at_risk = {hpa for c in range(self.engine.n_controllers) for hpa, _ in self.engine.wpq_entries(c)}
+        if self.domain == "eadr":
+            at_risk.update(self.engine.line_states())
+        return self.engine.power_fail([hpa for hpa in sorted(at_risk) if not self.adr_holds(hpa, adr_failure)])
 
     def discard(self, hpa: int, n: int) -> None:
         """Scrub host range ``[hpa, hpa+n)``: its queued WPQ copies, memory, media and line states

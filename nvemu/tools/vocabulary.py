@@ -55,6 +55,11 @@ class Column:
 
 
 _C = Column
+_EXIT_KINDS = {"ept_violation": ("EPT-violation", "write-protect traps"),
+               "ept_misconfig": ("EPT-misconfiguration", "MMIO emulation"),
+               "vmcall": ("VMCALL", "the flush hypercall")}
+"""What each exit reason is called in the SDM and what it stands for in nvemu (the columns'
+names, headers and reason numbers come from EXIT_NAMES)."""
 COLUMNS: dict[str, Column] = {c.name: c for c in (
     # what ran
     _C("workload", "workload", "", "", "generator name, or the trace file's name"),
@@ -80,11 +85,9 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
     _C("flushes", "flushes", ",d", "records", "CLWB, CLFLUSHOPT and CLFLUSH records"),
     _C("fences", "fences", ",d", "records", "SFENCE and MFENCE records"),
     _C("exits", "exits", ",d", "exits", "VM exits of every reason"),
-    _C("exits_ept_violation", "ept_violation (48)", ",d", "exits",
-       "EPT-violation exits (basic exit reason 48): write-protect traps"),
-    _C("exits_ept_misconfig", "ept_misconfig (49)", ",d", "exits",
-       "EPT-misconfiguration exits (basic exit reason 49): MMIO emulation"),
-    _C("exits_vmcall", "vmcall (18)", ",d", "exits", "VMCALL exits (basic exit reason 18): the flush hypercall"),
+    *(_C(f"exits_{name}", f"{name} ({reason})", ",d", "exits",
+         f"{_EXIT_KINDS[name][0]} exits (basic exit reason {reason}): {_EXIT_KINDS[name][1]}")
+      for reason, name in EXIT_NAMES.items()),
     _C("exits_per_1k_ops", "exits/1k ops", ".2f", "exits per 1,000 records", "exits * 1000 / ops"),
     _C("vfha_writes", "vFHA writes", ",d", "writes", "guest writes to its virtual flush hint address"),
     _C("vfha_reads", "vFHA reads", ",d", "reads", "guest reads of its virtual flush hint address"),
