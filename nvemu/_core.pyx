@@ -40,9 +40,13 @@ cdef extern from *:
     static void nvemu_touch(volatile unsigned char* p, size_t n, size_t step) {
         for (size_t i = 0; i < n; i += step) p[i] = p[i];
     }
+    /* Ask for the cache line at p, to be written soon (a hint: never faults, changes nothing). The empty
+       volatile asm keeps GCC from deeming a caller that only prefetches pure and deleting the call. */
+    static inline void nvemu_prefetch(const void* p) { __builtin_prefetch(p, 1, 3); __asm__ __volatile__("" : : "r"(p)); }
     """
     int MADV_HUGEPAGE_ "MADV_HUGEPAGE"
     void nvemu_touch(uint8_t* p, size_t n, size_t step) noexcept nogil
+    void nvemu_prefetch(const void* p) noexcept nogil
 
 CAPI_VERSION = NVEMU_CAPI_VERSION
 STAT_COUNT = ST_COUNT
@@ -63,6 +67,7 @@ cdef enum:
     META_PER_LEAF = 2 << 24          # bytes of line words (uint16 per 64-byte line) of a leaf
     LINE_STATE_MASK = 3              # a line word: queued copies << 2 | line_state_t
     ONE_COPY = 4
+    PREFETCH_AHEAD = 16              # records: how far ahead the replay loop asks for host memory
 
 cdef uint64_t ADDR_MASK = 0x000FFFFFFFFFF000ULL
 cdef uint64_t NO_VPN = 0xFFFFFFFFFFFFFFFFULL
@@ -115,6 +120,61 @@ cdef inline void store_le(uint8_t* p, uint64_t v, uint32_t size) noexcept nogil:
         memcpy(p, &v, 2)
     else:
         p[0] = <uint8_t>v
+
+
+cdef inline void _prefetch(Engine e, const trace_rec_t* r, bint table_only) noexcept nogil:
+    """Ask the CPU for what a later record will touch, so its cache misses overlap the records
+    before it (a replay knows its future, and the loop is bound by misses on random lines): with
+    ``table_only`` the EPT leaf entry a walk will read, else the host memory and line word, found
+    through the TLB or the page tables and the chunk directory. A read-only peek: nothing is counted,
+    allocated or changed (no accessed bits), and a record that would exit or be refused is skipped."""
+    cdef vm_t* vm
+    cdef uint64_t vpn = r.gpa >> 12, ts, hpa, t, x, idx, s
+    cdef chunk_t* ck
+    cdef chunk_t* leaf
+    cdef int level
+    if r.op >= OP_SFENCE or r.vm >= e.max_vms or r.gpa >= GPA_LIMIT:
+        return
+    vm = &e.vms[r.vm]
+    if not vm.running or r.vcpu >= vm.nvcpus:
+        return
+    ts = <uint64_t>r.vcpu * vm.tlb_entries + (vpn & (vm.tlb_entries - 1))
+    if vm.tlb_vpn[ts] == vpn:
+        if table_only:
+            return
+        hpa = vm.tlb_hpa[ts]
+        ck = vm.tlb_chunk[ts]
+    else:
+        t = vm.root
+        for level in range(4, 0, -1):
+            s = t * ENTRIES + ((r.gpa >> (12 + 9 * (level - 1))) & 511)
+            if table_only and level == 1:
+                nvemu_prefetch(&e.ept[s])
+                return
+            x = e.ept[s]
+            if not (x & E_RWX) or (x & 3) == E_W:
+                return
+            if level == 1 or (x & E_LARGE):
+                break
+            t = (x & ADDR_MASK) >> 12
+        if table_only:
+            return
+        hpa = x & ADDR_MASK & ~((1ULL << (12 + 9 * (level - 1))) - 1)
+        hpa |= r.gpa & ((1ULL << (12 + 9 * (level - 1))) - 1) & ~(<uint64_t>0xFFF)
+        idx = _index(e, hpa)
+        if (idx >> LEAF_SHIFT) >= e.dir_len:
+            return
+        leaf = e.dir[idx >> LEAF_SHIFT]
+        if leaf == NULL:
+            return
+        ck = &leaf[(idx & ((1ULL << LEAF_SHIFT) - 1)) >> e.chunk_shift]
+    if ck.mem == NULL:
+        return
+    hpa |= r.gpa & 0xFFF
+    idx = (hpa - e.pmem_base if hpa >= e.pmem_base else hpa) & e.chunk_mask
+    nvemu_prefetch(ck.mem + idx)
+    if ck.lines != NULL:
+        nvemu_prefetch(&ck.lines[idx >> 6])
 
 
 def _trace_bytes(ops):
@@ -617,8 +677,12 @@ cdef class Engine:
         self.cstats[c * CT_COUNT + CT_DRAINED] += 1
 
     cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil:
-        cdef uint64_t n = 0
+        cdef uint64_t n = 0, line
         while self.wlen[c]:
+            if self.wlen[c] > PREFETCH_AHEAD:      # the media line of a later entry, so its miss overlaps
+                line = self.wline[<uint64_t>c * self.wpq_depth + (self.whead[c] + PREFETCH_AHEAD) % self.wpq_depth]
+                nvemu_prefetch(self.chunk_at(self.pmem_index + (line << 6), False).med +
+                               ((line << 6) & self.chunk_mask))
             self.drain_one(c)
             n += 1
         return n
@@ -751,7 +815,18 @@ cdef class Engine:
         cdef uint64_t chunk_mask = self.chunk_mask
         cdef uint64_t t_op = self.tm.op
         cdef uint32_t max_vms = self.max_vms
+        cdef uint64_t pf_line = NO_VPN, pf_table = NO_VPN
         for i in range(start, n):
+            if i + 2 * PREFETCH_AHEAD < n:       # page tables first, host memory later, once per line
+                r = &ops[i + 2 * PREFETCH_AHEAD]
+                if (r.gpa >> 6) != pf_table:
+                    pf_table = r.gpa >> 6
+                    _prefetch(self, r, True)
+            if i + PREFETCH_AHEAD < n:
+                r = &ops[i + PREFETCH_AHEAD]
+                if (r.gpa >> 6) != pf_line:
+                    pf_line = r.gpa >> 6
+                    _prefetch(self, r, False)
             r = &ops[i]
             op = r.op
             if r.vm >= max_vms or not self.vms[r.vm].running:

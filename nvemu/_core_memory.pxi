@@ -213,7 +213,7 @@ cdef _load_state(Engine self, dict s, list vms):
         self.chunk_at(idx, False).lines[(idx & self.chunk_mask) >> 6] += ONE_COPY
     self._ctrl_stats[:] = s["ctrl_stats"]
     self._ctrl_busy[:] = s["ctrl_busy"]
-    self._pool[:] = 0
+    self._pool[:<uint64_t>self.next_table * ENTRIES] = 0      # tables past the high-water mark are zero
     pool = self._pool.reshape(-1, ENTRIES)
     for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
         pool[t] = row
