@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -276,3 +277,21 @@ def test_no_test_names_an_engine_by_hand():
             if isinstance(node, ast.Constant) and node.value in ("core", "reference"):
                 named.append(f"{path.name}:{node.lineno}")
     assert named == [], f"use the backend fixture, conftest.ENGINES or DEFAULT_BACKEND: {named}"
+
+
+def test_import_nvemu_loads_the_tools_only_when_asked():
+    """``import nvemu`` (a machine and guest operations: the README's quick start) does not load the
+    replay tools, trace formats or snapshots; their names on the package load them on first use."""
+    code = ("import sys, nvemu\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('nvemu.tools', 'nvemu.formats', 'nvemu.guest',"
+            " 'nvemu.machine.snapshot'))))\n"
+            "from nvemu.tools.replayer import replay, Replayer, ReplayReport\n"
+            "from nvemu.machine.snapshot import save_snapshot, restore_snapshot\n"
+            "print(nvemu.replay is replay and nvemu.Replayer is Replayer and nvemu.ReplayReport is ReplayReport"
+            " and nvemu.save_snapshot is save_snapshot and nvemu.restore_snapshot is restore_snapshot)\n"
+            "print(all(hasattr(nvemu, n) for n in nvemu.__all__), set(nvemu.__all__) <= set(dir(nvemu)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == ["[]", "True", "True True"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import nvemu
+        nvemu.nope  # noqa: B018
