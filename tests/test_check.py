@@ -113,6 +113,37 @@ def test_drop_on_domain_none_loses_exactly_the_stores_worked_out_by_hand():
     assert vm.stats().exits[48] == 3 and vm.stats()["lines_drained"] == 0     # trapped, drained nothing
 
 
+def test_a_lost_store_of_zeros_is_reported():
+    """Media starts as zeros, so a value comparison never sees a lost store of zeros: provenance
+    does. The store completes at 4 (write-back, fence, vFHA write, fence) and drop drains nothing."""
+    hv, vm = machine("none", "drop")
+    g, f = vm.nvdimms[0].gpa, vm.vfha_gpa
+    result = check(hv, trace((S, 0, 0, 8, g, 0), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),
+                             (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0)))
+    assert result.completed_stores == 1 and pairs(result) == [(0, 4)]
+    v = result.violations[0]
+    assert (v.expected, v.found, v.lost, v.completed) == (bytes(8), bytes(8), 0xFF, 4)
+
+
+def test_a_lost_store_of_the_value_media_already_holds_is_reported():
+    """With a one-entry WPQ, store 5's write-back (op 6) pushes store 0's copy to media: media
+    then holds X, which store 5 writes again. Store 0 is lost at 4 only; store 5 completes at 9
+    and is lost there although the durable bytes equal its value (its own copy never drained)."""
+    hv, vm = machine("none", "drop", wpq_depth=1)
+    g, f = vm.nvdimms[0].gpa, vm.vfha_gpa
+    X = 0x5A5A5A5A5A5A5A5A
+    ops = trace((S, 0, 0, 8, g, X), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),     # 0-2
+                (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0),                             # 3-4  store 0 done
+                (S, 0, 0, 8, g, X), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),     # 5-7  op 6 drains store 0
+                (S, 0, 0, 8, f, 1), (SF, 0, 0, 0, 0, 0))                             # 8-9  store 5 done
+    result = check(hv, ops)
+    assert result.points == [2, 3, 4, 7, 8, 9] and result.completed_stores == 2
+    assert pairs(result) == [(0, 4), (5, 9)]
+    v = result.violations[-1]
+    assert (v.store, v.expected, v.found, v.completed) == (5, X.to_bytes(8, "little"), X.to_bytes(8, "little"), 9)
+    assert hv.platform.controller_stats()[hv.platform.controller_of(vm.nvdimms[0].hpa)]["drained_full"] == 1
+
+
 @pytest.mark.parametrize("domain", ["adr", "eadr"])
 def test_drop_loses_nothing_where_the_wpq_is_in_the_persistence_domain(domain):
     hv, vm = machine(domain, "drop")
@@ -234,19 +265,39 @@ def test_a_guest_that_skips_its_flush_relies_on_eadr():
 
 
 def test_whose_fence_completes_a_store():
-    """vCPU 1 stores, vCPU 0 flushes and fences: complete only with fence_scope="vm"."""
-    def g_ops(vm):
+    """A write-back is ordered by a fence of the vCPU that *issued* it, not of the storing vCPU: the
+    Intel SDM (Vol. 2A, CLWB; likewise CLFLUSHOPT) says CLWB "is ordered with respect to ... fencing
+    instructions executed by the same logical processor" and not otherwise. (Issue 16 item 2.)"""
+    def ops(vm, store_cpu, clwb_cpu, fence_cpu):
         g = vm.nvdimms[0].gpa
-        return trace((S, 1, 0, 8, g, 3), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0), (S, 0, 0, 8, vm.vfha_gpa, 1),
-                     (SF, 0, 0, 0, 0, 0))
+        return trace((S, store_cpu, 0, 8, g, 3), (CLWB, clwb_cpu, 0, 0, g, 0), (SF, fence_cpu, 0, 0, 0, 0),
+                     (S, fence_cpu, 0, 8, vm.vfha_gpa, 1), (SF, fence_cpu, 0, 0, 0, 0))
+    # vCPU 1 stores, vCPU 0 writes the line back and fences: complete (and lost by drop at the last fence)
     hv, vm = machine("none", "drop", vcpus=2)
-    result = check(hv, g_ops(vm))
-    assert result.ok and result.completed_stores == 0
-    hv, vm = machine("none", "drop", vcpus=2)
-    result = check(hv, g_ops(vm), fence_scope="vm")
-    assert pairs(result) == [(0, 4)]
+    result = check(hv, ops(vm, 1, 0, 0))
+    assert result.completed_stores == 1 and pairs(result) == [(0, 4)]
     hv, vm = machine("none", "write-protect", vcpus=2)
-    assert check(hv, g_ops(vm), fence_scope="vm").ok
+    assert check(hv, ops(vm, 1, 0, 0)).ok
+    # vCPU 0 stores, vCPU 1 writes back, only vCPU 0 fences: the write-back is never ordered
+    hv, vm = machine("none", "drop", vcpus=2)
+    result = check(hv, ops(vm, 0, 1, 0))
+    assert result.ok and result.completed_stores == 0
+    # ... unless any vCPU's fence counts
+    hv, vm = machine("none", "drop", vcpus=2)
+    assert pairs(check(hv, ops(vm, 0, 1, 0), fence_scope="vm")) == [(0, 4)]
+
+
+def test_a_vfha_write_overtaking_another_vcpus_write_back_is_its_issuers_business():
+    """vCPU 1 writes back a store and fences it after vCPU 0's vFHA write: vCPU 0 issued no
+    unfenced write-back, so that vFHA write is no ordering violation; vCPU 1 writing the vFHA
+    before its own fence is one."""
+    hv, vm = machine("none", "write-protect", vcpus=2)
+    g = vm.nvdimms[0].gpa
+    clean = trace((S, 0, 0, 8, g, 3), (CLWB, 1, 0, 0, g, 0), (S, 0, 0, 8, vm.vfha_gpa, 1), (SF, 1, 0, 0, 0, 0))
+    assert pairs(check(hv, clean), "unfenced") == []
+    hv, vm = machine("none", "write-protect", vcpus=2)
+    bad = trace((S, 0, 0, 8, g, 3), (CLWB, 1, 0, 0, g, 0), (S, 1, 0, 8, vm.vfha_gpa, 1), (SF, 1, 0, 0, 0, 0))
+    assert pairs(check(hv, bad), "unfenced") == [(0, 2)]
 
 
 # ---- crash points, incremental probing, engines, real power failures ---------------------------------
@@ -404,3 +455,89 @@ def test_cli_errors(tmp_path, capsys):
     assert "line 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["check", str(bad), "--points", "0"])
+
+
+# ---- no vacuous pass (issue 14 item 4) ------------------------------------------------------------------
+
+def test_a_pmemcheck_log_without_vfha_writes_on_domain_none_is_a_vacuous_pass(capsys):
+    """A pmemcheck log names no vFHA write, so on a domain-none host (deep protocol) no store can
+    complete: the report says so and why, and --strict makes it exit 3."""
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--strategy", "drop"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "0 of 4 stores to a vNVDIMM completed" in text and "WARNING   only 0 of 4" in text
+    assert "--deep-flush" in text and "see WARNING" in text
+    assert main([*args, "--strict"]) == 3
+    assert main([*args, "--strict", "--deep-flush"]) == 1          # now the stores complete: and are lost
+    capsys.readouterr()
+    assert main([*args[:-2], "--strategy", "write-protect", "--strict", "--deep-flush"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def test_the_vacuous_report_names_the_missing_step():
+    """Never fenced; fenced but never written back; fewer than half completed."""
+    hv, vm = machine("adr")
+    g = vm.nvdimms[0].gpa
+    result = check(hv, trace((S, 0, 0, 8, g, 1), (CLWB, 0, 0, 0, g, 0), (LD, 0, 0, 8, g, 0)))
+    assert result.vacuous and result.stores == 1 and "never fences" in result.vacuous_reason()
+    hv, vm = machine("adr")
+    result = check(hv, trace((S, 0, 0, 8, g, 1), (SF, 0, 0, 0, 0, 0)))
+    assert result.vacuous and "never writes a vNVDIMM line back" in result.vacuous_reason()
+    assert result.as_dict()["vacuous"] is True and result.as_dict()["stores"] == 1
+    hv, vm = machine("adr")
+    ops = trace((S, 0, 0, 8, g, 1), (CLWB, 0, 0, 0, g, 0), (SF, 0, 0, 0, 0, 0),
+                (S, 0, 0, 8, g + 64, 2), (S, 0, 0, 8, g + 128, 3), (SF, 0, 0, 0, 0, 0))
+    result = check(hv, ops)
+    assert result.completed_stores == 1 and result.stores == 3 and result.vacuous and result.ok
+    assert "most stores are not written back and fenced" in result.vacuous_reason()
+    hv, vm = machine("adr")
+    result = check(hv, ops[:3])
+    assert not result.vacuous and result.vacuous_reason() == "" and "WARNING" not in result.report()
+
+
+@pytest.mark.parametrize("flags", [["--deep-flush"], ["--skip-unregistered"], ["--deep-flush", "--skip-unregistered"]])
+@pytest.mark.parametrize("name", ["basic.npy", "basic.txt"])
+def test_pmemcheck_flags_on_another_trace_are_an_error(name, flags, capsys):
+    assert main(["check", str(DATA / name), "--preset", "small", "--nvdimm", "2M", "--dram", "1M", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only to a pmemcheck log" in err and flags[0] in err
+    with pytest.raises(ConfigError, match="only to a pmemcheck log, not to an array"):
+        check_trace(np.load(DATA / "basic.npy"), platform="small", deep_flush=True)
+
+
+# ---- progress bar and JSON Lines (issue 14 item 5) ----------------------------------------------------------
+
+def test_jsonl_streams_each_violation_then_a_summary(tmp_path, capsys):
+    out, whole = tmp_path / "v.jsonl", tmp_path / "r.json"
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--strategy", "drop",
+            "--deep-flush", "--no-progress"]
+    assert main([*args, "--jsonl", str(out), "--json", str(whole)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in rows] == ["violation"] * 4 + ["summary"]
+    assert [(r["store"], r["point"]) for r in rows[:4]] == [(1, 10), (2, 10), (3, 10), (4, 10)]
+    doc = json.loads(whole.read_text())
+    assert rows[-1]["violations"] == 4 and rows[-1]["ok"] is False and "violations" in doc
+    assert sorted(json.dumps(r["store"]) for r in rows[:4]) == sorted(json.dumps(v["store"]) for v in doc["violations"])
+    capsys.readouterr()
+    assert main([*args, "--jsonl", "-"]) == 1                 # stdout: only the JSON lines
+    text = capsys.readouterr()
+    assert all(json.loads(line) for line in text.out.splitlines()) and "nvemu check:" in text.err
+    assert main([*args, "--json", "-"]) == 1                  # one JSON object, nothing else
+    assert json.loads(capsys.readouterr().out)["lost_stores"] == [1, 2, 3, 4]
+    assert main([*args, "--json", "-", "--jsonl", "-"]) == 2
+
+
+def test_progress_bar_on_request(capsys):
+    args = ["check", str(DATA / "two_files.log"), "--preset", "small", "--domain", "none", "--deep-flush", "-q"]
+    assert main([*args, "--progress"]) == 0
+    assert "check: 100%" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_check_streams_violations_and_progress_from_python():
+    seen, done = [], []
+    hv, vm = machine("none", "drop")
+    result = check(hv, hand_trace(vm), on_violation=seen.append, progress=lambda n, total: done.append((n, total)))
+    assert sorted(seen, key=lambda v: (v.point, v.store)) == result.violations
+    assert sum(n for n, _ in done) == 18 and {t for _, t in done} == {18}

@@ -208,12 +208,52 @@ def test_gen_then_replay_prints_the_summary_and_writes_json_and_csv(tmp_path, ca
     assert int(rows[0]["exits_ept_misconfig"]) + int(rows[1]["exits_ept_misconfig"]) == \
         int(rows[2]["exits_ept_misconfig"])
     assert doc["exits"]["ept_misconfig"]["reason"] == 49
+    assert "native ns/op" in out.out and "vs native" in out.out
+    assert doc["overhead_vs_native"] == pytest.approx(doc["ns_per_op"] / doc["native_ns_per_op"])
+    assert doc["overhead_vs_native"] > 1                     # every vFHA write exits under mmio
+    for vm in doc["per_vm"]:
+        assert vm["overhead_vs_native"] == pytest.approx(vm["ns_per_op"] / vm["native_ns_per_op"])
+    assert float(rows[2]["overhead_vs_native"]) == pytest.approx(doc["overhead_vs_native"])
+
+    assert main(["replay", str(npy), "--preset", "small", "--no-native", "--json", str(tmp_path / "n.json"),
+                 "--no-progress"]) == 0
+    assert "vs native" not in capsys.readouterr().out
+    doc = json.loads((tmp_path / "n.json").read_text())
+    assert doc["native_ns_per_op"] is None and doc["overhead_vs_native"] is None
+
+
+def test_the_native_baseline_is_the_trace_run_natively_without_second_level_walks(backend):
+    from nvemu import TimingModel
+    from nvemu.machine.platform import Platform
+    trace = generate("kv-put", 4000, LAYOUT, seed=2)
+    r = replay(trace, native=True, platform=Platform("small", backend=backend), strategy="write-protect",
+               dram=4 << 20, nvdimm=2 << 20)
+    assert r.hypervisor.platform.backend == backend
+    bare = replay(trace, platform=Platform("small", TimingModel(walk_ref_cycles=0), backend=backend),
+                  strategy="native", dram=4 << 20, nvdimm=2 << 20)
+    assert r.native_ns_per_op == bare.ns_per_op and bare.exits == {k: 0 for k in bare.exits}
+    assert r.overhead_vs_native == r.ns_per_op / bare.ns_per_op > 1
 
 
 def test_json_to_stdout_replaces_the_table(capsys):
     assert main(["replay", str(DATA / "basic.txt"), "--preset", "small", "--nvdimm", "2M", "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ops"] == 13 and doc["vms"] == 2 and doc["format"] == "text"
+
+
+def test_auto_strategy_is_reported_per_vm_on_a_host_with_hints_on_one_socket(tmp_path, capsys):
+    """Issue 16 item 1: on hints-socket0 the VM backed by socket 0's set is write-protected, the one
+    on socket 1's set (no hints: Linux nvdimm_has_flush) keeps a writable vFHA; the report says which."""
+    trace = tmp_path / "two.npy"
+    assert main(["gen", "persist-loop", "-n", "4000", "--vms", "2", "-o", str(trace), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--preset", "hints-socket0", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["vm"], r["strategy"]) for r in doc["per_vm"]] == [(0, "write-protect"), (1, "writable")]
+    assert doc["per_vm"][0]["fha_writes"] > 0 and doc["per_vm"][1]["fha_writes"] == 0
+    assert main(["replay", str(trace), "--preset", "hints-socket0"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("strategy"))
+    assert row.split() == ["strategy", "write-protect", "writable"]
 
 
 def test_import_converts_every_format_both_ways(tmp_path, capsys):

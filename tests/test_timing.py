@@ -4,13 +4,18 @@ controller, exit costs by path, and time kept apart from durability."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 
 from nvemu import ConfigError, GuestFault, Hypervisor, TimingModel
 from nvemu._constants import STAT, TIME_STATS, TIMING_FIELDS, LineState
+from nvemu.cli.main import main
 from nvemu.machine.config import TIMING_SOURCES
+from nvemu.tools.membench import JSON_KEYS, PATTERNS, STORE_PATTERNS, run_timing, write_limit
 
-from conftest import small_vm, tiny_platform
+from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
 
 
 def setup(backend, depth=8, strategy="write-protect", vcpus=1, domain="adr", **timing):
@@ -171,3 +176,97 @@ def test_the_old_cost_model_converts():
 def test_bad_timing_is_refused(bad):
     with pytest.raises(ConfigError):
         TimingModel.from_dict(bad)
+
+
+# ---- nvemu timing: the Optane studies' microbenchmarks through the engine (issue 13, item 4) ----
+
+PUBLISHED_64B = {       # Yang et al., FAST 2020, Fig. 2 and the 64 B persist with one fence
+    ("load-seq", None): 169.4, ("load-rand", None): 305.0, ("store-clwb", None): 116.4, ("ntstore", None): 124.7,
+    ("store-clwb", 64): 62.3, ("ntstore", 64): 90.4,
+}
+
+
+@pytest.mark.parametrize("pattern, interval", list(PUBLISHED_64B))
+def test_64_byte_runs_reproduce_the_figures_the_model_is_calibrated_on(backend, pattern, interval):
+    r = run_timing(pattern, 64, interval, backend=backend, timing=TimingModel(walk_ref_cycles=0))
+    assert r.ns == pytest.approx(PUBLISHED_64B[pattern, interval], abs=0.01)
+    assert r.gb_per_s == pytest.approx(64 / r.ns, rel=1e-3)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_a_larger_size_takes_longer(backend, pattern):
+    ns = [run_timing(pattern, n, preset="default", backend=backend).ns for n in (64, 512, 4096)]
+    assert ns == sorted(ns) and ns[-1] > 2 * ns[0]
+    if pattern.startswith("load"):                # loads run one at a time: strictly more per line
+        assert all(b > a for a, b in zip(ns, ns[1:]))
+
+
+@needs_compiled("two engines compared")
+def test_the_engines_agree_on_every_pattern():
+    for pattern in PATTERNS:
+        runs = [run_timing(pattern, 256, preset="default", backend=b) for b in ENGINES]
+        assert runs[0] == runs[1]
+    runs = [run_timing("ntstore", 64, 1024, preset="default", backend=b) for b in ENGINES]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("pattern", STORE_PATTERNS)
+def test_bandwidth_grows_with_the_fence_interval_and_saturates_at_the_media_limit(backend, pattern):
+    """One NVDIMM: the stream reaches its media write bandwidth and no more (the WPQ holds at most
+    wpq_depth lines the final fence does not wait to drain)."""
+    bw = [run_timing(pattern, 64, m, preset="single", backend=backend).gb_per_s for m in (64, 4096, 65536)]
+    assert bw == sorted(bw) and bw[0] < bw[-1] / 2
+    limit = write_limit("single")
+    assert limit == TimingModel().media_write_gbps
+    assert 0.9 * limit <= bw[-1] <= limit * 1.05
+
+
+def test_an_interleave_set_writes_faster_than_one_dimm_and_no_faster_than_all_of_them(backend):
+    one = run_timing("ntstore", 4096, 65536, preset="single", backend=backend).gb_per_s
+    set4 = run_timing("ntstore", 4096, 65536, preset="cross-socket", backend=backend)
+    assert one < set4.gb_per_s <= 1.05 * set4.write_limit_gb_per_s
+    assert set4.write_limit_gb_per_s == 4 * TimingModel().media_write_gbps
+
+
+def test_a_slower_media_lowers_the_saturated_bandwidth_not_the_64_byte_latency(backend):
+    slow = TimingModel(walk_ref_cycles=0, media_write_gbps=1.0)
+    assert run_timing("store-clwb", 64, backend=backend, timing=slow).ns == pytest.approx(116.4, abs=0.01)
+    fast = run_timing("store-clwb", 64, 65536, preset="single", backend=backend).gb_per_s
+    assert run_timing("store-clwb", 64, 65536, preset="single", backend=backend,
+                      timing=slow).gb_per_s < 0.5 * fast
+
+
+def test_timing_json_has_exactly_the_documented_keys(tmp_path, capsys):
+    assert main(["timing", "store-clwb", "--size", "1K", "--json", "-"]) == 0
+    out = capsys.readouterr()
+    doc = json.loads(out.out)                                   # stdout: only the JSON
+    assert tuple(doc) == JSON_KEYS == ("pattern", "size", "fence_interval", "preset", "ns", "gb_per_s")
+    assert doc["pattern"] == "store-clwb" and doc["size"] == 1024 and doc["fence_interval"] is None
+    assert doc["preset"] == "optane-3t" and doc["ns"] > 0 and doc["gb_per_s"] == pytest.approx(1024 / doc["ns"],
+                                                                                             rel=1e-3)
+    assert "latency" in out.err                                 # the report went to stderr
+    path = tmp_path / "t.json"
+    assert main(["timing", "ntstore", "--fence-interval", "4K", "--preset", "default", "--json", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    assert (doc["pattern"], doc["size"], doc["fence_interval"], doc["preset"]) == ("ntstore", 64, 4096, "default")
+    assert "GB/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["load-seq", "--fence-interval", "64"], "no fences"),
+    (["ntstore", "--size", "100"], "multiple of 64"),
+    (["ntstore", "--size", "0"], "multiple of 64"),
+    (["store-clwb", "--size", "8M"], "4 MiB"),
+    (["store-clwb", "--fence-interval", "32"], "multiple of 64"),
+    (["store-clwb", "--size", "4M", "--preset", "small"], "do not fit"),
+    (["store-load"], "invalid choice"),
+    (["ntstore", "--preset", "nope"], "invalid choice"),
+    (["ntstore", "--size", "lots"], "not a number"),
+])
+def test_bad_timing_requests_are_one_line_errors(capsys, argv, words, tmp_path):
+    refused_by_argparse = words in ("invalid choice", "not a number")
+    with pytest.raises(SystemExit) if refused_by_argparse else contextlib.nullcontext():
+        assert main(["timing", *argv, "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Sequence
 from .._backend import BACKEND
 from .._version import __version__
 from ..errors import NvemuError
-from . import bench, check, demo, nfit, trace
+from . import bench, check, demo, nfit, timing, trace
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_commands(sub)
     bench.add_commands(sub)
     check.add_commands(sub)
+    timing.add_commands(sub)
     for command in sub.choices.values():          # --debug also after the command's name
         _add_debug(command)
     return parser

@@ -23,7 +23,7 @@ from ..machine.flush_hints import FANOUTS, STRATEGIES
 from .common import (add_platform_options, add_progress_option, add_quiet_option, check_outputs, format_size,
                      format_table, parse_count, parse_number, platform_of, progress_bar, report_stream, write_output)
 from ..tools.prepare import vm_layouts
-from ..tools.replayer import Replayer, ReplayReport
+from ..tools.replayer import Replayer, ReplayReport, with_native
 from ..guest.workloads import WORKLOADS, iter_generate
 from ..tools.vocabulary import COLUMNS, exit_columns
 
@@ -91,7 +91,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 _ROWS: tuple[tuple[str, str], ...] = tuple((COLUMNS[k].header, k) for k in (
     "exits_ept_violation", "exits_ept_misconfig", "exits_vmcall", "flushes", "fences", "vfha_writes", "fha_writes",
-    "lines_drained", "ns_per_op", "tlb_hit_rate"))
+    "lines_drained", "ns_per_op", "native_ns_per_op", "overhead_vs_native", "tlb_hit_rate"))
 
 
 def summary_table(result: ReplayReport) -> str:
@@ -102,8 +102,12 @@ def summary_table(result: ReplayReport) -> str:
     rows = [{"metric": "ops", **{c: f"{r['ops']:,}" for c, r in cols}},
             {"metric": "seconds (replay loop)", **{c: "" for c, _ in cols}, "total": f"{result.seconds:.3f}"},
             {"metric": "Mops/s", **{c: "" for c, _ in cols}, "total": f"{result.mops:.2f}"}]
+    if result.vms > 1:      # auto decides per VM (by the NVDIMMs backing it)
+        rows.insert(1, {"metric": "strategy", **{c: r.get("strategy", "") for c, r in cols[:-1]}, "total": ""})
     for label, key in _ROWS:
         fmt = COLUMNS[key].fmt
+        if key in ("native_ns_per_op", "overhead_vs_native") and result.native_ns_per_op is None:
+            continue                                # --no-native
         rows.append({"metric": label, **{c: format(exit_columns(r["exits"]).get(key, r.get(key)), fmt)
                                          for c, r in cols}})
     table = format_table(rows, [("metric", "", "")] + [(c, c, "") for c, _ in cols])
@@ -132,12 +136,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json == "-" and args.csv == "-":
         raise ConfigError("--json - and --csv - would both write to stdout; give one of them a file")
     check_outputs([args.json, args.csv], [args.trace, args.nfit])
-    run = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, fanout=args.fanout,
-                   vms=args.vms, vcpus=args.vcpus, dram=args.dram, nvdimm=args.nvdimm,
-                   chunk_ops=args.chunk, format=None if args.format == "auto" else args.format,
-                   unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
-                   progress=args.progress)
+    options = dict(fanout=args.fanout, dram=args.dram, nvdimm=args.nvdimm, chunk_ops=args.chunk,
+                   format=None if args.format == "auto" else args.format,
+                   unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush)
+    run = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, vms=args.vms, vcpus=args.vcpus,
+                   progress=args.progress, **options)
     result = run.run()
+    if args.native:
+        result = with_native(result, args.trace, **options)
     if not args.quiet:
         print(summary_table(result), file=report_stream(args.json, args.csv))
     _write_outputs(result, args.json, args.csv)
@@ -198,7 +204,8 @@ def add_commands(subparsers: Any) -> None:
         "replay", help="replay a trace and print a summary",
         description="Replay a trace (.npy streamed from disk, a text trace or a pmemcheck log, recognised by "
                     "content) on a platform with as many VMs and vCPUs as the trace names, and print ops, "
-                    "Mops/s, exits by reason, flushes, lines drained, emulated ns per op and the TLB hit rate.")
+                    "Mops/s, exits by reason, flushes, lines drained, emulated ns per op (and against the same "
+                    "trace run natively) and the TLB hit rate.")
     rep.add_argument("trace", metavar="TRACE", help="a .npy, text or pmemcheck trace (recognised by content)")
     rep.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
                      help="how the vFHA is virtualised (default auto: write-protect a VM whose vNVDIMMs sit in "
@@ -217,6 +224,9 @@ def add_commands(subparsers: Any) -> None:
                      "carries only the JSON; the table goes to stderr) (default: none)")
     rep.add_argument("--csv", metavar="FILE", help="write per-VM and total rows as CSV ('-': stdout, which then "
                      "carries only the CSV) (default: none)")
+    rep.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                     help="replay the trace a second time natively (strategy native, no second-level walks) "
+                          "for the native ns per op and the overhead against it (default: on)")
     add_progress_option(rep)
     add_quiet_option(rep)
     add_platform_options(rep, "to create")

@@ -15,6 +15,11 @@ PROTOCOL_TEXT = {
 }
 
 
+COMPLETED_SHARE = 0.5
+"""A check in which fewer than this share of the stores to a vNVDIMM completed their protocol
+(or none did) checked little: the report says so, and ``nvemu check --strict`` fails it."""
+
+
 @dataclass(frozen=True)
 class Violation:
     """A completed store that a power failure would lose at every checked crash point from
@@ -91,11 +96,43 @@ class CheckResult:
     verified: list[int] = field(default_factory=list)          # points compared with a real power failure
     verify_mismatches: list[tuple[int, int]] = field(default_factory=list)  # (point, first differing HPA)
     adr_failure: bool = False                   # the power failure also loses the WPQs
+    trace_counts: dict[str, int] = field(default_factory=dict)  # check_model.COUNTS: what the trace did
 
     @property
     def ok(self) -> bool:
         """True when no completed store was lost and every verified point agreed."""
         return not self.violations and not self.verify_mismatches
+
+    @property
+    def stores(self) -> int:
+        """Stores (STORE, NT_STORE) to a vNVDIMM in the trace: the stores there are to check."""
+        return self.trace_counts.get("stores", 0)
+
+    @property
+    def vacuous(self) -> bool:
+        """True when no store completed its protocol, or fewer than :data:`COMPLETED_SHARE` of the
+        stores to a vNVDIMM did: then an OK checked little."""
+        return self.completed_stores == 0 or self.completed_stores < COMPLETED_SHARE * self.stores
+
+    def vacuous_reason(self) -> str:
+        """Why so few stores completed, as far as the trace's counts tell ('' when not vacuous)."""
+        if not self.vacuous:
+            return ""
+        c = self.trace_counts
+        if not self.stores:
+            return "the trace makes no store to a vNVDIMM, so there is nothing to check"
+        if not c.get("fences"):
+            return "the trace never fences (SFENCE/MFENCE), and no store completes without a fence"
+        if self.protocol != "fence" and not c.get("write_backs") and not c.get("nt_stores"):
+            return "the trace never writes a vNVDIMM line back (CLWB, CLFLUSHOPT, CLFLUSH) nor uses NT stores"
+        if self.protocol == "deep" and not c.get("vfha_writes"):
+            why = "an ADR failure" if self.adr_failure else "a domain-none host"
+            return (f"on {why} a store completes only after a vFHA write and a fence, and the trace writes no "
+                    f"vFHA: a pmemcheck log has none unless imported with --deep-flush (or check what the guest "
+                    f"believes with --protocol flush)")
+        return ("most stores are not written back and fenced" + (" and followed by a vFHA write and fence"
+                if self.protocol == "deep" else "") + " (by the vCPU that wrote them back, or any vCPU with "
+                "--fence-scope vm) before the trace ends")
 
     @property
     def lost_stores(self) -> list[int]:
@@ -135,6 +172,8 @@ class CheckResult:
                 "strategies": {str(k): v for k, v in self.strategies.items()},
                 "fanouts": {str(k): v for k, v in self.fanouts.items()},
                 "candidates": self.candidates, "points": self.points, "completed_stores": self.completed_stores,
+                "stores": self.stores, "trace_counts": dict(self.trace_counts), "vacuous": self.vacuous,
+                "vacuous_reason": self.vacuous_reason(), "completed_share_required": COMPLETED_SHARE,
                 "lost_stores": self.lost_stores, "unfenced_stores": self.unfenced_stores,
                 "violations": [v.as_dict() for v in self.violations],
                 "verified": self.verified,
@@ -144,19 +183,26 @@ class CheckResult:
         """A human-readable report: the setup, the counts, then up to ``limit`` lost stores."""
         strategies = ",".join(sorted(set(self.strategies.values())))
         fanouts = ",".join(sorted(set(self.fanouts.values())))
-        whose = "storing vCPU" if self.fence_scope == "vcpu" else "any vCPU of the VM"
+        whose = "vCPU issuing the write-back" if self.fence_scope == "vcpu" else "any vCPU of the VM"
         lines = [(f"platform  {self.platform} (domain {self.domain}{', ADR fails' if self.adr_failure else ''}), "
                   f"{len(self.strategies)} VM(s), "
                   f"strategy {strategies}, fan-out {fanouts}"),
                  f"protocol  {self.protocol} ({PROTOCOL_TEXT[self.protocol]}; fence by the {whose})",
                  (f"checked   {len(self.points):,} of {self.candidates:,} crash points (after each fence and "
-                  f"vFHA write) in {self.ops:,} ops; {self.completed_stores:,} stores completed their protocol")]
+                  f"vFHA write) in {self.ops:,} ops; {self.completed_stores:,} of {self.stores:,} stores to a vNVDIMM "
+                  f"completed their protocol")]
         if self.verified:
             lines.append(f"verified  {len(self.verified)} point(s) against a real power failure: "
                          + ("MISMATCH at " + ", ".join(f"point {p} HPA {h:#x}" for p, h in self.verify_mismatches)
                             if self.verify_mismatches else "identical"))
+        if self.vacuous:
+            share = f"{self.completed_stores / self.stores:.1%}" if self.stores else "-"
+            lines.append(f"WARNING   only {self.completed_stores:,} of {self.stores:,} stores to a vNVDIMM ({share}; "
+                         f"this check asks for {COMPLETED_SHARE:.0%}) completed their protocol, so this check "
+                         f"proves little: {self.vacuous_reason()}")
         if not self.violations:
-            lines.append("result    OK: no completed store is lost at any checked crash point")
+            lines.append("result    OK: no completed store is lost at any checked crash point"
+                         + (" (but few stores were checked: see WARNING)" if self.vacuous else ""))
             return "\n".join(lines)
         groups, unfenced = self.by_store(), self.by_store("unfenced")
         pairs = sum(v.points for v in self.violations if v.kind == "lost")

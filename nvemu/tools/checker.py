@@ -5,9 +5,11 @@ The guest's side is a *persistence protocol* (SPEC 1, 3, 7.3). A STORE or NT_STO
 VM ``v`` to its vNVDIMM has *completed* it when
 
 1. after the store its line was written back (a CLWB, CLFLUSHOPT or CLFLUSH of the line by any vCPU
-   of ``v``; an NT_STORE writes itself back),
-2. then vCPU ``c`` executed a fence (SFENCE or MFENCE) -- with ``fence_scope="vm"``, a fence by any
-   vCPU of ``v`` counts,
+   ``w`` of ``v``; an NT_STORE writes itself back, ``w = c``),
+2. then vCPU ``w``, the one that *issued the write-back*, executed a fence (SFENCE or MFENCE) -- with
+   ``fence_scope="vm"``, a fence by any vCPU of ``v`` counts. The Intel SDM (Vol. 2A, CLWB and
+   CLFLUSHOPT) orders these write-backs only "with respect to ... fencing instructions executed by
+   the same logical processor": a fence of the storing vCPU does not order another vCPU's CLWB,
 3. and, where the platform's persistence domain is ``none``, after that fence some vCPU of ``v``
    wrote the vFHA (a STORE or NT_STORE to any byte of the vFHA page) and then that vCPU fenced
    (``fence_scope="vm"``: any vCPU of ``v``), as Linux's ``nvdimm_flush()`` does.
@@ -21,28 +23,31 @@ shows exactly the stores it would lose.
 
 *Crash points* are the op indices after which the guest could observe persistence: after each fence
 and after each vFHA write (``points="all"``), or ``N`` evenly sampled among them, or a list. The
-trace is replayed in segments up to each point (``Hypervisor.replay``), and
-``Platform.durable_read`` tells what a power failure then would leave; nothing is failed. For each
-byte of every completed store the durable value must be that of the *last completed* store to the
-byte (latest in trace order) or of any later store to it (later stores may legitimately have
-reached the media too). Anything else is a :class:`Violation`, reported with the op index of the
-store, the crash point and the line (GPA and HPA).
+trace is replayed in segments up to each point (``Hypervisor.replay``); nothing is failed. Every
+byte of every completed store must be durable as the *last completed* store to the byte wrote it,
+or as a later store did (later stores may legitimately have reached the media too). This is
+decided by *provenance*, not by value (:mod:`nvemu.tools.check_model`): the model knows which
+write-back's copy of each line a power failure would leave (media; under ``adr`` also the WPQs,
+under ``eadr`` also the caches, as ``Platform.durable_read``) and a store is lost when that copy
+was taken before it, so a store of zeros, or of the value the media already held, is lost like any
+other. Anything lost is a :class:`Violation`, reported with the op index of the store, the crash
+point, the line (GPA and HPA) and the durable bytes ``Platform.durable_read`` gives there.
 
-A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while
-one of its write-backs (or NT stores) is not yet fenced is an *ordering* violation (``kind
+A second kind of violation needs no crash: under the ``deep`` protocol, a vFHA write by a vCPU while a
+write-back (or NT store) *it issued* is not yet fenced by it is an *ordering* violation (``kind
 "unfenced"``, reported at the vFHA write). x86 orders CLWB/CLFLUSHOPT/NT stores before a later store
 only through a fence, which is why ``nvdimm_flush()`` fences before the flush-hint write: on hardware
 the drain may miss such a write-back. The emulator performs write-backs at once (fences move no
 data), so the durable image alone can never show this guest bug; the ordering check does.
 
 Stores are tracked by host address, so two VMs mapping one host page are handled; a VM's DRAM and
-its vFHA page are never checked. Lines are re-read at a point when something could have changed
-their durable value since the last point (a store, write-back, completion, or -- on a ``none``
-platform -- a WPQ drain of the line), and every line is re-read at 16 points spread over the run
-(``full_every``) and at the last one, so a fault that touches lines the guest did not is caught too. ``verify`` also
-checks that many points against a real ``power_fail()`` of a snapshot-restored copy.
+its vFHA page are never checked. A line is judged at a point when its durable copy or its
+completed stores changed since the last point, and every line at 16 points spread over the run
+(``full_every``) and at the last one, where the model's WPQs are also compared with the engine's.
+``verify`` also checks that many points of ``Platform.durable_read`` against a real
+``power_fail()`` of a snapshot-restored copy.
 
-Memory: about 1.2 KiB per distinct 64-byte line with a completed store, plus the pending stores.
+Memory: about 1.1 KiB per distinct 64-byte line the trace stores to, plus the pending stores.
 
 Examples
 --------
@@ -62,242 +67,62 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from .._constants import DOMAIN_NAMES, LINE_BYTES as LINE, PAGE_MASK, PAGE_SHIFT, TRACE_DTYPE, Op
+from .._constants import DOMAIN_NAMES, PAGE_SHIFT, TRACE_DTYPE, Op
 from ..machine.config import PlatformConfig, preset
 from ..errors import ConfigError, GuestFault, LifecycleError, TraceError
 from ..machine.hypervisor import ExitHandler, Hypervisor, raise_fault
 from ..machine.platform import Platform
 from ..machine.snapshot import restore_snapshot, save_snapshot
+from ..formats.trace import TraceSource
+from .check_model import Model
 from .check_report import CheckResult, Violation
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
 FENCE_SCOPES = ("vcpu", "vm")
-_SPAN_LIMIT = 64 << 20          # never read more than this in one durable_read to probe sparse lines
-_RUN_COST = 4096                # one durable_read call costs about as much as reading this many bytes
+CHUNK_OPS = 1 << 16            # records the engine runs between two looks of the model
 
-_LOAD, _STORE, _NT_STORE, _SFENCE = int(Op.LOAD), int(Op.STORE), int(Op.NT_STORE), int(Op.SFENCE)
-
-
-# ---- the model of the guest's persistence protocol ---------------------------------------------------
-
-class _Lines:
-    """Per 64-byte host line with a store: the last completed store of each byte (its op index, the
-    op index its protocol completed at, its value), the latest stored value, and the stores since
-    the last completed one (to know which later values are allowed)."""
-
-    def __init__(self) -> None:
-        self.slot: dict[int, int] = {}
-        self.n = 0
-        cap = 256
-        self.hpa = np.zeros(cap, np.int64)
-        self.lc = np.full((cap, LINE), -1, np.int64)        # op index of the last completed store
-        self.done = np.full((cap, LINE), -1, np.int64)      # ... and where its protocol completed
-        self.exp = np.zeros((cap, LINE), np.uint8)          # ... and the value it wrote
-        self.latest = np.zeros((cap, LINE), np.uint8)       # value of the latest store to the byte
-        self.active = np.zeros(cap, bool)                   # some byte has a completed store
-        self.hist: list[list[tuple[int, int, int, int]]] = []   # (op index, offset, size, value)
-        self.prune_at: list[int] = []
-
-    def get(self, line: int) -> int:
-        s = self.slot.get(line)
-        if s is None:
-            s = self.slot[line] = self.n
-            if s == len(self.hpa):
-                self._grow()
-            self.hpa[s] = line
-            self.hist.append([])
-            self.prune_at.append(32)
-            self.n += 1
-        return s
-
-    def _grow(self) -> None:
-        cap = 2 * len(self.hpa)
-        for name, fill in (("hpa", 0), ("lc", -1), ("done", -1), ("exp", 0), ("latest", 0), ("active", False)):
-            old = getattr(self, name)
-            new = np.full((cap,) + old.shape[1:], fill, old.dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
-
-    def store(self, s: int, i: int, off: int, size: int, value: int) -> None:
-        h = self.hist[s]
-        h.append((i, off, size, value))
-        self.latest[s, off:off + size] = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
-        if len(h) >= self.prune_at[s]:
-            self.prune(s)
-            self.prune_at[s] = max(32, 2 * len(h))
-
-    def complete(self, s: int, i: int, off: int, size: int, value: int, at: int) -> None:
-        lc = self.lc[s, off:off + size]
-        newer = lc < i
-        if not newer.any():
-            return                          # every byte already has a later completed store
-        data = np.frombuffer(value.to_bytes(8, "little"), np.uint8, size)
-        if newer.all():
-            lc[:] = i
-            self.done[s, off:off + size] = at
-            self.exp[s, off:off + size] = data
-        else:
-            lc[newer] = i
-            self.done[s, off:off + size][newer] = at
-            self.exp[s, off:off + size][newer] = data[newer]
-        self.active[s] = True
-
-    def prune(self, s: int) -> None:
-        """Forget stores every byte of which has a later completed store."""
-        lc = self.lc[s]
-        self.hist[s] = [e for e in self.hist[s] if lc[e[1]:e[1] + e[2]].min() <= e[0]]
-
-    def allowed(self, s: int, b: int, value: int) -> bool:
-        """Is ``value`` at byte ``b`` of line ``s`` the last completed store's or a later store's?"""
-        last = int(self.lc[s, b])
-        if int(self.exp[s, b]) == value:
-            return True
-        for i, off, size, v in self.hist[s]:
-            if i > last and off <= b < off + size and (v >> (8 * (b - off))) & 0xFF == value:
-                return True
-        return False
-
-
-class _Model:
-    """Follows the trace op by op and records when each store completes its protocol."""
-
-    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, ordering: bool = True) -> None:
-        self.hv = hv
-        self.protocol = protocol
-        self.ordering = ordering and protocol == "deep"
-        self.unfenced: list[tuple[int, int, int]] = []     # (store, vFHA write, line slot)
-        self.flagged: set[int] = set()
-        self.per_vcpu = fence_scope == "vcpu"
-        p = hv.platform
-        self.pmem_lo, self.pmem_hi = p.pmem_base, p.pmem_base + p.pmem_bytes
-        self.vfha_page = {vm.id: vm.vfha_gpa >> PAGE_SHIFT for vm in hv.vms.values()}
-        self.pages: dict[tuple[int, int], int] = {}       # (vm, GPA page) -> HPA page, -1: not NVDIMM
-        self.lines = _Lines()
-        self.wb: dict[tuple[int, int], list] = {}         # (vm, line HPA) -> stores awaiting a write-back
-        self.fence: dict[Any, list] = {}                  # fence key -> stores awaiting the fence
-        self.fha: dict[int, list] = {}                    # vm -> fenced stores awaiting a vFHA write
-        self.fha_fence: dict[Any, list] = {}              # fence key -> stores awaiting the final fence
-        self.touched: set[int] = set()                    # line slots whose durable value may have moved
-        self.completed = 0
-
-    def forget_translations(self) -> None:
-        self.pages.clear()
-
-    def _hpa(self, vm: int, gpa: int) -> int:
-        """HPA of an NVDIMM GPA (a fresh walk, cached per page), or -1 for DRAM and unmapped GPAs."""
-        key = (vm, gpa >> PAGE_SHIFT)
-        page = self.pages.get(key)
-        if page is None:
-            hpa = self.hv.vms[vm].gpa_to_hpa(gpa & ~PAGE_MASK) if vm in self.hv.vms else None
-            page = hpa if hpa is not None and self.pmem_lo <= hpa < self.pmem_hi else -1
-            self.pages[key] = page
-        return -1 if page < 0 else page | (gpa & PAGE_MASK)
-
-    def _key(self, vm: int, vcpu: int) -> Any:
-        return (vm, vcpu) if self.per_vcpu else vm
-
-    def run(self, ops: np.ndarray, base: int, skipped: set[int]) -> None:
-        """Follow ``ops`` (records ``base``, ``base+1``, ...), leaving out the ``skipped`` indices."""
-        if not len(ops):
-            return
-        lines, touched = self.lines, self.touched
-        deep, fence_only = self.protocol == "deep", self.protocol == "fence"
-        cols = zip(ops["op"].tolist(), ops["vcpu"].tolist(), ops["vm"].tolist(), ops["size"].tolist(),
-                   ops["gpa"].tolist(), ops["value"].tolist())
-        for k, (op, cpu, vm, size, gpa, value) in enumerate(cols):
-            if op == _LOAD:
-                continue
-            i = base + k
-            if skipped and i in skipped:
-                continue
-            if op >= _SFENCE:
-                key = self._key(vm, cpu)
-                if deep:
-                    done = self.fha_fence.pop(key, None)
-                    if done:
-                        self._complete(done, i)
-                    fenced = self.fence.pop(key, None)
-                    if fenced:
-                        self.fha.setdefault(vm, []).extend(fenced)
-                else:
-                    done = self.fence.pop(key, None)
-                    if done:
-                        self._complete(done, i)
-                continue
-            if op <= _NT_STORE:
-                if gpa >> PAGE_SHIFT == self.vfha_page.get(vm):
-                    if self.ordering:
-                        self._overtaken(vm, cpu, i)
-                    waiting = self.fha.pop(vm, None)
-                    if waiting:
-                        self.fha_fence.setdefault(self._key(vm, cpu), []).extend(waiting)
-                    continue
-                hpa = self._hpa(vm, gpa)
-                if hpa < 0:
-                    continue
-                line = hpa & ~(LINE - 1)
-                s = lines.get(line)
-                touched.add(s)
-                lines.store(s, i, hpa & (LINE - 1), size, value)
-                rec = (i, s, hpa & (LINE - 1), size, value)
-                if op == _NT_STORE or fence_only:
-                    self.fence.setdefault(self._key(vm, cpu), []).append(rec)
-                else:
-                    self.wb.setdefault((vm, line), []).append((rec, cpu))
-                continue
-            hpa = self._hpa(vm, gpa)                       # CLWB, CLFLUSHOPT, CLFLUSH
-            if hpa < 0:
-                continue
-            line = hpa & ~(LINE - 1)
-            s = lines.slot.get(line)
-            if s is not None:
-                touched.add(s)
-            waiting = self.wb.pop((vm, line), None)
-            if waiting:
-                for rec, store_cpu in waiting:
-                    self.fence.setdefault(self._key(vm, store_cpu), []).append(rec)
-
-    def _overtaken(self, vm: int, cpu: int, at: int) -> None:
-        """The vFHA write at ``at`` passes the writer's write-backs that no fence has ordered yet."""
-        for rec in self.fence.get(self._key(vm, cpu), ()):
-            if rec[0] not in self.flagged:
-                self.flagged.add(rec[0])
-                self.unfenced.append((rec[0], at, rec[1]))
-
-    def _complete(self, stores: list, at: int) -> None:
-        lines = self.lines
-        for i, s, off, size, value in stores:
-            lines.complete(s, i, off, size, value, at)
-            self.touched.add(s)
-        self.completed += len(stores)
 
 
 # ---- the checker ---------------------------------------------------------------------------------
 
-def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
-    """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
+def _vfha_table(hv: Hypervisor) -> np.ndarray:
+    """vm id -> its vFHA's GPA page (-1: none)."""
+    table = np.full(max(hv.vms, default=-1) + 1, -1, np.int64)
+    for vm in hv.vms.values():
+        table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
+    return table
+
+
+def _persist_points(table: np.ndarray, ops: np.ndarray) -> np.ndarray:
+    """Indices in ``ops`` of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
     op = np.asarray(ops["op"])
     points = (op == Op.SFENCE) | (op == Op.MFENCE)
-    if hv.vms:
-        table = np.full(max(max(hv.vms) + 1, int(ops["vm"].max()) + 1 if len(ops) else 0), -1, np.int64)
-        for vm in hv.vms.values():
-            table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
-        page = (np.asarray(ops["gpa"]) >> np.uint64(12)).astype(np.int64)
-        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == table[np.asarray(ops["vm"], np.int64)])
+    if len(table) and len(ops):
+        vm = np.asarray(ops["vm"], np.int64)
+        known = vm < len(table)
+        page = (np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        vfha = np.where(known, table[np.where(known, vm, 0)], -1)
+        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == vfha) & known
     return np.flatnonzero(points)
 
 
-def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_ops: int) -> list[int]:
+def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
+    """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
+    return _persist_points(_vfha_table(hv), ops)
+
+
+def _choose_points(n_candidates: int, points: str | int | Iterable[int],
+                   n_ops: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ranks among the persist points, or None for all of them; or the op indices given)."""
     if isinstance(points, str):
         if points == "all":
-            return candidates.tolist()
+            return None, None
         try:
             points = int(points)
         except ValueError:
@@ -305,42 +130,40 @@ def _choose_points(candidates: np.ndarray, points: str | int | Iterable[int], n_
     if isinstance(points, (int, np.integer)) and not isinstance(points, bool):
         if points <= 0:
             raise ConfigError(f"points={points}: must be positive (or 'all')")
-        if points >= len(candidates):
-            return candidates.tolist()
-        pick = np.unique(np.linspace(0, len(candidates) - 1, int(points)).round().astype(np.int64))
-        return candidates[pick].tolist()
-    chosen = sorted({int(p) for p in points})
-    if chosen and not (0 <= chosen[0] and chosen[-1] < n_ops):
+        if points >= n_candidates:
+            return None, None
+        return np.unique(np.linspace(0, n_candidates - 1, int(points)).round().astype(np.int64)), None
+    chosen = np.array(sorted({int(p) for p in points}), np.int64)
+    if len(chosen) and not (0 <= chosen[0] and chosen[-1] < n_ops):
         raise ConfigError(f"crash points must be op indices 0..{n_ops - 1}")
-    return chosen
+    return None, chosen
 
 
 class _Checker:
-    def __init__(self, hv: Hypervisor, ops: np.ndarray, protocol: str, fence_scope: str,
-                 handler: ExitHandler, full_every: int, ordering: bool = True, adr_failure: bool = False) -> None:
-        self.hv, self.ops, self.handler = hv, ops, handler
+    """Runs the trace chunk by chunk: the model translates a chunk (seeing new lines as they are
+    before it), the engine runs it, the model follows it and judges its crash points; then the
+    engine's WPQs must agree with the model's."""
+
+    def __init__(self, hv: Hypervisor, protocol: str, fence_scope: str, handler: ExitHandler, full_every: int,
+                 ordering: bool, adr_failure: bool, emit: Callable[[Violation], None]) -> None:
+        self.hv, self.handler = hv, handler
         self.platform = hv.platform
         self.adr_failure = adr_failure
         self.domain = "none" if adr_failure else self.platform.domain     # what survives: media only
-        self.model = _Model(hv, protocol, fence_scope, ordering)
+        self.model = Model(hv, protocol, fence_scope, ordering, self.domain, emit)
         self.full_every = full_every
-        self.open: dict[int, dict[int, Violation]] = {}    # line slot -> {store: its run of lost points}
-        self.violations: list[Violation] = []
-        self.points: dict[int, int] = {}                    # crash points probed so far -> their rank
-        self.last = -1
-        self.verdicts: dict[int, tuple[bytes, dict[int, list[int]]]] = {}  # slot -> (what was judged, lost)
+        self.n_points = 0                                   # crash points in the whole run
         stats = self.platform.engine.controller_stats()
-        self.enqueued, self.drained = stats[:, 0].copy(), stats[:, 1].copy()
-        self.queues = [[line for line, _ in self.platform.wpq(c)] for c in range(self.platform.n_controllers)]
+        self.enqueued, self.drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
         self.skipped: set[int] = set()
-        self.pos = 0
 
-    def _replay(self, stop: int) -> None:
-        """Run ops[pos:stop] on the hypervisor, then follow them in the model."""
-        a = self.pos
-        if stop <= a:
-            return
-        seg = self.ops[a:stop]
+    def full(self, rank: int) -> bool:
+        return (rank + 1) % self.full_every == 0 or rank == self.n_points - 1
+
+    def run(self, seg: np.ndarray, a: int, points: np.ndarray) -> None:
+        """Run records ``a, a+1, ...`` (``seg``) and judge the crash points among them."""
+        model = self.model
+        hpas = model.translate(seg)
         exits = []
 
         def handle(fault: GuestFault) -> str:
@@ -355,126 +178,29 @@ class _Checker:
         except (TraceError, LifecycleError) as e:
             raise e.shifted(a) from None
         if exits:
-            self.model.forget_translations()       # the handler may have changed mappings
-        self.model.run(seg, a, self.skipped)
-        if self.domain == "none":
-            self._drained_lines()
-        self.pos = stop
-        for store, at, s in self.model.unfenced:
-            self.violations.append(replace(self._violation(store, at, s, [], None), until=at))
-        self.model.unfenced = []
+            model.forget_translations()       # the handler may have changed mappings
+            hpas = model.translate(seg)
+        model.run(seg, a, hpas, self.skipped, points, self.full)
+        self._agree()
 
-    def _drained_lines(self) -> None:
-        """Where only media survives, a drain changes what a power failure leaves: mark the lines
-        that left each WPQ since the last segment. Queues drain oldest first, so with ``d`` more
-        lines drained at controller ``c`` they are the ``d`` oldest of its queue as last seen (lines
-        queued and drained within the segment were written back in it, so are marked already)."""
-        drained = self.platform.engine.controller_stats()[:, 1]
-        lines, touched = self.model.lines, self.model.touched
-        for c in np.flatnonzero(drained != self.drained).tolist():
-            for line in self.queues[c][:int(drained[c] - self.drained[c])]:
-                s = lines.slot.get(line)
-                if s is not None:
-                    touched.add(s)
-        enqueued = self.platform.engine.controller_stats()[:, 0]
-        for c in np.flatnonzero((drained != self.drained) | (enqueued != self.enqueued)).tolist():
-            self.queues[c] = [line for line, _ in self.platform.wpq(c)]
-        self.drained, self.enqueued = drained.copy(), enqueued.copy()
-
-    def _durable(self, lines: np.ndarray) -> np.ndarray:
-        """The durable 64 bytes of each line (sorted, distinct HPAs) as uint8[len(lines), 64]: per
-        block of at most _SPAN_LIMIT bytes, one read of the whole span or one per run of adjacent
-        lines, whichever reads less (a call costs about _RUN_COST bytes)."""
-        def read(hpa: int, n: int) -> bytes:
-            return self.platform.durable_read(hpa, n, self.adr_failure)
-        out = np.empty((len(lines), LINE), np.uint8)
-        i = 0
-        while i < len(lines):
-            j = int(np.searchsorted(lines, lines[i] + _SPAN_LIMIT - LINE, side="right"))
-            block = lines[i:j]
-            breaks = np.flatnonzero(np.diff(block) != LINE) + 1
-            starts, ends = np.r_[0, breaks], np.r_[breaks, len(block)]
-            span = int(block[-1] - block[0]) + LINE
-            if span <= len(starts) * _RUN_COST + LINE * len(block):
-                buf = np.frombuffer(read(int(block[0]), span), np.uint8).reshape(-1, LINE)
-                out[i:j] = buf[(block - block[0]) // LINE]
-            else:
-                for a, b in zip(starts.tolist(), ends.tolist()):
-                    out[i + a:i + b] = np.frombuffer(read(int(block[a]), LINE * (b - a)), np.uint8).reshape(-1, LINE)
-            i = j
-        return out
-
-    def probe(self, point: int, full: bool) -> None:
-        """Re-read the lines that may have changed since the last point (all of them when ``full``):
-        open a run for each store newly lost, end the run of each store no longer lost."""
-        L = self.model.lines
-        previous = self.last
-        self.points[point] = len(self.points)
-        self.last = point
-        if full:
-            slots = np.flatnonzero(L.active[:L.n])
-        else:
-            slots = np.array(sorted(s for s in self.model.touched if L.active[s]), np.int64)
-        self.model.touched = set()
-        if not len(slots):
-            return
-        slots = slots[np.argsort(L.hpa[slots], kind="stable")]
-        durable = self._durable(L.hpa[slots])
-        bad = (L.lc[slots] >= 0) & (durable != L.exp[slots]) & (durable != L.latest[slots])
-        lost_now: dict[int, tuple[int, dict[int, list[int]]]] = {}
-        verdicts = self.verdicts
-        for r in np.flatnonzero(bad.any(axis=1)).tolist():
-            s = int(slots[r])
-            key = durable[r].tobytes() + L.lc[s].tobytes() + L.latest[s].tobytes() + bytes([len(L.hist[s]) & 255])
-            seen = verdicts.get(s)
-            if seen is not None and seen[0] == key:           # nothing about this line changed: same verdict
-                lost = seen[1]
-            else:
-                lost = {}
-                for b in np.flatnonzero(bad[r]).tolist():
-                    if not L.allowed(s, b, int(durable[r, b])):
-                        lost.setdefault(int(L.lc[s, b]), []).append(b)
-                verdicts[s] = (key, lost)
-            if lost:
-                lost_now[s] = (r, lost)
-        for s in [s for s in slots.tolist() if s in self.open]:    # probed lines with stores lost so far
-            now = lost_now.get(s, (0, {}))[1]
-            runs = self.open[s]
-            for store in [x for x in runs if x not in now]:
-                self._close(runs.pop(store), previous)
-            if not runs:
-                del self.open[s]
-        for s, (r, lost) in lost_now.items():
-            runs = self.open.setdefault(s, {})
-            for store, offsets in sorted(lost.items()):
-                if store not in runs:
-                    runs[store] = self._violation(store, point, s, offsets, durable[r])
-
-    def _close(self, v: Violation, until: int) -> None:
-        self.violations.append(replace(v, until=until, points=self.points[until] - self.points[v.point] + 1))
-
-    def finish(self) -> None:
-        """End every open run at the last crash point."""
-        for runs in self.open.values():
-            for v in runs.values():
-                self._close(v, self.last)
-        self.open = {}
-
-    def _violation(self, store: int, point: int, s: int, offsets: list[int],
-                   durable: np.ndarray | None) -> Violation:
-        """A lost store (``durable``: its line's durable bytes) or, without ``durable``, an unfenced one."""
-        rec = self.ops[store]
-        size, gpa, value = int(rec["size"]), int(rec["gpa"]), int(rec["value"])
-        L = self.model.lines
-        off = gpa & (LINE - 1)              # the store's offset in its line (stores never cross lines)
-        common: dict[str, Any] = {
-            "store": store, "point": point, "vm": int(rec["vm"]), "vcpu": int(rec["vcpu"]),
-            "op": Op(int(rec["op"])).name, "size": size, "gpa": gpa, "hpa": int(L.hpa[s]) + off,
-            "expected": value.to_bytes(8, "little")[:size]}
-        if durable is None:
-            return Violation(completed=-1, found=b"", lost=0, kind="unfenced", **common)
-        return Violation(completed=int(L.done[s, offsets[0]]), found=durable[off:off + size].tobytes(),
-                         lost=sum(1 << (b - off) for b in offsets), **common)
+    def _agree(self) -> None:
+        """The engine queued and drained, per controller, what the model did, and its WPQs hold
+        the same copies."""
+        stats = self.platform.engine.controller_stats()
+        enqueued, drained = stats[:, 0].astype(np.int64), stats[:, 1].astype(np.int64)
+        model = self.model
+        for name, engine, mine in (("queued", enqueued - self.enqueued, model.enqueued),
+                                   ("drained", drained - self.drained, model.drained)):
+            if not np.array_equal(engine, mine):
+                c = int(np.flatnonzero(engine != mine)[0])
+                raise LifecycleError(f"checker: controller {c} {name} {int(engine[c])} lines where the trace's "
+                                     f"model says {int(mine[c])} (was the machine changed behind the checker?)")
+        differs = model.same_queues()
+        if differs:
+            raise LifecycleError(f"checker: {differs} (was the machine changed behind the checker?)")
+        model.enqueued[:] = 0
+        model.drained[:] = 0
+        self.enqueued, self.drained = enqueued, drained
 
     def verify(self, point: int) -> int | None:
         """Compare durable_read with a real power failure of a snapshot-restored copy over every
@@ -498,11 +224,13 @@ class _Checker:
         return None
 
 
-def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "all", *,
+def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Iterable[int] = "all", *,
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
-          adr_failure: bool = False) -> CheckResult:
-    """Replay ``ops`` (TRACE_DTYPE) on ``hv``'s running VMs and check crash consistency at its
+          adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
+          progress: Callable[[int, int], None] | None = None) -> CheckResult:
+    """Replay ``ops`` (TRACE_DTYPE, or a :class:`~nvemu.formats.trace.TraceSource`, read in chunks of
+    CHUNK_OPS records, twice) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
     indices. ``protocol``: auto, fence, flush or deep; ``fence_scope``: vcpu or vm. ``handler``
     sees exits the core does not handle (op_index in the whole trace); ops it skips are not
@@ -511,44 +239,94 @@ def check(hv: Hypervisor, ops: np.ndarray, points: str | int | Iterable[int] = "
     many points and at the last (default: 16 times over the run, at least 64 points apart). ``ordering``:
     report vFHA writes that overtake unfenced write-backs (deep protocol only). ``adr_failure``: the
     power failure also defeats ADR, so only media survives (``Platform.durable_read``) and ``auto``
-    means the deep protocol. Afterwards ``hv`` has replayed the whole trace.
+    means the deep protocol. ``on_violation`` is called with each violation as soon as its run of
+    crash points ends (to stream them), ``progress`` with the number of ops replayed since its last
+    call and the trace's length. Afterwards ``hv`` has replayed the whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
-    if not isinstance(ops, np.ndarray) or ops.dtype != TRACE_DTYPE or ops.ndim != 1:
+    if isinstance(ops, TraceSource):
+        source = ops
+        chunks: Callable[[], Iterator[tuple[int, np.ndarray]]] = lambda: source.chunks(CHUNK_OPS)  # noqa: E731
+        n_ops = len(source)
+    elif not isinstance(ops, np.ndarray) or ops.dtype != TRACE_DTYPE or ops.ndim != 1:
         raise TraceError("a trace must be a one-dimensional numpy array of TRACE_DTYPE")
+    else:
+        array = ops
+        chunks = lambda: ((lo, array[lo:lo + CHUNK_OPS]) for lo in range(0, len(array), CHUNK_OPS))  # noqa: E731
+        n_ops = len(ops)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if fence_scope not in FENCE_SCOPES:
         raise ConfigError(f"unknown fence scope {fence_scope!r}; known: {', '.join(FENCE_SCOPES)}")
     if full_every is not None and (not isinstance(full_every, int) or full_every < 1):
         raise ConfigError(f"full_every={full_every!r}: must be a positive integer")
+    return _check_chunks(hv, chunks, n_ops, points, protocol, fence_scope, handler, verify, full_every, ordering,
+                         adr_failure, on_violation, progress)
+
+
+def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.ndarray]]], n_ops: int,
+                  points: str | int | Iterable[int], protocol: str, fence_scope: str, handler: ExitHandler,
+                  verify: int, full_every: int | None, ordering: bool, adr_failure: bool,
+                  on_violation: Callable[[Violation], None] | None,
+                  progress: Callable[[int, int], None] | None) -> CheckResult:
+    """:func:`check` of the trace ``chunks()`` yields as (first index, records), ``n_ops`` records
+    in all: one pass counts the persist points, a second runs the check."""
     domain = hv.platform.domain
     survives = "none" if adr_failure else domain
     resolved = protocol if protocol != "auto" else ("deep" if survives == "none" else "flush")
-    candidates = persist_points(hv, ops)
-    chosen = _choose_points(candidates, points, len(ops))
-    verify_at = set()
-    if verify and chosen:
-        verify_at = {chosen[int(k)] for k in np.unique(np.linspace(0, len(chosen) - 1, min(verify, len(chosen)))
-                                                        .round().astype(np.int64))}
+    table = _vfha_table(hv)
+    n_candidates = sum(len(_persist_points(table, c)) for _, c in chunks())
+    ranks, given = _choose_points(n_candidates, points, n_ops)
+    n_points = len(ranks) if ranks is not None else len(given) if given is not None else n_candidates
+    verify_ranks = set()
+    if verify and n_points:
+        verify_ranks = set(np.unique(np.linspace(0, n_points - 1, min(verify, n_points)).round()
+                                     .astype(np.int64)).tolist())
     if full_every is None:
-        full_every = max(64, -(-len(chosen) // 16))
-    checker = _Checker(hv, ops, resolved, fence_scope, handler, full_every, ordering, adr_failure)
+        full_every = max(64, -(-n_points // 16))
+    violations: list[Violation] = []
+
+    def emit(v: Violation) -> None:
+        violations.append(v)
+        if on_violation is not None:
+            on_violation(v)
+    checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit)
+    checker.n_points = n_points
+    chosen: list[int] = []
     verified, mismatches = [], []
-    for n, p in enumerate(chosen):
-        checker._replay(p + 1)
-        checker.probe(p, full=(n + 1) % full_every == 0 or n == len(chosen) - 1)
-        if p in verify_at:
-            verified.append(p)
-            bad = checker.verify(p)
-            if bad is not None:
-                mismatches.append((p, bad))
-    checker.finish()
-    checker._replay(len(ops))
-    violations = sorted(checker.violations, key=lambda v: (v.point, v.store, v.kind))
-    return CheckResult(ops=len(ops), points=chosen, candidates=len(candidates), violations=violations,
-                       completed_stores=checker.model.completed, protocol=resolved, fence_scope=fence_scope,
+    seen = 0                                  # persist points before this chunk
+    for lo, chunk in chunks():
+        cand = _persist_points(table, chunk) + lo
+        if ranks is not None:
+            take = ranks[(ranks >= seen) & (ranks < seen + len(cand))] - seen
+            mine = cand[take]
+        elif given is not None:
+            mine = given[(given >= lo) & (given < lo + len(chunk))]
+        else:
+            mine = cand
+        seen += len(cand)
+        first = len(chosen)
+        chosen += mine.tolist()
+        cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks]
+        a = lo
+        for stop in sorted({p + 1 for p in cuts} | {lo + len(chunk)}):
+            if stop > a:
+                checker.run(chunk[a - lo:stop - lo], a, mine[(mine >= a) & (mine < stop)])
+                a = stop
+            if stop - 1 in cuts:
+                verified.append(stop - 1)
+                bad = checker.verify(stop - 1)
+                if bad is not None:
+                    mismatches.append((stop - 1, bad))
+        if progress is not None:
+            progress(len(chunk), n_ops)
+    checker.model.finish()
+    violations.sort(key=lambda v: (v.point, v.store, v.kind))
+    model = checker.model
+    return CheckResult(ops=n_ops, points=chosen, candidates=n_candidates, violations=violations,
+                       completed_stores=model.completed, trace_counts=dict(model.counts),
+                       protocol=resolved, fence_scope=fence_scope,
                        domain=domain, platform=hv.platform.name,
                        strategies={vm.id: vm.strategy for vm in hv.vms.values()},
                        fanouts={vm.id: vm.fanout for vm in hv.vms.values()},
@@ -588,9 +366,8 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
     hv = Hypervisor(build_platform(platform, domain, backend))
     _, source = prepare(hv, trace, vms=vms, vcpus=vcpus, strategy=strategy, fanout=fanout, dram=dram,
                         nvdimm=nvdimm, format=format, unregistered=unregistered, deep_flush=deep_flush)
-    records = source.array()
     try:
-        return check(hv, records, points, **options)
+        return check(hv, source, points, **options)
     except (TraceError, LifecycleError) as e:
         raise relocated(e, 0, source) from None
     except GuestFault as f:

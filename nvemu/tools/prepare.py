@@ -87,9 +87,14 @@ def prepare(hv: Hypervisor, trace: str | os.PathLike[str] | np.ndarray, *, creat
     vCPUs on ``hv`` (default: as many as the trace's fields name, read in chunks; a pmemcheck log,
     which names no threads: one), as :func:`create_vms` makes them; else ``hv``'s running VMs. A
     pmemcheck log lands on the first VM's vNVDIMM (``unregistered``, and ``deep_flush`` for a vFHA
-    write after each persist, as :func:`nvemu.formats.trace.import_pmemcheck`)."""
+    write after each persist, as :func:`nvemu.formats.trace.import_pmemcheck`); either option on
+    any other trace is a ConfigError, never silently ignored."""
     fmt = "array" if isinstance(trace, np.ndarray) else format or detect_format(trace)
     given = None if fmt == "array" else fmt
+    if fmt != "pmemcheck" and (deep_flush or unregistered != "error"):
+        flags = [f for f, on in (("--deep-flush", deep_flush), ("--skip-unregistered", unregistered != "error")) if on]
+        raise ConfigError(f"{' and '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} only to a pmemcheck log, "
+                          f"not to {'an array' if fmt == 'array' else f'this {fmt} trace'}")
     source: TraceSource | None = None
     if not create:
         made = sorted(hv.running(), key=lambda v: v.id)

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,8 @@ class ReplayReport:
     vcpus: int
     per_vm: list[dict[str, Any]] = field(default_factory=list)
     hypervisor: Hypervisor | None = field(default=None, repr=False, compare=False)
+    native_ns_per_op: float | None = None
+    overhead_vs_native: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: exits keyed by name with their reason numbers (``{"ept_violation":
@@ -132,7 +134,8 @@ class ReplayReport:
 
     CSV_COLUMNS = ("vm", "ops", "seconds", "mops", "exits", "exits_ept_violation", "exits_ept_misconfig",
                    "exits_vmcall", "loads", "stores", "flushes", "fences", "vfha_writes", "fha_writes",
-                   "lines_drained", "time_ps", "ns_per_op", "tlb_hit_rate")
+                   "lines_drained", "time_ps", "ns_per_op", "native_ns_per_op", "overhead_vs_native",
+                   "tlb_hit_rate")
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One row per VM and a ``total`` row, with :attr:`CSV_COLUMNS`."""
@@ -141,7 +144,7 @@ class ReplayReport:
             flat = {**row, **exit_columns(row["exits"])}
             flat.setdefault("seconds", self.seconds)
             flat["mops"] = flat["ops"] / self.seconds / 1e6 if self.seconds else 0.0
-            rows.append({c: flat[c] for c in self.CSV_COLUMNS})
+            rows.append({c: flat.get(c) for c in self.CSV_COLUMNS})
         return rows
 
 
@@ -197,7 +200,8 @@ class Replayer:
         return sum(c["drained_full"] for c in self.hv.platform.controller_stats())
 
     def _counters(self) -> list[dict[str, Any]]:
-        return [_vm_counters(vm.id, vm.stats() - self._before[vm.id]) for vm in self.vms]
+        return [{**_vm_counters(vm.id, vm.stats() - self._before[vm.id]), "strategy": vm.strategy,
+                 "fanout": vm.fanout} for vm in self.vms]
 
     def _handle(self, offset: int) -> ExitHandler:
         """The exit handler for a chunk starting at record ``offset``: faults re-indexed into the
@@ -278,9 +282,35 @@ class Replayer:
                       vcpus=max(len(vm.vcpus) for vm in self.vms), per_vm=per_vm, hypervisor=self.hv)
 
 
-def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> ReplayReport:
+def with_native(result: ReplayReport, trace: str | os.PathLike[str] | np.ndarray,
+                **options: Any) -> ReplayReport:
+    """``result`` with the native baseline beside its emulated time: the same trace replayed again
+    on a fresh platform of the same configuration and engine, the same VMs with strategy ``native`` (the
+    guest writes the physical flush hints itself: no exits) and ``walk_ref_cycles = 0`` (no
+    second-level walk). Adds ``native_ns_per_op`` and ``overhead_vs_native`` (``ns_per_op`` over
+    it) to the total and to each VM. ``options`` are the first replay's :class:`Replayer` options.
+    """
+    hv = result.hypervisor
+    if hv is None:
+        raise ConfigError("with_native needs the report of a replay that kept its hypervisor")
+    options = {k: v for k, v in options.items() if k not in ("hypervisor", "platform", "strategy", "timing",
+                                                             "progress", "vms", "vcpus")}
+    bare = Platform(hv.platform.config, replace(hv.platform.timing, walk_ref_cycles=0), backend=hv.platform.backend)
+    native = Replayer(trace, platform=bare, strategy="native", vms=result.vms, vcpus=result.vcpus, **options).run()
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+    for row, base in zip(result.per_vm, native.per_vm):
+        row["native_ns_per_op"] = base["ns_per_op"]
+        row["overhead_vs_native"] = ratio(row["ns_per_op"], base["ns_per_op"])
+    result.native_ns_per_op = native.ns_per_op
+    result.overhead_vs_native = ratio(result.ns_per_op, native.ns_per_op)
+    return result
+
+
+def replay(trace: str | os.PathLike[str] | np.ndarray, *, native: bool = False, **options: Any) -> ReplayReport:
     """Replay a trace (path of any format, or a TRACE_DTYPE array) and return its :class:`ReplayReport`;
-    ``options`` are :class:`Replayer`'s.
+    ``options`` are :class:`Replayer`'s; ``native=True`` adds the native baseline (:func:`with_native`).
 
     Examples
     --------
@@ -288,8 +318,12 @@ def replay(trace: str | os.PathLike[str] | np.ndarray, **options: Any) -> Replay
     >>> r = replay(generate("linux-fsync", 10_000, seed=1), strategy="write-protect")
     >>> r.ops, r.exits[ExitReason.EPT_VIOLATION] == r.vfha_writes > 0
     (10000, True)
+    >>> r = replay(generate("kv-put", 10_000, seed=1), strategy="mmio", native=True)
+    >>> r.overhead_vs_native > 1.0
+    True
     """
-    return Replayer(trace, **options).run()
+    result = Replayer(trace, **options).run()
+    return with_native(result, trace, **options) if native else result
 
 
-__all__ = ["ChunkStats", "Replayer", "ReplayReport", "replay"]
+__all__ = ["ChunkStats", "Replayer", "ReplayReport", "replay", "with_native"]
