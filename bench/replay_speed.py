@@ -31,7 +31,9 @@ from nvemu import Hypervisor, __version__
 from nvemu.guest.persist_loop import persist_loop
 
 HERE = Path(__file__).resolve().parent
-YARDSTICK = HERE.parent.parent / "shared" / "yardstick" / "replay_yardstick.c"
+# ../shared/yardstick next to the checkout; NVEMU_YARDSTICK names it from a worktree elsewhere.
+YARDSTICK = Path(os.environ.get("NVEMU_YARDSTICK",
+                                HERE.parent.parent / "shared" / "yardstick" / "replay_yardstick.c"))
 
 
 def rss_mib() -> float:
@@ -139,7 +141,7 @@ def main() -> int:
         print(f"core / yardstick   {statistics.median(ratios):8.2f}    (target >= 0.5, aim 0.8; median of "
               f"per-round ratios)")
     else:
-        print("yardstick: no C compiler found, skipped")
+        print(f"yardstick: skipped (no C compiler, or no {YARDSTICK}; set NVEMU_YARDSTICK)")
     print(f"emulator RSS {max(held):6.0f} MiB at most (one 256 MiB vNVDIMM, trace excluded; target < 700 MiB)")
     return 0
 

@@ -9,6 +9,8 @@ twin ``_reference``), ``machine`` (platform, VMs, hypervisor), ``formats`` (NFIT
 ``guest`` (driver models, workloads), ``tools`` (replay, check, bench), ``cli``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._backend import BACKEND, COMPILED
 from ._constants import TRACE_DTYPE, Domain, ExitReason, FhaMode, LineState, Op
 from ._version import __version__
@@ -17,10 +19,17 @@ from .errors import (ConfigError, GuestFault, LifecycleError, NfitError, NvemuEr
 from .machine.config import PlatformConfig, TimingModel, preset
 from .machine.hypervisor import Hypervisor, RunResult
 from .machine.platform import Platform
-from .machine.snapshot import restore_snapshot, save_snapshot
 from .machine.stats import Stats
 from .machine.vm import VM, Vcpu, VmState
-from .tools.replayer import Replayer, ReplayReport, replay
+
+if TYPE_CHECKING:
+    from .machine.snapshot import restore_snapshot, save_snapshot
+    from .tools.replayer import Replayer, ReplayReport, replay
+
+# Loaded on first use (PEP 562), so that ``import nvemu`` for a machine and a few guest operations
+# (the README's quick start) does not also load the trace formats, workloads and replay tools.
+_LAZY = {"replay": ".tools.replayer", "Replayer": ".tools.replayer", "ReplayReport": ".tools.replayer",
+         "save_snapshot": ".machine.snapshot", "restore_snapshot": ".machine.snapshot"}
 
 __all__ = [
     "BACKEND", "COMPILED", "TRACE_DTYPE", "Op", "LineState", "Domain", "ExitReason", "FhaMode",
@@ -36,3 +45,17 @@ def get_include() -> str:
     ``nvemu/_core.pxd`` (as ``numpy.get_include()`` does for numpy's headers)."""
     import os
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def __getattr__(name: str) -> Any:
+    """The public names of ``_LAZY``, imported when first asked for."""
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nvemu' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

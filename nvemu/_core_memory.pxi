@@ -55,11 +55,11 @@ cdef _raise_no_memory(Engine e):
 
 cdef chunk_t* _ensure(Engine e, uint64_t idx) except NULL:
     """The chunk at memory index ``idx``, allocated (ResourceError beyond the memory budget)."""
-    cdef chunk_t* ck = e.chunk_at(idx, True)
+    cdef chunk_t* ck = _chunk_at(e, idx, True)
     if ck == NULL:
         e.alloc_error = 2
         _raise_no_memory(e)
-    if e.fill_chunk(ck, idx):
+    if _fill_chunk(e, ck, idx):
         _raise_no_memory(e)
     return ck
 
@@ -113,7 +113,7 @@ cdef dict _nonzero_pages(Engine e, bint media):
     cdef chunk_t* ck
     out = {}
     for idx in _chunk_indices(e, 0 if not media else e.pmem_index, e.dir_len << LEAF_SHIFT):
-        ck = e.chunk_at(idx, False)
+        ck = _chunk_at(e, idx, False)
         if idx < e.pmem_index:
             hpa0, n = idx, min(c, e.dram_bytes - idx)
         else:
@@ -134,7 +134,7 @@ cdef bytes _copy_out(Engine e, uint64_t hpa, uint64_t n, bint media):
     while pos < n:
         idx = _index(e, hpa + pos)
         piece = min(n - pos, c - (idx & e.chunk_mask))
-        ck = e.chunk_at(idx, False)
+        ck = _chunk_at(e, idx, False)
         src = ck.med if media else ck.mem
         if src != NULL:
             memcpy(&dst[pos], src + (idx & e.chunk_mask), piece)
@@ -155,7 +155,7 @@ cdef _drop_queued(Engine e, uint64_t first, uint64_t last):
         kept = 0
         for line, data in entries:
             if first <= line < last:
-                ck = e.chunk_at(e.pmem_index + (line << 6), False)
+                ck = _chunk_at(e, e.pmem_index + (line << 6), False)
                 ck.lines[((line << 6) & e.chunk_mask) >> 6] -= ONE_COPY
                 continue
             slot = c * e.wpq_depth + kept
@@ -166,62 +166,77 @@ cdef _drop_queued(Engine e, uint64_t first, uint64_t last):
         e.wlen[c] = kept
 
 
-cdef _load_state(Engine self, dict s, list vms):
-    """Install a state ``nvemu._state.check`` accepted: host memory first (chunks as needed,
-    ResourceError beyond the budget, before anything else changes), then the rest."""
-    cdef uint64_t idx, d, k
+cdef _write_memory(Engine self, hpa, data):
+    """``Engine.write_memory``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t pos, idx, piece, c = 1ULL << self.chunk_shift, h
     cdef chunk_t* ck
-    need = set()
-    for hpa in s["memory_hpa"].tolist():
-        need.add(_index(self, hpa) & ~self.chunk_mask)
-    for name in ("media_hpa", "line_hpa", "wpq_line"):
-        for hpa in s[name].tolist():
-            need.add(_index(self, hpa) & ~self.chunk_mask)
-    cost = sum(_chunk_cost(self, i) for i in need)
-    if cost > self.memory_budget:
-        raise ResourceError(budget_message(self.memory_budget, 0, cost))
-    for vm in list(self._vms):
-        memset(&self.vms[vm], 0, sizeof(vm_t))
-    self._vms = {}
-    for d in range(self.dir_len):
-        if self.dir[d] != NULL:
-            for k in range(1ULL << (LEAF_SHIFT - self.chunk_shift)):
-                _drop_chunk(self, &self.dir[d][k], (d << LEAF_SHIFT) + (k << self.chunk_shift))
-    for i in sorted(need):
-        _ensure(self, i)
-    for hpa, page in zip(s["memory_hpa"].tolist(), s["memory_data"]):
-        idx = _index(self, hpa)
-        ck = self.chunk_at(idx, False)
-        _view(ck.mem + (idx & self.chunk_mask), 4096)[:] = page
-    for hpa, page in zip(s["media_hpa"].tolist(), s["media_data"]):
-        idx = _index(self, hpa)
-        ck = self.chunk_at(idx, False)
-        _view(ck.med + (idx & self.chunk_mask), 4096)[:] = page
-    for hpa, st in zip(s["line_hpa"].tolist(), s["line_state"].tolist()):
-        idx = _index(self, hpa)
-        ck = self.chunk_at(idx, False)
-        k = (idx & self.chunk_mask) >> 6
-        ck.lines[k] = (ck.lines[k] & ~(<uint16_t>LINE_STATE_MASK)) | st
-    self._wpq_head[:] = 0
-    self._wpq_len[:] = 0
-    for c, hpa, data in zip(s["wpq_ctrl"].tolist(), s["wpq_line"].tolist(), s["wpq_data"]):
-        slot = c * self.wpq_depth + self.wlen[c]
-        self.wline[slot] = (hpa - self.pmem_base) >> 6
-        self._wpq_data[slot * 64:(slot + 1) * 64] = data
-        self.wlen[c] += 1
-        idx = _index(self, hpa)
-        self.chunk_at(idx, False).lines[(idx & self.chunk_mask) >> 6] += ONE_COPY
-    self._ctrl_stats[:] = s["ctrl_stats"]
-    self._ctrl_busy[:] = s["ctrl_busy"]
-    self._pool[:] = 0
-    pool = self._pool.reshape(-1, ENTRIES)
-    for t, row in zip(s["table_ids"].tolist(), s["table_data"]):
-        pool[t] = row
-    self._free_tables = s["free_tables"].tolist()
-    self.next_table, self.last_value = (int(x) for x in s["scalars"])
-    for slot in vms:
-        a = VmArrays(slot.nvcpus, slot.tlb_entries, self.n_controllers)
-        a.tlb_vpn[:], a.tlb_entry[:], a.tlb_hpa[:], a.tlb_slot[:] = slot.tlb.T
-        a.stats[:], a.fanout[:], a.drained[:], a.clock[:] = slot.stats, slot.fanout, slot.drained, slot.clock
-        _install_vm(self, slot.vm, slot.root, slot.nvcpus, slot.tlb_entries, slot.running, slot.fha_vpn,
-                    slot.fha_mode, a)
+    cdef const uint8_t[::1] src
+    _live(self)
+    h, n = _check_hpa(self, hpa, len(data))
+    src = data if n else b"\0"
+    pos = 0
+    while pos < <uint64_t>n:
+        idx = _index(self, h + pos)
+        piece = min(<uint64_t>n - pos, c - (idx & self.chunk_mask))
+        ck = _ensure(self, idx)
+        memcpy(ck.mem + (idx & self.chunk_mask), &src[pos], piece)
+        pos += piece
+
+
+cdef _prefault(Engine self, hpa, n):
+    """``Engine.prefault``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t pos, idx, c = 1ULL << self.chunk_shift, h, end
+    cdef chunk_t* ck
+    _live(self)
+    h, n = _check_hpa(self, hpa, n)
+    end = _index(self, h) + n
+    pos = _index(self, h) & ~self.chunk_mask
+    while pos < end:
+        ck = _ensure(self, pos)
+        nvemu_touch(ck.mem, c, 4096)
+        if ck.med != NULL:
+            nvemu_touch(ck.med, c, 4096)
+        pos += c
+
+
+cdef _discard(Engine self, hpa, n):
+    """``Engine.discard``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t c = 1ULL << self.chunk_shift, idx, lo, hi, a, b, space_end
+    cdef chunk_t* ck
+    _live(self)
+    h, n = _check_hpa(self, hpa, n)
+    if h % 4096 or n % 4096:
+        raise ConfigError(f"discard of {n:#x} bytes at {h:#x} is not whole 4 KiB pages")
+    if n == 0:
+        return
+    lo = _index(self, h)
+    hi = lo + n
+    if h >= self.pmem_base:
+        _drop_queued(self, (h - self.pmem_base) >> 6, (h - self.pmem_base + n) >> 6)
+        space_end = self.pmem_index + self.pmem_bytes
+    else:
+        space_end = self.dram_bytes
+    for idx in _chunk_indices(self, lo & ~self.chunk_mask, hi):
+        ck = _chunk_at(self, idx, False)
+        a, b = max(idx, lo), min(idx + c, hi)
+        if a == idx and b >= min(idx + c, space_end):
+            _drop_chunk(self, ck, idx)
+            continue
+        memset(ck.mem + (a - idx), 0, b - a)
+        if ck.med != NULL:
+            memset(ck.med + (a - idx), 0, b - a)
+            memset(ck.lines + ((a - idx) >> 6), 0, ((b - a) >> 6) * 2)
+
+
+cdef _touched_ranges(Engine self):
+    """``Engine.touched_ranges``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t c = 1ULL << self.chunk_shift
+    _live(self)
+    out = []
+    for idx in _chunk_indices(self, 0, self.dir_len << LEAF_SHIFT):
+        if idx < self.pmem_index:
+            out.append((idx, min(c, self.dram_bytes - idx)))
+        else:
+            out.append((idx - self.pmem_index + self.pmem_base,
+                        min(c, self.pmem_index + self.pmem_bytes - idx)))
+    return out

@@ -83,7 +83,7 @@ cdef _install_vm(Engine e, int vm, uint64_t root, uint64_t nvcpus, uint64_t tlb_
     v.clock = <uint64_t*>_ptr(a.clock)
     hpa, chunk = v.tlb_hpa, v.tlb_chunk
     for k in range(n):
-        chunk[k] = e.chunk_at(_index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY
+        chunk[k] = _chunk_at(e, _index(e, hpa[k]), False) if v.tlb_vpn[k] != NO_VPN else &EMPTY
     v.active = True
 
 
@@ -148,3 +148,79 @@ cdef list _each_leaf(Engine e, vm_t* v, gpa, length):
         leaves.append(found[1])
         pos += 1ULL << (12 + 9 * (found[0] - 1))
     return leaves
+
+
+cdef _map(Engine self, vm, gpa, hpa, length, perms, page_size):
+    """``Engine.map``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t off, entry
+    cdef int target
+    v = _vm(self, vm)
+    gpa, hpa, length = integer(gpa, "gpa"), integer(hpa, "hpa"), integer(length, "length")
+    perms, page_size = integer(perms, "perms"), integer(page_size, "page_size")
+    if page_size == 4096:
+        target = 1
+    elif page_size == 2 << 20:
+        target = 2
+    else:
+        raise ConfigError(f"page_size {page_size:#x}: must be 4 KiB or 2 MiB")
+    if gpa % page_size or hpa % page_size or length % page_size or length == 0:
+        raise ConfigError(f"map of {length:#x} bytes at GPA {gpa:#x} -> HPA {hpa:#x} is not "
+                          f"aligned to its {page_size:#x}-byte pages")
+    if gpa + length > GPA_LIMIT:
+        raise ConfigError(f"GPA range ending at {gpa + length:#x} exceeds the 48-bit guest-physical space")
+    if not 1 <= perms <= 7:
+        raise ConfigError(f"perms {perms}: must be a non-empty R/W/X mask (use unmap to remove)")
+    _check_hpa(self, hpa, length)
+    try:
+        for off in range(0, length, page_size):
+            level, slot = _leaf(self, v, gpa + off, target, True, page_size)
+            if level == 2 and target == 2 and (self.ept[slot] & E_RWX) and not (self.ept[slot] & E_LARGE):
+                raise ConfigError(f"GPA {gpa + off:#x} is already mapped with 4 KiB pages")
+            entry = (hpa + off) | E_MEMTYPE_WB | <uint64_t>perms
+            if target == 2:
+                entry |= E_LARGE
+            self.ept[slot] = entry
+    finally:
+        _flush_tlbs(v)
+
+
+cdef _walk(Engine self, vm, gpa):
+    """``Engine.walk``, with the lock held: its arguments unchecked until here."""
+    cdef uint64_t t, x, idx
+    cdef int level
+    v = _vm(self, vm)
+    t = v.root
+    gpa = integer(gpa, "gpa")
+    if gpa >= GPA_LIMIT:
+        raise ConfigError(f"GPA {gpa:#x} is outside the 48-bit guest-physical space")
+    path = []
+    for level in range(4, 0, -1):
+        idx = (gpa >> (12 + 9 * (level - 1))) & 511
+        x = self.ept[t * ENTRIES + idx]
+        path.append((level, t, idx, x))
+        if not (x & E_RWX) or (x & 3) == E_W or level == 1 or (x & E_LARGE):
+            break
+        t = (x & ADDR_MASK) >> 12
+    return path
+
+
+cdef _set_fha(Engine self, vm, fha_gpa, mode, fanout):
+    """``Engine.set_fha``, with the lock held: its arguments unchecked until here."""
+    v = _vm(self, vm)
+    mode = integer(mode, "fha mode", FHA_NONE, FHA_NATIVE + 1)
+    if fha_gpa is not None:
+        fha_gpa = integer(fha_gpa, "vFHA GPA")
+        if fha_gpa >= GPA_LIMIT:
+            raise ConfigError(f"vFHA GPA {fha_gpa:#x} is outside the 48-bit guest-physical space")
+    ctl = np.zeros(self.n_controllers, np.uint8)
+    try:
+        controllers = [integer(c, "fan-out controller") for c in fanout]
+    except TypeError as e:
+        raise TypeError(f"fanout must be a sequence of controller indices: {e}") from None
+    for c in controllers:
+        if not 0 <= c < self.n_controllers:
+            raise ConfigError(f"fan-out names controller {c}, which does not exist")
+        ctl[c] = 1
+    self._vms[operator.index(vm)].fanout[:] = ctl
+    v.fha_vpn = NO_VPN if fha_gpa is None else fha_gpa >> 12
+    v.fha_mode = mode if fha_gpa is not None else FHA_NONE

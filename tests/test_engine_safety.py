@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nvemu import COMPILED, Hypervisor, Op
+from nvemu.errors import LifecycleError, TraceError
 from nvemu.machine.config import make_platform
 
 from conftest import ENGINES, trace
@@ -128,3 +129,39 @@ def test_the_engine_lock_serializes_callers(backend):
         assert not done                   # blocked while this thread holds the engine
     th.join()
     assert done
+
+
+def test_records_ahead_of_the_one_running_change_nothing(backend):
+    """The compiled loop peeks at records ahead of the one it runs (to prefetch their page tables,
+    host memory and, when draining, media): whatever those records are (other VMs, a paused or a
+    removed one, vCPUs and GPAs out of range, unmapped or never-written memory, the vFHA), the run
+    ends exactly where running one record at a time ends."""
+    def replay(batches):
+        hv, (a, b) = machine(backend)
+        b.pause()
+        gone = hv.create_vm(dram=1 << 20, nvdimms=[1 << 20]).start()
+        gone_id = gone.id
+        gone.destroy()
+        nv, dram = a.nvdimms[0], a.dram[0]
+        body = workload(a, 40, seed=3)
+        odd = trace(*[(Op.LOAD, 0, a.id, 8, nv.gpa + nv.size - 64 * k, 0) for k in range(1, 9)],
+                    (Op.STORE, 0, a.id, 8, 0x7000_0000_0000, 1), (Op.LOAD, 0, a.id, 8, a.vfha_gpa, 0),
+                    (Op.CLWB, 0, a.id, 0, dram.gpa + 4096, 0), (Op.STORE, 0, a.id, 8, nv.gpa + 64, 5))
+        tail = trace((Op.STORE, 0, b.id, 8, b.nvdimms[0].gpa, 1), (Op.STORE, 0, gone_id, 8, nv.gpa, 1),
+                     (Op.STORE, 200, a.id, 8, nv.gpa, 1), (Op.STORE, 0, a.id, 8, 1 << 60, 1),
+                     (Op.LOAD, 0, 999, 8, nv.gpa, 0), *[(Op.STORE, 0, a.id, 8, nv.gpa + 64 * k, k) for k in range(40)])
+        ops = np.concatenate([body, odd, body[:50], tail])
+        stop = None
+        for start, end in batches(len(ops)):
+            try:
+                hv.run(ops[start:end], handler=lambda fault: "skip")
+            except (TraceError, LifecycleError) as e:
+                stop = start + e.index
+                break
+        return stop, hv.platform.engine.get_state()
+
+    whole_stop, whole = replay(lambda n: [(0, n)])
+    one_stop, one = replay(lambda n: [(k, k + 1) for k in range(n)])
+    assert whole_stop == one_stop is not None
+    assert whole.keys() == one.keys()
+    assert all(np.array_equal(whole[k], one[k]) for k in whole)

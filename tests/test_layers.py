@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -189,16 +190,22 @@ def test_type_checking_imports_do_not_count():
 # ---- the README's layout table --------------------------------------------------------------------
 
 README = ROOT.parent / "README.md"
-ENGINE_ORDER = ("_core.pyx", "_core.pxd", "_core.pyi", "_reference.py", "_state.py", "_image.py", "_backend.py",
+ENGINE_ORDER = ("_core.pyx", "_core_kernels.pxi", "_core_state.pxi", "_core_memory.pxi", "_core_tables.pxi",
+                "_core.pxd", "_core.pyi", "_reference.py", "_reference_memory.py", "_reference_tables.py", "_state.py",
+                "_image.py", "_backend.py",
                 "_constants.py", "_records.py", "_layout.py", "_files.py", "errors.py", "_version.py")
 LAYER_TITLES = {0: "engine", 1: "machine", 2: "formats, guest", 3: "tools", 4: "cli", FACADE: "package"}
 START, END = "<!-- layout table: python tests/test_layers.py -->", "<!-- end of layout table -->"
 
 
+SOURCES = (".py", ".pyx", ".pxi", ".pxd", ".pyi")
+"""What the package is written in: Python, and the core's Cython (``.pxi`` files are parts of ``_core.pyx``)."""
+
+
 def _summary(path: Path) -> str:
     """The first sentence of a module's docstring (a .pxd: of its leading comment), markup removed."""
     text = path.read_text()
-    if path.suffix == ".pxd":
+    if path.suffix in (".pxd", ".pxi"):
         doc = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#")).strip()
     elif path.suffix == ".pyx":                          # Cython: not Python syntax; the leading string
         found = re.match(r'\s*(?:#.*\n\s*)*"""(.*?)"""', text, re.S)
@@ -220,7 +227,7 @@ def _order(path: Path) -> tuple:
 
 
 def layout_table() -> str:
-    files = [p for p in ROOT.rglob("*") if p.suffix in (".py", ".pyx", ".pxd", ".pyi") and "__pycache__" not in p.parts]
+    files = [p for p in ROOT.rglob("*") if p.suffix in SOURCES and "__pycache__" not in p.parts]
     rows = [START, "", "| layer | module | what |", "|---|---|---|"]
     for path in sorted(files, key=_order):
         title = LAYER_TITLES[_order(path)[0]]
@@ -247,12 +254,13 @@ if __name__ == "__main__":                      # rewrite the README's table
 
 
 LINE_LIMIT = 650
-"""About 600 lines per module (the engine and its plain twin excepted: one machine each)."""
+"""About 600 lines per module, the core's Cython files (``_core.pyx`` and each ``.pxi`` it includes) and
+the reference model's modules too."""
 
 
 def test_no_module_is_over_about_600_lines():
-    big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
-           if (n := len(p.read_text().splitlines())) > LINE_LIMIT and p.name != "_reference.py"}
+    big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*") if p.suffix in SOURCES
+           and (n := len(p.read_text().splitlines())) > LINE_LIMIT}
     assert big == {}, f"split these modules (over {LINE_LIMIT} lines): {big}"
 
 
@@ -269,3 +277,21 @@ def test_no_test_names_an_engine_by_hand():
             if isinstance(node, ast.Constant) and node.value in ("core", "reference"):
                 named.append(f"{path.name}:{node.lineno}")
     assert named == [], f"use the backend fixture, conftest.ENGINES or DEFAULT_BACKEND: {named}"
+
+
+def test_import_nvemu_loads_the_tools_only_when_asked():
+    """``import nvemu`` (a machine and guest operations: the README's quick start) does not load the
+    replay tools, trace formats or snapshots; their names on the package load them on first use."""
+    code = ("import sys, nvemu\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('nvemu.tools', 'nvemu.formats', 'nvemu.guest',"
+            " 'nvemu.machine.snapshot'))))\n"
+            "from nvemu.tools.replayer import replay, Replayer, ReplayReport\n"
+            "from nvemu.machine.snapshot import save_snapshot, restore_snapshot\n"
+            "print(nvemu.replay is replay and nvemu.Replayer is Replayer and nvemu.ReplayReport is ReplayReport"
+            " and nvemu.save_snapshot is save_snapshot and nvemu.restore_snapshot is restore_snapshot)\n"
+            "print(all(hasattr(nvemu, n) for n in nvemu.__all__), set(nvemu.__all__) <= set(dir(nvemu)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == ["[]", "True", "True True"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import nvemu
+        nvemu.nope  # noqa: B018

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gc
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,23 @@ def test_the_native_baseline_is_the_trace_run_natively_without_second_level_walk
                   strategy="native", dram=4 << 20, nvdimm=2 << 20)
     assert r.native_ns_per_op == bare.ns_per_op and bare.exits == {k: 0 for k in bare.exits}
     assert r.overhead_vs_native == r.ns_per_op / bare.ns_per_op > 1
+
+
+def test_a_released_native_baseline_frees_the_emulated_host_and_reports_the_same(backend):
+    """``with_native(release=True)`` (what ``nvemu replay`` uses) lets go of the emulated hypervisor
+    before building the native host, and reports what a kept one does."""
+    from nvemu.machine.platform import Platform
+    from nvemu.tools.replayer import with_native
+    trace = generate("kv-put", 4000, LAYOUT, seed=2)
+    options = dict(strategy="mmio", dram=4 << 20, nvdimm=2 << 20)
+    kept = replay(trace, native=True, platform=Platform("small", backend=backend), **options)
+    result = Replayer(trace, platform=Platform("small", backend=backend), **options).run()
+    gone = weakref.ref(result.hypervisor)
+    released = with_native(result, trace, release=True, dram=4 << 20, nvdimm=2 << 20)
+    assert released.hypervisor is None and gone() is None
+    wall = ("seconds", "mops")                  # measured, not emulated
+    assert {k: v for k, v in released.as_dict().items() if k not in wall} == \
+        {k: v for k, v in kept.as_dict().items() if k not in wall}
 
 
 def test_json_to_stdout_replaces_the_table(capsys):

@@ -147,13 +147,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     options = dict(fanout=args.fanout, dram=args.dram, nvdimm=args.nvdimm, chunk_ops=args.chunk,
                    format=None if args.format == "auto" else args.format,
                    unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush)
-    run = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, vms=args.vms, vcpus=args.vcpus,
-                   progress=args.progress, **options)
-    result = run.run()
-    if args.native:
-        for vm in run.vms:          # its figures are taken: free the machine before the native one is built
-            vm.destroy()
-        result = with_native(result, args.trace, **options)
+    result = Replayer(args.trace, platform=platform_of(args), strategy=args.strategy, vms=args.vms,
+                      vcpus=args.vcpus, progress=args.progress, **options).run()
+    if args.native:                         # the emulated host goes before the native one comes
+        result = with_native(result, args.trace, release=True, **options)
     if not args.quiet:
         print(summary_table(result), file=report_stream(args.json, args.csv))
     _write_outputs(result, args.json, args.csv)

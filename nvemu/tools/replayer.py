@@ -17,6 +17,7 @@ to a GPA outside every mapping of its VM; nothing past that record has been repl
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
@@ -282,20 +283,27 @@ class Replayer:
                       vcpus=max(len(vm.vcpus) for vm in self.vms), per_vm=per_vm, hypervisor=self.hv)
 
 
-def with_native(result: ReplayReport, trace: str | os.PathLike[str] | np.ndarray,
+def with_native(result: ReplayReport, trace: str | os.PathLike[str] | np.ndarray, *, release: bool = False,
                 **options: Any) -> ReplayReport:
     """``result`` with the native baseline beside its emulated time: the same trace replayed again
     on a fresh platform of the same configuration and engine, the same VMs with strategy ``native`` (the
     guest writes the physical flush hints itself: no exits) and ``walk_ref_cycles = 0`` (no
     second-level walk). Adds ``native_ns_per_op`` and ``overhead_vs_native`` (``ns_per_op`` over
     it) to the total and to each VM. ``options`` are the first replay's :class:`Replayer` options.
+    With ``release`` the report lets go of its hypervisor (``result.hypervisor`` becomes None) before
+    the native run, so that a caller holding no other reference to it never has both hosts in memory
+    at once (``nvemu replay`` does: its peak RSS is one host's, not two).
     """
     hv = result.hypervisor
     if hv is None:
         raise ConfigError("with_native needs the report of a replay that kept its hypervisor")
     options = {k: v for k, v in options.items() if k not in ("hypervisor", "platform", "strategy", "timing",
                                                              "progress", "vms", "vcpus")}
-    bare = Platform(hv.platform.config, replace(hv.platform.timing, walk_ref_cycles=0), backend=hv.platform.backend)
+    config, timing, backend = hv.platform.config, hv.platform.timing, hv.platform.backend
+    if release:
+        result.hypervisor = hv = None
+        gc.collect()                            # VMs and their hypervisor refer to each other
+    bare = Platform(config, replace(timing, walk_ref_cycles=0), backend=backend)
     native = Replayer(trace, platform=bare, strategy="native", vms=result.vms, vcpus=result.vcpus, **options).run()
 
     def ratio(a: float, b: float) -> float:
