@@ -208,7 +208,7 @@ def _summary(path: Path) -> str:
     if path.suffix in (".pxd", ".pxi"):
         doc = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#")).strip()
     elif path.suffix == ".pyx":                          # Cython: not Python syntax; the leading string
-        found = re.match(r'\s*(?:#.*\n\s*)*"""(.*?)"""', text, re.S)
+        found = re.match(r'\s*(?:#[^\n]*\n\s*)*"""(.*?)"""', text, re.S)
         doc = found.group(1) if found else ""
     else:
         doc = ast.get_docstring(ast.parse(text)) or ""
