@@ -104,7 +104,7 @@ class FastModel(Model):
         return int(s)
 
     def _unknown(self, lines: np.ndarray) -> np.ndarray:
-        return lines[self.lines.slot.lookup(lines) < 0]
+        return np.unique(lines[self.lines.slot.lookup(lines) < 0])
 
     def _add_lines(self, lines: list[int]) -> None:
         if not self._bulk:
