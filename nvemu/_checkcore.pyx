@@ -136,6 +136,9 @@ cdef class CheckKernel:
     cdef public int64_t completed, rank, last
     cdef Event* events_buf
     cdef int64_t n_events, events_cap
+    cdef int64_t* hkeys             # line HPA -> slot: open addressing, -1 empty, power-of-two size
+    cdef int32_t* hvals
+    cdef int64_t hcap, hcount
 
     def __cinit__(self):
         self.hpa = NULL
@@ -193,7 +196,7 @@ cdef class CheckKernel:
         free(self.mem); free(self.media); free(self.wb); free(self.pending); free(self.touch_list)
         free(self.recs); free(self.fence); free(self.fha_fence); free(self.fha); free(self.q_slot)
         free(self.q_ver); free(self.q_data); free(self.q_head); free(self.q_len); free(self.drain_mask)
-        free(self.events_buf)
+        free(self.events_buf); free(self.hkeys); free(self.hvals)
 
     # ---- lines (with the GIL, from Python) ----
 
@@ -259,6 +262,66 @@ cdef class CheckKernel:
                 self.pending[s].head = self.pending[s].tail = -1
             self.n += n
         return first
+
+    # ---- line HPA -> slot ----
+
+    cdef inline int64_t _hpos(self, int64_t line) noexcept nogil:
+        return <int64_t>(((<uint64_t>line >> 6) * 0x9E3779B97F4A7C15ULL) >> 20) & (self.hcap - 1)
+
+    def slot_lookup(self, const int64_t[::1] lines):
+        """The slot of each line HPA (-1: none), as int32."""
+        import numpy as np
+        out = np.empty(lines.shape[0], np.int32)
+        cdef int32_t[::1] o = out
+        cdef Py_ssize_t k
+        cdef int64_t pos
+        with nogil:
+            for k in range(lines.shape[0]):
+                o[k] = -1
+                if self.hcap:
+                    pos = self._hpos(lines[k])
+                    while self.hkeys[pos] != -1:
+                        if self.hkeys[pos] == lines[k]:
+                            o[k] = self.hvals[pos]
+                            break
+                        pos = (pos + 1) & (self.hcap - 1)
+        return out
+
+    def slot_insert(self, const int64_t[::1] lines, const int32_t[::1] slots):
+        """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct)."""
+        cdef Py_ssize_t k
+        if (self.hcount + lines.shape[0]) * 2 > self.hcap:
+            self._rehash(max(1024, self.hcap * 2, 4 * (self.hcount + lines.shape[0])))
+        with nogil:
+            for k in range(lines.shape[0]):
+                self._hput(lines[k], slots[k])
+
+    cdef void _hput(self, int64_t line, int32_t slot) noexcept nogil:
+        cdef int64_t pos = self._hpos(line)
+        while self.hkeys[pos] != -1 and self.hkeys[pos] != line:
+            pos = (pos + 1) & (self.hcap - 1)
+        if self.hkeys[pos] == -1:
+            self.hcount += 1
+        self.hkeys[pos] = line
+        self.hvals[pos] = slot
+
+    def _rehash(self, int64_t want):
+        cdef int64_t cap = 1, k, old_cap = self.hcap
+        while cap < want:
+            cap <<= 1
+        cdef int64_t* old_keys = self.hkeys
+        cdef int32_t* old_vals = self.hvals
+        self.hkeys = <int64_t*>malloc(sizeof(int64_t) * cap)
+        self.hvals = <int32_t*>malloc(sizeof(int32_t) * cap)
+        if self.hkeys == NULL or self.hvals == NULL:
+            raise MemoryError()
+        memset(self.hkeys, 0xFF, sizeof(int64_t) * cap)
+        self.hcap, self.hcount = cap, 0
+        for k in range(old_cap):
+            if old_keys[k] != -1:
+                self._hput(old_keys[k], old_vals[k])
+        free(old_keys)
+        free(old_vals)
 
     def queue_initial(self, int64_t s, bytes data):
         """A copy of line ``s`` already queued when the check starts (version -1)."""

@@ -6,7 +6,7 @@ of a tracked line, or nothing), gives each new line a slot (its bytes read befor
 the chunk) and hands the columns over; the kernel follows them without the GIL and judges the
 crash points, and the violations it settled come back as tuples. Per tracked line the kernel holds
 about 44 bytes of state and the line's bytes in memory and on media (128 bytes);
-``Model.lines.slot`` maps a line's HPA to its slot (a dict entry, about 100 bytes more).
+the kernel's hash table maps a line's HPA to its slot (12 to 48 bytes a line by its fill).
 """
 
 from __future__ import annotations
@@ -33,20 +33,16 @@ AVAILABLE = CheckKernel is not None
 _K_FENCE, _K_VFHA, _K_STORE, _K_NT, _K_FLUSH = 1, 2, 3, 4, 5
 
 
-class _SortedSlots:
-    """Line HPA -> slot as two sorted arrays (12 bytes a line): what :class:`Model` asks of
-    ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
+class _KernelSlots:
+    """Line HPA -> slot in the kernel's hash table (about 24 bytes a line): what :class:`Model`
+    asks of ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
 
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, np.int64)
-        self.vals = np.zeros(0, np.int32)
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
 
     def lookup(self, lines: np.ndarray) -> np.ndarray:
         """The slot of each of ``lines`` (-1: none)."""
-        pos = np.minimum(np.searchsorted(self.keys, lines), max(len(self.keys) - 1, 0))
-        if not len(self.keys):
-            return np.full(len(lines), -1, np.int32)
-        return np.where(self.keys[pos] == lines, self.vals[pos], -1).astype(np.int32)
+        return self.kernel.slot_lookup(np.ascontiguousarray(lines, np.int64))
 
     def get(self, line: int, default: int | None = None) -> int | None:
         s = int(self.lookup(np.array([line], np.int64))[0])
@@ -56,17 +52,15 @@ class _SortedSlots:
         return self.get(line) is not None
 
     def insert(self, lines: np.ndarray, slots: np.ndarray) -> None:
-        """Add ``lines`` (ascending, none known) with their ``slots``."""
-        pos = np.searchsorted(self.keys, lines)
-        self.keys = np.insert(self.keys, pos, lines)
-        self.vals = np.insert(self.vals, pos, slots.astype(np.int32))
+        """Add ``lines`` (distinct, none known) with their ``slots``."""
+        self.kernel.slot_insert(np.ascontiguousarray(lines, np.int64), np.ascontiguousarray(slots, np.int32))
 
 
 class _Slots:
     """What :class:`Model` needs of its lines when the kernel holds them: HPA -> slot."""
 
-    def __init__(self) -> None:
-        self.slot = _SortedSlots()
+    def __init__(self, kernel: Any) -> None:
+        self.slot = _KernelSlots(kernel)
 
 
 class FastModel(Model):
@@ -90,7 +84,7 @@ class FastModel(Model):
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
         self._tables: dict[tuple[int, int], np.ndarray] = {}   # (vm, 2 MiB span) -> its pages' HPAs
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
-        self.lines = _Slots()     # type: ignore[assignment]
+        self.lines = _Slots(self.kernel)     # type: ignore[assignment]
         self._adopt()
 
     def _adopt(self) -> None:
@@ -110,7 +104,7 @@ class FastModel(Model):
         return int(s)
 
     def _unknown(self, lines: np.ndarray) -> np.ndarray:
-        return lines[self.lines.slot.lookup(lines) < 0]
+        return np.unique(lines[self.lines.slot.lookup(lines) < 0])
 
     def _add_lines(self, lines: list[int]) -> None:
         if not self._bulk:

@@ -281,16 +281,15 @@ class Model:
         for v, fha_page in self.vfha_page.items():
             hpa[writes & (vm == v) & ((gpa >> PAGE_SHIFT) == fha_page)] = -2
         out[keep] = hpa
-        stored = np.unique(hpa[writes & (hpa >= 0)] & ~(LINE - 1))
-        new = self._unknown(stored)
+        new = self._unknown(hpa[writes & (hpa >= 0)] & ~(LINE - 1))
         if len(new):
             self._add_lines(new.tolist())
         return out
 
     def _unknown(self, lines: np.ndarray) -> np.ndarray:
-        """Those of ``lines`` (ascending) that have no slot yet."""
+        """Those of ``lines`` that have no slot yet, ascending and distinct."""
         slot = self.lines.slot
-        return np.array([line for line in lines.tolist() if line not in slot], np.int64)
+        return np.array([line for line in np.unique(lines).tolist() if line not in slot], np.int64)
 
     def _add_lines(self, lines: list[int]) -> None:
         """Give each of ``lines`` (new, ascending) a slot."""

@@ -50,7 +50,7 @@ over the run (``full_every``) and at the last one. ``verify`` also checks that m
 stops there).
 
 The model runs in the compiled kernel ``nvemu._checkcore`` (:mod:`nvemu.tools.check_fast`; about
-210 bytes per distinct line the trace stores to, and one record per store until it is known
+220 bytes per distinct line the trace stores to, and one record per store until it is known
 durable) or, in a pure install or with ``model="python"``, in plain Python (the oracle the
 differential tests compare the kernel with; about 1.2 KiB per line).
 
@@ -328,7 +328,7 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
         seen += len(cand)
         first = len(chosen)
         chosen += mine.tolist()
-        cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks]
+        cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks] if verify_ranks else []
         a = lo
         for stop in sorted({p + 1 for p in cuts} | {lo + len(chunk)}):
             if stop > a:
