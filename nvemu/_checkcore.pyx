@@ -351,15 +351,6 @@ cdef class CheckKernel:
             raise MemoryError()
         return q
 
-    @property
-    def lines(self):
-        return self.n
-
-    def tracked_bytes(self):
-        """Bytes this kernel holds: per line, per pending store, the queues and events."""
-        return (self.cap * (8 * 4 + 4 * 4 + 3 + 2 * LINE + 2 * sizeof(List)) + self.rec_cap * sizeof(Rec)
-                + self.nc * self.depth * (12 + LINE) + self.events_cap * sizeof(Event))
-
     def queue_lines(self, int c):
         """Line HPAs and bytes of controller ``c``'s queue, oldest first."""
         out = []
