@@ -72,6 +72,24 @@ def test_text_grammar_gives_exact_records_and_line_numbers():
     assert np.array_equal(load_text(DATA / "basic.txt"), load_npy(DATA / "basic.npy"))   # the golden copy
 
 
+def test_a_text_trace_streams_a_chunk_at_a_time_and_still_names_lines(tmp_path):
+    """Issue 12 item 6: a text trace is parsed chunk by chunk as it is read (nothing holds the whole
+    trace), yet every record still maps to its line, across comments, blank lines and chunk ends."""
+    text = ["# a header", "", *format_text(BASIC[:5]), "# between", *format_text(BASIC[5:]), "", ""]
+    (tmp_path / "t.txt").write_text("\n".join(text) + "\n")
+    src = open_trace(tmp_path / "t.txt")
+    assert src.records is None and len(src) == len(BASIC)
+    chunks = list(src.chunks(4))
+    assert [(first, len(c)) for first, c in chunks] == [(0, 4), (4, 4), (8, 4), (12, 1)]
+    assert np.array_equal(np.concatenate([c for _, c in chunks]), BASIC)
+    _, lines = parse_text(text)
+    assert [src.stream.origin(i) for i in range(len(BASIC))] == lines.tolist()
+    assert src.where(6) == f"record 6 (line {lines[6]})" and src.where(len(BASIC)) == f"record {len(BASIC)}"
+    (tmp_path / "bad.txt").write_text("\n".join([*format_text(BASIC), "vm0 cpu0 LOAD"]) + "\n")
+    with pytest.raises(TraceError, match=r"bad.txt line 14, field gpa: missing"):
+        open_trace(tmp_path / "bad.txt")          # refused when opened, before anything replays
+
+
 def test_text_and_npy_round_trip_through_files(tmp_path):
     save_text(tmp_path / "t.txt", BASIC)
     assert np.array_equal(load_text(tmp_path / "t.txt"), BASIC)

@@ -16,7 +16,7 @@ from ...errors import TraceError
 from .npy import NPY_MAGIC, NpyTrace, _dtype_problem, save_npy
 from .pmemcheck import _PID_PREFIX, _PMEMCHECK_OPS, PmemcheckImport, PmemcheckStream, stream_pmemcheck
 from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, FORMATS, PathLike
-from .text import _read_text, save_text
+from .text import TextStream, save_text
 
 # ---- detection and one entry point --------------------------------------------------------------
 
@@ -46,9 +46,10 @@ def detect_format(path: PathLike) -> str:
 
 @dataclass
 class TraceSource:
-    """A trace ready to replay, whatever its format: ``records`` in memory (text, an array),
-    ``npy`` opened for streaming, or a pmemcheck log ``stream`` imported as it is read; ``origin``
-    maps a record index back to a text line (pmemcheck: the stream does) for error messages."""
+    """A trace ready to replay, whatever its format: ``records`` in memory (an array), ``npy``
+    opened for streaming, or a text or pmemcheck ``stream`` parsed a chunk at a time as the file is
+    read (its ``origin`` maps a record index back to a line for error messages; ``origin`` here
+    does it for records in memory)."""
 
     format: str
     path: str | None = None
@@ -56,7 +57,7 @@ class TraceSource:
     npy: NpyTrace | None = None
     origin: np.ndarray | None = None
     origin_name: str = ""
-    stream: PmemcheckStream | None = None
+    stream: PmemcheckStream | TextStream | None = None
 
     def __len__(self) -> int:
         if self.npy is not None:
@@ -86,7 +87,7 @@ class TraceSource:
 
     def chunks(self, size: int = DEFAULT_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
         """``(first index, records)`` chunks: mapped one by one for npy, imported as the log is
-        read for pmemcheck, views otherwise."""
+        read for text and pmemcheck, views otherwise."""
         if self.npy is not None:
             yield from self.npy.chunks(size)
         elif self.stream is not None:
@@ -98,7 +99,7 @@ class TraceSource:
 
     def array(self) -> np.ndarray:
         """All records: in memory, a read-only memory map of the whole npy file, or the whole
-        imported pmemcheck log (which then sits in memory: prefer :meth:`chunks`)."""
+        parsed text or pmemcheck file (which then sits in memory: prefer :meth:`chunks`)."""
         if self.npy is not None:
             return self.npy.array()
         if self.stream is not None:
@@ -131,8 +132,7 @@ def open_trace(trace: PathLike | np.ndarray, format: str | None = None, *,
     if fmt == "npy":
         return TraceSource("npy", path, npy=NpyTrace(path))
     if fmt == "text":
-        records, lines = _read_text(path)
-        return TraceSource("text", path, records=records, origin=lines, origin_name="line")
+        return TraceSource("text", path, stream=TextStream(path).validate(), origin_name="line")
     if fmt == "pmemcheck":
         stream = stream_pmemcheck(path, nvdimm_gpa, nvdimm_size, unregistered=unregistered,
                                   deep_flush=deep_flush).validate()        # a bad log fails here, not mid-replay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -87,7 +88,14 @@ def _parse_line(tokens: list[str]) -> tuple[int, int, int, int, int, int]:
 def parse_text(lines: Iterable[str], source: str = "<text>") -> tuple[np.ndarray, np.ndarray]:
     """Text-format lines as ``(records, line number of each record)``; a bad line raises
     TraceError naming ``source``, the line number and the field."""
-    batches: list[np.ndarray] = []
+    batches = list(_parse_batches(lines, source, _TEXT_BATCH))
+    if not batches:
+        return np.zeros(0, TRACE_DTYPE), np.zeros(0, np.int64)
+    return np.concatenate([r for r, _ in batches]), np.concatenate([n for _, n in batches])
+
+
+def _parse_batches(lines: Iterable[str], source: str, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(records, their line numbers)`` batches of at most ``size`` records, as ``lines`` are read."""
     numbers: list[int] = []
     pending: list[tuple[int, int, int, int, int, int]] = []
     for lineno, raw in enumerate(lines, 1):
@@ -99,27 +107,71 @@ def parse_text(lines: Iterable[str], source: str = "<text>") -> tuple[np.ndarray
         except _FieldError as e:
             raise TraceError(f"{source} line {lineno}, field {e.field}: {e.problem}: {_shorten(raw)!r}") from None
         numbers.append(lineno)
-        if len(pending) == _TEXT_BATCH:
-            batches.append(np.array(pending, TRACE_DTYPE))
-            pending.clear()
-    batches.append(np.array(pending, TRACE_DTYPE))
-    return np.concatenate(batches), np.array(numbers, np.int64)
+        if len(pending) == size:
+            yield np.array(pending, TRACE_DTYPE), np.array(numbers, np.int64)
+            pending, numbers = [], []
+    if pending:
+        yield np.array(pending, TRACE_DTYPE), np.array(numbers, np.int64)
 
 
 def load_text(path: PathLike) -> np.ndarray:
-    """A text-format trace file as TRACE_DTYPE records."""
-    return _read_text(path)[0]
+    """A text-format trace file as TRACE_DTYPE records (all in memory: prefer :class:`TextStream`)."""
+    return np.concatenate([np.zeros(0, TRACE_DTYPE), *(c for _, c in TextStream(path).chunks())])
 
 
-def _read_text(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            return parse_text(f, os.fspath(path))
-    except UnicodeDecodeError as e:
-        raise TraceError(f"{os.fspath(path)}: not a text trace: it holds bytes that are not UTF-8 "
-                         f"({e.reason})") from None
-    except OSError as e:
-        raise TraceError(f"{os.fspath(path)}: cannot read: {e.strerror or e}") from None
+class TextStream:
+    """A text trace parsed a chunk at a time as the file is read, so memory stays a chunk however
+    long the trace. ``length`` is known after one read (:meth:`validate` or :meth:`chunks` to the
+    end); :meth:`origin` gives a record's line number from runs of records on consecutive lines
+    (one run per blank or comment line between records, not one number per record)."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = os.fspath(path)
+        self.length: int | None = None
+        self.info = None                        # what a pmemcheck stream reports; a text trace has nothing
+        self._starts: list[int] = [0]           # record index where a run starts ...
+        self._offsets: list[int] = []           # ... and its line number minus its record index
+
+    def _batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        try:
+            with open(self.path, encoding="utf-8", errors="strict") as f:
+                yield from _parse_batches(f, self.path, size)
+        except UnicodeDecodeError as e:
+            raise TraceError(f"{self.path}: not a text trace: it holds bytes that are not UTF-8 "
+                             f"({e.reason})") from None
+        except OSError as e:
+            raise TraceError(f"{self.path}: cannot read: {e.strerror or e}") from None
+
+    def validate(self) -> "TextStream":
+        """Read the whole file once, checking every line and counting the records (none kept): a
+        bad line is refused before anything replays."""
+        for _ in self.chunks():
+            pass
+        return self
+
+    def chunks(self, size: int = _TEXT_BATCH) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first index, records)`` chunks of at most ``size`` records, read from the file anew."""
+        starts, offsets = [0], []
+        total = 0
+        for records, numbers in self._batches(size):
+            offset = numbers - np.arange(total, total + len(numbers))
+            change = np.flatnonzero(np.diff(offset)) + 1
+            if not offsets or offsets[-1] != int(offset[0]):
+                if offsets:
+                    starts.append(total)
+                offsets.append(int(offset[0]))
+            starts.extend((total + change).tolist())
+            offsets.extend(offset[change].tolist())
+            yield total, records
+            total += len(records)
+        self._starts, self._offsets, self.length = starts, offsets, total
+
+    def origin(self, index: int) -> int | None:
+        """The line number of record ``index`` (once the file was read), or None."""
+        if self.length is None or not 0 <= index < self.length or not self._offsets:
+            return None
+        k = bisect.bisect_right(self._starts, index) - 1
+        return index + self._offsets[k]
 
 
 def format_text(records: np.ndarray, start: int = 0) -> Iterator[str]:
