@@ -79,11 +79,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         records = (chunk for _, chunk in npy.chunks())
         what = "a native trace"
     elif fmt == "text":
-        records = [tr.load_text(args.input)]                 # read whole: text traces are written by hand
+        text = tr.TextStream(args.input).validate()          # one pass checks every line and counts
+        records = (chunk for _, chunk in text.chunks())
         what = "a text trace"
     else:
         raise ConfigError(f"unknown format {fmt!r}")
-    total = len(npy) if fmt == "npy" else len(records[0]) if fmt == "text" else None    # a log's: at its end
+    total = len(npy) if fmt == "npy" else text.length if fmt == "text" else None    # a log's: at its end
     n = tr.save_trace(args.output, _progress(records, total, args.progress, "import"))
     if fmt == "pmemcheck":
         imp = stream.info

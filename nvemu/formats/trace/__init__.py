@@ -40,10 +40,10 @@ from .pmemcheck import PmemcheckImport, PmemcheckStream, PmemFile, import_pmemch
 from ..._constants import DEFAULT_CHUNK
 from .records import DEFAULT_NVDIMM_GPA, DEFAULT_NVDIMM_SIZE, FORMATS, RECORD_BYTES, record_problem
 from .source import TraceSource, detect_format, load_trace, open_trace, save_trace
-from .text import format_text, load_text, parse_text, save_text
+from .text import TextStream, format_text, load_text, parse_text, save_text
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_NVDIMM_GPA", "DEFAULT_NVDIMM_SIZE", "FORMATS", "RECORD_BYTES", "NpyTrace",
-           "NpyWriter", "PmemFile", "PmemcheckImport", "PmemcheckStream", "TraceSource", "detect_format",
+           "NpyWriter", "PmemFile", "PmemcheckImport", "PmemcheckStream", "TextStream", "TraceSource", "detect_format",
            "format_text", "id_extent", "import_pmemcheck", "stream_pmemcheck", "load_npy", "load_text",
            "load_trace", "open_trace", "parse_pmemcheck", "parse_text", "record_problem", "save_npy", "save_text",
            "save_trace"]
