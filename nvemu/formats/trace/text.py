@@ -133,6 +133,21 @@ class TextStream:
         self._offsets: list[int] = []           # ... and its line number minus its record index
 
     def _batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of exactly ``size`` records (the last: the rest), parsed ``_TEXT_BATCH`` at a time
+        (a parsed line is a Python tuple until its batch becomes an array)."""
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        held = 0
+        for records, numbers in self._parsed(min(size, _TEXT_BATCH)):
+            parts.append((records, numbers))
+            held += len(records)
+            while held >= size:
+                records, numbers = np.concatenate([r for r, _ in parts]), np.concatenate([n for _, n in parts])
+                yield records[:size], numbers[:size]
+                parts, held = [(records[size:], numbers[size:])], held - size
+        if held:
+            yield np.concatenate([r for r, _ in parts]), np.concatenate([n for _, n in parts])
+
+    def _parsed(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         try:
             with open(self.path, encoding="utf-8", errors="strict") as f:
                 yield from _parse_batches(f, self.path, size)
