@@ -15,8 +15,9 @@ from ..machine.flush_hints import FANOUTS, STRATEGIES
 from ..errors import ConfigError
 from ..tools.check_report import CheckResult, Violation
 from ..tools.checker import FENCE_SCOPES, PROTOCOLS, check_trace
-from .common import (add_progress_option, add_quiet_option, check_outputs, non_negative_int, parse_number,
-                     positive_int, progress_bar, read_nfit, report_stream, write_output)
+from .common import (add_pmemcheck_options, add_progress_option, add_quiet_option, check_outputs,
+                     non_negative_int, parse_number, positive_int, progress_bar, read_nfit, report_stream,
+                     write_output)
 
 
 def _points_arg(text: str) -> str | int:
@@ -148,12 +149,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--nvdimm", metavar="SIZE", type=parse_number,
                    help="vNVDIMM of each VM, bytes with K/M/G suffixes (default 256M, less on a small platform)")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: by content")
-    p.add_argument("--skip-unregistered", action="store_true",
-                   help="pmemcheck only (an error on other traces): drop records outside every registered file "
-                        "instead of failing")
-    p.add_argument("--deep-flush", action="store_true",
-                   help="pmemcheck only (an error on other traces): write the vFHA (and fence) after every fence "
-                        "that closes a flush")
+    add_pmemcheck_options(p)
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when nothing is lost but the check was vacuous: no store, or fewer than half the "
                         "stores to a vNVDIMM, completed its protocol (the report says why)")

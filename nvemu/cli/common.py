@@ -150,7 +150,7 @@ def add_progress_option(p: argparse.ArgumentParser) -> None:
 
 def add_pmemcheck_options(p: argparse.ArgumentParser) -> None:
     """``--skip-unregistered`` and ``--deep-flush``: how a pmemcheck log becomes a trace, the same
-    wherever one is read (import, replay; check reads logs the same way)."""
+    wherever one is read (import, replay, check)."""
     p.add_argument("--skip-unregistered", action="store_true",
                    help="pmemcheck only (an error on other traces): drop records outside every registered file "
                         "instead of failing (default: off)")
