@@ -70,8 +70,10 @@ def _grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]
     return fig, flat[:n]
 
 
-def _save(plt: Any, fig: Any, out: Path, name: str, title: str, footer: str, fmt: str, dpi: int) -> Path:
-    """Title and footer wrapped to the figure's width, laid out clear of the panels; written whole."""
+def _save(plt: Any, fig: Any, out: Path, name: str, title: str, footer: str, fmt: str, dpi: int,
+          legend: tuple[list[Any], list[str]] | None = None) -> Path:
+    """Title, ``legend`` (one row under the title) and footer laid out clear of the panels and of
+    each other, wrapped to the figure's width; written whole."""
     width, height = fig.get_size_inches()
     title = "\n".join(textwrap.wrap(title, int(width * 11)))
     footer = "\n".join(textwrap.wrap(footer, int(width * 16)))
@@ -79,6 +81,10 @@ def _save(plt: Any, fig: Any, out: Path, name: str, title: str, footer: str, fmt
     fig.text(0.01, 0.005, footer, fontsize=7, va="bottom", family="monospace")
     bottom = (footer.count("\n") + 1) * 0.13 / height + 0.01        # 7 pt lines, in figure fractions
     top = 1 - (title.count("\n") + 1) * 0.24 / height
+    if legend is not None:
+        fig.legend(*legend, loc="upper center", bbox_to_anchor=(0.5, top), fontsize=8, ncol=len(legend[1]),
+                   frameon=False)
+        top -= 0.3 / height
     fig.tight_layout(rect=(0, bottom, 1, top))
     path = out / f"{name}.{fmt}"
     with atomic_write(path, "wb") as f:
@@ -242,15 +248,13 @@ def sensitivity_figure(rows: Sequence[dict[str, Any]], name: str, meta: dict[str
             title += " (all strategies equal: lines overlap)"
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.005, 0.998), fontsize=8, ncol=len(labels),
-               frameon=False)
     others = {k: v for k, v in meta.get("timing", {}).items() if k != name}
     swept = sorted({_swept(r, name) for r in cells})
     what = (f"ranking flips in {flips} place(s), shaded; y axes do not start at 0" if flips
             else "the ranking never flips in this range; y axes do not start at 0")
     return _save(plt, fig, out, figure, f"Sensitivity to {name}: {swept[0]:g}..{swept[-1]:g} ({what})",
-                 describe_run({**meta, "timing": {name: "swept", **others}}), fmt, dpi)
+                 describe_run({**meta, "timing": {name: "swept", **others}}), fmt, dpi,
+                 legend=axes[0].get_legend_handles_labels())
 
 
 __all__ = ["FORMATS", "describe_run", "overhead_figure", "rate_figure", "sensitivity_figure"]
