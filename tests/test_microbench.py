@@ -220,12 +220,12 @@ def _panels(monkeypatch):
     seen = []
     real = plots._save
 
-    def save(plt, fig, out, name, title, footer, fmt, dpi):
+    def save(plt, fig, out, name, title, footer, fmt, dpi, legend=None):
         panels = [(ax.get_title(), [p.get_height() + p.get_y() for p in ax.patches])
                   for ax in fig.axes if ax.get_visible()]
         seen.append({"name": name, "title": title, "footer": footer, "panels": panels,
-                     "yscale": fig.axes[0].get_yscale()})
-        return real(plt, fig, out, name, title, footer, fmt, dpi)
+                     "yscale": fig.axes[0].get_yscale(), "legend": legend[1] if legend else None})
+        return real(plt, fig, out, name, title, footer, fmt, dpi, legend)
     monkeypatch.setattr(plots, "_save", save)
     return seen
 
@@ -259,6 +259,7 @@ def test_figure_format_dpi_and_sensitivity_plot(tmp_path, monkeypatch):
                  "--sweep", "hypercall_cycles=1000:2000:500", "--out", str(tmp_path / "s"), "--workers", "1",
                  "--no-progress", "--format", "svg", "-q"]) == 0
     assert seen[-1]["name"] == "sensitivity" and len(seen[-1]["panels"]) == 1
+    assert seen[-1]["legend"] == ["write-protect (WP)", "hypercall (HC)"]      # one row under the title
     assert (tmp_path / "s" / "sensitivity.svg").read_text().lstrip().startswith("<?xml")
     assert main(["bench", "--workloads", "kv-put", "--strategies", "mmio", "--ops", "5000", "--out",
                  str(tmp_path / "p"), "--workers", "1", "--no-progress", "--dpi", "50", "-q"]) == 0
