@@ -323,6 +323,26 @@ def test_sampled_points_see_the_same_violations_as_all_points():
     assert drop_run(chosen).pairs() == [sp for sp in everything.pairs() if sp[1] in set(chosen)]
 
 
+def test_crash_points_are_one_array_that_reads_as_a_list():
+    """Issue 14 item 2: the points a check probed cost 8 bytes each (one int64 array), not a list of
+    Python ints; they still read, compare and serialise as a list."""
+    hv, vm = machine("none", "drop")
+    ops = generate("kv-put", 3000, VmLayout.of(vm), seed=4)
+    expected = persist_points(hv, ops).tolist()
+    result = check(hv, ops)
+    points = result.points
+    assert type(points).__name__ == "CrashPoints" and points._at.nbytes == 8 * len(expected)
+    as_list = list(points)
+    assert as_list == expected and points == expected and points[3] == expected[3] and points[-1] == expected[-1]
+    assert points[2:5] == expected[2:5] and points.index(expected[9]) == 9
+    assert expected[7] in points and -1 not in points and "7" not in points
+    with pytest.raises(ValueError):
+        points.index(-1)
+    assert json.loads(json.dumps(result.as_dict()))["points"] == as_list
+    with pytest.raises(ValueError):
+        points._at[0] = 1                        # read-only: a result cannot be edited behind its back
+
+
 @needs_compiled("compares the compiled core with the reference model")
 def test_core_and_reference_find_the_same_violations():
     found = []

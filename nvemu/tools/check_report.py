@@ -3,8 +3,11 @@ that holds them, with the text report and the JSON form ``nvemu check`` prints."
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
+
+import numpy as np
 
 from .._constants import LINE_BYTES
 
@@ -78,12 +81,73 @@ class Violation:
                 f"expected {self.expected.hex()}")
 
 
+class CrashPoints(Sequence[int]):
+    """The crash points a check probed: op indices, ascending, 8 bytes each in one array (a list
+    of Python ints costs 36 a point, and a long trace has millions of points). Reads as a list
+    of ints: ``len``, indexing, slicing (a list), iteration, ``in``, and ``==`` with a list."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self, at: Iterable[int] | np.ndarray = ()) -> None:
+        self._at = np.array(at if isinstance(at, np.ndarray) else list(at), np.int64).reshape(-1)
+        self._at.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    @overload
+    def __getitem__(self, k: int) -> int: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[int]: ...
+
+    def __getitem__(self, k: int | slice) -> int | list[int]:
+        if isinstance(k, slice):
+            return self._at[k].tolist()
+        return int(self._at[k])
+
+    def __iter__(self) -> Iterator[int]:
+        for lo in range(0, len(self._at), 1 << 16):
+            yield from self._at[lo:lo + (1 << 16)].tolist()
+
+    def __contains__(self, point: object) -> bool:
+        if not isinstance(point, (int, np.integer)):
+            return False
+        k = int(np.searchsorted(self._at, point))
+        return k < len(self._at) and int(self._at[k]) == point
+
+    def index(self, point: Any, start: int = 0, stop: int | None = None) -> int:
+        """Where ``point`` is among the points (a binary search: they are ascending)."""
+        k = int(np.searchsorted(self._at, point))
+        if point not in self or not start <= k < (len(self._at) if stop is None else stop):
+            raise ValueError(f"{point} is not a checked crash point")
+        return k
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CrashPoints):
+            return bool(np.array_equal(self._at, other._at))
+        if isinstance(other, (list, tuple)):
+            return len(other) == len(self._at) and bool(np.array_equal(self._at, np.asarray(other, np.int64)))
+        return NotImplemented
+
+    __hash__ = None         # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if len(self._at) <= 64:
+            return repr(self._at.tolist())
+        return f"CrashPoints({len(self._at):,} points, {int(self._at[0])}..{int(self._at[-1])})"
+
+    def tolist(self) -> list[int]:
+        """Every point as a list of ints (for JSON)."""
+        return self._at.tolist()
+
+
 @dataclass
 class CheckResult:
     """What :func:`check` found. ``ok`` when there is no violation."""
 
     ops: int                                    # records in the trace
-    points: list[int]                           # crash points checked (op indices), ascending
+    points: CrashPoints                         # crash points checked (op indices), ascending
     candidates: int                             # persist points in the trace (fences + vFHA writes)
     violations: list[Violation]                 # one per run of crash points a store is lost at
     completed_stores: int                       # stores whose protocol completed before the last point
@@ -147,12 +211,12 @@ class CheckResult:
     def pairs(self, kind: str = "lost") -> list[tuple[int, int]]:
         """Every (store, crash point) at which a store is lost (or, for "unfenced", overtaken),
         ordered by crash point, then store."""
-        index = {p: k for k, p in enumerate(self.points)}
+        points = self.points if isinstance(self.points, CrashPoints) else CrashPoints(self.points)
         out = []
         for v in self.violations:
             if v.kind == kind:
-                if v.point in index and v.until in index:
-                    out += [(v.store, p) for p in self.points[index[v.point]:index[v.until] + 1]]
+                if v.point in points and v.until in points:
+                    out += [(v.store, p) for p in points[points.index(v.point):points.index(v.until) + 1]]
                 else:
                     out.append((v.store, v.point))
         return sorted(out, key=lambda sp: (sp[1], sp[0]))
@@ -171,7 +235,7 @@ class CheckResult:
                 "adr_failure": self.adr_failure, "protocol": self.protocol, "fence_scope": self.fence_scope,
                 "strategies": {str(k): v for k, v in self.strategies.items()},
                 "fanouts": {str(k): v for k, v in self.fanouts.items()},
-                "candidates": self.candidates, "points": self.points, "completed_stores": self.completed_stores,
+                "candidates": self.candidates, "points": list(self.points), "completed_stores": self.completed_stores,
                 "stores": self.stores, "trace_counts": dict(self.trace_counts), "vacuous": self.vacuous,
                 "vacuous_reason": self.vacuous_reason(), "completed_share_required": COMPLETED_SHARE,
                 "lost_stores": self.lost_stores, "unfenced_stores": self.unfenced_stores,

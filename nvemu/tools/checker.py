@@ -87,7 +87,7 @@ from ..formats.trace import TraceSource
 from .._backend import COMPILED
 from .check_fast import AVAILABLE, FastModel
 from .check_model import Model
-from .check_report import CheckResult, Violation
+from .check_report import CheckResult, CrashPoints, Violation
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
@@ -313,7 +313,8 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
             on_violation(v)
     checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit, model)
     checker.n_points = n_points
-    chosen: list[int] = []
+    chosen: list[np.ndarray] = []            # each chunk's crash points (op indices)
+    n_chosen = 0
     verified, mismatches = [], []
     seen = 0                                  # persist points before this chunk
     for lo, chunk in chunks():
@@ -326,8 +327,9 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
         else:
             mine = cand
         seen += len(cand)
-        first = len(chosen)
-        chosen += mine.tolist()
+        first = n_chosen
+        chosen.append(mine.astype(np.int64, copy=False))
+        n_chosen += len(mine)
         cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks] if verify_ranks else []
         a = lo
         for stop in sorted({p + 1 for p in cuts} | {lo + len(chunk)}):
@@ -344,7 +346,8 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
     checker.model.finish()
     violations.sort(key=lambda v: (v.point, v.store, v.kind))
     model = checker.model
-    return CheckResult(ops=n_ops, points=chosen, candidates=n_candidates, violations=violations,
+    points_checked = CrashPoints(np.concatenate(chosen) if chosen else np.zeros(0, np.int64))
+    return CheckResult(ops=n_ops, points=points_checked, candidates=n_candidates, violations=violations,
                        completed_stores=model.completed, trace_counts=dict(model.counts),
                        protocol=resolved, fence_scope=fence_scope,
                        domain=domain, platform=hv.platform.name,
