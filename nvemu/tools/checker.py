@@ -402,5 +402,5 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
 PROTOCOL_NAMES = PROTOCOLS
 
 
-__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "Violation", "build_platform", "check",
+__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "CrashPoints", "Violation", "build_platform", "check",
            "check_trace", "persist_points"]
