@@ -270,7 +270,9 @@ def test_auto_strategy_is_reported_per_vm_on_a_host_with_hints_on_one_socket(tmp
     assert [(r["vm"], r["strategy"]) for r in doc["per_vm"]] == [(0, "write-protect"), (1, "writable")]
     assert doc["per_vm"][0]["fha_writes"] > 0 and doc["per_vm"][1]["fha_writes"] == 0
     assert main(["replay", str(trace), "--preset", "hints-socket0"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("strategy"))
+    out = capsys.readouterr().out
+    assert "2 VMs x 1 vCPU, strategy per VM (below), fan-out broadcast" in out
+    row = next(line for line in out.splitlines() if line.startswith("strategy"))
     assert row.split() == ["strategy", "write-protect", "writable"]
 
 

@@ -124,7 +124,7 @@ def summary_table(result: ReplayReport) -> str:
     head = [(f"trace     {result.trace or '<array>'} ({result.format}, {result.ops:,} ops in {result.chunks} "
              f"chunk{'s' * (result.chunks != 1)})"),
             (f"platform  {result.platform}: {result.vms} {vm_word} x {result.vcpus} vCPU, strategy "
-             f"{result.strategy}, fan-out {result.fanout}")]
+             f"{'per VM (below)' if ',' in result.strategy else result.strategy}, fan-out {result.fanout}")]
     tail = [f"WPQ-full drains: {result.wpq_full_drains:,} lines"] if result.wpq_full_drains else []
     return "\n".join(head + ["", table] + tail)
 
