@@ -33,6 +33,11 @@ AVAILABLE = CheckKernel is not None
 _K_FENCE, _K_VFHA, _K_STORE, _K_NT, _K_FLUSH = 1, 2, 3, 4, 5
 
 
+def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
+    """A Model attribute the kernel keeps: reads come from the kernel, assignments are ignored."""
+    return property(read, lambda self, value: None)
+
+
 class _KernelSlots:
     """Line HPA -> slot in the kernel's hash table (about 24 bytes a line): what :class:`Model`
     asks of ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
@@ -136,37 +141,11 @@ class FastModel(Model):
             self._tables[key] = rows
         return rows
 
-    @property
-    def completed(self) -> int:     # type: ignore[override]
-        return int(self.kernel.completed)
-
-    @completed.setter
-    def completed(self, value: int) -> None:
-        pass                         # Model.__init__ sets it; the kernel counts
-
-    @property
-    def counts(self) -> dict[str, int]:     # type: ignore[override]
-        return dict(zip(COUNTS, self.kernel.counts_arr.tolist()))
-
-    @counts.setter
-    def counts(self, value: dict[str, int]) -> None:
-        pass
-
-    @property
-    def enqueued(self) -> np.ndarray:       # type: ignore[override]
-        return self.kernel.enqueued_arr
-
-    @enqueued.setter
-    def enqueued(self, value: np.ndarray) -> None:
-        pass
-
-    @property
-    def drained(self) -> np.ndarray:        # type: ignore[override]
-        return self.kernel.drained_arr
-
-    @drained.setter
-    def drained(self, value: np.ndarray) -> None:
-        pass
+    # Model's counters, which the kernel keeps: read from it (Model.__init__'s assignments are dropped)
+    completed = _kept_by_kernel(lambda self: int(self.kernel.completed))
+    counts = _kept_by_kernel(lambda self: dict(zip(COUNTS, self.kernel.counts_arr.tolist())))
+    enqueued = _kept_by_kernel(lambda self: self.kernel.enqueued_arr)
+    drained = _kept_by_kernel(lambda self: self.kernel.drained_arr)
 
     def same_queues(self) -> str | None:
         for c in range(self.platform.n_controllers):
