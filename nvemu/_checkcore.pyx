@@ -3,14 +3,18 @@
 ``nvemu.tools.check_model.Model`` (the plain-Python oracle, which the differential tests compare it
 with), fed one chunk of pre-classified records at a time.
 
-Per tracked line it keeps about 44 bytes of state (latest completed store, durable versions, queue
-count, controller, mode, flags) plus the line's bytes in memory and on media (128 bytes, to
-report what a lost store's bytes hold); per pending store one 88-byte record, from the store until
-it is known durable. A crash point costs in proportion to the lines whose completed stores or
-durable copy changed since the last one (all lines at a ``full`` point).
+Per tracked line it keeps versions, not bytes: about 49 bytes of state (HPA, version on media,
+queue count and newest queued copy, controller, mode, flags, two store lists, its chunk index) and
+4 bytes in the HPA -> slot hash table (8 to 16 bytes by its fill). The bytes a lost store's report
+shows come from the engine: each chunk, the lines the chunk stores to, writes back or may drain
+(the WPQs' lines) are read from the engine before it runs the chunk, and the model moves their
+bytes through the chunk itself; any other line's durable copy cannot change during the chunk, so
+the engine's media has it when the chunk is done. Per pending store one 96-byte record, from the
+store until it is known durable. A crash point costs in proportion to the lines whose completed
+stores or durable copy changed since the last one (all lines at a ``full`` point).
 """
 
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -21,27 +25,39 @@ DEF LINE = 64
 include "_checkcore_records.pxi"
 
 
+cdef inline uint64_t _media_bytes(Engine engine, int64_t hpa, int size) noexcept nogil:
+    """``size`` (<= 8) bytes of media at ``hpa`` (inside one vNVDIMM line), little-endian."""
+    cdef uint64_t idx = engine.pmem_index + (<uint64_t>hpa - engine.pmem_base), out = 0
+    cdef chunk_t* ck = engine.chunk_at(idx, False)
+    if ck.med != NULL:
+        memcpy(&out, ck.med + (idx & engine.chunk_mask), size)
+    return out
+
+
 cdef class CheckKernel:
     """One check's model state. ``reserve`` makes room for the line slots the Python side added;
     ``run`` follows a chunk; ``events`` hands over the violations settled so far."""
 
     cdef int64_t n, cap
     cdef int64_t* hpa
-    cdef int64_t* top
     cdef int64_t* media_v
-    cdef int64_t* newest_v
     cdef int32_t* queued
-    cdef int32_t* ctrl
-    cdef int32_t* newest_pos
+    cdef int16_t* ctrl
+    cdef int32_t* newest_pos        # queue position of the newest queued copy (while queued)
     cdef int8_t* mode
     cdef uint8_t* dirty
     cdef uint8_t* touched
-    cdef uint8_t* mem
-    cdef uint8_t* media
+    cdef int32_t* cidx              # index in this chunk's byte buffers, -1: not in this chunk
     cdef List* wb
     cdef List* pending
     cdef int32_t* touch_list
     cdef int64_t n_touched
+    cdef uint8_t* cmem              # this chunk's lines: bytes in memory ...
+    cdef uint8_t* cmed              # ... and on media, as the model moves them through the chunk
+    cdef int32_t* cslot
+    cdef int32_t cn, ccap
+    cdef int32_t* fill              # records whose report bytes the engine's media gives after the chunk
+    cdef int32_t n_fill, fill_cap
     cdef Rec* recs
     cdef int32_t rec_cap, free_rec
     cdef List* fence
@@ -61,8 +77,7 @@ cdef class CheckKernel:
     cdef public int64_t completed, rank, last
     cdef Event* events_buf
     cdef int64_t n_events, events_cap
-    cdef int64_t* hkeys             # line HPA -> slot: open addressing, -1 empty, power-of-two size
-    cdef int32_t* hvals
+    cdef int32_t* hvals             # line HPA -> slot: open addressing on hpa[slot], -1 empty, power-of-two size
     cdef int64_t hcap, hcount
 
     def __cinit__(self):
@@ -71,6 +86,8 @@ cdef class CheckKernel:
     def __init__(self, int n_controllers, int depth, int n_vms, int max_cpus, bint per_vcpu, str protocol,
                  bint ordering, drain_mask):
         import numpy as np
+        if not 0 < n_controllers < 32768:
+            raise ValueError(f"{n_controllers} controllers: the kernel handles 1..32767")
         self.nc, self.depth = n_controllers, depth
         self.n_vms, self.max_cpus, self.per_vcpu = n_vms, max_cpus, per_vcpu
         self.n_keys = n_vms * max_cpus if per_vcpu else n_vms
@@ -111,82 +128,202 @@ cdef class CheckKernel:
         self.events_buf = NULL
         self.n_events = self.events_cap = 0
         self.n_touched = 0
+        self.cmem = self.cmed = NULL
+        self.cslot = self.fill = NULL
+        self.cn = self.ccap = self.n_fill = self.fill_cap = 0
         if not (self.fence and self.fha_fence and self.fha and self.q_slot and self.q_ver and self.q_data
                 and self.q_head and self.q_len and self.drain_mask):
             raise MemoryError()
 
     def __dealloc__(self):
-        free(self.hpa); free(self.top); free(self.media_v); free(self.newest_v); free(self.queued)
-        free(self.ctrl); free(self.newest_pos); free(self.mode); free(self.dirty); free(self.touched)
-        free(self.mem); free(self.media); free(self.wb); free(self.pending); free(self.touch_list)
+        free(self.hpa); free(self.media_v); free(self.queued); free(self.ctrl); free(self.newest_pos)
+        free(self.mode); free(self.dirty); free(self.touched); free(self.cidx); free(self.wb); free(self.pending)
+        free(self.touch_list); free(self.cmem); free(self.cmed); free(self.cslot); free(self.fill)
         free(self.recs); free(self.fence); free(self.fha_fence); free(self.fha); free(self.q_slot)
         free(self.q_ver); free(self.q_data); free(self.q_head); free(self.q_len); free(self.drain_mask)
-        free(self.events_buf); free(self.hkeys); free(self.hvals)
+        free(self.events_buf); free(self.hvals)
 
     # ---- lines (with the GIL, from Python) ----
 
-    def add_line(self, int64_t hpa, int ctrl, int mode, bytes mem, bytes media, bint dirty):
-        """Add the next line slot (its bytes as the engine holds them now); returns the slot."""
-        cdef int64_t s = self.n
-        if s == self.cap:
-            self._grow(max(256, 2 * self.cap))
+    cdef void _init_line(self, int64_t s, int64_t hpa, int ctrl, int mode, bint dirty) noexcept nogil:
         self.hpa[s] = hpa
-        self.top[s] = -1
         self.media_v[s] = -1
-        self.newest_v[s] = -1
         self.queued[s] = 0
-        self.ctrl[s] = ctrl
+        self.ctrl[s] = <int16_t>ctrl
         self.newest_pos[s] = -1
-        self.mode[s] = mode
+        self.mode[s] = <int8_t>mode
         self.dirty[s] = dirty
         self.touched[s] = 0
-        memcpy(&self.mem[s * LINE], <const char*>mem, LINE)
-        memcpy(&self.media[s * LINE], <const char*>media, LINE)
+        self.cidx[s] = -1
         self.wb[s].head = self.wb[s].tail = -1
         self.pending[s].head = self.pending[s].tail = -1
+
+    def add_line(self, int64_t hpa, int ctrl, int mode, bint dirty):
+        """Add the next line slot; returns the slot."""
+        if not 0 <= ctrl < self.nc:
+            raise ValueError(f"controller {ctrl} of {self.nc}")
+        if self.n == self.cap:
+            self._grow(max(256, 2 * self.cap))
+        self._init_line(self.n, hpa, ctrl, mode, dirty)
         self.n += 1
-        return s
+        return self.n - 1
 
     def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
-        """Add a slot for each line (NVDIMM HPAs, checked by the caller) with its bytes and
-        controller as ``engine`` (the compiled core; hold its lock) has them now; returns the
-        first new slot (the others follow in order). Lines start clean."""
+        """Add a slot for each line (NVDIMM HPAs, checked by the caller), its controller as
+        ``engine`` (the compiled core) maps it; returns the first new slot (the others follow in
+        order). Lines start clean."""
         cdef Py_ssize_t k, n = hpas.shape[0]
-        cdef int64_t first = self.n, s
-        cdef uint64_t off, idx
-        cdef chunk_t* ck
+        cdef int64_t first = self.n
         if modes.shape[0] != n:
             raise ValueError("hpas and modes differ in length")
         if self.n + n > self.cap:
             self._grow(max(256, 2 * self.cap, self.n + n))
         with nogil:
             for k in range(n):
-                s = self.n + k
-                off = <uint64_t>hpas[k] - engine.pmem_base
-                idx = engine.pmem_index + off
-                ck = engine.chunk_at(idx, False)
-                if ck.mem != NULL:
-                    memcpy(&self.mem[s * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
-                else:
-                    memset(&self.mem[s * LINE], 0, LINE)
-                if ck.med != NULL:
-                    memcpy(&self.media[s * LINE], ck.med + (idx & engine.chunk_mask), LINE)
-                else:
-                    memset(&self.media[s * LINE], 0, LINE)
-                self.hpa[s] = hpas[k]
-                self.ctrl[s] = engine.controller_of_line(off >> 6)
-                self.mode[s] = modes[k]
-                self.top[s] = -1
-                self.media_v[s] = -1
-                self.newest_v[s] = -1
-                self.queued[s] = 0
-                self.newest_pos[s] = -1
-                self.dirty[s] = 0
-                self.touched[s] = 0
-                self.wb[s].head = self.wb[s].tail = -1
-                self.pending[s].head = self.pending[s].tail = -1
+                self._init_line(self.n + k, hpas[k], engine.controller_of_line(
+                    (<uint64_t>hpas[k] - engine.pmem_base) >> 6), modes[k], False)
             self.n += n
         return first
+
+    # ---- this chunk's lines and their bytes ----
+
+    def chunk_missing(self, const int32_t[::1] slots):
+        """Those of ``slots`` (line slots the next records reach; -1 ignored) and of the lines
+        queued now that are not yet among this chunk's lines: distinct, as int32. Their bytes go
+        in with :meth:`chunk_add` (the engine's, before it runs the records)."""
+        import numpy as np
+        cdef Py_ssize_t k
+        cdef int32_t s
+        out = []
+        for k in range(slots.shape[0]):
+            s = slots[k]
+            if 0 <= s < self.n and self.cidx[s] == -1:
+                self.cidx[s] = -2
+                out.append(s)
+        for c in range(self.nc):
+            for k in range(self.q_len[c]):
+                s = self.q_slot[c * self.depth + (self.q_head[c] + k) % self.depth]
+                if self.cidx[s] == -1:
+                    self.cidx[s] = -2
+                    out.append(s)
+        for s in out:
+            self.cidx[s] = -1
+        return np.array(out, np.int32)
+
+    def slot_hpas(self, const int32_t[::1] slots):
+        """The line HPA of each slot, as int64."""
+        import numpy as np
+        out = np.empty(slots.shape[0], np.int64)
+        cdef Py_ssize_t k
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n:
+                raise ValueError(f"no line slot {slots[k]}")
+            out[k] = self.hpa[slots[k]]
+        return out
+
+    cdef int32_t _chunk_slot(self, int32_t s) except -1:
+        """Give line ``s`` (not yet in this chunk) its index in the chunk's buffers."""
+        cdef int32_t c = self.cn
+        if c == self.ccap:
+            self.ccap = max(1024, 2 * self.ccap)
+            self.cmem = <uint8_t*>self._re(self.cmem, <size_t>self.ccap * LINE)
+            self.cmed = <uint8_t*>self._re(self.cmed, <size_t>self.ccap * LINE)
+            self.cslot = <int32_t*>self._re(self.cslot, <size_t>self.ccap * 4)
+        self.cidx[s] = c
+        self.cslot[c] = s
+        self.cn += 1
+        return c
+
+    def chunk_add(self, Engine engine, const int32_t[::1] slots):
+        """Make ``slots`` (from :meth:`chunk_missing`) this chunk's lines, their bytes read from
+        ``engine`` (the compiled core; hold its lock) as it has them now."""
+        cdef Py_ssize_t k
+        cdef int32_t c
+        cdef uint64_t idx
+        cdef chunk_t* ck
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
+                raise ValueError(f"slot {slots[k]} is not a line outside this chunk")
+            c = self._chunk_slot(slots[k])
+            idx = engine.pmem_index + (<uint64_t>self.hpa[slots[k]] - engine.pmem_base)
+            with nogil:
+                ck = engine.chunk_at(idx, False)
+                if ck.mem != NULL:
+                    memcpy(&self.cmem[c * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.cmem[c * LINE], 0, LINE)
+                if ck.med != NULL:
+                    memcpy(&self.cmed[c * LINE], ck.med + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.cmed[c * LINE], 0, LINE)
+
+    def chunk_add_bytes(self, const int32_t[::1] slots, const uint8_t[:, ::1] mem, const uint8_t[:, ::1] media):
+        """:meth:`chunk_add` with the lines' bytes given (row ``k``: line ``slots[k]``; any engine)."""
+        cdef Py_ssize_t k
+        cdef int32_t c
+        if not (mem.shape[0] == media.shape[0] == slots.shape[0]) or mem.shape[1] != LINE or media.shape[1] != LINE:
+            raise ValueError("mem and media must be one 64-byte row per slot")
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
+                raise ValueError(f"slot {slots[k]} is not a line outside this chunk")
+            c = self._chunk_slot(slots[k])
+            memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
+            memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
+
+    def found_wanted(self):
+        """(HPA, size) of each report whose durable bytes are still to be read (lines outside this
+        chunk, whose media the chunk did not change): the engine's media has them now."""
+        out = []
+        cdef int32_t k, r
+        for k in range(self.n_fill):
+            r = self.fill[k]
+            if self.recs[r].need_found:
+                out.append((self.hpa[self.recs[r].slot] + self.recs[r].off, self.recs[r].size))
+        for k in range(self.n_events):
+            if self.events_buf[k].need_found:
+                out.append((self.events_buf[k].hpa, self.events_buf[k].size))
+        return out
+
+    def found_give(self, values):
+        """The bytes :meth:`found_wanted` asked for, as little-endian integers in its order."""
+        cdef int32_t k, r
+        cdef Py_ssize_t j = 0
+        for k in range(self.n_fill):
+            r = self.fill[k]
+            if self.recs[r].need_found:
+                self.recs[r].found = values[j]
+                self.recs[r].need_found = 0
+                j += 1
+        for k in range(self.n_events):
+            if self.events_buf[k].need_found:
+                self.events_buf[k].found = values[j]
+                self.events_buf[k].need_found = 0
+                j += 1
+        self.n_fill = 0
+
+    def found_from(self, Engine engine):
+        """:meth:`found_wanted` and :meth:`found_give` in one, reading ``engine`` (the compiled
+        core; hold its lock)."""
+        cdef int32_t k, r
+        with nogil:
+            for k in range(self.n_fill):
+                r = self.fill[k]
+                if self.recs[r].need_found:
+                    self.recs[r].found = _media_bytes(engine, self.hpa[self.recs[r].slot] + self.recs[r].off,
+                                                      self.recs[r].size)
+                    self.recs[r].need_found = 0
+            for k in range(self.n_events):
+                if self.events_buf[k].need_found:
+                    self.events_buf[k].found = _media_bytes(engine, self.events_buf[k].hpa, self.events_buf[k].size)
+                    self.events_buf[k].need_found = 0
+            self.n_fill = 0
+
+    def end_chunk(self):
+        """Forget this chunk's lines (their bytes are the engine's again)."""
+        cdef int32_t c
+        for c in range(self.cn):
+            self.cidx[self.cslot[c]] = -1
+        self.cn = 0
 
     # ---- line HPA -> slot ----
 
@@ -205,47 +342,51 @@ cdef class CheckKernel:
                 o[k] = -1
                 if self.hcap:
                     pos = self._hpos(lines[k])
-                    while self.hkeys[pos] != -1:
-                        if self.hkeys[pos] == lines[k]:
+                    while self.hvals[pos] != -1:
+                        if self.hpa[self.hvals[pos]] == lines[k]:
                             o[k] = self.hvals[pos]
                             break
                         pos = (pos + 1) & (self.hcap - 1)
         return out
 
     def slot_insert(self, const int64_t[::1] lines, const int32_t[::1] slots):
-        """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct)."""
+        """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct; the
+        slots' HPAs already set by :meth:`add_line` or :meth:`add_lines`)."""
         cdef Py_ssize_t k
+        if lines.shape[0] != slots.shape[0]:
+            raise ValueError("lines and slots differ in length")
+        for k in range(lines.shape[0]):
+            if not 0 <= slots[k] < self.n or self.hpa[slots[k]] != lines[k]:
+                raise ValueError(f"slot {slots[k]} does not hold line {lines[k]:#x}")
         if (self.hcount + lines.shape[0]) * 2 > self.hcap:
-            self._rehash(max(1024, self.hcap * 2, 4 * (self.hcount + lines.shape[0])))
+            self._rehash(max(1024, self.hcap * 2, 2 * (self.hcount + lines.shape[0])))
         with nogil:
             for k in range(lines.shape[0]):
-                self._hput(lines[k], slots[k])
+                self._hput(slots[k])
 
-    cdef void _hput(self, int64_t line, int32_t slot) noexcept nogil:
+    cdef void _hput(self, int32_t slot) noexcept nogil:
+        cdef int64_t line = self.hpa[slot]
         cdef int64_t pos = self._hpos(line)
-        while self.hkeys[pos] != -1 and self.hkeys[pos] != line:
+        while self.hvals[pos] != -1 and self.hpa[self.hvals[pos]] != line:
             pos = (pos + 1) & (self.hcap - 1)
-        if self.hkeys[pos] == -1:
+        if self.hvals[pos] == -1:
             self.hcount += 1
-        self.hkeys[pos] = line
         self.hvals[pos] = slot
 
     def _rehash(self, int64_t want):
         cdef int64_t cap = 1, k, old_cap = self.hcap
         while cap < want:
             cap <<= 1
-        cdef int64_t* old_keys = self.hkeys
         cdef int32_t* old_vals = self.hvals
-        self.hkeys = <int64_t*>malloc(sizeof(int64_t) * cap)
         self.hvals = <int32_t*>malloc(sizeof(int32_t) * cap)
-        if self.hkeys == NULL or self.hvals == NULL:
+        if self.hvals == NULL:
+            self.hvals = old_vals
             raise MemoryError()
-        memset(self.hkeys, 0xFF, sizeof(int64_t) * cap)
+        memset(self.hvals, 0xFF, sizeof(int32_t) * cap)
         self.hcap, self.hcount = cap, 0
         for k in range(old_cap):
-            if old_keys[k] != -1:
-                self._hput(old_keys[k], old_vals[k])
-        free(old_keys)
+            if old_vals[k] != -1:
+                self._hput(old_vals[k])
         free(old_vals)
 
     def queue_initial(self, int64_t s, bytes data):
@@ -253,18 +394,17 @@ cdef class CheckKernel:
         self._enqueue(<int32_t>s, -1, <const uint8_t*><const char*>data)
 
     def _grow(self, int64_t cap):
+        if cap > 0x7FFFFFFF:
+            raise MemoryError("the checker tracks at most 2**31 - 1 lines")
         self.hpa = <int64_t*>self._re(self.hpa, cap * 8)
-        self.top = <int64_t*>self._re(self.top, cap * 8)
         self.media_v = <int64_t*>self._re(self.media_v, cap * 8)
-        self.newest_v = <int64_t*>self._re(self.newest_v, cap * 8)
         self.queued = <int32_t*>self._re(self.queued, cap * 4)
-        self.ctrl = <int32_t*>self._re(self.ctrl, cap * 4)
+        self.ctrl = <int16_t*>self._re(self.ctrl, cap * 2)
         self.newest_pos = <int32_t*>self._re(self.newest_pos, cap * 4)
         self.mode = <int8_t*>self._re(self.mode, cap)
         self.dirty = <uint8_t*>self._re(self.dirty, cap)
         self.touched = <uint8_t*>self._re(self.touched, cap)
-        self.mem = <uint8_t*>self._re(self.mem, cap * LINE)
-        self.media = <uint8_t*>self._re(self.media, cap * LINE)
+        self.cidx = <int32_t*>self._re(self.cidx, cap * 4)
         self.wb = <List*>self._re(self.wb, cap * sizeof(List))
         self.pending = <List*>self._re(self.pending, cap * sizeof(List))
         self.touch_list = <int32_t*>self._re(self.touch_list, cap * 4)
@@ -323,7 +463,7 @@ cdef class CheckKernel:
         e.completed = r.done if kind == 0 else -1
         e.vm, e.cpu, e.op, e.size, e.gpa = r.vm, r.cpu, r.op, r.size, r.gpa
         e.hpa = self.hpa[r.slot] + r.off
-        e.value, e.found, e.lost = r.value, r.found, r.lost
+        e.value, e.found, e.lost, e.need_found = r.value, r.found, r.lost, r.need_found
         return 0
 
     def events(self):
@@ -349,7 +489,8 @@ cdef class CheckKernel:
         cdef int32_t pos = c * self.depth + self.q_head[c]
         cdef int32_t s = self.q_slot[pos]
         self.media_v[s] = self.q_ver[pos]
-        memcpy(&self.media[s * LINE], &self.q_data[pos * LINE], LINE)
+        if self.cidx[s] >= 0:           # every queued line is among the chunk's (chunk_missing)
+            memcpy(&self.cmed[self.cidx[s] * LINE], &self.q_data[pos * LINE], LINE)
         self.queued[s] -= 1
         self.q_head[c] = (self.q_head[c] + 1) % self.depth
         self.q_len[c] -= 1
@@ -367,7 +508,6 @@ cdef class CheckKernel:
         memcpy(&self.q_data[pos * LINE], data, LINE)
         if version >= 0:
             self.enqueued[c] += 1
-        self.newest_v[s] = version
         self.newest_pos[s] = pos
         self.queued[s] += 1
         self.dirty[s] = 0
@@ -383,10 +523,20 @@ cdef class CheckKernel:
             const int32_t[::1] off, const uint8_t[::1] point):
         """Follow one chunk: record ``k`` is op ``base + k``; ``point[k]`` 1 judges the lines that
         changed after it, 2 every line. Indices were checked by the caller."""
-        cdef Py_ssize_t n = kind.shape[0]
+        cdef Py_ssize_t n = kind.shape[0], k
+        cdef int32_t bad = -1
         if not (cpu.shape[0] == vm.shape[0] == size.shape[0] == gpa.shape[0] == value.shape[0] == slot.shape[0]
                 == off.shape[0] == point.shape[0] == n):
             raise ValueError("all columns must have the same length")
+        with nogil:
+            for k in range(n):
+                if ((kind[k] == K_STORE or kind[k] == K_NT) and slot[k] < 0) or (
+                        kind[k] >= K_STORE and slot[k] >= 0 and (slot[k] >= self.n or self.cidx[slot[k]] < 0)):
+                    bad = <int32_t>k
+                    break
+        if bad >= 0:
+            raise ValueError(f"record {base + bad}: line slot {slot[bad]} is not among this chunk's lines "
+                             "(chunk_missing, chunk_add)")
         with nogil:
             self._run(base, kind, cpu, vm, size, gpa, value, slot, off, point, n)
 
@@ -435,7 +585,7 @@ cdef class CheckKernel:
                             self._drain_one(c)
             elif kd == K_STORE or kd == K_NT:
                 s = slot[k]
-                memcpy(&self.mem[s * LINE + off[k]], &value[k], size[k])
+                memcpy(&self.cmem[self.cidx[s] * LINE + off[k]], &value[k], size[k])
                 r = self._new_rec()
                 self.recs[r].i = i
                 self.recs[r].done = -1
@@ -449,10 +599,11 @@ cdef class CheckKernel:
                 self.recs[r].op = 2 if kd == K_NT else 1
                 self.recs[r].is_open = 0
                 self.recs[r].flagged = 0
+                self.recs[r].need_found = 0
                 self.counts[0] += 1
                 if kd == K_NT:
                     self.counts[1] += 1
-                    self._enqueue(s, i, &self.mem[s * LINE])
+                    self._enqueue(s, i, &self.cmem[self.cidx[s] * LINE])
                 else:
                     self.dirty[s] = 1
                 if kd == K_NT or self.fence_only:
@@ -464,7 +615,7 @@ cdef class CheckKernel:
                 s = slot[k]
                 if s >= 0:
                     if self.dirty[s]:
-                        self._enqueue(s, i, &self.mem[s * LINE])
+                        self._enqueue(s, i, &self.cmem[self.cidx[s] * LINE])
                     self._flushed(s, vm[k], self._key(vm[k], cpu[k]))
             if point[k]:
                 self._judge(i, point[k] == 2)
@@ -491,7 +642,7 @@ cdef class CheckKernel:
         if self.mode[s] == CACHE:
             return 0x7FFFFFFFFFFFFFFF
         if self.mode[s] == QUEUE and self.queued[s]:
-            return self.newest_v[s]
+            return self.q_ver[self.newest_pos[s]]
         return self.media_v[s]
 
     cdef uint64_t _covered(self, int32_t s, int64_t i) noexcept nogil:
@@ -515,8 +666,6 @@ cdef class CheckKernel:
                 self._free_rec(r)             # durable already, or every byte has a later completed store
             else:
                 _push(&self.pending[s], self.recs, r)
-                if self.recs[r].i > self.top[s]:
-                    self.top[s] = self.recs[r].i
                 self._touch(s)
             r = nxt
         return 0
@@ -539,14 +688,26 @@ cdef class CheckKernel:
         self.n_touched = 0
         return 0
 
+    cdef int _want_found(self, int32_t r) except -1 nogil:
+        cdef int32_t* q
+        if self.n_fill == self.fill_cap:
+            q = <int32_t*>realloc(self.fill, sizeof(int32_t) * (2 * self.fill_cap + 256))
+            if q == NULL:
+                with gil:
+                    raise MemoryError()
+            self.fill = q
+            self.fill_cap = 2 * self.fill_cap + 256
+        self.fill[self.n_fill] = r
+        self.n_fill += 1
+        return 0
+
     cdef int _judge_line(self, int32_t s, int64_t previous, int64_t point) except -1 nogil:
-        if self.top[s] < 0 or self.pending[s].head < 0:
+        if self.pending[s].head < 0:
             return 0
         cdef int64_t version = self._version(s)
         cdef List keep
         cdef int32_t r = self.pending[s].head, nxt
         cdef uint64_t lost
-        cdef const uint8_t* durable
         while r >= 0:                   # first the verdicts, while the list is whole
             self.recs[r].cur = 0
             if self.recs[r].i > version:
@@ -568,12 +729,16 @@ cdef class CheckKernel:
                     self.recs[r].first_point = point
                     self.recs[r].first_rank = self.rank
                     self.recs[r].lost = lost >> self.recs[r].off
-                    if self.mode[s] == QUEUE and self.queued[s]:
-                        durable = &self.q_data[self.newest_pos[s] * LINE]
-                    else:
-                        durable = &self.media[s * LINE]
                     self.recs[r].found = 0
-                    memcpy(&self.recs[r].found, durable + self.recs[r].off, self.recs[r].size)
+                    if self.mode[s] == QUEUE and self.queued[s]:
+                        memcpy(&self.recs[r].found, &self.q_data[self.newest_pos[s] * LINE + self.recs[r].off],
+                               self.recs[r].size)
+                    elif self.cidx[s] >= 0:
+                        memcpy(&self.recs[r].found, &self.cmed[self.cidx[s] * LINE + self.recs[r].off],
+                               self.recs[r].size)
+                    else:               # media the chunk does not change: the engine's, after it
+                        self.recs[r].need_found = 1
+                        self._want_found(r)
                 _push(&keep, self.recs, r)
             r = nxt
         self.pending[s] = keep

@@ -35,6 +35,7 @@ cdef struct Rec:
     uint8_t op
     uint8_t is_open
     uint8_t flagged
+    uint8_t need_found  # ``found`` is the engine's media after the chunk (_want_found)
 
 cdef struct List:
     int32_t head
@@ -56,6 +57,7 @@ cdef struct Event:
     uint64_t value
     uint64_t found
     uint64_t lost
+    int64_t need_found
 
 
 cdef inline void _push(List* l, Rec* recs, int32_t r) noexcept nogil:

@@ -1,7 +1,9 @@
 """The checker's compiled kernel (nvemu._checkcore) against its plain-Python model, the oracle
 (issue 14 item 1): hypothesis-generated traces over a few lines, on every persistence domain,
-a broken and a correct strategy, WPQs of one to four entries, every protocol and fence scope;
-both must report the same violations, the same completed stores and the same counts."""
+a broken and a correct strategy, WPQs of one to four entries, every protocol and fence scope, the
+engine running chunks of one record to the whole trace (the kernel holds a line's bytes only for a
+chunk); both must report the same violations (durable bytes included), the same completed stores
+and the same counts."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import nvemu.tools.checker as checker_module
 
 from nvemu import Hypervisor, Op
 from nvemu._constants import TRACE_DTYPE
@@ -28,7 +32,8 @@ def traces(draw):
              "depth": draw(st.integers(1, 4)),
              "protocol": draw(st.sampled_from(["auto", "fence", "flush", "deep"])),
              "scope": draw(st.sampled_from(["vcpu", "vm"])),
-             "full_every": draw(st.integers(1, 9))}
+             "full_every": draw(st.integers(1, 9)),
+             "chunk": draw(st.sampled_from([1, 2, 3, 7, 1 << 16]))}
     n = draw(st.integers(1, 60))
     records = []
     for _ in range(n):
@@ -63,8 +68,10 @@ def run(setup, records, model):
         else:
             rows.append((op, cpu, 0, size, base + 64 * line + offset, value))
     ops = np.array(rows, TRACE_DTYPE)
-    result = check(hv, ops, protocol=setup["protocol"], fence_scope=setup["scope"],
-                   full_every=setup["full_every"], model=model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checker_module, "CHUNK_OPS", setup.get("chunk", 1 << 16))
+        result = check(hv, ops, protocol=setup["protocol"], fence_scope=setup["scope"],
+                       full_every=setup["full_every"], model=model)
     return result.violations, result.completed_stores, result.trace_counts, result.points
 
 
@@ -92,10 +99,13 @@ def test_the_kernel_and_the_python_model_agree_on_a_hand_case_with_every_kind_of
 
 
 @needs_compiled("runs the compiled checker kernel")
-def test_the_kernel_on_the_reference_engine_reads_lines_through_the_python_api():
-    """On the reference engine the kernel cannot read the engine's memory in C: new lines come
-    in one by one, with the same result."""
+@pytest.mark.parametrize("chunk", [97, 1 << 16])
+def test_the_kernel_on_the_reference_engine_reads_lines_through_the_python_api(chunk, monkeypatch):
+    """On the reference engine the kernel cannot read the engine's memory in C: a chunk's lines
+    and a lost store's durable bytes on other lines come through the Python API, with the same
+    result."""
     from nvemu.guest.workloads import VmLayout, generate
+    monkeypatch.setattr(checker_module, "CHUNK_OPS", chunk)
     out = []
     for model in ("compiled", "python"):
         hv = Hypervisor(tiny_platform(domain="none"), backend=ENGINES[1])       # the reference model
@@ -121,3 +131,27 @@ def test_check_trace_streams_a_trace_file(tmp_path, monkeypatch):
     monkeypatch.setattr(TraceSource, "array", lambda self: pytest.fail("the whole trace was built"))
     streamed = check_trace(path, platform="small", domain="none", strategy="drop")
     assert streamed.violations == whole.violations and streamed.points == whole.points and whole.violations
+
+
+@needs_compiled("runs the compiled checker kernel")
+@pytest.mark.parametrize("backend", ENGINES)
+def test_a_lost_store_on_a_line_outside_the_chunk_reports_the_media_bytes_of_that_point(backend, monkeypatch):
+    """The kernel keeps no bytes of a line between chunks: a store whose completing fence comes
+    in a later chunk that does not touch its line reports the durable bytes from the engine's
+    media after that chunk, which are those of the crash point (the value persisted before)."""
+    monkeypatch.setattr(checker_module, "CHUNK_OPS", 3)
+    out = []
+    for model in ("compiled", "python"):
+        hv = Hypervisor(tiny_platform(domain="none", wpq_depth=1), backend=backend)
+        vm = small_vm(hv, strategy="write-protect")
+        line, other = vm.nvdimms[0].gpa, vm.nvdimms[0].gpa + 4096
+        rows = [(Op.STORE, 0, 0, 8, line, 0xA1A1), (Op.CLWB, 0, 0, 0, line, 0), (Op.SFENCE, 0, 0, 0, 0, 0),
+                (Op.STORE, 0, 0, 8, vm.vfha_gpa, 1), (Op.SFENCE, 0, 0, 0, 0, 0),     # 0xA1A1 now on media
+                (Op.STORE, 0, 0, 8, line, 0xB2B2),                                    # never written back
+                (Op.LOAD, 0, 0, 8, other, 0), (Op.LOAD, 0, 0, 8, other, 0), (Op.SFENCE, 0, 0, 0, 0, 0)]
+        result = check(hv, np.array(rows, TRACE_DTYPE), protocol="fence", model=model)
+        out.append(result.violations)
+    lost = [v for v in out[0] if v.store == 5]
+    assert out[0] == out[1]
+    assert [(v.point, v.found, v.expected) for v in lost] == [(8, (0xA1A1).to_bytes(8, "little"),
+                                                              (0xB2B2).to_bytes(8, "little"))]

@@ -5,8 +5,10 @@ Python classifies each chunk's records with numpy (fence, vFHA write, store, NT 
 of a tracked line, or nothing), gives each new line a slot (its bytes read before the engine runs
 the chunk) and hands the columns over; the kernel follows them without the GIL and judges the
 crash points, and the violations it settled come back as tuples. Per tracked line the kernel holds
-about 44 bytes of state and the line's bytes in memory and on media (128 bytes);
-the kernel's hash table maps a line's HPA to its slot (12 to 48 bytes a line by its fill).
+versions, not bytes: about 49 bytes of state, plus 8 to 16 in its HPA -> slot hash table. Bytes
+live only for a chunk: before the engine runs one, the lines it reaches and the lines in the WPQs
+are read from the engine, and the kernel moves them through the chunk; a lost store's durable bytes
+on any other line are the engine's media after the chunk (nothing changed them in it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
 
 
 class _KernelSlots:
-    """Line HPA -> slot in the kernel's hash table (about 24 bytes a line): what :class:`Model`
+    """Line HPA -> slot in the kernel's hash table (8 to 16 bytes a line): what :class:`Model`
     asks of ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
 
     def __init__(self, kernel: Any) -> None:
@@ -104,7 +106,7 @@ class FastModel(Model):
                 self.kernel.queue_initial(self._slot(line), bytes(data))
 
     def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
-        s = self.kernel.add_line(line, ctrl, mode, bytes(mem), bytes(media), line in self._dirty_at_start)
+        s = self.kernel.add_line(line, ctrl, mode, line in self._dirty_at_start)
         self.lines.slot.insert(np.array([line], np.int64), np.array([s]))
         return int(s)
 
@@ -122,6 +124,28 @@ class FastModel(Model):
         with engine.lock:
             first = self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
         self.lines.slot.insert(np.asarray(lines, np.int64), np.arange(first, first + len(lines)))
+
+    def translate(self, ops: np.ndarray) -> np.ndarray:
+        """:meth:`Model.translate`, then the bytes of the lines these records store to or write
+        back, and of the lines queued now, go to the kernel as the engine has them before it runs
+        the records (again after an exit's re-translation: only lines not yet given)."""
+        hpas = super().translate(ops)
+        op = ops["op"]
+        reach = (hpas >= 0) & (op >= Op.STORE) & (op <= Op.CLFLUSH)
+        slots = self.lines.slot.lookup(hpas[reach] & ~(LINE - 1)) if reach.any() else np.zeros(0, np.int32)
+        missing = self.kernel.chunk_missing(np.ascontiguousarray(slots, np.int32))
+        if not len(missing):
+            return hpas
+        engine = self.platform.engine
+        if self._bulk:
+            with engine.lock:
+                self.kernel.chunk_add(engine, missing)
+        else:
+            lines = self.kernel.slot_hpas(missing).tolist()
+            mem = np.frombuffer(b"".join(self.platform.read_memory(h, LINE) for h in lines), np.uint8)
+            media = np.frombuffer(b"".join(self.platform.read_media(h, LINE) for h in lines), np.uint8)
+            self.kernel.chunk_add_bytes(missing, mem.reshape(-1, LINE), media.reshape(-1, LINE))
+        return hpas
 
     def forget_translations(self) -> None:
         super().forget_translations()
@@ -157,6 +181,7 @@ class FastModel(Model):
             full: Callable[[Any], Any]) -> None:
         n = len(ops)
         if not n:
+            self.kernel.end_chunk()
             return
         op = ops["op"]
         kind = np.zeros(n, np.int8)
@@ -180,7 +205,15 @@ class FastModel(Model):
         self.kernel.run(base, kind, ops["vcpu"].astype(np.int32), ops["vm"].astype(np.int32),
                         ops["size"].astype(np.int32), ops["gpa"].astype(np.int64), ops["value"].astype(np.uint64),
                         slot, (hpas & (LINE - 1)).astype(np.int32), point)
+        engine = self.platform.engine
+        if self._bulk:
+            with engine.lock:
+                self.kernel.found_from(engine)
+        else:
+            self.kernel.found_give([int.from_bytes(self.platform.read_media(hpa, size), "little")
+                                    for hpa, size in self.kernel.found_wanted()])
         self._events()
+        self.kernel.end_chunk()
 
     def _events(self) -> None:
         for (kind, store, point, until, points, completed, vm, cpu, op, size, gpa, hpa, value, found,
