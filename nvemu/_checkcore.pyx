@@ -192,23 +192,27 @@ cdef class CheckKernel:
         queued now that are not yet among this chunk's lines: distinct, as int32. Their bytes go
         in with :meth:`chunk_add` (the engine's, before it runs the records)."""
         import numpy as np
-        cdef Py_ssize_t k
-        cdef int32_t s
-        out = []
-        for k in range(slots.shape[0]):
-            s = slots[k]
-            if 0 <= s < self.n and self.cidx[s] == -1:
-                self.cidx[s] = -2
-                out.append(s)
-        for c in range(self.nc):
-            for k in range(self.q_len[c]):
-                s = self.q_slot[c * self.depth + (self.q_head[c] + k) % self.depth]
-                if self.cidx[s] == -1:
+        out = np.empty(slots.shape[0] + self.nc * self.depth, np.int32)
+        cdef int32_t[::1] o = out
+        cdef Py_ssize_t k, m = 0
+        cdef int32_t s, c
+        with nogil:
+            for k in range(slots.shape[0]):
+                s = slots[k]
+                if 0 <= s < self.n and self.cidx[s] == -1:
                     self.cidx[s] = -2
-                    out.append(s)
-        for s in out:
-            self.cidx[s] = -1
-        return np.array(out, np.int32)
+                    o[m] = s
+                    m += 1
+            for c in range(self.nc):
+                for k in range(self.q_len[c]):
+                    s = self.q_slot[c * self.depth + (self.q_head[c] + k) % self.depth]
+                    if self.cidx[s] == -1:
+                        self.cidx[s] = -2
+                        o[m] = s
+                        m += 1
+            for k in range(m):
+                self.cidx[o[k]] = -1
+        return out[:m]
 
     def slot_hpas(self, const int32_t[::1] slots):
         """The line HPA of each slot, as int64."""
@@ -221,32 +225,47 @@ cdef class CheckKernel:
             out[k] = self.hpa[slots[k]]
         return out
 
-    cdef int32_t _chunk_slot(self, int32_t s) except -1:
-        """Give line ``s`` (not yet in this chunk) its index in the chunk's buffers."""
-        cdef int32_t c = self.cn
-        if c == self.ccap:
-            self.ccap = max(1024, 2 * self.ccap)
+    cdef int _chunk_room(self, Py_ssize_t more) except -1:
+        """Room in this chunk's buffers for ``more`` lines, and checks nothing else."""
+        cdef int64_t want = self.cn + more
+        if want > self.ccap:
+            self.ccap = max(1024, 2 * self.ccap, want)
             self.cmem = <uint8_t*>self._re(self.cmem, <size_t>self.ccap * LINE)
             self.cmed = <uint8_t*>self._re(self.cmed, <size_t>self.ccap * LINE)
             self.cslot = <int32_t*>self._re(self.cslot, <size_t>self.ccap * 4)
-        self.cidx[s] = c
-        self.cslot[c] = s
-        self.cn += 1
-        return c
+        return 0
+
+    cdef int _chunk_check(self, const int32_t[::1] slots) except -1:
+        """``slots`` are distinct lines not yet in this chunk; then room for them."""
+        cdef Py_ssize_t k, j
+        cdef bint repeated = False
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
+                for j in range(k):
+                    self.cidx[slots[j]] = -1
+                raise ValueError(f"slot {slots[k]} is not a line outside this chunk, or given twice")
+            self.cidx[slots[k]] = -2
+        for k in range(slots.shape[0]):
+            self.cidx[slots[k]] = -1
+        self._chunk_room(slots.shape[0])
+        return 0
 
     def chunk_add(self, Engine engine, const int32_t[::1] slots):
         """Make ``slots`` (from :meth:`chunk_missing`) this chunk's lines, their bytes read from
         ``engine`` (the compiled core; hold its lock) as it has them now."""
         cdef Py_ssize_t k
-        cdef int32_t c
+        cdef int32_t c, s
         cdef uint64_t idx
         cdef chunk_t* ck
-        for k in range(slots.shape[0]):
-            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
-                raise ValueError(f"slot {slots[k]} is not a line outside this chunk")
-            c = self._chunk_slot(slots[k])
-            idx = engine.pmem_index + (<uint64_t>self.hpa[slots[k]] - engine.pmem_base)
-            with nogil:
+        self._chunk_check(slots)
+        with nogil:
+            for k in range(slots.shape[0]):
+                s = slots[k]
+                c = self.cn
+                self.cn += 1
+                self.cidx[s] = c
+                self.cslot[c] = s
+                idx = engine.pmem_index + (<uint64_t>self.hpa[s] - engine.pmem_base)
                 ck = engine.chunk_at(idx, False)
                 if ck.mem != NULL:
                     memcpy(&self.cmem[c * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
@@ -263,10 +282,12 @@ cdef class CheckKernel:
         cdef int32_t c
         if not (mem.shape[0] == media.shape[0] == slots.shape[0]) or mem.shape[1] != LINE or media.shape[1] != LINE:
             raise ValueError("mem and media must be one 64-byte row per slot")
+        self._chunk_check(slots)
         for k in range(slots.shape[0]):
-            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
-                raise ValueError(f"slot {slots[k]} is not a line outside this chunk")
-            c = self._chunk_slot(slots[k])
+            c = self.cn
+            self.cn += 1
+            self.cidx[slots[k]] = c
+            self.cslot[c] = slots[k]
             memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
             memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
 
