@@ -343,6 +343,40 @@ def test_crash_points_are_one_array_that_reads_as_a_list():
         points._at[0] = 1                        # read-only: a result cannot be edited behind its back
 
 
+def test_a_check_that_keeps_few_violations_counts_them_all_and_reports_the_same():
+    """Issue 14 item 2: without --json nothing grows with the crash points or the violations: a
+    check keeping the violations of 3 stores and no point list counts everything, keeps the
+    lowest 3 stores' violations, and prints the very report of the full check."""
+    results = []
+    for keep, points in ((None, True), (3, False)):
+        hv, vm = machine("none", "drop")
+        ops = generate("kv-put", 3000, VmLayout.of(vm), seed=4)
+        results.append(check(hv, ops, keep_violations=keep, keep_points=points))
+    full, kept = results
+    assert full.complete and not kept.complete and full.counts.lost > 3
+    assert kept.counts == full.counts and kept.n_points == full.n_points == len(full.points) and not kept.points
+    lowest = sorted(full.lost_stores)[:3]
+    assert kept.lost_stores == lowest
+    assert [v for v in kept.violations if v.kind == "lost"] == [v for v in full.violations if v.store in lowest]
+    assert kept.report(3) == full.report(3) and not kept.ok and kept.as_dict()["points"] is None
+    assert kept.as_dict()["lost_count"] == full.counts.lost == len(full.lost_stores)
+
+
+def test_the_cli_report_is_the_same_with_and_without_json(tmp_path, capsys):
+    """``nvemu check`` without --json keeps only what its report lists; the report is unchanged."""
+    from nvemu.tools.prepare import vm_layouts
+    path = tmp_path / "t.npy"
+    np.save(path, generate("kv-put", 3000, vm_layouts("small")[0], seed=4))
+    args = [str(path), "--preset", "small", "--domain", "none", "--strategy", "drop", "--limit", "2",
+            "--no-progress"]
+    assert main(["check", *args]) == 1
+    bare = capsys.readouterr().out
+    assert main(["check", *args, "--json", str(tmp_path / "r.json")]) == 1
+    assert capsys.readouterr().out == bare and "more lost stores" in bare
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["complete"] and len(doc["lost_stores"]) == doc["lost_count"] > 2
+
+
 @needs_compiled("compares the compiled core with the reference model")
 def test_core_and_reference_find_the_same_violations():
     found = []

@@ -52,7 +52,8 @@ class _Lines:
     def summary(self, result: CheckResult) -> None:
         doc = result.as_dict()
         del doc["violations"]
-        self._line({"type": "summary", "violations": len(result.violations), **doc})
+        assert result.counts is not None
+        self._line({"type": "summary", "violations": result.counts.total, **doc})
 
     def _line(self, doc: dict[str, Any]) -> None:
         assert self.out is not None
@@ -103,7 +104,8 @@ def _run(args: argparse.Namespace, platform: str | PlatformConfig, bar: Any, str
                        unregistered="skip" if args.skip_unregistered else "error", deep_flush=args.deep_flush,
                        protocol=args.protocol, fence_scope=args.fence_scope, verify=args.verify,
                        ordering=not args.no_ordering, adr_failure=args.adr_failure, progress=progress,
-                       on_violation=stream.violation if stream.out is not None else None)
+                       on_violation=stream.violation if stream.out is not None else None,
+                       keep_violations=None if args.json else args.limit, keep_points=bool(args.json))
 
 
 def add_commands(subparsers: Any) -> None:

@@ -88,6 +88,7 @@ class FastModel(Model):
         self.kernel = CheckKernel(p.n_controllers, int(p.engine.wpq_depth), max(n_vms, 1), max_cpus,
                                   fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
         self._dirty_at_start: set[int] = set()
+        self._slot_cache: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0, np.int32))
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
         self._tables: dict[tuple[int, int], np.ndarray] = {}   # (vm, 2 MiB span) -> its pages' HPAs
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
@@ -131,9 +132,9 @@ class FastModel(Model):
         the records (again after an exit's re-translation: only lines not yet given)."""
         hpas = super().translate(ops)
         op = ops["op"]
-        reach = (hpas >= 0) & (op >= Op.STORE) & (op <= Op.CLFLUSH)
-        slots = self.lines.slot.lookup(hpas[reach] & ~(LINE - 1)) if reach.any() else np.zeros(0, np.int32)
-        missing = self.kernel.chunk_missing(np.ascontiguousarray(slots, np.int32))
+        slot = self._slots_of(hpas)
+        self._slot_cache = (hpas, slot)
+        missing = self.kernel.chunk_missing(slot[(op >= Op.STORE) & (op <= Op.CLFLUSH)])
         if not len(missing):
             return hpas
         engine = self.platform.engine
@@ -146,6 +147,14 @@ class FastModel(Model):
             media = np.frombuffer(b"".join(self.platform.read_media(h, LINE) for h in lines), np.uint8)
             self.kernel.chunk_add_bytes(missing, mem.reshape(-1, LINE), media.reshape(-1, LINE))
         return hpas
+
+    def _slots_of(self, hpas: np.ndarray) -> np.ndarray:
+        """The line slot of each record's HPA (-1: none, or not a vNVDIMM address)."""
+        slot = np.full(len(hpas), -1, np.int32)
+        pmem = hpas >= 0
+        if pmem.any():
+            slot[pmem] = self.lines.slot.lookup(hpas[pmem] & ~(LINE - 1))
+        return slot
 
     def forget_translations(self) -> None:
         super().forget_translations()
@@ -194,10 +203,9 @@ class FastModel(Model):
         if skipped:
             inside = [i - base for i in skipped if base <= i < base + n]
             kind[inside] = 0
-        slot = np.full(n, -1, np.int32)
-        lines = hpas[pmem] & ~(LINE - 1)
-        if len(lines):
-            slot[pmem] = self.lines.slot.lookup(lines)
+        cached_hpas, slot = self._slot_cache
+        if cached_hpas is not hpas:
+            slot = self._slots_of(hpas)
         point = np.zeros(n, np.uint8)
         if len(points):
             ranks = int(self.kernel.rank) + 1 + np.arange(len(points))

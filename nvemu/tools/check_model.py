@@ -258,7 +258,8 @@ class Model:
             return out
         vm, gpa = vm[keep], gpa[keep]
         span = (vm << 40) | (gpa >> _SPAN_SHIFT)            # 2 MiB spans: one walk each when a large page
-        uspan, sinv = np.unique(span, return_inverse=True)
+        uspan = np.unique(span)                             # by hashing; few spans: searchsorted inverts
+        sinv = np.searchsorted(uspan, span)
         bases = np.array([self._span(k >> 40, k & ((1 << 40) - 1)) for k in uspan.tolist()], np.int64)
         base = bases[sinv]
         hpa = np.where(base >= 0, base + (gpa & ((1 << _SPAN_SHIFT) - 1)), -1)

@@ -118,8 +118,9 @@ class CrashPoints(Sequence[int]):
 
     def index(self, point: Any, start: int = 0, stop: int | None = None) -> int:
         """Where ``point`` is among the points (a binary search: they are ascending)."""
-        k = int(np.searchsorted(self._at, point))
-        if point not in self or not start <= k < (len(self._at) if stop is None else stop):
+        k = int(np.searchsorted(self._at, point)) if isinstance(point, (int, np.integer)) else len(self._at)
+        if not (k < len(self._at) and int(self._at[k]) == point and start <= k < (len(self._at) if stop is None
+                                                                                 else stop)):
             raise ValueError(f"{point} is not a checked crash point")
         return k
 
@@ -143,6 +144,71 @@ class CrashPoints(Sequence[int]):
 
 
 @dataclass
+class ViolationCounts:
+    """How many violations a check found, whether or not it kept them all: stores lost (each is
+    lost over one run of crash points: once durable, or overwritten by later completed stores, a
+    store cannot be lost again), (store, crash point) pairs, and stores a vFHA write overtook."""
+
+    lost: int = 0
+    lost_pairs: int = 0
+    unfenced: int = 0
+
+    def add(self, v: Violation) -> None:
+        """Count one violation."""
+        if v.kind == "lost":
+            self.lost += 1
+            self.lost_pairs += v.points
+        else:
+            self.unfenced += 1
+
+    @classmethod
+    def of(cls, violations: Iterable[Violation]) -> ViolationCounts:
+        """The counts of ``violations``."""
+        counts = cls()
+        for v in violations:
+            counts.add(v)
+        return counts
+
+    @property
+    def total(self) -> int:
+        """Violations of either kind."""
+        return self.lost + self.unfenced
+
+
+class KeptViolations:
+    """Collects a check's violations, all of them or (``keep`` = N) only those of the N
+    lowest-numbered stores of each kind -- what a report of N stores shows -- so that memory
+    does not grow with the violations found; counts every one either way."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        self.keep = keep
+        self.counts = ViolationCounts()
+        self._kept: dict[str, dict[int, Violation]] = {"lost": {}, "unfenced": {}}
+        self._all: list[Violation] = []
+
+    def add(self, v: Violation) -> None:
+        """Count ``v`` and keep it if it is among the lowest stores."""
+        self.counts.add(v)
+        if self.keep is None:
+            self._all.append(v)
+            return
+        kept = self._kept[v.kind]
+        kept[v.store] = v
+        if len(kept) > self.keep:
+            del kept[max(kept)]
+
+    @property
+    def complete(self) -> bool:
+        """True when every violation was kept."""
+        return self.keep is None or self.counts.total == sum(len(k) for k in self._kept.values())
+
+    def violations(self) -> list[Violation]:
+        """The kept violations, by crash point, then store."""
+        out = self._all if self.keep is None else [v for k in self._kept.values() for v in k.values()]
+        return sorted(out, key=lambda v: (v.point, v.store, v.kind))
+
+
+@dataclass
 class CheckResult:
     """What :func:`check` found. ``ok`` when there is no violation."""
 
@@ -161,11 +227,27 @@ class CheckResult:
     verify_mismatches: list[tuple[int, int]] = field(default_factory=list)  # (point, first differing HPA)
     adr_failure: bool = False                   # the power failure also loses the WPQs
     trace_counts: dict[str, int] = field(default_factory=dict)  # check_model.COUNTS: what the trace did
+    n_points: int = -1                          # crash points checked (-1: len(points), all kept)
+    counts: ViolationCounts | None = None       # every violation counted (None: those in violations)
+
+    def __post_init__(self) -> None:
+        if self.n_points < 0:
+            self.n_points = len(self.points)
+        if self.counts is None:
+            self.counts = ViolationCounts.of(self.violations)
+
+    @property
+    def complete(self) -> bool:
+        """True when ``violations`` holds every violation and ``points`` every crash point (a
+        check with ``keep_violations``/``keep_points`` keeps fewer, and counts them all)."""
+        assert self.counts is not None
+        return len(self.violations) == self.counts.total and len(self.points) == self.n_points
 
     @property
     def ok(self) -> bool:
         """True when no completed store was lost and every verified point agreed."""
-        return not self.violations and not self.verify_mismatches
+        assert self.counts is not None
+        return not self.counts.total and not self.verify_mismatches
 
     @property
     def stores(self) -> int:
@@ -200,7 +282,8 @@ class CheckResult:
 
     @property
     def lost_stores(self) -> list[int]:
-        """Op indices of the stores that are lost at some crash point, ascending."""
+        """Op indices of the stores that are lost at some crash point, ascending (among the kept
+        violations: see :attr:`complete`)."""
         return sorted({v.store for v in self.violations if v.kind == "lost"})
 
     @property
@@ -230,12 +313,16 @@ class CheckResult:
         return dict(sorted(out.items()))
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the run's parameters, the counts and every violation."""
+        """JSON-ready: the run's parameters, the counts and every violation (every kept one)."""
+        assert self.counts is not None
         return {"ok": self.ok, "ops": self.ops, "platform": self.platform, "domain": self.domain,
                 "adr_failure": self.adr_failure, "protocol": self.protocol, "fence_scope": self.fence_scope,
                 "strategies": {str(k): v for k, v in self.strategies.items()},
                 "fanouts": {str(k): v for k, v in self.fanouts.items()},
-                "candidates": self.candidates, "points": list(self.points), "completed_stores": self.completed_stores,
+                "candidates": self.candidates, "n_points": self.n_points,
+                "points": self.points.tolist() if len(self.points) == self.n_points else None,
+                "complete": self.complete, "lost_count": self.counts.lost, "lost_pairs": self.counts.lost_pairs,
+                "unfenced_count": self.counts.unfenced, "completed_stores": self.completed_stores,
                 "stores": self.stores, "trace_counts": dict(self.trace_counts), "vacuous": self.vacuous,
                 "vacuous_reason": self.vacuous_reason(), "completed_share_required": COMPLETED_SHARE,
                 "lost_stores": self.lost_stores, "unfenced_stores": self.unfenced_stores,
@@ -252,7 +339,7 @@ class CheckResult:
                   f"{len(self.strategies)} VM(s), "
                   f"strategy {strategies}, fan-out {fanouts}"),
                  f"protocol  {self.protocol} ({PROTOCOL_TEXT[self.protocol]}; fence by the {whose})",
-                 (f"checked   {len(self.points):,} of {self.candidates:,} crash points (after each fence and "
+                 (f"checked   {self.n_points:,} of {self.candidates:,} crash points (after each fence and "
                   f"vFHA write) in {self.ops:,} ops; {self.completed_stores:,} of {self.stores:,} stores to a vNVDIMM "
                   f"completed their protocol")]
         if self.verified:
@@ -264,28 +351,27 @@ class CheckResult:
             lines.append(f"WARNING   only {self.completed_stores:,} of {self.stores:,} stores to a vNVDIMM ({share}; "
                          f"this check asks for {COMPLETED_SHARE:.0%}) completed their protocol, so this check "
                          f"proves little: {self.vacuous_reason()}")
-        if not self.violations:
+        assert self.counts is not None
+        if not self.counts.total:
             lines.append("result    OK: no completed store is lost at any checked crash point"
                          + (" (but few stores were checked: see WARNING)" if self.vacuous else ""))
             return "\n".join(lines)
         groups, unfenced = self.by_store(), self.by_store("unfenced")
-        pairs = sum(v.points for v in self.violations if v.kind == "lost")
-        found = ([f"{len(groups):,} completed store(s) lost ({pairs:,} store x crash point pairs)"] if groups else []) \
-            + ([f"{len(unfenced):,} store(s) not fenced before a vFHA write"] if unfenced else [])
+        n = self.counts
+        found = ([f"{n.lost:,} completed store(s) lost ({n.lost_pairs:,} store x crash point pairs)"] if n.lost
+                 else []) + ([f"{n.unfenced:,} store(s) not fenced before a vFHA write"] if n.unfenced else [])
         lines.append("result    " + "; ".join(found))
-        for k, vs in enumerate(unfenced.values()):
-            if k == limit:
-                lines.append(f"  ... and {len(unfenced) - limit:,} more unfenced stores (see --json)")
-                break
+        for vs in list(unfenced.values())[:limit]:
             lines.append(f"  {vs[0]}")
-        for k, (store, vs) in enumerate(groups.items()):
-            if k == limit:
-                lines.append(f"  ... and {len(groups) - limit:,} more lost stores (see --json)")
-                break
+        if n.unfenced > min(limit, len(unfenced)):
+            lines.append(f"  ... and {n.unfenced - min(limit, len(unfenced)):,} more unfenced stores (see --json)")
+        for store, vs in list(groups.items())[:limit]:
             v = vs[0]
             runs = ", ".join(f"{x.point}" if x.points == 1 else f"{x.point}..{x.until}" for x in vs[:4])
             lines.append(f"  store {store}: vm{v.vm} cpu{v.vcpu} {v.op} {v.size} B at GPA {v.gpa:#x} "
                          f"(line GPA {v.line_gpa:#x}, HPA {v.line_hpa:#x}), completed at op {v.completed}; "
                          f"lost at {sum(x.points for x in vs)} crash point(s): {runs}"
                          f"{', ...' if len(vs) > 4 else ''}; durable {v.found.hex()} expected {v.expected.hex()}")
+        if n.lost > min(limit, len(groups)):
+            lines.append(f"  ... and {n.lost - min(limit, len(groups)):,} more lost stores (see --json)")
         return "\n".join(lines)

@@ -87,7 +87,7 @@ from ..formats.trace import TraceSource
 from .._backend import COMPILED
 from .check_fast import AVAILABLE, FastModel
 from .check_model import Model
-from .check_report import CheckResult, CrashPoints, Violation
+from .check_report import CheckResult, CrashPoints, KeptViolations, Violation, ViolationCounts
 from .prepare import prepare, relocated, unmapped_error
 
 PROTOCOLS = ("auto", "fence", "flush", "deep")
@@ -240,7 +240,8 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
           protocol: str = "auto", fence_scope: str = "vcpu", handler: ExitHandler = raise_fault,
           verify: int = 0, full_every: int | None = None, ordering: bool = True,
           adr_failure: bool = False, on_violation: Callable[[Violation], None] | None = None,
-          progress: Callable[[int, int], None] | None = None, model: str = "auto") -> CheckResult:
+          progress: Callable[[int, int], None] | None = None, model: str = "auto",
+          keep_violations: int | None = None, keep_points: bool = True) -> CheckResult:
     """Replay ``ops`` (TRACE_DTYPE, or a :class:`~nvemu.formats.trace.TraceSource`, read in chunks of
     CHUNK_OPS records, twice) on ``hv``'s running VMs and check crash consistency at its
     persist points (see the module text). ``points``: ``"all"``, a count to sample evenly, or op
@@ -255,7 +256,12 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
     crash points ends (to stream them), ``progress`` with the number of ops replayed since its last
     call and the trace's length. ``model``: "compiled" (the kernel in ``nvemu._checkcore``), "python"
     (:class:`~nvemu.tools.check_model.Model`, the oracle) or "auto": compiled when built and the
-    engine is not the pure reference (NVEMU_PUREPYTHON=1). Afterwards ``hv`` has replayed the whole trace.
+    engine is not the pure reference (NVEMU_PUREPYTHON=1). ``keep_violations``: None keeps every
+    violation in the result; N keeps only those of the N lowest-numbered stores of each kind (what a
+    report of N stores shows) and counts the rest (``CheckResult.counts``), so that memory does not
+    grow with the violations (stream them with ``on_violation``). ``keep_points=False`` counts the
+    crash points (``CheckResult.n_points``) instead of listing them. Afterwards ``hv`` has replayed the
+    whole trace.
 
     Raises TraceError for a malformed trace (naming the record), GuestFault for an exit the
     handler refuses, ConfigError for bad options."""
@@ -281,15 +287,19 @@ def check(hv: Hypervisor, ops: np.ndarray | TraceSource, points: str | int | Ite
         raise ConfigError("model='compiled': nvemu._checkcore is not built (a pure install)")
     if model == "auto":
         model = "compiled" if COMPILED_MODEL else "python"
+    if keep_violations is not None and (isinstance(keep_violations, bool) or not isinstance(keep_violations, int)
+                                        or keep_violations < 0):
+        raise ConfigError(f"keep_violations={keep_violations!r}: None (all) or a count >= 0")
     return _check_chunks(hv, chunks, n_ops, points, protocol, fence_scope, handler, verify, full_every, ordering,
-                         adr_failure, on_violation, progress, model)
+                         adr_failure, on_violation, progress, model, KeptViolations(keep_violations), keep_points)
 
 
 def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.ndarray]]], n_ops: int,
                   points: str | int | Iterable[int], protocol: str, fence_scope: str, handler: ExitHandler,
                   verify: int, full_every: int | None, ordering: bool, adr_failure: bool,
                   on_violation: Callable[[Violation], None] | None,
-                  progress: Callable[[int, int], None] | None, model: str) -> CheckResult:
+                  progress: Callable[[int, int], None] | None, model: str, kept: KeptViolations,
+                  keep_points: bool) -> CheckResult:
     """:func:`check` of the trace ``chunks()`` yields as (first index, records), ``n_ops`` records
     in all: one pass counts the persist points, a second runs the check."""
     domain = hv.platform.domain
@@ -305,10 +315,8 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
                                      .astype(np.int64)).tolist())
     if full_every is None:
         full_every = max(64, -(-n_points // 16))
-    violations: list[Violation] = []
-
     def emit(v: Violation) -> None:
-        violations.append(v)
+        kept.add(v)
         if on_violation is not None:
             on_violation(v)
     checker = _Checker(hv, resolved, fence_scope, handler, full_every, ordering, adr_failure, emit, model)
@@ -328,7 +336,8 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
             mine = cand
         seen += len(cand)
         first = n_chosen
-        chosen.append(mine.astype(np.int64, copy=False))
+        if keep_points:
+            chosen.append(mine.astype(np.int64, copy=False))
         n_chosen += len(mine)
         cuts = [p for k, p in enumerate(mine.tolist()) if first + k in verify_ranks] if verify_ranks else []
         a = lo
@@ -344,16 +353,16 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
         if progress is not None:
             progress(len(chunk), n_ops)
     checker.model.finish()
-    violations.sort(key=lambda v: (v.point, v.store, v.kind))
     model = checker.model
     points_checked = CrashPoints(np.concatenate(chosen) if chosen else np.zeros(0, np.int64))
-    return CheckResult(ops=n_ops, points=points_checked, candidates=n_candidates, violations=violations,
+    return CheckResult(ops=n_ops, points=points_checked, candidates=n_candidates, violations=kept.violations(),
                        completed_stores=model.completed, trace_counts=dict(model.counts),
                        protocol=resolved, fence_scope=fence_scope,
                        domain=domain, platform=hv.platform.name,
                        strategies={vm.id: vm.strategy for vm in hv.vms.values()},
                        fanouts={vm.id: vm.fanout for vm in hv.vms.values()},
-                       verified=verified, verify_mismatches=mismatches, adr_failure=adr_failure)
+                       verified=verified, verify_mismatches=mismatches, adr_failure=adr_failure,
+                       n_points=n_chosen, counts=kept.counts)
 
 
 # ---- a trace file on a fresh machine -------------------------------------------------------------
@@ -402,5 +411,5 @@ def check_trace(trace: str | os.PathLike[str] | np.ndarray, points: str | int | 
 PROTOCOL_NAMES = PROTOCOLS
 
 
-__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "CrashPoints", "Violation", "build_platform", "check",
-           "check_trace", "persist_points"]
+__all__ = ["FENCE_SCOPES", "PROTOCOLS", "CheckResult", "CrashPoints", "Violation", "ViolationCounts", "build_platform",
+           "check", "check_trace", "persist_points"]
