@@ -259,6 +259,12 @@ cdef class Engine:
             _live(self)
             return self._ctrl_busy.copy()
 
+    def controller_read_busy(self):
+        """Per controller, the time (ps) from which it can start reading another line."""
+        with self.lock:
+            _live(self)
+            return self._ctrl_read_busy.copy()
+
     def reset_stats(self, vm):
         with self.lock:
             _vm(self, vm)
@@ -545,8 +551,14 @@ cdef class Engine:
     cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil:
         _enqueue(self, ck, line)
 
-    cdef void wpq_accept(self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil:
-        _wpq_accept(self, c, arrival, st, clk)
+    cdef uint64_t wpq_accept(self, uint32_t c, uint64_t arrival) noexcept nogil:
+        return _wpq_accept(self, c, arrival)
+
+    cdef uint64_t* line_buffer(self, uint64_t* st, uint64_t* clk, uint32_t stat) noexcept nogil:
+        return _line_buffer(self, st, clk, stat)
+
+    cdef void load_timing(self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil:
+        _load_timing(self, hpa, st, clk)
 
     cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil:
         _write_back(self, hpa, nt, st, clk)

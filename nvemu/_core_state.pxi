@@ -33,7 +33,8 @@ cdef _init(Engine self, layout):
     (self.tm.op, self.tm.walk_ref, self.tm.load_seq, self.tm.load_rand, self.tm.dram_load_seq,
      self.tm.dram_load_rand, self.tm.flush_issue, self.tm.wb_seq, self.tm.wb_rand, self.tm.nt_seq,
      self.tm.nt_rand, self.tm.dram_wb, self.tm.dram_nt, self.tm.fence, self.tm.drain_line, self.tm.fha_write,
-     self.tm.exit, self.tm.write_protect, self.tm.mmio, self.tm.hypercall) = L.timing
+     self.tm.exit, self.tm.write_protect, self.tm.mmio, self.tm.hypercall, self.tm.read_line,
+     self.tm.fill_buffers) = L.timing
     nctl, depth = L.n_controllers, L.wpq_depth
     self._wpq_line = np.zeros(nctl * depth, np.uint64)
     self._wpq_data = np.zeros(nctl * depth * 64, np.uint8)
@@ -41,6 +42,7 @@ cdef _init(Engine self, layout):
     self._wpq_len = np.zeros(nctl, np.uint32)
     self._ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
     self._ctrl_busy = np.zeros(nctl, np.uint64)
+    self._ctrl_read_busy = np.zeros(nctl, np.uint64)
     self._pool = np.zeros(<uint64_t>L.pool_tables * ENTRIES, np.uint64)
     self._free_tables = []
     self._vms = {}
@@ -51,6 +53,7 @@ cdef _init(Engine self, layout):
     self.wlen = <uint32_t*>_ptr(self._wpq_len)
     self.cstats = <uint64_t*>_ptr(self._ctrl_stats)
     self.cbusy = <uint64_t*>_ptr(self._ctrl_busy)
+    self.crbusy = <uint64_t*>_ptr(self._ctrl_read_busy)
     self.ept = <uint64_t*>_ptr(self._pool)
 
 
@@ -101,6 +104,7 @@ cdef _load_state(Engine self, dict s, list vms):
         _chunk_at(self, idx, False).lines[(idx & self.chunk_mask) >> 6] += ONE_COPY
     self._ctrl_stats[:] = s["ctrl_stats"]
     self._ctrl_busy[:] = s["ctrl_busy"]
+    self._ctrl_read_busy[:] = s["ctrl_read_busy"]
     self._pool[:<uint64_t>self.next_table * ENTRIES] = 0      # tables past the high-water mark are zero
     pool = self._pool.reshape(-1, ENTRIES)
     for t, row in zip(s["table_ids"].tolist(), s["table_data"]):

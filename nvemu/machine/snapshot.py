@@ -199,6 +199,7 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
         "line_hpa": (pmem_pages * 64, None, None), "line_state": (pmem_pages * 64, None, None),
         "wpq_ctrl": (queued, None, None), "wpq_line": (queued, None, None), "wpq_data": (queued, (64,), None),
         "ctrl_stats": (nctl, (len(CTRL_STAT_NAMES),), nctl), "ctrl_busy": (nctl, None, nctl),
+        "ctrl_read_busy": (nctl, None, nctl),
         "table_ids": (pool, None, None), "table_data": (pool, (EPT_ENTRIES,), None), "free_tables": (pool, None, None),
         "scalars": (16, None, None),
         "vm_ids": (max_vms, None, len(meta["vms"])),
@@ -220,12 +221,13 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
 def _add_clocks(state: dict[str, np.ndarray]) -> None:
     """Give a snapshot saved before the timing model its clocks: controllers idle, vCPUs at time
     0 with nothing pending (what a fresh VM has)."""
-    if "ctrl_busy" not in state and "ctrl_stats" in state:
-        state["ctrl_busy"] = np.zeros(len(state["ctrl_stats"]), np.uint64)
+    for name in ("ctrl_busy", "ctrl_read_busy"):
+        if name not in state and "ctrl_stats" in state:
+            state[name] = np.zeros(len(state["ctrl_stats"]), np.uint64)
     for vm in np.asarray(state.get("vm_ids", [])).tolist():
         if f"vm{vm}_clock" not in state and f"vm{vm}_stats" in state:
             clock = np.zeros((len(state[f"vm{vm}_stats"]), len(CLOCK_FIELDS)), np.uint64)
-            clock[:, CLOCK["load_line"]:] = NO_LINE
+            clock[:, CLOCK["load_line"]:CLOCK["load_done"]] = NO_LINE
             state[f"vm{vm}_clock"] = clock
 
 
