@@ -241,6 +241,49 @@ def test_the_engines_agree_on_every_pattern():
         assert runs[0] == runs[1]
     runs = [run_timing("ntstore", 64, 1024, preset="default", backend=b) for b in ENGINES]
     assert runs[0] == runs[1]
+    runs = [run_timing("load-seq", 64, 4096, preset="default", vcpus=3, backend=b) for b in ENGINES]
+    assert runs[0] == runs[1]
+
+
+@needs_compiled("two engines compared")
+def test_both_engines_keep_identical_clocks_and_read_busy_times_with_loads_in_flight():
+    out = []
+    for b in ENGINES:
+        hv, vm, tm = setup(b, vcpus=2, fill_buffers=3)
+        g = vm.nvdimms[0].gpa
+        for k in range(40):                       # two vCPUs' loads and persists, interleaved
+            cpu = vm.vcpu(k % 2)
+            cpu.load(g + 64 * k)
+            if k % 5 == 0:
+                cpu.store(g + 64 * k, k); cpu.clwb(g + 64 * k)
+            if k % 7 == 0:
+                cpu.mfence()
+        e = hv.platform.engine
+        out.append((e.clock(vm.id).tolist(), e.controller_read_busy().tolist(), e.controller_busy().tolist(),
+                    vm.stats().rows.tolist()))
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("vcpus", [1, 2, 3])
+def test_read_bandwidth_is_the_lesser_of_the_loads_in_flight_and_the_dimm(backend, vcpus):
+    """Little's law per vCPU (fill_buffers lines per load latency), capped by the DIMM's
+    media_read_gbps (Izraelevitz et al. 2019: 6.6 GB/s)."""
+    tm = TimingModel()
+    latency_ns = dict(zip(TIMING_FIELDS, tm.engine_timing()))["load_seq"] / 1000
+    r = run_timing("load-seq", 64, 65536, preset="single", vcpus=vcpus, backend=backend)
+    assert r.gb_per_s == pytest.approx(min(vcpus * tm.fill_buffers * 64 / latency_ns, tm.media_read_gbps), rel=0.02)
+    assert r.read_limit_gb_per_s == tm.media_read_gbps
+
+
+def test_fewer_line_buffers_lower_one_vcpus_read_and_write_bandwidth_not_the_64_byte_latency(backend):
+    few = TimingModel(walk_ref_cycles=0, fill_buffers=5)
+    base = TimingModel(walk_ref_cycles=0)
+    for pattern in ("load-seq", "ntstore"):
+        a, b = (run_timing(pattern, 64, 65536, preset="optane-3t", timing=t, backend=backend) for t in (few, base))
+        assert a.gb_per_s < 0.6 * b.gb_per_s
+    assert run_timing("load-seq", 64, timing=few, backend=backend).ns == pytest.approx(169.4, abs=0.01)
+    with pytest.raises(ConfigError, match="fill_buffers"):
+        TimingModel(fill_buffers=17)
 
 
 @pytest.mark.parametrize("pattern", STORE_PATTERNS)
