@@ -222,8 +222,8 @@ cdef class Engine:
     cdef object _wpq_head            # uint32[n_controllers]: oldest slot
     cdef object _wpq_len             # uint32[n_controllers]: entries queued
     cdef object _ctrl_stats          # uint64[n_controllers, CT_COUNT]
-    cdef object _ctrl_busy           # uint64[n_controllers]: ps when each WPQ has drained what it accepted
-    cdef object _ctrl_read_busy      # uint64[n_controllers]: ps when each controller can start another read
+    cdef object _dimm_busy           # uint64[n_dimms]: ps when each NVDIMM's WPQ has drained what it accepted
+    cdef object _dimm_read_busy      # uint64[n_dimms]: ps when each NVDIMM can start another read
     cdef object _pool                # uint64[pool_tables * 512]: every VM's EPT tables
     cdef object _free_tables         # list of freed table indices (reused LIFO)
     cdef object _vms                 # dict vm id -> VmArrays (the VM's numpy arrays, by name)
@@ -233,14 +233,15 @@ cdef class Engine:
     cdef uint32_t* whead
     cdef uint32_t* wlen
     cdef uint64_t* cstats
-    cdef uint64_t* cbusy
-    cdef uint64_t* crbusy
+    cdef uint64_t* dbusy
+    cdef uint64_t* drbusy
     cdef ept_entry_t* ept
     cdef vm_t* vms
     cdef readonly uint64_t dram_bytes   # host DRAM at HPA [0, dram_bytes)
     cdef readonly uint64_t pmem_base    # HPA of the first NVDIMM byte
     cdef readonly uint64_t pmem_bytes   # bytes of NVDIMM space
     cdef readonly uint32_t n_controllers
+    cdef readonly uint32_t n_dimms      # set members (NVDIMMs), set after set: the timing queues
     cdef readonly uint32_t wpq_depth
     cdef readonly int domain
     cdef readonly uint32_t pool_tables
@@ -255,10 +256,11 @@ cdef class Engine:
     cdef chunk_t* chunk_at(self, uint64_t idx, bint create) noexcept nogil
     cdef int fill_chunk(self, chunk_t* ck, uint64_t idx) noexcept nogil
     cdef uint32_t controller_of_line(self, uint64_t line) noexcept nogil
+    cdef uint32_t dimm_of_line(self, uint64_t line) noexcept nogil
     cdef void drain_one(self, uint32_t c) noexcept nogil
     cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil
     cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil
-    cdef uint64_t wpq_accept(self, uint32_t c, uint64_t arrival) noexcept nogil
+    cdef uint64_t wpq_accept(self, uint32_t d, uint64_t arrival) noexcept nogil
     cdef uint64_t* line_buffer(self, uint64_t* st, uint64_t* clk, uint32_t stat) noexcept nogil
     cdef void load_timing(self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil
     cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil

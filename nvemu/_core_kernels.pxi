@@ -216,17 +216,23 @@ cdef int _translate_nogil(Engine self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bi
     return 0
 
 
-cdef uint32_t _controller_of_line(Engine self, uint64_t line) noexcept nogil:
-    """Controller of NVDIMM line ``line`` (offset >> 6): granule k of a set belongs to member k mod ways."""
+cdef uint32_t _dimm_of_line(Engine self, uint64_t line) noexcept nogil:
+    """NVDIMM (set member, numbered set after set) of NVDIMM line ``line`` (offset >> 6): granule
+    k of a set belongs to member k mod ways."""
     cdef uint64_t off = line << 6, rel
     cdef uint32_t k
     for k in range(self.nsets):
         rel = off - self.sets[k].offset
         if rel < self.sets[k].length:
             if self.sets[k].ways_mask:
-                return self.set_ctl[self.sets[k].first + ((rel >> self.sets[k].gshift) & self.sets[k].ways_mask)]
-            return self.set_ctl[self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways]
+                return self.sets[k].first + ((rel >> self.sets[k].gshift) & self.sets[k].ways_mask)
+            return self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways
     return 0
+
+
+cdef uint32_t _controller_of_line(Engine self, uint64_t line) noexcept nogil:
+    """Controller of NVDIMM line ``line``: the one its NVDIMM sits on."""
+    return self.set_ctl[_dimm_of_line(self, line)]
 
 
 cdef void _drain_one(Engine self, uint32_t c) noexcept nogil:
@@ -272,16 +278,17 @@ cdef void _enqueue(Engine self, chunk_t* ck, uint64_t line) noexcept nogil:
     self.cstats[c * CT_COUNT + CT_ENQUEUED] += 1
 
 
-cdef uint64_t _wpq_accept(Engine self, uint32_t c, uint64_t arrival) noexcept nogil:
-    """Timing of one write-back reaching controller ``c`` at ``arrival`` (ps); returns when the
-    WPQ accepts it. The controller drains continuously, one line per ``drain_line`` ps, so
-    ``ceil((busy - t) / drain_line)`` lines occupy its WPQ at time t; a full WPQ holds the line
-    (and the line buffer carrying it) until a slot frees."""
-    cdef uint64_t t_line = self.tm.drain_line, busy = self.cbusy[c], reserve, accepted = arrival
+cdef uint64_t _wpq_accept(Engine self, uint32_t d, uint64_t arrival) noexcept nogil:
+    """Timing of one write-back reaching the WPQ of NVDIMM ``d`` at ``arrival`` (ps); returns
+    when the WPQ accepts it. The iMC keeps a WPQ per NVDIMM (Yang et al., FAST 2020, section 2.1),
+    drained continuously, one line per ``drain_line`` ps, so ``ceil((busy - t) / drain_line)``
+    lines occupy it at time t; a full WPQ holds the line (and the line buffer carrying it) until
+    a slot frees."""
+    cdef uint64_t t_line = self.tm.drain_line, busy = self.dbusy[d], reserve, accepted = arrival
     reserve = <uint64_t>(self.wpq_depth - 1) * t_line
     if t_line and busy > reserve and busy - reserve > arrival:
         accepted = busy - reserve
-    self.cbusy[c] = _umax(busy, accepted) + t_line
+    self.dbusy[d] = _umax(busy, accepted) + t_line
     return accepted
 
 
@@ -302,19 +309,19 @@ cdef uint64_t* _line_buffer(Engine self, uint64_t* st, uint64_t* clk, uint32_t s
 cdef void _load_timing(Engine self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil:
     """Timing of a load that reached memory: a load to the line still being filled shares its
     buffer; any other takes a line buffer (waiting for one when all are busy) and is issued,
-    without waiting for its data. An NVDIMM controller starts one read per ``read_line`` ps."""
+    without waiting for its data. An NVDIMM starts one read per ``read_line`` ps."""
     cdef uint64_t line = hpa >> 6, start, done
     cdef uint64_t* buf
-    cdef uint32_t c
+    cdef uint32_t d
     cdef bint seq = _near(line, clk[CK_LOAD_LINE])
     if line == clk[CK_LOAD_LINE] and clk[CK_LOAD_DONE] > clk[CK_NOW]:
         return
     buf = _line_buffer(self, st, clk, ST_LOAD_PS)
     start = clk[CK_NOW]
     if hpa >= self.pmem_base:
-        c = _controller_of_line(self, (hpa - self.pmem_base) >> 6)
-        start = _umax(start, self.crbusy[c])
-        self.crbusy[c] = start + self.tm.read_line
+        d = _dimm_of_line(self, (hpa - self.pmem_base) >> 6)
+        start = _umax(start, self.drbusy[d])
+        self.drbusy[d] = start + self.tm.read_line
         done = start + (self.tm.load_seq if seq else self.tm.load_rand)
     else:
         done = start + (self.tm.dram_load_seq if seq else self.tm.dram_load_rand)
@@ -353,16 +360,16 @@ cdef void _write_back(Engine self, uint64_t hpa, bint nt, uint64_t* st, uint64_t
             travel = self.tm.nt_seq if seq else self.tm.nt_rand
         else:
             travel = self.tm.wb_seq if seq else self.tm.wb_rand
-        accepted = _wpq_accept(self, _controller_of_line(self, (hpa - self.pmem_base) >> 6), clk[CK_NOW] + travel)
+        accepted = _wpq_accept(self, _dimm_of_line(self, (hpa - self.pmem_base) >> 6), clk[CK_NOW] + travel)
     buf[0] = accepted
     clk[CK_PENDING] = _umax(clk[CK_PENDING], accepted)
 
 
 cdef uint64_t _fan_out(Engine self, vm_t* vm, uint64_t* st, uint64_t* clk) noexcept nogil:
     """One physical FHA write per fan-out controller, each draining its WPQ fully, FIFO.
-    Time: the writes go out together; each completes when its controller's WPQ is empty, and
-    the vCPU waits for the slowest, not the sum."""
-    cdef uint32_t c
+    Time: the writes go out together; each completes when the WPQs of its controller's NVDIMMs
+    are empty, and the vCPU waits for the slowest, not the sum."""
+    cdef uint32_t c, d
     cdef uint64_t n, total = 0, issued = clk[CK_NOW] + self.tm.fha_write, done = 0
     for c in range(self.n_controllers):
         if vm.fanout[c]:
@@ -371,7 +378,10 @@ cdef uint64_t _fan_out(Engine self, vm_t* vm, uint64_t* st, uint64_t* clk) noexc
             n = _drain_controller(self, c)
             vm.drained[c] += n
             total += n
-            done = _umax(done, _umax(issued, self.cbusy[c]))
+            done = _umax(done, issued)
+            for d in range(self.n_dimms):
+                if self.set_ctl[d] == c:
+                    done = _umax(done, self.dbusy[d])
     st[ST_LINES_DRAINED] += total
     if done:
         st[ST_FHA_PS] += self.tm.fha_write

@@ -56,8 +56,11 @@ class Engine(HostMemory, PageTables):
         self.copies: dict[int, int] = {}        # line HPA -> copies of it in WPQs
         self.wpq: list[deque[tuple[int, bytes]]] = [deque() for _ in range(self.n_controllers)]
         self.ctrl = [[0] * CTRL_STAT_COUNT for _ in range(self.n_controllers)]
-        self.busy = [0] * self.n_controllers    # ps at which each WPQ has drained all it accepted
-        self.read_busy = [0] * self.n_controllers   # ps from which each controller can start another read
+        # one WPQ per NVDIMM for time (set members, set after set): when each will have drained all it
+        # accepted, and when each can start another read (ps)
+        self.n_dimms = sum(len(s.controllers) for s in self.sets)
+        self.busy = [0] * self.n_dimms
+        self.read_busy = [0] * self.n_dimms
         self.pool: dict[int, list[int]] = {}    # table index -> 512 entries
         self.free_tables: list[int] = []
         self.next_table = 0
@@ -234,8 +237,8 @@ class Engine(HostMemory, PageTables):
             self.wpq[c].append((line, data.tobytes()))
             self.copies[line] = self.copies.get(line, 0) + 1
         self.ctrl = s["ctrl_stats"].tolist()
-        self.busy = s["ctrl_busy"].tolist()
-        self.read_busy = s["ctrl_read_busy"].tolist()
+        self.busy = s["dimm_busy"].tolist()
+        self.read_busy = s["dimm_read_busy"].tolist()
         self.pool = {int(t): [int(e) for e in row] for t, row in zip(s["table_ids"], s["table_data"])}
         self.free_tables = s["free_tables"].tolist()
         self.next_table, self.last_value = (int(x) for x in s["scalars"])

@@ -99,6 +99,19 @@ class HostMemory:
                 return s.controllers[member]
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
 
+    def _dimm_controllers(self) -> list[int]:
+        """The controller of every NVDIMM (set member), in NVDIMM order."""
+        return [c for s in self.sets for c in s.controllers]
+
+    def _dimm_of(self, hpa: int) -> int:
+        """The NVDIMM of ``hpa``: its set member, numbering the members of all sets in turn."""
+        first = 0
+        for s in self.sets:
+            if s.hpa_base <= hpa < s.hpa_base + s.length:
+                return first + (hpa - s.hpa_base) // s.granularity % len(s.controllers)
+            first += len(s.controllers)
+        raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
     # ---- WPQs --------------------------------------------------------------------------------
 
     def _enqueue(self, line: int) -> None:
@@ -128,17 +141,17 @@ class HostMemory:
             n += 1
         return n
 
-    def _wpq_accept(self, c: int, arrival: int) -> int:
-        """A write-back reaches controller c at ``arrival``; returns when its WPQ takes it. The
-        controller writes one line to media every ``drain_line`` ps, without pause while it has
+    def _wpq_accept(self, d: int, arrival: int) -> int:
+        """A write-back reaches the WPQ of NVDIMM d at ``arrival``; returns when the WPQ takes it.
+        The NVDIMM writes one line to media every ``drain_line`` ps, without pause while it has
         any; so at time t its WPQ holds ceil((busy - t) / drain_line) lines. While that is the
         whole depth, the line waits (in its line buffer) for a slot."""
         per_line = self.tm["drain_line"]
         accepted = arrival
         if per_line:
-            slot_free = self.busy[c] - (self.wpq_depth - 1) * per_line
+            slot_free = self.busy[d] - (self.wpq_depth - 1) * per_line
             accepted = max(arrival, slot_free)
-        self.busy[c] = max(self.busy[c], accepted) + per_line
+        self.busy[d] = max(self.busy[d], accepted) + per_line
         return accepted
 
     def _take_buffer(self, st: list[int], clock: list[int], counter: str) -> int:
@@ -171,9 +184,9 @@ class HostMemory:
         w = self._take_buffer(st, clock, "load_ps")
         issue = clock[CLOCK["now"]]
         if self._is_pmem(hpa):
-            c = self.controller_of(hpa)
-            issue = max(issue, self.read_busy[c])
-            self.read_busy[c] = issue + self.tm["read_line"]
+            d = self._dimm_of(hpa)
+            issue = max(issue, self.read_busy[d])
+            self.read_busy[d] = issue + self.tm["read_line"]
             arrives = issue + self.tm["load_seq" if seq else "load_rand"]
         else:
             arrives = issue + self.tm["dram_load_seq" if seq else "dram_load_rand"]
@@ -199,7 +212,7 @@ class HostMemory:
             accepted = clock[CLOCK["now"]] + self.tm["dram_nt" if nt else "dram_wb"]
         else:
             travel = self.tm[("nt_" if nt else "wb_") + ("seq" if seq else "rand")]
-            accepted = self._wpq_accept(self.controller_of(hpa), clock[CLOCK["now"]] + travel)
+            accepted = self._wpq_accept(self._dimm_of(hpa), clock[CLOCK["now"]] + travel)
         clock[w] = accepted
         clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], accepted)
 
@@ -214,7 +227,9 @@ class HostMemory:
                 n = self._drain_controller(c)
                 vm.drained[c] += n
                 total += n
-                finished = max(issued, self.busy[c])    # the hint write returns once the WPQ is empty
+                # the hint write returns once the WPQs of the controller's NVDIMMs are empty
+                finished = max([issued] + [self.busy[d] for d, ctl in enumerate(self._dimm_controllers())
+                                           if ctl == c])
                 done = finished if done is None else max(done, finished)
         st[STAT["lines_drained"]] += total
         if done is not None:                            # the slowest controller, not the sum

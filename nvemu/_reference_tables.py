@@ -132,9 +132,15 @@ class PageTables:
         return np.array(self._vm(vm).clock, dtype=np.uint64)
 
     def controller_busy(self) -> np.ndarray:
+        out = [0] * self.n_controllers
+        for d, c in enumerate(self._dimm_controllers()):
+            out[c] = max(out[c], self.busy[d])
+        return np.array(out, dtype=np.uint64)
+
+    def dimm_busy(self) -> np.ndarray:
         return np.array(self.busy, dtype=np.uint64)
 
-    def controller_read_busy(self) -> np.ndarray:
+    def dimm_read_busy(self) -> np.ndarray:
         return np.array(self.read_busy, dtype=np.uint64)
 
     def _flush_tlbs(self, v: _Vm) -> None:

@@ -348,14 +348,15 @@ class TimingModel:
     nt-stores to the same line merge into it (the write-combining buffer). The travel times are
     solved from the figures for exactly the traces ``nvemu timing`` runs (64 B = eight 8-byte
     stores, one clwb, one sfence): ``write_*`` for sequential lines, ``persist_*`` for random
-    ones. Each controller drains its WPQ at ``media_write_gbps`` per NVDIMM behind it.
+    ones. The iMC keeps a WPQ per NVDIMM (Yang et al. 2020, section 2.1), each of ``wpq_depth``
+    lines for time and drained at ``media_write_gbps``, all in parallel.
 
     Loads in flight: a trace does not say which op consumes a load's data, so the engines let
     independent loads overlap. A load that misses takes one of the vCPU's ``fill_buffers`` line
     buffers until its data arrives (a load to the line still being filled shares it); with none
-    free the vCPU waits. Its controller serves one line per ``64 B / (media_read_gbps x NVDIMMs)``
-    to all vCPUs, so sequential read bandwidth is ``min(vCPUs x fill_buffers x 64 B / latency,
-    NVDIMMs x media_read_gbps)``. What waits for a load's data: an MFENCE (all of the vCPU's
+    free the vCPU waits. Each NVDIMM serves one line per ``64 B / media_read_gbps`` to all vCPUs,
+    so sequential read bandwidth is ``min(vCPUs x fill_buffers x 64 B / latency, NVDIMMs x
+    media_read_gbps)``. What waits for a load's data: an MFENCE (all of the vCPU's
     loads), a VM exit (serialising) and a store or flush to the line of the vCPU's last load (a
     read-modify-write); an SFENCE does not (it orders stores only). The load latencies are solved
     for the trace ``nvemu timing`` runs (one 64 B load, one MFENCE). Write-backs use the same
@@ -417,9 +418,9 @@ class TimingModel:
         """The VM exit round trip in ns (``exit_cycles`` at ``cpu_ghz``)."""
         return self.exit_cycles / self.cpu_ghz
 
-    def engine_timing(self, dimms_per_controller: int = 1) -> tuple[int, ...]:
-        """The engines' table (``TIMING_FIELDS``) in integer picoseconds, for controllers with
-        ``dimms_per_controller`` NVDIMMs each (they drain in parallel)."""
+    def engine_timing(self) -> tuple[int, ...]:
+        """The engines' table (``TIMING_FIELDS``) in integer picoseconds (``drain_line`` and
+        ``read_line`` per NVDIMM; ``fill_buffers`` a count)."""
         op, fence, issue = self.op_ns, self.fence_ns, self.flush_issue_ns
         clwb_rest = 9 * op + issue + fence        # 8 stores, the clwb, the fence's own op
         nt_rest = op + fence                      # the first nt-store; the other seven merge
@@ -433,11 +434,11 @@ class TimingModel:
             "wb_seq": self.write_clwb_ns - clwb_rest, "wb_rand": self.persist_clwb_ns - clwb_rest,
             "nt_seq": self.write_ntstore_ns - nt_rest, "nt_rand": self.persist_ntstore_ns - nt_rest,
             "dram_wb": self.dram_write_clwb_ns - clwb_rest, "dram_nt": self.dram_write_ntstore_ns - nt_rest,
-            "fence": fence, "drain_line": LINE_BYTES / (self.media_write_gbps * max(1, dimms_per_controller)),
+            "fence": fence, "drain_line": LINE_BYTES / self.media_write_gbps,
             "fha_write": self.fha_write_ns, "exit": self.exit_ns,
             "write_protect": self.write_protect_cycles / self.cpu_ghz, "mmio": self.mmio_cycles / self.cpu_ghz,
             "hypercall": self.hypercall_cycles / self.cpu_ghz,
-            "read_line": LINE_BYTES / (self.media_read_gbps * max(1, dimms_per_controller)),
+            "read_line": LINE_BYTES / self.media_read_gbps,
         }
         for name, v in ns.items():
             if v < 0:

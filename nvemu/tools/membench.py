@@ -24,7 +24,8 @@ With a fence interval ``M`` every pattern runs one sequential stream instead, in
 ``size`` bytes, with a fence (``sfence`` for stores, ``mfence`` for loads) after every ``M``
 bytes (and at the end), and reports the bandwidth. With ``vcpus`` K > 1, K vCPUs of one VM run
 the pattern at once, each on its own part of the vNVDIMM, their records interleaved in turn
-(Izraelevitz et al. measure bandwidth with many threads). ``ns`` is always the mean time of
+(Izraelevitz et al. measure bandwidth with many threads); vCPU k starts k interleave granules
+into a stripe, so that the vCPUs do not walk the NVDIMMs in step. ``ns`` is always the mean time of
 one repetition (one ``size``-byte access) of one vCPU and ``gb_per_s`` all vCPUs' bytes over
 the longest vCPU time (bytes per ns is GB/s).
 """
@@ -223,9 +224,17 @@ def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, 
     vm = hv.create_vm(dram=min(16 << 20, cfg.dram_bytes // 2 // PAGE * PAGE), nvdimms=[region_bytes],
                       vcpus=vcpus, strategy="native").start()
     target = vm.nvdimms[0] if memory == "nvdimm" else vm.dram[0]
-    share = min(region_bytes, target.size) // vcpus // PAGE * PAGE
+    # vCPU k gets whole stripes of the set and starts k granules into one, so the vCPUs do not
+    # march through the NVDIMMs in step (the studies' threads are not synchronised)
+    iset = max(cfg.interleave_sets, key=lambda st: cfg.set_bytes(st))
+    granule, stripe = iset.granularity, iset.granularity * len(iset.dimms)
+    share = (min(region_bytes, target.size) - vcpus * granule) // vcpus // stripe * stripe
+    if share < PAGE:
+        raise ConfigError(f"{vcpus} vCPUs: the {region_bytes:,}-byte vNVDIMM leaves less than a page each; "
+                          f"use fewer vCPUs or a larger preset")
     rng = np.random.default_rng(seed)
-    parts = [_trace(pattern, size, fence_interval, target.gpa + k * share, share, rng) for k in range(vcpus)]
+    parts = [_trace(pattern, size, fence_interval, target.gpa + k * (share + granule), share, rng)
+             for k in range(vcpus)]
     reps = parts[0][2]
     hv.run(_interleave([p[0] for p in parts]))
     before = vm.stats()
