@@ -150,13 +150,13 @@ cdef struct timing_t:                # picoseconds per event (nvemu.machine.conf
     uint64_t dram_wb                 # write-back travel to a DRAM controller
     uint64_t dram_nt                 # nt-store travel to a DRAM controller
     uint64_t fence                   # an SFENCE/MFENCE once the write-backs are accepted
-    uint64_t drain_line              # a controller writes one WPQ line to media
+    uint64_t drain_line              # an NVDIMM writes one line of its WPQ to media
     uint64_t fha_write               # one physical flush-hint write
     uint64_t exit                    # VM exit + entry round trip
     uint64_t write_protect           # EPT-violation handling: decode and emulate the write
     uint64_t mmio                    # EPT-misconfiguration handling on the fast MMIO path
     uint64_t hypercall               # VMCALL handling
-    uint64_t read_line               # a controller reads one line from media (its read bandwidth)
+    uint64_t read_line               # an NVDIMM reads one line from media (its read bandwidth)
     uint64_t fill_buffers            # line buffers per vCPU, 1..MAX_FILL_BUFFERS (a count, not ps)
 
 cdef struct chunk_t:                 # one chunk of host memory (chunk_bytes, a power of two >= 4 KiB)
