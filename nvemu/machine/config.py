@@ -323,8 +323,9 @@ TIMING_SOURCES: dict[str, str] = {
     "media_write_gbps": IZRAELEVITZ_2019 + ": write bandwidth of one DIMM",
     "media_read_gbps": IZRAELEVITZ_2019 + ": read bandwidth of one DIMM",
     "fill_buffers": FREE + " (line-fill / write-combining buffers per core: the misses and write-backs one "
-                           "vCPU keeps in flight. Intel's optimization manual gives 10 for Sandy Bridge through "
-                           "Haswell cores; no figure is published for Cascade Lake, so 10 is the default)",
+                           "vCPU keeps in flight. Intel's optimization reference manual gives 10 L1D fill "
+                           "buffers for the Sandy Bridge core; no count is published for Cascade Lake, so 10 is "
+                           "the default)",
     "flush_issue_ns": FREE + " (issuing a clwb/clflushopt/clflush)",
     "fence_ns": FREE + " (an sfence/mfence with nothing outstanding)",
     "fha_write_ns": FREE + " (an uncached write to a physical flush hint, before its WPQ is empty)",
