@@ -131,20 +131,26 @@ TIME_STATS = tuple(n for n in STAT_NAMES if n.endswith("_ps"))
 # them from published figures and free parameters; each field's meaning is documented there.
 TIMING_FIELDS = ("op", "walk_ref", "load_seq", "load_rand", "dram_load_seq", "dram_load_rand", "flush_issue",
                  "wb_seq", "wb_rand", "nt_seq", "nt_rand", "dram_wb", "dram_nt", "fence", "drain_line",
-                 "fha_write", "exit", "write_protect", "mmio", "hypercall")
+                 "fha_write", "exit", "write_protect", "mmio", "hypercall", "read_line", "fill_buffers")
 
 # The parameters of ``nvemu.machine.config.TimingModel`` (published figures and free parameters), the
 # names that bench sweeps, sweep files and results use.
 TIMING_PARAMETERS = ("cpu_ghz", "op_ns", "walk_ref_cycles", "read_seq_ns", "read_rand_ns", "dram_read_seq_ns",
                      "dram_read_rand_ns", "write_clwb_ns", "write_ntstore_ns", "dram_write_clwb_ns",
                      "dram_write_ntstore_ns", "persist_clwb_ns", "persist_ntstore_ns", "media_write_gbps",
-                     "flush_issue_ns", "fence_ns", "fha_write_ns", "exit_cycles", "write_protect_cycles",
+                     "media_read_gbps", "fill_buffers", "flush_issue_ns", "fence_ns", "fha_write_ns", "exit_cycles",
+                     "write_protect_cycles",
                      "mmio_cycles", "hypercall_cycles")
 
 # Per-vCPU clock words, in the order of the core's clock rows: the vCPU's time (ps), when its
 # outstanding write-backs are all accepted (ps), and the last line (HPA / 64) it loaded, wrote back
-# and nt-stored (all ones = none), which decide sequential vs random latency and nt-store merging.
-CLOCK_FIELDS = ("now", "pending", "load_line", "wb_line", "nt_line")
+# and nt-stored (all ones = none), which decide sequential vs random latency and nt-store merging;
+# when its last load's data arrives and when all its loads' data has arrived (ps); then one word per
+# line buffer (the core's line-fill / write-combining buffers): the time it is free again (ps).
+# A vCPU uses the first ``fill_buffers`` of the MAX_FILL_BUFFERS buffer words.
+MAX_FILL_BUFFERS = 16
+CLOCK_FIELDS = ("now", "pending", "load_line", "wb_line", "nt_line", "load_done", "loads_done",
+                *(f"fill{k}" for k in range(MAX_FILL_BUFFERS)))
 CLOCK = {name: i for i, name in enumerate(CLOCK_FIELDS)}
 NO_LINE = (1 << 64) - 1
 

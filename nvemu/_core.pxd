@@ -15,7 +15,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
-    NVEMU_CAPI_VERSION = 4
+    NVEMU_CAPI_VERSION = 5
 
 ctypedef uint64_t ept_entry_t        # one EPT entry (SPEC 2 layout)
 
@@ -121,13 +121,19 @@ cdef enum:                           # ctrl_stat_t: per-controller counters
     CT_FHA_WRITES
     CT_COUNT
 
+cdef enum:
+    MAX_FILL_BUFFERS = 16            # line buffers a vCPU may have (timing_t.fill_buffers <= this)
+
 cdef enum:                           # clock_t: per-vCPU clock words (nvemu._constants.CLOCK_FIELDS)
     CK_NOW = 0                       # the vCPU's time, ps
     CK_PENDING                       # when its outstanding write-backs are all accepted, ps
     CK_LOAD_LINE                     # line (HPA >> 6) of its last load, ~0 = none
     CK_WB_LINE                       # line of its last write-back (clwb or nt-store), ~0 = none
     CK_NT_LINE                       # line of its open write-combining buffer, ~0 = none
-    CK_COUNT
+    CK_LOAD_DONE                     # when the data of its last load arrives, ps
+    CK_LOADS_DONE                    # when the data of all its loads has arrived, ps
+    CK_FILL                          # first of MAX_FILL_BUFFERS words: when each line buffer is free, ps
+    CK_COUNT = CK_FILL + MAX_FILL_BUFFERS
 
 cdef struct timing_t:                # picoseconds per event (nvemu.machine.config.TimingModel)
     uint64_t op                      # every retired guest op
@@ -144,12 +150,14 @@ cdef struct timing_t:                # picoseconds per event (nvemu.machine.conf
     uint64_t dram_wb                 # write-back travel to a DRAM controller
     uint64_t dram_nt                 # nt-store travel to a DRAM controller
     uint64_t fence                   # an SFENCE/MFENCE once the write-backs are accepted
-    uint64_t drain_line              # a controller writes one WPQ line to media
+    uint64_t drain_line              # an NVDIMM writes one line of its WPQ to media
     uint64_t fha_write               # one physical flush-hint write
     uint64_t exit                    # VM exit + entry round trip
     uint64_t write_protect           # EPT-violation handling: decode and emulate the write
     uint64_t mmio                    # EPT-misconfiguration handling on the fast MMIO path
     uint64_t hypercall               # VMCALL handling
+    uint64_t read_line               # an NVDIMM reads one line from media (its read bandwidth)
+    uint64_t fill_buffers            # line buffers per vCPU, 1..MAX_FILL_BUFFERS (a count, not ps)
 
 cdef struct chunk_t:                 # one chunk of host memory (chunk_bytes, a power of two >= 4 KiB)
     uint8_t* mem                     # what CPUs observe; NULL until the chunk is first written
@@ -214,7 +222,8 @@ cdef class Engine:
     cdef object _wpq_head            # uint32[n_controllers]: oldest slot
     cdef object _wpq_len             # uint32[n_controllers]: entries queued
     cdef object _ctrl_stats          # uint64[n_controllers, CT_COUNT]
-    cdef object _ctrl_busy           # uint64[n_controllers]: ps when each WPQ has drained what it accepted
+    cdef object _dimm_busy           # uint64[n_dimms]: ps when each NVDIMM's WPQ has drained what it accepted
+    cdef object _dimm_read_busy      # uint64[n_dimms]: ps when each NVDIMM can start another read
     cdef object _pool                # uint64[pool_tables * 512]: every VM's EPT tables
     cdef object _free_tables         # list of freed table indices (reused LIFO)
     cdef object _vms                 # dict vm id -> VmArrays (the VM's numpy arrays, by name)
@@ -224,13 +233,15 @@ cdef class Engine:
     cdef uint32_t* whead
     cdef uint32_t* wlen
     cdef uint64_t* cstats
-    cdef uint64_t* cbusy
+    cdef uint64_t* dbusy
+    cdef uint64_t* drbusy
     cdef ept_entry_t* ept
     cdef vm_t* vms
     cdef readonly uint64_t dram_bytes   # host DRAM at HPA [0, dram_bytes)
     cdef readonly uint64_t pmem_base    # HPA of the first NVDIMM byte
     cdef readonly uint64_t pmem_bytes   # bytes of NVDIMM space
     cdef readonly uint32_t n_controllers
+    cdef readonly uint32_t n_dimms      # set members (NVDIMMs), set after set: the timing queues
     cdef readonly uint32_t wpq_depth
     cdef readonly int domain
     cdef readonly uint32_t pool_tables
@@ -245,10 +256,13 @@ cdef class Engine:
     cdef chunk_t* chunk_at(self, uint64_t idx, bint create) noexcept nogil
     cdef int fill_chunk(self, chunk_t* ck, uint64_t idx) noexcept nogil
     cdef uint32_t controller_of_line(self, uint64_t line) noexcept nogil
+    cdef uint32_t dimm_of_line(self, uint64_t line) noexcept nogil
     cdef void drain_one(self, uint32_t c) noexcept nogil
     cdef uint64_t drain_controller(self, uint32_t c) noexcept nogil
     cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil
-    cdef void wpq_accept(self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil
+    cdef uint64_t wpq_accept(self, uint32_t d, uint64_t arrival) noexcept nogil
+    cdef uint64_t* line_buffer(self, uint64_t* st, uint64_t* clk, uint32_t stat) noexcept nogil
+    cdef void load_timing(self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil
     cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil
     cdef uint64_t fan_out(self, vm_t* vm, uint64_t* st, uint64_t* clk) noexcept nogil
     cdef int walk_leaf(self, vm_t* vm, uint64_t gpa, uint64_t* st, uint64_t* entry,

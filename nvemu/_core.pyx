@@ -254,10 +254,28 @@ cdef class Engine:
             return self._vms[operator.index(vm)].clock.copy()
 
     def controller_busy(self):
-        """Per controller, the time (ps) at which its WPQ will have drained every line it accepted."""
+        """Per controller, the time (ps) at which the WPQs of its NVDIMMs will have drained every
+        line they accepted (0 for a controller without NVDIMMs in a set)."""
+        cdef uint32_t d
         with self.lock:
             _live(self)
-            return self._ctrl_busy.copy()
+            out = np.zeros(self.n_controllers, np.uint64)
+            for d in range(self.n_dimms):
+                out[self.set_ctl[d]] = max(out[self.set_ctl[d]], self._dimm_busy[d])
+            return out
+
+    def dimm_busy(self):
+        """Per NVDIMM (interleave-set member, set after set), the time (ps) at which its WPQ will
+        have drained every line it accepted: a copy, ``uint64[n_dimms]``."""
+        with self.lock:
+            _live(self)
+            return self._dimm_busy[:self.n_dimms].copy()
+
+    def dimm_read_busy(self):
+        """Per NVDIMM (as :meth:`dimm_busy`), the time (ps) from which it can start another read."""
+        with self.lock:
+            _live(self)
+            return self._dimm_read_busy[:self.n_dimms].copy()
 
     def reset_stats(self, vm):
         with self.lock:
@@ -545,8 +563,17 @@ cdef class Engine:
     cdef void enqueue(self, chunk_t* ck, uint64_t line) noexcept nogil:
         _enqueue(self, ck, line)
 
-    cdef void wpq_accept(self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil:
-        _wpq_accept(self, c, arrival, st, clk)
+    cdef uint32_t dimm_of_line(self, uint64_t line) noexcept nogil:
+        return _dimm_of_line(self, line)
+
+    cdef uint64_t wpq_accept(self, uint32_t d, uint64_t arrival) noexcept nogil:
+        return _wpq_accept(self, d, arrival)
+
+    cdef uint64_t* line_buffer(self, uint64_t* st, uint64_t* clk, uint32_t stat) noexcept nogil:
+        return _line_buffer(self, st, clk, stat)
+
+    cdef void load_timing(self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil:
+        _load_timing(self, hpa, st, clk)
 
     cdef void write_back(self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil:
         _write_back(self, hpa, nt, st, clk)

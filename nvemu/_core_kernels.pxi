@@ -216,17 +216,23 @@ cdef int _translate_nogil(Engine self, vm_t* vm, uint32_t vcpu, uint64_t gpa, bi
     return 0
 
 
-cdef uint32_t _controller_of_line(Engine self, uint64_t line) noexcept nogil:
-    """Controller of NVDIMM line ``line`` (offset >> 6): granule k of a set belongs to member k mod ways."""
+cdef uint32_t _dimm_of_line(Engine self, uint64_t line) noexcept nogil:
+    """NVDIMM (set member, numbered set after set) of NVDIMM line ``line`` (offset >> 6): granule
+    k of a set belongs to member k mod ways."""
     cdef uint64_t off = line << 6, rel
     cdef uint32_t k
     for k in range(self.nsets):
         rel = off - self.sets[k].offset
         if rel < self.sets[k].length:
             if self.sets[k].ways_mask:
-                return self.set_ctl[self.sets[k].first + ((rel >> self.sets[k].gshift) & self.sets[k].ways_mask)]
-            return self.set_ctl[self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways]
+                return self.sets[k].first + ((rel >> self.sets[k].gshift) & self.sets[k].ways_mask)
+            return self.sets[k].first + (rel >> self.sets[k].gshift) % self.sets[k].ways
     return 0
+
+
+cdef uint32_t _controller_of_line(Engine self, uint64_t line) noexcept nogil:
+    """Controller of NVDIMM line ``line``: the one its NVDIMM sits on."""
+    return self.set_ctl[_dimm_of_line(self, line)]
 
 
 cdef void _drain_one(Engine self, uint32_t c) noexcept nogil:
@@ -272,25 +278,73 @@ cdef void _enqueue(Engine self, chunk_t* ck, uint64_t line) noexcept nogil:
     self.cstats[c * CT_COUNT + CT_ENQUEUED] += 1
 
 
-cdef void _wpq_accept(Engine self, uint32_t c, uint64_t arrival, uint64_t* st, uint64_t* clk) noexcept nogil:
-    """Timing of one write-back reaching controller ``c`` at ``arrival`` (ps). The controller
-    drains continuously, one line per ``drain_line`` ps, so ``ceil((busy - t) / drain_line)``
-    lines occupy its WPQ at time t; a full WPQ stalls the writer until a slot frees."""
-    cdef uint64_t t_line = self.tm.drain_line, busy = self.cbusy[c], reserve, wait = 0
+cdef uint64_t _wpq_accept(Engine self, uint32_t d, uint64_t arrival) noexcept nogil:
+    """Timing of one write-back reaching the WPQ of NVDIMM ``d`` at ``arrival`` (ps); returns
+    when the WPQ accepts it. The iMC keeps a WPQ per NVDIMM (Yang et al., FAST 2020, section 2.1),
+    drained continuously, one line per ``drain_line`` ps, so ``ceil((busy - t) / drain_line)``
+    lines occupy it at time t; a full WPQ holds the line (and the line buffer carrying it) until
+    a slot frees."""
+    cdef uint64_t t_line = self.tm.drain_line, busy = self.dbusy[d], reserve, accepted = arrival
     reserve = <uint64_t>(self.wpq_depth - 1) * t_line
     if t_line and busy > reserve and busy - reserve > arrival:
-        wait = busy - reserve - arrival
-        clk[CK_NOW] += wait
-        st[ST_WPQ_STALL_PS] += wait
-    self.cbusy[c] = _umax(busy, arrival + wait) + t_line
-    clk[CK_PENDING] = _umax(clk[CK_PENDING], arrival + wait)
+        accepted = busy - reserve
+    self.dbusy[d] = _umax(busy, accepted) + t_line
+    return accepted
+
+
+cdef uint64_t* _line_buffer(Engine self, uint64_t* st, uint64_t* clk, uint32_t stat) noexcept nogil:
+    """The vCPU's line buffer that frees first (the lowest index on a tie); when it is still
+    busy the vCPU waits for it, and the wait is added to time counter ``stat``."""
+    cdef uint64_t* best = clk + CK_FILL
+    cdef uint32_t k
+    for k in range(1, <uint32_t>self.tm.fill_buffers):
+        if clk[CK_FILL + k] < best[0]:
+            best = clk + CK_FILL + k
+    if best[0] > clk[CK_NOW]:
+        st[stat] += best[0] - clk[CK_NOW]
+        clk[CK_NOW] = best[0]
+    return best
+
+
+cdef void _load_timing(Engine self, uint64_t hpa, uint64_t* st, uint64_t* clk) noexcept nogil:
+    """Timing of a load that reached memory: a load to the line still being filled shares its
+    buffer; any other takes a line buffer (waiting for one when all are busy) and is issued,
+    without waiting for its data. An NVDIMM starts one read per ``read_line`` ps."""
+    cdef uint64_t line = hpa >> 6, start, done
+    cdef uint64_t* buf
+    cdef uint32_t d
+    cdef bint seq = _near(line, clk[CK_LOAD_LINE])
+    if line == clk[CK_LOAD_LINE] and clk[CK_LOAD_DONE] > clk[CK_NOW]:
+        return
+    buf = _line_buffer(self, st, clk, ST_LOAD_PS)
+    start = clk[CK_NOW]
+    if hpa >= self.pmem_base:
+        d = _dimm_of_line(self, (hpa - self.pmem_base) >> 6)
+        start = _umax(start, self.drbusy[d])
+        self.drbusy[d] = start + self.tm.read_line
+        done = start + (self.tm.load_seq if seq else self.tm.load_rand)
+    else:
+        done = start + (self.tm.dram_load_seq if seq else self.tm.dram_load_rand)
+    buf[0] = done
+    clk[CK_LOAD_LINE] = line
+    clk[CK_LOAD_DONE] = done
+    clk[CK_LOADS_DONE] = _umax(clk[CK_LOADS_DONE], done)
+
+
+cdef inline void _wait_loads(uint64_t* st, uint64_t* clk, uint64_t until) noexcept nogil:
+    """The vCPU waits (load time) until ``until``: for its loads' data."""
+    if until > clk[CK_NOW]:
+        st[ST_LOAD_PS] += until - clk[CK_NOW]
+        clk[CK_NOW] = until
 
 
 cdef void _write_back(Engine self, uint64_t hpa, bint nt, uint64_t* st, uint64_t* clk) noexcept nogil:
-    """Timing of a line leaving the vCPU (a clwb of a dirty line or an nt-store): it travels to
-    its controller (sequential or random latency) and joins the WPQ there; an nt-store to the
-    line of the open write-combining buffer merges into it. DRAM has no WPQ to wait for."""
-    cdef uint64_t line = hpa >> 6, travel
+    """Timing of a line leaving the vCPU (a clwb of a dirty line or an nt-store): it takes a line
+    buffer (the writer stalls while none is free), travels to its controller (sequential or
+    random latency) and holds the buffer until the WPQ there accepts it; an nt-store to the line
+    of the open write-combining buffer merges into it. DRAM has no WPQ to wait for."""
+    cdef uint64_t line = hpa >> 6, travel, accepted
+    cdef uint64_t* buf
     cdef bint seq
     if nt:
         if clk[CK_NT_LINE] == line:
@@ -298,22 +352,24 @@ cdef void _write_back(Engine self, uint64_t hpa, bint nt, uint64_t* st, uint64_t
         clk[CK_NT_LINE] = line
     seq = _near(line, clk[CK_WB_LINE])
     clk[CK_WB_LINE] = line
+    buf = _line_buffer(self, st, clk, ST_WPQ_STALL_PS)
     if hpa < self.pmem_base:
-        travel = self.tm.dram_nt if nt else self.tm.dram_wb
-        clk[CK_PENDING] = _umax(clk[CK_PENDING], clk[CK_NOW] + travel)
-        return
-    if nt:
-        travel = self.tm.nt_seq if seq else self.tm.nt_rand
+        accepted = clk[CK_NOW] + (self.tm.dram_nt if nt else self.tm.dram_wb)
     else:
-        travel = self.tm.wb_seq if seq else self.tm.wb_rand
-    _wpq_accept(self, _controller_of_line(self, (hpa - self.pmem_base) >> 6), clk[CK_NOW] + travel, st, clk)
+        if nt:
+            travel = self.tm.nt_seq if seq else self.tm.nt_rand
+        else:
+            travel = self.tm.wb_seq if seq else self.tm.wb_rand
+        accepted = _wpq_accept(self, _dimm_of_line(self, (hpa - self.pmem_base) >> 6), clk[CK_NOW] + travel)
+    buf[0] = accepted
+    clk[CK_PENDING] = _umax(clk[CK_PENDING], accepted)
 
 
 cdef uint64_t _fan_out(Engine self, vm_t* vm, uint64_t* st, uint64_t* clk) noexcept nogil:
     """One physical FHA write per fan-out controller, each draining its WPQ fully, FIFO.
-    Time: the writes go out together; each completes when its controller's WPQ is empty, and
-    the vCPU waits for the slowest, not the sum."""
-    cdef uint32_t c
+    Time: the writes go out together; each completes when the WPQs of its controller's NVDIMMs
+    are empty, and the vCPU waits for the slowest, not the sum."""
+    cdef uint32_t c, d
     cdef uint64_t n, total = 0, issued = clk[CK_NOW] + self.tm.fha_write, done = 0
     for c in range(self.n_controllers):
         if vm.fanout[c]:
@@ -322,7 +378,10 @@ cdef uint64_t _fan_out(Engine self, vm_t* vm, uint64_t* st, uint64_t* clk) noexc
             n = _drain_controller(self, c)
             vm.drained[c] += n
             total += n
-            done = _umax(done, _umax(issued, self.cbusy[c]))
+            done = _umax(done, issued)
+            for d in range(self.n_dimms):
+                if self.set_ctl[d] == c:
+                    done = _umax(done, self.dbusy[d])
     st[ST_LINES_DRAINED] += total
     if done:
         st[ST_FHA_PS] += self.tm.fha_write
@@ -422,9 +481,13 @@ cdef int _run_nogil(Engine self, const trace_rec_t* ops, uint64_t start, uint64_
             st[op] += 1
             st[ST_OPS] += 1
             st[ST_OPS_PS] += t_op
-            # a fence waits until the vCPU's write-backs are accepted, then closes its WC buffer
-            t = _umax(clk[CK_NOW] + t_op, clk[CK_PENDING])
-            st[ST_FENCE_PS] += t - clk[CK_NOW] - t_op + self.tm.fence
+            # an MFENCE waits for the vCPU's loads' data (load time); a fence waits until its
+            # write-backs are accepted, then closes its WC buffer
+            clk[CK_NOW] += t_op
+            if op == OP_MFENCE:
+                _wait_loads(st, clk, clk[CK_LOADS_DONE])
+            t = _umax(clk[CK_NOW], clk[CK_PENDING])
+            st[ST_FENCE_PS] += t - clk[CK_NOW] + self.tm.fence
             clk[CK_NOW] = t + self.tm.fence
             clk[CK_NT_LINE] = NO_VPN
             continue
@@ -463,6 +526,7 @@ cdef int _run_nogil(Engine self, const trace_rec_t* ops, uint64_t start, uint64_
         st[ST_WALK_PS] += refs
         clk[CK_NOW] += refs
         if rc:
+            _wait_loads(st, clk, clk[CK_LOADS_DONE])        # an exit is serialising
             if (r.gpa >> 12) == vm.fha_vpn and _handle_fha_exit(self, vm, st, clk, rc, write, op):
                 continue
             if rc == EXIT_EPT_MISCONFIG:
@@ -504,14 +568,11 @@ cdef int _run_nogil(Engine self, const trace_rec_t* ops, uint64_t start, uint64_
             value = load_le(ck.mem + off, size) if ck.mem != NULL else 0
             st[ST_LOAD_SUM] += value
             self.last_value = value
-            if hpa >= pmem_base:
-                t = self.tm.load_seq if _near(hpa >> 6, clk[CK_LOAD_LINE]) else self.tm.load_rand
-            else:
-                t = self.tm.dram_load_seq if _near(hpa >> 6, clk[CK_LOAD_LINE]) else self.tm.dram_load_rand
-            clk[CK_LOAD_LINE] = hpa >> 6
-            clk[CK_NOW] += t
-            st[ST_LOAD_PS] += t
-        elif op <= OP_NT_STORE:
+            _load_timing(self, hpa, st, clk)
+            continue
+        if (hpa >> 6) == clk[CK_LOAD_LINE]:              # read-modify-write: wait for the load's data
+            _wait_loads(st, clk, clk[CK_LOAD_DONE])
+        if op <= OP_NT_STORE:
             store_le(ck.mem + off, r.value, size)
             if hpa >= pmem_base:
                 if op == OP_STORE:

@@ -24,7 +24,7 @@ cdef _init(Engine self, layout):
         for c in ctls:
             self.set_ctl[first] = c
             first += 1
-    self.nsets, self.dir_len = len(sets), dir_len
+    self.nsets, self.dir_len, self.n_dimms = len(sets), dir_len, first
     self.chunk_shift, self.chunk_mask, self.pmem_index = L.chunk_shift, (1 << L.chunk_shift) - 1, L.pmem_index
     self.memory_budget, self.huge_pages = L.memory_budget, L.huge_pages
     self.dram_bytes, self.pmem_base, self.pmem_bytes = L.dram_bytes, L.pmem_base, L.pmem_bytes
@@ -33,14 +33,16 @@ cdef _init(Engine self, layout):
     (self.tm.op, self.tm.walk_ref, self.tm.load_seq, self.tm.load_rand, self.tm.dram_load_seq,
      self.tm.dram_load_rand, self.tm.flush_issue, self.tm.wb_seq, self.tm.wb_rand, self.tm.nt_seq,
      self.tm.nt_rand, self.tm.dram_wb, self.tm.dram_nt, self.tm.fence, self.tm.drain_line, self.tm.fha_write,
-     self.tm.exit, self.tm.write_protect, self.tm.mmio, self.tm.hypercall) = L.timing
+     self.tm.exit, self.tm.write_protect, self.tm.mmio, self.tm.hypercall, self.tm.read_line,
+     self.tm.fill_buffers) = L.timing
     nctl, depth = L.n_controllers, L.wpq_depth
     self._wpq_line = np.zeros(nctl * depth, np.uint64)
     self._wpq_data = np.zeros(nctl * depth * 64, np.uint8)
     self._wpq_head = np.zeros(nctl, np.uint32)
     self._wpq_len = np.zeros(nctl, np.uint32)
     self._ctrl_stats = np.zeros((nctl, CT_COUNT), np.uint64)
-    self._ctrl_busy = np.zeros(nctl, np.uint64)
+    self._dimm_busy = np.zeros(max(1, self.n_dimms), np.uint64)
+    self._dimm_read_busy = np.zeros(max(1, self.n_dimms), np.uint64)
     self._pool = np.zeros(<uint64_t>L.pool_tables * ENTRIES, np.uint64)
     self._free_tables = []
     self._vms = {}
@@ -50,7 +52,8 @@ cdef _init(Engine self, layout):
     self.whead = <uint32_t*>_ptr(self._wpq_head)
     self.wlen = <uint32_t*>_ptr(self._wpq_len)
     self.cstats = <uint64_t*>_ptr(self._ctrl_stats)
-    self.cbusy = <uint64_t*>_ptr(self._ctrl_busy)
+    self.dbusy = <uint64_t*>_ptr(self._dimm_busy)
+    self.drbusy = <uint64_t*>_ptr(self._dimm_read_busy)
     self.ept = <uint64_t*>_ptr(self._pool)
 
 
@@ -100,7 +103,8 @@ cdef _load_state(Engine self, dict s, list vms):
         idx = _index(self, hpa)
         _chunk_at(self, idx, False).lines[(idx & self.chunk_mask) >> 6] += ONE_COPY
     self._ctrl_stats[:] = s["ctrl_stats"]
-    self._ctrl_busy[:] = s["ctrl_busy"]
+    self._dimm_busy[:len(s["dimm_busy"])] = s["dimm_busy"]
+    self._dimm_read_busy[:len(s["dimm_read_busy"])] = s["dimm_read_busy"]
     self._pool[:<uint64_t>self.next_table * ENTRIES] = 0      # tables past the high-water mark are zero
     pool = self._pool.reshape(-1, ENTRIES)
     for t, row in zip(s["table_ids"].tolist(), s["table_data"]):

@@ -22,7 +22,7 @@ class VmArrays:
         self.fanout = np.zeros(n_controllers, np.uint8)
         self.drained = np.zeros(n_controllers, np.uint64)
         self.clock = np.zeros((nvcpus, CK_COUNT), np.uint64)     # time 0, nothing pending, no last lines
-        self.clock[:, CK_LOAD_LINE:] = NO_VPN
+        self.clock[:, CK_LOAD_LINE:CK_LOAD_DONE] = NO_VPN
 
 
 cdef uint32_t _alloc_table(Engine e) except? 0xFFFFFFFF:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ._constants import TIMING_FIELDS
+from ._constants import MAX_FILL_BUFFERS, TIMING_FIELDS
 from .errors import ConfigError
 
 HPA_LIMIT = 1 << 52
@@ -164,6 +164,8 @@ def check_layout(layout: Any) -> CheckedLayout:
     pmem_bytes = sum(length for _, length, _, _ in sets)
     if len(out["timing"]) != len(TIMING_FIELDS) or any(t >= 1 << 40 for t in out["timing"]):
         raise ConfigError(f"timing must be {len(TIMING_FIELDS)} non-negative picosecond counts below 2**40")
+    if not 1 <= out["timing"][TIMING_FIELDS.index("fill_buffers")] <= MAX_FILL_BUFFERS:
+        raise ConfigError(f"timing fill_buffers must be 1..{MAX_FILL_BUFFERS} line buffers")
     if dram % 4096 or base % 4096 or dram > base:
         raise ConfigError("DRAM must be 4 KiB aligned and lie below pmem_base")
     if base + pmem_bytes > HPA_LIMIT:

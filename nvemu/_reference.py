@@ -29,7 +29,7 @@ from ._layout import EngineLayout, InterleaveLayout, budget_message, check_layou
 from ._records import record_code
 from .errors import ResourceError, TraceError
 
-CAPI_VERSION = 4
+CAPI_VERSION = 5
 STAT_COUNT = len(STAT_NAMES)
 CTRL_STAT_COUNT = len(CTRL_STAT_NAMES)
 CLOCK_COUNT = len(CLOCK_FIELDS)
@@ -56,7 +56,11 @@ class Engine(HostMemory, PageTables):
         self.copies: dict[int, int] = {}        # line HPA -> copies of it in WPQs
         self.wpq: list[deque[tuple[int, bytes]]] = [deque() for _ in range(self.n_controllers)]
         self.ctrl = [[0] * CTRL_STAT_COUNT for _ in range(self.n_controllers)]
-        self.busy = [0] * self.n_controllers    # ps at which each WPQ has drained all it accepted
+        # one WPQ per NVDIMM for time (set members, set after set): when each will have drained all it
+        # accepted, and when each can start another read (ps)
+        self.n_dimms = sum(len(s.controllers) for s in self.sets)
+        self.busy = [0] * self.n_dimms
+        self.read_busy = [0] * self.n_dimms
         self.pool: dict[int, list[int]] = {}    # table index -> 512 entries
         self.free_tables: list[int] = []
         self.next_table = 0
@@ -131,11 +135,14 @@ class Engine(HostMemory, PageTables):
         st[STAT["ops"]] += 1
         st[STAT["ops_ps"]] += tm["op"]
         if op in (Op.SFENCE, Op.MFENCE):
+            clock[CLOCK["now"]] += tm["op"]
+            if op == Op.MFENCE:                 # an MFENCE also orders loads: their data must be in
+                self._wait_for_loads(st, clock, clock[CLOCK["loads_done"]])
             # wait until every write-back of this vCPU is accepted, then close its WC buffer
             start = clock[CLOCK["now"]]
-            ready = max(start + tm["op"], clock[CLOCK["pending"]])
+            ready = max(start, clock[CLOCK["pending"]])
             clock[CLOCK["now"]] = ready + tm["fence"]
-            st[STAT["fence_ps"]] += ready + tm["fence"] - start - tm["op"]
+            st[STAT["fence_ps"]] += ready + tm["fence"] - start
             clock[CLOCK["nt_line"]] = NO_LINE
             return True
         clock[CLOCK["now"]] += tm["op"]
@@ -147,6 +154,7 @@ class Engine(HostMemory, PageTables):
         st[STAT["walk_ps"]] += walk
         clock[CLOCK["now"]] += walk
         if rc:
+            self._wait_for_loads(st, clock, clock[CLOCK["loads_done"]])    # exits serialise
             if on_fha and self._handle_fha_exit(v, st, clock, rc, write, op):
                 return True
             st[STAT["exits_ept_misconfig" if rc == ExitReason.EPT_MISCONFIG else "exits_ept_violation"]] += 1
@@ -168,13 +176,12 @@ class Engine(HostMemory, PageTables):
             loaded = int.from_bytes(self._get(self.mem, hpa, size), "little")
             st[STAT["load_sum"]] = (st[STAT["load_sum"]] + loaded) % (1 << 64)
             self.last_value = loaded
-            last = clock[CLOCK["load_line"]]
-            seq = last != NO_LINE and hpa // LINE in (last, last + 1)
-            latency = tm[("" if self._is_pmem(hpa) else "dram_") + ("load_seq" if seq else "load_rand")]
-            clock[CLOCK["load_line"]] = hpa // LINE
-            clock[CLOCK["now"]] += latency
-            st[STAT["load_ps"]] += latency
-        elif write:
+            self._load(hpa, st, clock)
+            return True
+        if hpa // LINE == clock[CLOCK["load_line"]]:
+            # a store or flush of the line last loaded needs that load's data first
+            self._wait_for_loads(st, clock, clock[CLOCK["load_done"]])
+        if write:
             try:
                 self._touch(hpa)
             except ResourceError as e:
@@ -230,7 +237,8 @@ class Engine(HostMemory, PageTables):
             self.wpq[c].append((line, data.tobytes()))
             self.copies[line] = self.copies.get(line, 0) + 1
         self.ctrl = s["ctrl_stats"].tolist()
-        self.busy = s["ctrl_busy"].tolist()
+        self.busy = s["dimm_busy"].tolist()
+        self.read_busy = s["dimm_read_busy"].tolist()
         self.pool = {int(t): [int(e) for e in row] for t, row in zip(s["table_ids"], s["table_data"])}
         self.free_tables = s["free_tables"].tolist()
         self.next_table, self.last_value = (int(x) for x in s["scalars"])

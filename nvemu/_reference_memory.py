@@ -99,6 +99,19 @@ class HostMemory:
                 return s.controllers[member]
         raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
 
+    def _dimm_controllers(self) -> list[int]:
+        """The controller of every NVDIMM (set member), in NVDIMM order."""
+        return [c for s in self.sets for c in s.controllers]
+
+    def _dimm_of(self, hpa: int) -> int:
+        """The NVDIMM of ``hpa``: its set member, numbering the members of all sets in turn."""
+        first = 0
+        for s in self.sets:
+            if s.hpa_base <= hpa < s.hpa_base + s.length:
+                return first + (hpa - s.hpa_base) // s.granularity % len(s.controllers)
+            first += len(s.controllers)
+        raise ConfigError(f"HPA {hpa:#x} is not NVDIMM space")
+
     # ---- WPQs --------------------------------------------------------------------------------
 
     def _enqueue(self, line: int) -> None:
@@ -128,23 +141,64 @@ class HostMemory:
             n += 1
         return n
 
-    def _wpq_accept(self, c: int, arrival: int, st: list[int], clock: list[int]) -> None:
-        """A write-back reaches controller c at ``arrival``. The controller writes one line to media
-        every ``drain_line`` ps, without pause while it has any; so at time t its WPQ holds
-        ceil((busy - t) / drain_line) lines. When that is the whole depth the writer stalls."""
+    def _wpq_accept(self, d: int, arrival: int) -> int:
+        """A write-back reaches the WPQ of NVDIMM d at ``arrival``; returns when the WPQ takes it.
+        The NVDIMM writes one line to media every ``drain_line`` ps, without pause while it has
+        any; so at time t its WPQ holds ceil((busy - t) / drain_line) lines. While that is the
+        whole depth, the line waits (in its line buffer) for a slot."""
         per_line = self.tm["drain_line"]
-        wait = 0
+        accepted = arrival
         if per_line:
-            slot_free = self.busy[c] - (self.wpq_depth - 1) * per_line
-            wait = max(0, slot_free - arrival)
-        clock[CLOCK["now"]] += wait
-        st[STAT["wpq_stall_ps"]] += wait
-        self.busy[c] = max(self.busy[c], arrival + wait) + per_line
-        clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], arrival + wait)
+            slot_free = self.busy[d] - (self.wpq_depth - 1) * per_line
+            accepted = max(arrival, slot_free)
+        self.busy[d] = max(self.busy[d], accepted) + per_line
+        return accepted
+
+    def _take_buffer(self, st: list[int], clock: list[int], counter: str) -> int:
+        """Index in ``clock`` of the vCPU's line buffer that is free first (lowest on a tie),
+        after waiting for it if needed (the wait counts as ``counter``)."""
+        first = CLOCK["fill0"]
+        words = list(range(first, first + self.tm["fill_buffers"]))
+        best = words[0]
+        for w in words:
+            if clock[w] < clock[best]:
+                best = w
+        wait = clock[best] - clock[CLOCK["now"]]
+        if wait > 0:
+            clock[CLOCK["now"]] += wait
+            st[STAT[counter]] += wait
+        return best
+
+    def _wait_for_loads(self, st: list[int], clock: list[int], until: int) -> None:
+        if until > clock[CLOCK["now"]]:
+            st[STAT["load_ps"]] += until - clock[CLOCK["now"]]
+            clock[CLOCK["now"]] = until
+
+    def _load(self, hpa: int, st: list[int], clock: list[int]) -> None:
+        """Timing of one load: issued into a line buffer, its data arrives later (see TimingModel)."""
+        line = hpa // LINE
+        last = clock[CLOCK["load_line"]]
+        if line == last and clock[CLOCK["load_done"]] > clock[CLOCK["now"]]:
+            return                              # the line is being filled already: same buffer
+        seq = last != NO_LINE and line in (last, last + 1)
+        w = self._take_buffer(st, clock, "load_ps")
+        issue = clock[CLOCK["now"]]
+        if self._is_pmem(hpa):
+            d = self._dimm_of(hpa)
+            issue = max(issue, self.read_busy[d])
+            self.read_busy[d] = issue + self.tm["read_line"]
+            arrives = issue + self.tm["load_seq" if seq else "load_rand"]
+        else:
+            arrives = issue + self.tm["dram_load_seq" if seq else "dram_load_rand"]
+        clock[w] = arrives
+        clock[CLOCK["load_line"]] = line
+        clock[CLOCK["load_done"]] = arrives
+        clock[CLOCK["loads_done"]] = max(clock[CLOCK["loads_done"]], arrives)
 
     def _write_back(self, hpa: int, nt: bool, st: list[int], clock: list[int]) -> None:
-        """Timing of a line leaving the vCPU: travel (sequential when it follows the vCPU's last
-        write-back), then the WPQ; an nt-store to the open write-combining line merges."""
+        """Timing of a line leaving the vCPU: it takes a line buffer, travels (sequential when it
+        follows the vCPU's last write-back) and keeps the buffer until the WPQ takes it; an
+        nt-store to the open write-combining line merges."""
         line = hpa // LINE
         if nt:
             if clock[CLOCK["nt_line"]] == line:
@@ -153,12 +207,14 @@ class HostMemory:
         last = clock[CLOCK["wb_line"]]
         seq = last != NO_LINE and line in (last, last + 1)
         clock[CLOCK["wb_line"]] = line
+        w = self._take_buffer(st, clock, "wpq_stall_ps")
         if not self._is_pmem(hpa):
-            travel = self.tm["dram_nt" if nt else "dram_wb"]
-            clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], clock[CLOCK["now"]] + travel)
-            return
-        travel = self.tm[("nt_" if nt else "wb_") + ("seq" if seq else "rand")]
-        self._wpq_accept(self.controller_of(hpa), clock[CLOCK["now"]] + travel, st, clock)
+            accepted = clock[CLOCK["now"]] + self.tm["dram_nt" if nt else "dram_wb"]
+        else:
+            travel = self.tm[("nt_" if nt else "wb_") + ("seq" if seq else "rand")]
+            accepted = self._wpq_accept(self._dimm_of(hpa), clock[CLOCK["now"]] + travel)
+        clock[w] = accepted
+        clock[CLOCK["pending"]] = max(clock[CLOCK["pending"]], accepted)
 
     def _fan_out(self, vm: _Vm, st: list[int], clock: list[int]) -> None:
         total = 0
@@ -171,7 +227,9 @@ class HostMemory:
                 n = self._drain_controller(c)
                 vm.drained[c] += n
                 total += n
-                finished = max(issued, self.busy[c])    # the hint write returns once the WPQ is empty
+                # the hint write returns once the WPQs of the controller's NVDIMMs are empty
+                finished = max([issued] + [self.busy[d] for d, ctl in enumerate(self._dimm_controllers())
+                                           if ctl == c])
                 done = finished if done is None else max(done, finished)
         st[STAT["lines_drained"]] += total
         if done is not None:                            # the slowest controller, not the sum

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._constants import (CLOCK_FIELDS, NO_LINE, EPT_ACCESSED,
+from ._constants import (CLOCK_FIELDS, MAX_FILL_BUFFERS, NO_LINE, EPT_ACCESSED,
                          EPT_ADDR_MASK, EPT_DIRTY, EPT_LARGE, EPT_MEMTYPE_WB, EPT_R, EPT_RWX, EPT_W, ExitReason,
                          FhaMode, GPA_LIMIT, QUAL_ENTRY_SHIFT, QUAL_FINAL_TRANSLATION,
                          QUAL_LINEAR_VALID, QUAL_READ, QUAL_WRITE, STAT, STAT_NAMES)
@@ -41,8 +41,9 @@ class _Vm:
         self.fha_mode = FhaMode.NONE
         self.fanout: list[int] = []
         self.drained = [0] * n_controllers      # lines this VM's flushes drained, per controller
-        # clock[vcpu] = [now ps, pending ps, last load line, last write-back line, open nt line]
-        self.clock = [[0, 0, NO_LINE, NO_LINE, NO_LINE] for _ in range(nvcpus)]
+        # clock[vcpu] = [now ps, pending ps, last load line, last write-back line, open nt line,
+        #                last load's data ps, all loads' data ps, then each line buffer's free time ps]
+        self.clock = [[0, 0, NO_LINE, NO_LINE, NO_LINE, 0, 0] + [0] * MAX_FILL_BUFFERS for _ in range(nvcpus)]
         self.running = True
 
 
@@ -131,7 +132,16 @@ class PageTables:
         return np.array(self._vm(vm).clock, dtype=np.uint64)
 
     def controller_busy(self) -> np.ndarray:
+        out = [0] * self.n_controllers
+        for d, c in enumerate(self._dimm_controllers()):
+            out[c] = max(out[c], self.busy[d])
+        return np.array(out, dtype=np.uint64)
+
+    def dimm_busy(self) -> np.ndarray:
         return np.array(self.busy, dtype=np.uint64)
+
+    def dimm_read_busy(self) -> np.ndarray:
+        return np.array(self.read_busy, dtype=np.uint64)
 
     def _flush_tlbs(self, v: _Vm) -> None:
         for cpu in range(v.nvcpus):

@@ -31,7 +31,8 @@ _TOP = (("memory_hpa", np.uint64, None), ("memory_data", np.uint8, (PAGE,)),
         ("media_hpa", np.uint64, None), ("media_data", np.uint8, (PAGE,)),
         ("line_hpa", np.uint64, None), ("line_state", np.uint8, None),
         ("wpq_ctrl", np.uint32, None), ("wpq_line", np.uint64, None), ("wpq_data", np.uint8, (LINE,)),
-        ("ctrl_stats", np.uint64, (CTRL_STAT_COUNT,)), ("ctrl_busy", np.uint64, None), ("table_ids", np.uint32, None),
+        ("ctrl_stats", np.uint64, (CTRL_STAT_COUNT,)), ("dimm_busy", np.uint64, None),
+        ("dimm_read_busy", np.uint64, None), ("table_ids", np.uint32, None),
         ("table_data", np.uint64, (ENTRIES,)), ("free_tables", np.uint32, None),
         ("scalars", np.uint64, None), ("vm_ids", np.uint32, None))
 
@@ -78,7 +79,8 @@ def capture(engine: Any) -> dict[str, np.ndarray]:
             "wpq_line": np.array([w[1] for w in wpq], np.uint64),
             "wpq_data": np.frombuffer(b"".join(w[2] for w in wpq), np.uint8).reshape(-1, LINE),
             "ctrl_stats": np.asarray(engine.controller_stats(), np.uint64).copy(),
-            "ctrl_busy": np.asarray(engine.controller_busy(), np.uint64).copy(),
+            "dimm_busy": np.asarray(engine.dimm_busy(), np.uint64).copy(),
+            "dimm_read_busy": np.asarray(engine.dimm_read_busy(), np.uint64).copy(),
             "table_ids": np.asarray(ids, np.uint32),
             "table_data": np.asarray(rows, np.uint64).reshape(-1, ENTRIES),
             "free_tables": np.array(engine.free_table_list(), np.uint32),
@@ -219,8 +221,10 @@ def check(engine: Any, state: Any) -> tuple[dict[str, np.ndarray], list[VmSlot]]
     if (s["wpq_ctrl"] >= engine.n_controllers).any() or \
             (np.bincount(s["wpq_ctrl"], minlength=engine.n_controllers) > engine.wpq_depth).any():
         raise ConfigError("engine state: WPQ entries name a missing controller or overfill a queue")
-    if s["ctrl_stats"].shape[0] != engine.n_controllers or len(s["ctrl_busy"]) != engine.n_controllers:
-        raise ConfigError("engine state: ctrl_stats or ctrl_busy has the wrong number of controllers")
+    if s["ctrl_stats"].shape[0] != engine.n_controllers:
+        raise ConfigError("engine state: ctrl_stats has the wrong number of controllers")
+    if len(s["dimm_busy"]) != engine.n_dimms or len(s["dimm_read_busy"]) != engine.n_dimms:
+        raise ConfigError("engine state: dimm_busy or dimm_read_busy has the wrong number of NVDIMMs")
     if len(s["scalars"]) != 2 or s["scalars"][0] > engine.pool_tables:
         raise ConfigError("engine state: scalars are not (next_table, last_value)")
     tables = np.concatenate([s["table_ids"], s["free_tables"]])

@@ -31,7 +31,10 @@ def test_stat_enum_matches_stat_names():
 
 def test_clock_enum_and_timing_struct_match():
     names = enum_block("CK_NOW = 0")
-    assert [n[3:].lower() for n in names[:-1]] == list(c.CLOCK_FIELDS)
+    first_buffer = c.CLOCK["fill0"]                 # CK_FILL names the first of MAX_FILL_BUFFERS words
+    assert [n[3:].lower() for n in names[:-1]] == [*c.CLOCK_FIELDS[:first_buffer], "fill"]
+    assert len(c.CLOCK_FIELDS) == first_buffer + c.MAX_FILL_BUFFERS
+    assert f"MAX_FILL_BUFFERS = {c.MAX_FILL_BUFFERS}" in PXD
     start = PXD.index("cdef struct timing_t:")
     fields = re.findall(r"^    uint64_t (\w+)", PXD[start:PXD.index("\n\n", start)], re.M)
     assert fields == list(c.TIMING_FIELDS)
@@ -69,7 +72,7 @@ def test_backend_is_compiled():
                 importlib.import_module(f"nvemu.{name}")
     if nvemu.COMPILED:
         from nvemu import _core
-        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 4
+        assert _core.STAT_COUNT == len(c.STAT_NAMES) and _core.CAPI_VERSION == 5
 
 
 @needs_compiled("compares the compiled Engine with the reference one")

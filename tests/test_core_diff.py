@@ -130,7 +130,8 @@ def state(hv, vms):
         "touched": (e.touched_ranges(), e.touched_bytes),
         "state": {k: v.tolist() for k, v in e.get_state().items()},
         "clocks": [e.clock(vm.id).tolist() for vm in vms],
-        "controller_busy": e.controller_busy().tolist(),
+        "controller_busy": e.controller_busy().tolist(), "dimm_busy": e.dimm_busy().tolist(),
+        "dimm_read_busy": e.dimm_read_busy().tolist(),
     }
 
 

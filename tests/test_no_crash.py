@@ -504,7 +504,8 @@ def _cases() -> list[Case]:
               "unmap": "u.unmap(0, 0, 4096)", "reset_stats": "u.reset_stats(0)",
               "drained_by_controller": "u.drained_by_controller(0)", "line_states": "u.line_states()",
               "discard": "u.discard(0, 4096)", "touched_ranges": "u.touched_ranges()", "vm_slot": "u.vm_slot(0)",
-              "table_rows": "u.table_rows()", "clock": "u.clock(0)", "controller_busy": "u.controller_busy()"}
+              "table_rows": "u.table_rows()", "clock": "u.clock(0)", "controller_busy": "u.controller_busy()",
+              "dimm_busy": "u.dimm_busy()", "dimm_read_busy": "u.dimm_read_busy()"}
     add([Case("uninitialised-vm_ids", "vm_ids", "assert Engine.__new__(Engine).vm_ids() == []", expect="return"),
          Case("uninitialised-free_table_list", "free_table_list",
               "assert Engine.__new__(Engine).free_table_list() == []", expect="return")])

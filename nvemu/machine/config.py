@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._constants import LINE_BYTES, PAGE_BYTES, TIMING_FIELDS
+from .._constants import LINE_BYTES, MAX_FILL_BUFFERS, PAGE_BYTES, TIMING_FIELDS
 from ..errors import ConfigError
 
 KiB = 1 << 10
@@ -321,6 +321,11 @@ TIMING_SOURCES: dict[str, str] = {
     "persist_clwb_ns": YANG_2020 + ": persisting 64 B with store+clwb and one fence (random address)",
     "persist_ntstore_ns": YANG_2020 + ": persisting 64 B with ntstore and one fence (random address)",
     "media_write_gbps": IZRAELEVITZ_2019 + ": write bandwidth of one DIMM",
+    "media_read_gbps": IZRAELEVITZ_2019 + ": read bandwidth of one DIMM",
+    "fill_buffers": FREE + " (line-fill / write-combining buffers per core: the misses and write-backs one "
+                           "vCPU keeps in flight. Intel's optimization reference manual gives 10 L1D fill "
+                           "buffers for the Sandy Bridge core; no count is published for Cascade Lake, so 10 is "
+                           "the default)",
     "flush_issue_ns": FREE + " (issuing a clwb/clflushopt/clflush)",
     "fence_ns": FREE + " (an sfence/mfence with nothing outstanding)",
     "fha_write_ns": FREE + " (an uncached write to a physical flush hint, before its WPQ is empty)",
@@ -344,7 +349,20 @@ class TimingModel:
     nt-stores to the same line merge into it (the write-combining buffer). The travel times are
     solved from the figures for exactly the traces ``nvemu timing`` runs (64 B = eight 8-byte
     stores, one clwb, one sfence): ``write_*`` for sequential lines, ``persist_*`` for random
-    ones. Each controller drains its WPQ at ``media_write_gbps`` per NVDIMM behind it.
+    ones. The iMC keeps a WPQ per NVDIMM (Yang et al. 2020, section 2.1), each of ``wpq_depth``
+    lines for time and drained at ``media_write_gbps``, all in parallel.
+
+    Loads in flight: a trace does not say which op consumes a load's data, so the engines let
+    independent loads overlap. A load that misses takes one of the vCPU's ``fill_buffers`` line
+    buffers until its data arrives (a load to the line still being filled shares it); with none
+    free the vCPU waits. Each NVDIMM serves one line per ``64 B / media_read_gbps`` to all vCPUs,
+    so sequential read bandwidth is ``min(vCPUs x fill_buffers x 64 B / latency, NVDIMMs x
+    media_read_gbps)``. What waits for a load's data: an MFENCE (all of the vCPU's
+    loads), a VM exit (serialising) and a store or flush to the line of the vCPU's last load (a
+    read-modify-write); an SFENCE does not (it orders stores only). The load latencies are solved
+    for the trace ``nvemu timing`` runs (one 64 B load, one MFENCE). Write-backs use the same
+    buffers: a clwb of a dirty line or a line of nt-stores holds a buffer until its WPQ accepts
+    the line, so a full WPQ stalls the writer once every buffer waits on it.
 
     Time is not durability: a line leaves a WPQ for the durable image only when a flush or an
     overflow drains it, whatever the clock says (no platform promises drain timing).
@@ -372,6 +390,8 @@ class TimingModel:
     persist_clwb_ns: float = 116.4
     persist_ntstore_ns: float = 124.7
     media_write_gbps: float = 2.3
+    media_read_gbps: float = 6.6
+    fill_buffers: int = 10
     flush_issue_ns: float = 1.0
     fence_ns: float = 5.0
     fha_write_ns: float = 150.0
@@ -387,8 +407,11 @@ class TimingModel:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v != v or v == float("inf"):
                 raise ConfigError(f"timing {name}={v!r} must be a finite non-negative number")
-        if self.cpu_ghz <= 0 or self.media_write_gbps <= 0:
-            raise ConfigError("timing cpu_ghz and media_write_gbps must be positive")
+        if self.cpu_ghz <= 0 or self.media_write_gbps <= 0 or self.media_read_gbps <= 0:
+            raise ConfigError("timing cpu_ghz, media_write_gbps and media_read_gbps must be positive")
+        if self.fill_buffers != int(self.fill_buffers) or not 1 <= self.fill_buffers <= MAX_FILL_BUFFERS:
+            raise ConfigError(f"timing fill_buffers={self.fill_buffers!r} must be a whole number "
+                              f"from 1 to {MAX_FILL_BUFFERS}")
         self.engine_timing()                      # refuses figures that leave a negative latency
 
     @property
@@ -396,24 +419,27 @@ class TimingModel:
         """The VM exit round trip in ns (``exit_cycles`` at ``cpu_ghz``)."""
         return self.exit_cycles / self.cpu_ghz
 
-    def engine_timing(self, dimms_per_controller: int = 1) -> tuple[int, ...]:
-        """The engines' table (``TIMING_FIELDS``) in integer picoseconds, for controllers with
-        ``dimms_per_controller`` NVDIMMs each (they drain in parallel)."""
+    def engine_timing(self) -> tuple[int, ...]:
+        """The engines' table (``TIMING_FIELDS``) in integer picoseconds (``drain_line`` and
+        ``read_line`` per NVDIMM; ``fill_buffers`` a count)."""
         op, fence, issue = self.op_ns, self.fence_ns, self.flush_issue_ns
         clwb_rest = 9 * op + issue + fence        # 8 stores, the clwb, the fence's own op
         nt_rest = op + fence                      # the first nt-store; the other seven merge
+        load_rest = op + fence                    # the load's op; the MFENCE's op overlaps the load
         ns = {
             "op": op, "walk_ref": self.walk_ref_cycles / self.cpu_ghz,
-            "load_seq": self.read_seq_ns - op, "load_rand": self.read_rand_ns - op,
-            "dram_load_seq": self.dram_read_seq_ns - op, "dram_load_rand": self.dram_read_rand_ns - op,
+            "load_seq": self.read_seq_ns - load_rest, "load_rand": self.read_rand_ns - load_rest,
+            "dram_load_seq": self.dram_read_seq_ns - load_rest,
+            "dram_load_rand": self.dram_read_rand_ns - load_rest,
             "flush_issue": issue,
             "wb_seq": self.write_clwb_ns - clwb_rest, "wb_rand": self.persist_clwb_ns - clwb_rest,
             "nt_seq": self.write_ntstore_ns - nt_rest, "nt_rand": self.persist_ntstore_ns - nt_rest,
             "dram_wb": self.dram_write_clwb_ns - clwb_rest, "dram_nt": self.dram_write_ntstore_ns - nt_rest,
-            "fence": fence, "drain_line": LINE_BYTES / (self.media_write_gbps * max(1, dimms_per_controller)),
+            "fence": fence, "drain_line": LINE_BYTES / self.media_write_gbps,
             "fha_write": self.fha_write_ns, "exit": self.exit_ns,
             "write_protect": self.write_protect_cycles / self.cpu_ghz, "mmio": self.mmio_cycles / self.cpu_ghz,
             "hypercall": self.hypercall_cycles / self.cpu_ghz,
+            "read_line": LINE_BYTES / self.media_read_gbps,
         }
         for name, v in ns.items():
             if v < 0:
@@ -421,7 +447,9 @@ class TimingModel:
                                   f"flush_issue_ns or fence_ns")
             if v > 1e6:
                 raise ConfigError(f"timing: {name} = {v:.1f} ns is above a millisecond")
-        return tuple(round(ns[name] * 1000) for name in TIMING_FIELDS)
+        ps = {name: round(v * 1000) for name, v in ns.items()}
+        ps["fill_buffers"] = int(self.fill_buffers)          # a count, not a time
+        return tuple(ps[name] for name in TIMING_FIELDS)
 
     def to_dict(self) -> dict[str, float]:
         """The parameters by name, e.g. ``{"cpu_ghz": 2.2, "op_ns": 0.5, ...}``."""

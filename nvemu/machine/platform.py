@@ -95,7 +95,7 @@ class Platform:
         self.layout = EngineLayout(dram_bytes=config.dram_bytes, pmem_base=pmem_base, sets=tuple(layouts),
                                    n_controllers=len(config.controllers), wpq_depth=config.wpq_depth,
                                    domain=int(DOMAIN_NAMES[config.domain]),
-                                   timing=timing.engine_timing(self.dimms_per_controller(config)),
+                                   timing=timing.engine_timing(),
                                    pool_tables=pool_tables, max_vms=max_vms, chunk_shift=chunk_shift,
                                    memory_budget=memory_budget, huge_pages=huge_pages)
         self.engine = _backend.engine_class(backend)(self.layout)
@@ -103,13 +103,6 @@ class Platform:
         self.dram = RangeAllocator(0, config.dram_bytes)
         self.pmem_sets = [RangeAllocator(lay.hpa_base, lay.length) for lay in layouts]
 
-
-    @staticmethod
-    def dimms_per_controller(config: PlatformConfig) -> int:
-        """NVDIMMs behind each controller, for the drain rate (they drain in parallel). Uneven
-        platforms take the fewest of any controller that has one: the slower, conservative rate."""
-        counts = [sum(1 for d in config.nvdimms if d.controller == c) for c in range(len(config.controllers))]
-        return min((n for n in counts if n), default=1)
 
     # ---- description ----------------------------------------------------------------------
 

@@ -168,7 +168,7 @@ def _restore(path: str | Path, backend: str | None, key: bytes | None) -> Hyperv
     try:
         # snapshots from before the timing model carry "costs" (cycles) and no clocks: migrate them
         timing = TimingModel.from_dict(meta["timing"] if "timing" in meta else meta["costs"])
-        _add_clocks(state)
+        _add_clocks(state, sum(len(s.dimms) for s in PlatformConfig.from_dict(meta["platform"]).interleave_sets))
         platform = Platform(PlatformConfig.from_dict(meta["platform"]), timing,
                             pool_tables=meta["pool_tables"], max_vms=meta["max_vms"], backend=backend)
         hv = Hypervisor(platform)
@@ -190,6 +190,7 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
     pool = _integer(meta["pool_tables"], "pool_tables", 1, (1 << 24) + 1)
     max_vms = _integer(meta["max_vms"], "max_vms", 1, (1 << 16) + 1)
     nctl = len(config.controllers)
+    ndimms = sum(len(s.dimms) for s in config.interleave_sets)
     pmem_pages = sum(config.set_bytes(s) for s in config.interleave_sets) // PAGE_BYTES
     host_pages = config.dram_bytes // PAGE_BYTES + pmem_pages
     queued = nctl * _integer(config.wpq_depth, "wpq_depth", 1, 4097)
@@ -199,6 +200,7 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
         "line_hpa": (pmem_pages * 64, None, None), "line_state": (pmem_pages * 64, None, None),
         "wpq_ctrl": (queued, None, None), "wpq_line": (queued, None, None), "wpq_data": (queued, (64,), None),
         "ctrl_stats": (nctl, (len(CTRL_STAT_NAMES),), nctl), "ctrl_busy": (nctl, None, nctl),
+        "dimm_busy": (ndimms, None, ndimms), "dimm_read_busy": (ndimms, None, ndimms),
         "table_ids": (pool, None, None), "table_data": (pool, (EPT_ENTRIES,), None), "free_tables": (pool, None, None),
         "scalars": (16, None, None),
         "vm_ids": (max_vms, None, len(meta["vms"])),
@@ -217,15 +219,19 @@ def _limits(meta: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...] | None
     return {f"engine_{k}": v for k, v in out.items()}
 
 
-def _add_clocks(state: dict[str, np.ndarray]) -> None:
+def _add_clocks(state: dict[str, np.ndarray], ndimms: int) -> None:
     """Give a snapshot saved before the timing model its clocks: controllers idle, vCPUs at time
     0 with nothing pending (what a fresh VM has)."""
-    if "ctrl_busy" not in state and "ctrl_stats" in state:
-        state["ctrl_busy"] = np.zeros(len(state["ctrl_stats"]), np.uint64)
+    # the WPQ busy times were per controller before they were per NVDIMM: an older snapshot's
+    # controllers restart idle, as a fresh platform's
+    state.pop("ctrl_busy", None)
+    for name in ("dimm_busy", "dimm_read_busy"):
+        if name not in state:
+            state[name] = np.zeros(ndimms, np.uint64)
     for vm in np.asarray(state.get("vm_ids", [])).tolist():
         if f"vm{vm}_clock" not in state and f"vm{vm}_stats" in state:
             clock = np.zeros((len(state[f"vm{vm}_stats"]), len(CLOCK_FIELDS)), np.uint64)
-            clock[:, CLOCK["load_line"]:] = NO_LINE
+            clock[:, CLOCK["load_line"]:CLOCK["load_done"]] = NO_LINE
             state[f"vm{vm}_clock"] = clock
 
 

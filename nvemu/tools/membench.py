@@ -9,18 +9,25 @@ with size, and bandwidth saturating as fences grow apart, follow from the timing
 Patterns (Yang et al., FAST 2020, section 3 and Fig. 2; Izraelevitz et al. 2019, section 3):
 
 ``load-seq`` / ``load-rand``
-    one repetition reads ``size`` bytes as 64 B loads: the next ``size`` bytes of one stream
-    (sequential) or a random ``size``-aligned block (random). For 64 B, the latency of one load.
+    one repetition reads ``size`` bytes as 64 B loads, then one ``mfence``: the next ``size``
+    bytes of one stream (sequential) or a random ``size``-aligned block (random). For 64 B, the
+    latency of one load. A trace does not say which op uses a load's data, so the loads of one
+    repetition are independent: they overlap up to the vCPU's ``fill_buffers``, and the
+    ``mfence`` waits for all of them (as a dependent op would).
 ``store-clwb``
     one repetition persists ``size`` bytes at a random ``size``-aligned address: eight 8-byte
     stores and a ``clwb`` per line, then one ``sfence``.
 ``ntstore``
     the same with non-temporal 8-byte stores and no ``clwb``, then one ``sfence``.
 
-With a fence interval ``M`` the store patterns write one sequential stream instead, in accesses of
-``size`` bytes, with an ``sfence`` after every ``M`` bytes (and at the end), and report the
-bandwidth. ``ns`` is always the mean time of one repetition (one ``size``-byte access) and
-``gb_per_s`` the bytes over the time (bytes per ns is GB/s).
+With a fence interval ``M`` every pattern runs one sequential stream instead, in accesses of
+``size`` bytes, with a fence (``sfence`` for stores, ``mfence`` for loads) after every ``M``
+bytes (and at the end), and reports the bandwidth. With ``vcpus`` K > 1, K vCPUs of one VM run
+the pattern at once, each on its own part of the vNVDIMM, their records interleaved in turn
+(Izraelevitz et al. measure bandwidth with many threads); vCPU k starts k interleave granules
+into a stripe, so that the vCPUs do not walk the NVDIMMs in step. ``ns`` is always the mean time of
+one repetition (one ``size``-byte access) of one vCPU and ``gb_per_s`` all vCPUs' bytes over
+the longest vCPU time (bytes per ns is GB/s).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ STORE_PATTERNS = ("store-clwb", "ntstore")
 JSON_KEYS = ("pattern", "size", "fence_interval", "preset", "ns", "gb_per_s")
 DEFAULT_PRESET = "optane-3t"
 MAX_BYTES = 4 << 20                  # the largest size or fence interval (a run then writes 16 MiB)
+MAX_VCPUS = 32                       # the most vCPUs one run may use
 REGION_BYTES = 64 << 20              # the guest's vNVDIMM (less on a smaller platform)
 PAGE = 4096
 LATENCY_BYTES = 256 << 10            # a latency run reads or persists about this much ...
@@ -61,14 +69,18 @@ class TimingResult:
     gb_per_s: float
     repetitions: int
     write_limit_gb_per_s: float
+    vcpus: int = 1
+    read_limit_gb_per_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Exactly the documented keys: pattern, size, fence_interval, preset, ns, gb_per_s."""
         return {k: getattr(self, k) for k in JSON_KEYS}
 
 
-def check(pattern: str, size: int, fence_interval: int | None, preset: str) -> None:
+def check(pattern: str, size: int, fence_interval: int | None, preset: str, vcpus: int = 1) -> None:
     """Refuse a request the benchmark cannot run, with one ConfigError."""
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
+        raise ConfigError(f"vcpus {vcpus!r}: must be a whole number from 1 to {MAX_VCPUS}")
     if pattern not in PATTERNS:
         raise ConfigError(f"unknown pattern {pattern!r}; known: {', '.join(PATTERNS)}")
     if preset not in PRESETS:
@@ -79,8 +91,8 @@ def check(pattern: str, size: int, fence_interval: int | None, preset: str) -> N
         if isinstance(v, bool) or not isinstance(v, int) or v < LINE_BYTES or v % LINE_BYTES or v > MAX_BYTES:
             raise ConfigError(f"{name} {v!r}: must be a multiple of {LINE_BYTES} bytes from {LINE_BYTES} "
                               f"to {MAX_BYTES >> 20} MiB")
-    if fence_interval is not None and pattern not in STORE_PATTERNS:
-        raise ConfigError(f"--fence-interval applies to {' and '.join(STORE_PATTERNS)}: {pattern} has no fences")
+    if fence_interval is not None and pattern == "load-rand":
+        raise ConfigError("--fence-interval runs a sequential stream: use load-seq, store-clwb or ntstore")
 
 
 def _records(ops: list[np.ndarray], gpas: list[np.ndarray]) -> np.ndarray:
@@ -115,9 +127,23 @@ def _writes(pattern: str, base: int, nbytes: int, fence_every: int) -> np.ndarra
     return _records([op.ravel()[keep]], [gpa.ravel()[keep]])
 
 
-def _loads(base: int, nbytes: int) -> np.ndarray:
+def _loads(base: int, nbytes: int, fence_every: int) -> np.ndarray:
+    """64 B loads over ``[base, base + nbytes)``, an mfence after every ``fence_every`` bytes and
+    at the end."""
     lines = base + LINE_BYTES * np.arange(nbytes // LINE_BYTES, dtype=np.uint64)
-    return _records([np.full(len(lines), Op.LOAD, dtype=np.uint8)], [lines])
+    fenced = ((np.arange(len(lines)) + 1) * LINE_BYTES) % fence_every == 0
+    fenced[-1] = True
+    op = np.full((len(lines), 2), 255, dtype=np.uint8)
+    gpa = np.zeros((len(lines), 2), dtype=np.uint64)
+    op[:, 0], gpa[:, 0] = Op.LOAD, lines
+    op[fenced, 1] = Op.MFENCE
+    keep = op.ravel() != 255
+    return _records([op.ravel()[keep]], [gpa.ravel()[keep]])
+
+
+def _stream(pattern: str, base: int, nbytes: int, fence_every: int) -> np.ndarray:
+    return _loads(base, nbytes, fence_every) if pattern == "load-seq" else _writes(pattern, base, nbytes,
+                                                                                   fence_every)
 
 
 def _trace(pattern: str, size: int, fence_interval: int | None, region: int, region_bytes: int,
@@ -128,20 +154,29 @@ def _trace(pattern: str, size: int, fence_interval: int | None, region: int, reg
         total = -(-total // size) * size
         if total + size > region_bytes:
             raise ConfigError(f"a stream of {total:,} bytes does not fit the platform's "
-                              f"{region_bytes:,}-byte interleave set; use a larger preset")
-        warm = _writes(pattern, region, size, size)
-        return warm, _writes(pattern, region + size, total, fence_interval), total // size
+                              f"{region_bytes:,}-byte interleave set (per vCPU); use a larger preset "
+                              f"or fewer vCPUs")
+        warm = _stream(pattern, region, size, size)
+        return warm, _stream(pattern, region + size, total, fence_interval), total // size
     slots = region_bytes // size - 1                   # slot 0 is the warm-up's for sequential loads
     reps = min(max(MIN_REPS, min(MAX_REPS, LATENCY_BYTES // size)), slots - 1)
     if reps < MIN_REPS:
         raise ConfigError(f"size {size:,}: {MIN_REPS + 1} blocks of it do not fit the platform's "
-                          f"{region_bytes:,}-byte interleave set; use a larger preset or a smaller size")
+                          f"{region_bytes:,}-byte interleave set (per vCPU); use a larger preset, a smaller "
+                          f"size or fewer vCPUs")
     if pattern == "load-seq":
-        return _loads(region, size), _loads(region + size, reps * size), reps
+        return (_loads(region, size, size),
+                np.concatenate([_loads(region + k * size, size, size) for k in range(1, reps + 1)]), reps)
     bases = region + size * (1 + rng.choice(slots, size=reps + 1, replace=False)).astype(np.uint64)
-    one = _loads if pattern == "load-rand" else (lambda b, n: _writes(pattern, b, n, n))
-    chunks = [one(int(b), size) for b in bases]
+    chunks = [_stream("load-seq" if pattern == "load-rand" else pattern, int(b), size, size) for b in bases]
     return chunks[0], np.concatenate(chunks[1:]), reps
+
+
+def _interleave(parts: list[np.ndarray]) -> np.ndarray:
+    """The vCPUs' record arrays (equal lengths), vCPU k's in field ``vcpu``, taken in turn."""
+    for k, part in enumerate(parts):
+        part["vcpu"] = k
+    return np.stack(parts, axis=1).ravel()
 
 
 def write_limit(preset: str = DEFAULT_PRESET, timing: TimingModel | None = None) -> float:
@@ -152,15 +187,24 @@ def write_limit(preset: str = DEFAULT_PRESET, timing: TimingModel | None = None)
     return max(len(s.dimms) for s in cfg.interleave_sets) * timing.media_write_gbps
 
 
+def read_limit(preset: str = DEFAULT_PRESET, timing: TimingModel | None = None) -> float:
+    """The read bandwidth (GB/s) of one interleave set of the preset: its NVDIMMs times the
+    per-DIMM media read bandwidth (``media_read_gbps``, Izraelevitz et al. 2019)."""
+    timing = timing or TimingModel()
+    cfg = platform_preset(preset)
+    return max(len(s.dimms) for s in cfg.interleave_sets) * timing.media_read_gbps
+
+
 def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, preset: str = DEFAULT_PRESET,
                timing: TimingModel | None = None, seed: int = 0, backend: str | None = None,
-               memory: str = "nvdimm") -> TimingResult:
+               memory: str = "nvdimm", vcpus: int = 1) -> TimingResult:
     """Run one microbenchmark through the engine and return its mean latency and bandwidth.
 
     ``timing`` defaults to the calibrated :class:`TimingModel` with ``walk_ref_cycles = 0`` (a
     bare-metal run: no second-level page walk). ``backend`` picks the engine (default: the
     compiled core when built). ``memory="dram"`` runs the pattern on the guest's DRAM instead
-    of its vNVDIMM (the studies' DRAM baseline). Raises ConfigError for a request it cannot run.
+    of its vNVDIMM (the studies' DRAM baseline). ``vcpus`` vCPUs run it at once, each on its
+    own part of the memory. Raises ConfigError for a request it cannot run.
 
     Examples
     --------
@@ -170,7 +214,7 @@ def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, 
     >>> sorted(r.to_json())
     ['fence_interval', 'gb_per_s', 'ns', 'pattern', 'preset', 'size']
     """
-    check(pattern, size, fence_interval, preset)
+    check(pattern, size, fence_interval, preset, vcpus)
     if memory not in ("nvdimm", "dram"):
         raise ConfigError(f"memory {memory!r}: 'nvdimm' or 'dram'")
     timing = timing or TimingModel(walk_ref_cycles=0)
@@ -178,18 +222,29 @@ def run_timing(pattern: str, size: int = 64, fence_interval: int | None = None, 
     cfg = hv.platform.config
     region_bytes = min(REGION_BYTES, max(cfg.set_bytes(s) for s in cfg.interleave_sets) // PAGE * PAGE)
     vm = hv.create_vm(dram=min(16 << 20, cfg.dram_bytes // 2 // PAGE * PAGE), nvdimms=[region_bytes],
-                      strategy="native").start()
+                      vcpus=vcpus, strategy="native").start()
     target = vm.nvdimms[0] if memory == "nvdimm" else vm.dram[0]
-    warm, measured, reps = _trace(pattern, size, fence_interval, target.gpa, min(region_bytes, target.size),
-                                  np.random.default_rng(seed))
-    hv.run(warm)
-    before = vm.stats().time_ps
-    hv.run(measured)
-    ps = vm.stats().time_ps - before
+    # vCPU k gets whole stripes of the set and starts k granules into one, so the vCPUs do not
+    # march through the NVDIMMs in step (the studies' threads are not synchronised)
+    iset = max(cfg.interleave_sets, key=lambda st: cfg.set_bytes(st))
+    granule, stripe = iset.granularity, iset.granularity * len(iset.dimms)
+    share = (min(region_bytes, target.size) - vcpus * granule) // vcpus // stripe * stripe
+    if share < PAGE:
+        raise ConfigError(f"{vcpus} vCPUs: the {region_bytes:,}-byte vNVDIMM leaves less than a page each; "
+                          f"use fewer vCPUs or a larger preset")
+    rng = np.random.default_rng(seed)
+    parts = [_trace(pattern, size, fence_interval, target.gpa + k * (share + granule), share, rng)
+             for k in range(vcpus)]
+    reps = parts[0][2]
+    hv.run(_interleave([p[0] for p in parts]))
+    before = vm.stats()
+    hv.run(_interleave([p[1] for p in parts]))
+    ps = (vm.stats() - before).elapsed_ps
     ns = ps / 1000 / reps
     return TimingResult(pattern, size, fence_interval, preset, round(ns, 3),
-                        round(size * reps / (ps / 1000), 4) if ps else 0.0, reps,
-                        round(write_limit(preset, timing), 4))
+                        round(vcpus * size * reps / (ps / 1000), 4) if ps else 0.0, reps,
+                        round(write_limit(preset, timing), 4), vcpus, round(read_limit(preset, timing), 4))
 
 
-__all__ = ["DEFAULT_PRESET", "JSON_KEYS", "PATTERNS", "TimingResult", "run_timing", "write_limit"]
+__all__ = ["DEFAULT_PRESET", "JSON_KEYS", "MAX_VCPUS", "PATTERNS", "TimingResult", "read_limit", "run_timing",
+           "write_limit"]

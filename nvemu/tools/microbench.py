@@ -133,6 +133,7 @@ FREE_SWEEPS: dict[str, str] = {
     "mmio_cycles": "mmio_cycles=0,200,400,750,1000,1500,2000,3000,4000",
     "hypercall_cycles": "hypercall_cycles=0,300,600,900,1200,1500,2000,3000,4000",
     "fha_write_ns": "fha_write_ns=0,50,100,150,250,500,1000",
+    "fill_buffers": "fill_buffers=1,2,4,6,8,10,12,16",
     "wpq_depth": "wpq_depth=4,8,16,32,64,128,256",
 }
 
