@@ -1,0 +1,244 @@
+# Included by _checkcore.pyx: the checker kernel's per-line table -- a line's versions, queue
+# count, controller, mode and store lists by slot, the HPA -> slot hash table, and the bytes of this
+# chunk's lines (read from the engine before it runs the chunk) -- which CheckKernel extends.
+
+
+cdef class LineTable:
+    """The tracked lines by slot: about 49 bytes each, plus 4 in the hash table (at a fill of a
+    quarter to a half: 8 to 16), and the bytes of the lines of the chunk being followed."""
+
+    cdef int64_t n, cap
+    cdef int64_t* hpa
+    cdef int64_t* media_v
+    cdef int32_t* queued
+    cdef int16_t* ctrl
+    cdef int32_t* newest_pos        # queue position of the newest queued copy (while queued)
+    cdef int8_t* mode
+    cdef uint8_t* dirty
+    cdef uint8_t* touched
+    cdef int32_t* cidx              # index in this chunk's byte buffers, -1: not in this chunk
+    cdef List* wb
+    cdef List* pending
+    cdef int32_t* touch_list
+    cdef int64_t n_touched
+    cdef uint8_t* cmem              # this chunk's lines: bytes in memory ...
+    cdef uint8_t* cmed              # ... and on media, as the model moves them through the chunk
+    cdef int32_t* cslot
+    cdef int32_t cn, ccap
+    cdef int32_t nc
+    cdef int32_t* hvals             # line HPA -> slot: open addressing on hpa[slot], -1 empty, power-of-two size
+    cdef int64_t hcap, hcount
+
+    def __dealloc__(self):
+        free(self.hpa); free(self.media_v); free(self.queued); free(self.ctrl); free(self.newest_pos)
+        free(self.mode); free(self.dirty); free(self.touched); free(self.cidx); free(self.wb); free(self.pending)
+        free(self.touch_list); free(self.cmem); free(self.cmed); free(self.cslot); free(self.hvals)
+
+    cdef void _init_line(self, int64_t s, int64_t hpa, int ctrl, int mode, bint dirty) noexcept nogil:
+        self.hpa[s] = hpa
+        self.media_v[s] = -1
+        self.queued[s] = 0
+        self.ctrl[s] = <int16_t>ctrl
+        self.newest_pos[s] = -1
+        self.mode[s] = <int8_t>mode
+        self.dirty[s] = dirty
+        self.touched[s] = 0
+        self.cidx[s] = -1
+        self.wb[s].head = self.wb[s].tail = -1
+        self.pending[s].head = self.pending[s].tail = -1
+
+    def add_line(self, int64_t hpa, int ctrl, int mode, bint dirty):
+        """Add the next line slot; returns the slot."""
+        if not 0 <= ctrl < self.nc:
+            raise ValueError(f"controller {ctrl} of {self.nc}")
+        if self.n == self.cap:
+            self._grow(max(256, 2 * self.cap))
+        self._init_line(self.n, hpa, ctrl, mode, dirty)
+        self.n += 1
+        return self.n - 1
+
+    def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
+        """Add a slot for each line (NVDIMM HPAs, checked by the caller), its controller as
+        ``engine`` (the compiled core) maps it; returns the first new slot (the others follow in
+        order). Lines start clean."""
+        cdef Py_ssize_t k, n = hpas.shape[0]
+        cdef int64_t first = self.n
+        if modes.shape[0] != n:
+            raise ValueError("hpas and modes differ in length")
+        if self.n + n > self.cap:
+            self._grow(max(256, 2 * self.cap, self.n + n))
+        with nogil:
+            for k in range(n):
+                self._init_line(self.n + k, hpas[k], engine.controller_of_line(
+                    (<uint64_t>hpas[k] - engine.pmem_base) >> 6), modes[k], False)
+            self.n += n
+        return first
+
+    def slot_hpas(self, const int32_t[::1] slots):
+        """The line HPA of each slot, as int64."""
+        import numpy as np
+        out = np.empty(slots.shape[0], np.int64)
+        cdef Py_ssize_t k
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n:
+                raise ValueError(f"no line slot {slots[k]}")
+            out[k] = self.hpa[slots[k]]
+        return out
+
+    cdef int _chunk_room(self, Py_ssize_t more) except -1:
+        """Room in this chunk's buffers for ``more`` lines, and checks nothing else."""
+        cdef int64_t want = self.cn + more
+        if want > self.ccap:
+            self.ccap = max(1024, 2 * self.ccap, want)
+            self.cmem = <uint8_t*>self._re(self.cmem, <size_t>self.ccap * LINE)
+            self.cmed = <uint8_t*>self._re(self.cmed, <size_t>self.ccap * LINE)
+            self.cslot = <int32_t*>self._re(self.cslot, <size_t>self.ccap * 4)
+        return 0
+
+    cdef int _chunk_check(self, const int32_t[::1] slots) except -1:
+        """``slots`` are distinct lines not yet in this chunk; then room for them."""
+        cdef Py_ssize_t k, j
+        cdef bint repeated = False
+        for k in range(slots.shape[0]):
+            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
+                for j in range(k):
+                    self.cidx[slots[j]] = -1
+                raise ValueError(f"slot {slots[k]} is not a line outside this chunk, or given twice")
+            self.cidx[slots[k]] = -2
+        for k in range(slots.shape[0]):
+            self.cidx[slots[k]] = -1
+        self._chunk_room(slots.shape[0])
+        return 0
+
+    def chunk_add(self, Engine engine, const int32_t[::1] slots):
+        """Make ``slots`` (from :meth:`chunk_missing`) this chunk's lines, their bytes read from
+        ``engine`` (the compiled core; hold its lock) as it has them now."""
+        cdef Py_ssize_t k
+        cdef int32_t c, s
+        cdef uint64_t idx
+        cdef chunk_t* ck
+        self._chunk_check(slots)
+        with nogil:
+            for k in range(slots.shape[0]):
+                s = slots[k]
+                c = self.cn
+                self.cn += 1
+                self.cidx[s] = c
+                self.cslot[c] = s
+                idx = engine.pmem_index + (<uint64_t>self.hpa[s] - engine.pmem_base)
+                ck = engine.chunk_at(idx, False)
+                if ck.mem != NULL:
+                    memcpy(&self.cmem[c * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.cmem[c * LINE], 0, LINE)
+                if ck.med != NULL:
+                    memcpy(&self.cmed[c * LINE], ck.med + (idx & engine.chunk_mask), LINE)
+                else:
+                    memset(&self.cmed[c * LINE], 0, LINE)
+
+    def chunk_add_bytes(self, const int32_t[::1] slots, const uint8_t[:, ::1] mem, const uint8_t[:, ::1] media):
+        """:meth:`chunk_add` with the lines' bytes given (row ``k``: line ``slots[k]``; any engine)."""
+        cdef Py_ssize_t k
+        cdef int32_t c
+        if not (mem.shape[0] == media.shape[0] == slots.shape[0]) or mem.shape[1] != LINE or media.shape[1] != LINE:
+            raise ValueError("mem and media must be one 64-byte row per slot")
+        self._chunk_check(slots)
+        for k in range(slots.shape[0]):
+            c = self.cn
+            self.cn += 1
+            self.cidx[slots[k]] = c
+            self.cslot[c] = slots[k]
+            memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
+            memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
+
+    def end_chunk(self):
+        """Forget this chunk's lines (their bytes are the engine's again)."""
+        cdef int32_t c
+        for c in range(self.cn):
+            self.cidx[self.cslot[c]] = -1
+        self.cn = 0
+
+    cdef inline int64_t _hpos(self, int64_t line) noexcept nogil:
+        return <int64_t>(((<uint64_t>line >> 6) * 0x9E3779B97F4A7C15ULL) >> 20) & (self.hcap - 1)
+
+    def slot_lookup(self, const int64_t[::1] lines):
+        """The slot of each line HPA (-1: none), as int32."""
+        import numpy as np
+        out = np.empty(lines.shape[0], np.int32)
+        cdef int32_t[::1] o = out
+        cdef Py_ssize_t k
+        cdef int64_t pos
+        with nogil:
+            for k in range(lines.shape[0]):
+                o[k] = -1
+                if self.hcap:
+                    pos = self._hpos(lines[k])
+                    while self.hvals[pos] != -1:
+                        if self.hpa[self.hvals[pos]] == lines[k]:
+                            o[k] = self.hvals[pos]
+                            break
+                        pos = (pos + 1) & (self.hcap - 1)
+        return out
+
+    def slot_insert(self, const int64_t[::1] lines, const int32_t[::1] slots):
+        """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct; the
+        slots' HPAs already set by :meth:`add_line` or :meth:`add_lines`)."""
+        cdef Py_ssize_t k
+        if lines.shape[0] != slots.shape[0]:
+            raise ValueError("lines and slots differ in length")
+        for k in range(lines.shape[0]):
+            if not 0 <= slots[k] < self.n or self.hpa[slots[k]] != lines[k]:
+                raise ValueError(f"slot {slots[k]} does not hold line {lines[k]:#x}")
+        if (self.hcount + lines.shape[0]) * 2 > self.hcap:
+            self._rehash(max(1024, self.hcap * 2, 2 * (self.hcount + lines.shape[0])))
+        with nogil:
+            for k in range(lines.shape[0]):
+                self._hput(slots[k])
+
+    cdef void _hput(self, int32_t slot) noexcept nogil:
+        cdef int64_t line = self.hpa[slot]
+        cdef int64_t pos = self._hpos(line)
+        while self.hvals[pos] != -1 and self.hpa[self.hvals[pos]] != line:
+            pos = (pos + 1) & (self.hcap - 1)
+        if self.hvals[pos] == -1:
+            self.hcount += 1
+        self.hvals[pos] = slot
+
+    def _rehash(self, int64_t want):
+        cdef int64_t cap = 1, k, old_cap = self.hcap
+        while cap < want:
+            cap <<= 1
+        cdef int32_t* old_vals = self.hvals
+        self.hvals = <int32_t*>malloc(sizeof(int32_t) * cap)
+        if self.hvals == NULL:
+            self.hvals = old_vals
+            raise MemoryError()
+        memset(self.hvals, 0xFF, sizeof(int32_t) * cap)
+        self.hcap, self.hcount = cap, 0
+        for k in range(old_cap):
+            if old_vals[k] != -1:
+                self._hput(old_vals[k])
+        free(old_vals)
+
+    def _grow(self, int64_t cap):
+        if cap > 0x7FFFFFFF:
+            raise MemoryError("the checker tracks at most 2**31 - 1 lines")
+        self.hpa = <int64_t*>self._re(self.hpa, cap * 8)
+        self.media_v = <int64_t*>self._re(self.media_v, cap * 8)
+        self.queued = <int32_t*>self._re(self.queued, cap * 4)
+        self.ctrl = <int16_t*>self._re(self.ctrl, cap * 2)
+        self.newest_pos = <int32_t*>self._re(self.newest_pos, cap * 4)
+        self.mode = <int8_t*>self._re(self.mode, cap)
+        self.dirty = <uint8_t*>self._re(self.dirty, cap)
+        self.touched = <uint8_t*>self._re(self.touched, cap)
+        self.cidx = <int32_t*>self._re(self.cidx, cap * 4)
+        self.wb = <List*>self._re(self.wb, cap * sizeof(List))
+        self.pending = <List*>self._re(self.pending, cap * sizeof(List))
+        self.touch_list = <int32_t*>self._re(self.touch_list, cap * 4)
+        self.cap = cap
+
+    cdef void* _re(self, void* p, size_t n) except NULL:
+        cdef void* q = realloc(p, n)
+        if q == NULL:
+            raise MemoryError()
+        return q
