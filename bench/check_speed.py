@@ -3,12 +3,14 @@
 
 For each workload and size: generates the trace (``nvemu gen``, default platform, seed 0; cached
 in ``--cache``), then runs ``nvemu replay TRACE -q`` and ``nvemu check TRACE --points all -q
---json FILE`` as child processes of the Python that runs this script, with the nvemu checkout
+--jsonl FILE`` as child processes of the Python that runs this script, with the nvemu checkout
 ``--nvemu`` on PYTHONPATH and as the working directory (``python -m`` puts the working directory
 first on the path; compare two checkouts: run once per checkout). Prints a Markdown table:
 wall seconds of each (``time.perf_counter`` around the child), their ratio, the crash points
-checked (``len(points)`` of the JSON), points per second of the check and the peak RSS of each
-child (``ru_maxrss`` from ``os.wait4``, KiB, printed in GiB); in brackets the same by CPU seconds
+checked (``n_points`` of the JSON Lines summary, ``len(points)`` from a checkout that predates
+it; with ``--jsonl`` and no ``--json`` the check keeps no list of points or violations, as ``nvemu
+check`` does), points per second of the check and the peak RSS of each child
+(``ru_maxrss`` from ``os.wait4``, KiB, printed in GiB); in brackets the same by CPU seconds
 (``ru_utime + ru_stime``), steadier than wall time on a shared machine.
 
     python bench/check_speed.py [--nvemu PATH] [--ops 1M,10M] [--workloads kv-put,persist-loop]
@@ -68,13 +70,14 @@ def main() -> None:
             if rc:
                 sys.exit(f"replay of {trace} exited {rc}")
             with tempfile.TemporaryDirectory() as tmp:
-                out = os.path.join(tmp, "r.json")
-                check_s, check_cpu, check_rss, rc = run([*py, "check", trace, "--points", "all", "-q", "--json", out,
-                                              *args.check_args.split()], env)
+                out = os.path.join(tmp, "r.jsonl")
+                check_s, check_cpu, check_rss, rc = run([*py, "check", trace, "--points", "all", "-q", "--jsonl", out,
+                                                         *args.check_args.split()], env)
                 if rc not in (0, 1):
                     sys.exit(f"check of {trace} exited {rc}")
                 with open(out) as f:
-                    points = len(json.load(f)["points"])
+                    summary = json.loads(f.readlines()[-1])
+                points = summary["n_points"] if "n_points" in summary else len(summary["points"])
             print(f"| {workload} | {size} | {replay_s:.1f} ({replay_cpu:.1f}) | {check_s:.1f} ({check_cpu:.1f}) | "
                   f"{check_s / replay_s:.1f}x ({check_cpu / replay_cpu:.1f}x) | {points:,} | {points / check_s:,.0f} "
                   f"({points / check_cpu:,.0f}) | {check_rss:.2f} vs {replay_rss:.2f} |", flush=True)
