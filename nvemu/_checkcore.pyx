@@ -34,6 +34,15 @@ cdef inline uint64_t _media_bytes(Engine engine, int64_t hpa, int size) noexcept
     return out
 
 
+cdef void* _realloc(void* p, size_t n) except NULL nogil:
+    """``realloc``, raising MemoryError when it fails (``p`` is then still valid)."""
+    cdef void* q = realloc(p, n)
+    if q == NULL:
+        with gil:
+            raise MemoryError()
+    return q
+
+
 include "_checkcore_lines.pxi"
 
 
@@ -110,9 +119,6 @@ cdef class CheckKernel(LineTable):
         self.events_buf = NULL
         self.n_events = self.events_cap = 0
         self.n_touched = 0
-        self.cmem = self.cmed = NULL
-        self.cslot = self.fill = NULL
-        self.cn = self.ccap = self.n_fill = self.fill_cap = 0
         if not (self.fence and self.fha_fence and self.fha and self.q_slot and self.q_ver and self.q_data
                 and self.q_head and self.q_len and self.drain_mask):
             raise MemoryError()
@@ -216,13 +222,8 @@ cdef class CheckKernel(LineTable):
 
     cdef int32_t _new_rec(self) except -1 nogil:
         cdef int32_t r
-        cdef Rec* q
         if self.free_rec < 0:
-            q = <Rec*>realloc(self.recs, sizeof(Rec) * (2 * self.rec_cap + 256))
-            if q == NULL:
-                with gil:
-                    raise MemoryError()
-            self.recs = q
+            self.recs = <Rec*>_realloc(self.recs, sizeof(Rec) * (2 * self.rec_cap + 256))
             for r in range(self.rec_cap, 2 * self.rec_cap + 256):
                 self.recs[r].nxt = self.free_rec
                 self.free_rec = r
@@ -236,13 +237,8 @@ cdef class CheckKernel(LineTable):
         self.free_rec = r
 
     cdef int _emit(self, int64_t kind, Rec* r, int64_t point, int64_t until, int64_t points) except -1 nogil:
-        cdef Event* q
         if self.n_events == self.events_cap:
-            q = <Event*>realloc(self.events_buf, sizeof(Event) * (2 * self.events_cap + 64))
-            if q == NULL:
-                with gil:
-                    raise MemoryError()
-            self.events_buf = q
+            self.events_buf = <Event*>_realloc(self.events_buf, sizeof(Event) * (2 * self.events_cap + 64))
             self.events_cap = 2 * self.events_cap + 64
         cdef Event* e = &self.events_buf[self.n_events]
         self.n_events += 1
@@ -476,13 +472,8 @@ cdef class CheckKernel(LineTable):
         return 0
 
     cdef int _want_found(self, int32_t r) except -1 nogil:
-        cdef int32_t* q
         if self.n_fill == self.fill_cap:
-            q = <int32_t*>realloc(self.fill, sizeof(int32_t) * (2 * self.fill_cap + 256))
-            if q == NULL:
-                with gil:
-                    raise MemoryError()
-            self.fill = q
+            self.fill = <int32_t*>_realloc(self.fill, sizeof(int32_t) * (2 * self.fill_cap + 256))
             self.fill_cap = 2 * self.fill_cap + 256
         self.fill[self.n_fill] = r
         self.n_fill += 1

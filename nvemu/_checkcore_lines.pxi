@@ -90,9 +90,9 @@ cdef class LineTable:
         cdef int64_t want = self.cn + more
         if want > self.ccap:
             self.ccap = max(1024, 2 * self.ccap, want)
-            self.cmem = <uint8_t*>self._re(self.cmem, <size_t>self.ccap * LINE)
-            self.cmed = <uint8_t*>self._re(self.cmed, <size_t>self.ccap * LINE)
-            self.cslot = <int32_t*>self._re(self.cslot, <size_t>self.ccap * 4)
+            self.cmem = <uint8_t*>_realloc(self.cmem, <size_t>self.ccap * LINE)
+            self.cmed = <uint8_t*>_realloc(self.cmed, <size_t>self.ccap * LINE)
+            self.cslot = <int32_t*>_realloc(self.cslot, <size_t>self.ccap * 4)
         return 0
 
     cdef int _chunk_check(self, const int32_t[::1] slots) except -1:
@@ -110,6 +110,14 @@ cdef class LineTable:
         self._chunk_room(slots.shape[0])
         return 0
 
+    cdef inline int32_t _chunk_take(self, int32_t s) noexcept nogil:
+        """Line ``s`` (checked by _chunk_check) becomes the next of this chunk's lines: its index."""
+        cdef int32_t c = self.cn
+        self.cn += 1
+        self.cidx[s] = c
+        self.cslot[c] = s
+        return c
+
     def chunk_add(self, Engine engine, const int32_t[::1] slots):
         """Make ``slots`` (from :meth:`chunk_missing`) this chunk's lines, their bytes read from
         ``engine`` (the compiled core; hold its lock) as it has them now."""
@@ -121,10 +129,7 @@ cdef class LineTable:
         with nogil:
             for k in range(slots.shape[0]):
                 s = slots[k]
-                c = self.cn
-                self.cn += 1
-                self.cidx[s] = c
-                self.cslot[c] = s
+                c = self._chunk_take(s)
                 idx = engine.pmem_index + (<uint64_t>self.hpa[s] - engine.pmem_base)
                 ck = engine.chunk_at(idx, False)
                 if ck.mem != NULL:
@@ -144,10 +149,7 @@ cdef class LineTable:
             raise ValueError("mem and media must be one 64-byte row per slot")
         self._chunk_check(slots)
         for k in range(slots.shape[0]):
-            c = self.cn
-            self.cn += 1
-            self.cidx[slots[k]] = c
-            self.cslot[c] = slots[k]
+            c = self._chunk_take(slots[k])
             memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
             memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
 
@@ -223,22 +225,16 @@ cdef class LineTable:
     def _grow(self, int64_t cap):
         if cap > 0x7FFFFFFF:
             raise MemoryError("the checker tracks at most 2**31 - 1 lines")
-        self.hpa = <int64_t*>self._re(self.hpa, cap * 8)
-        self.media_v = <int64_t*>self._re(self.media_v, cap * 8)
-        self.queued = <int32_t*>self._re(self.queued, cap * 4)
-        self.ctrl = <int16_t*>self._re(self.ctrl, cap * 2)
-        self.newest_pos = <int32_t*>self._re(self.newest_pos, cap * 4)
-        self.mode = <int8_t*>self._re(self.mode, cap)
-        self.dirty = <uint8_t*>self._re(self.dirty, cap)
-        self.touched = <uint8_t*>self._re(self.touched, cap)
-        self.cidx = <int32_t*>self._re(self.cidx, cap * 4)
-        self.wb = <List*>self._re(self.wb, cap * sizeof(List))
-        self.pending = <List*>self._re(self.pending, cap * sizeof(List))
-        self.touch_list = <int32_t*>self._re(self.touch_list, cap * 4)
+        self.hpa = <int64_t*>_realloc(self.hpa, cap * 8)
+        self.media_v = <int64_t*>_realloc(self.media_v, cap * 8)
+        self.queued = <int32_t*>_realloc(self.queued, cap * 4)
+        self.ctrl = <int16_t*>_realloc(self.ctrl, cap * 2)
+        self.newest_pos = <int32_t*>_realloc(self.newest_pos, cap * 4)
+        self.mode = <int8_t*>_realloc(self.mode, cap)
+        self.dirty = <uint8_t*>_realloc(self.dirty, cap)
+        self.touched = <uint8_t*>_realloc(self.touched, cap)
+        self.cidx = <int32_t*>_realloc(self.cidx, cap * 4)
+        self.wb = <List*>_realloc(self.wb, cap * sizeof(List))
+        self.pending = <List*>_realloc(self.pending, cap * sizeof(List))
+        self.touch_list = <int32_t*>_realloc(self.touch_list, cap * 4)
         self.cap = cap
-
-    cdef void* _re(self, void* p, size_t n) except NULL:
-        cdef void* q = realloc(p, n)
-        if q == NULL:
-            raise MemoryError()
-        return q

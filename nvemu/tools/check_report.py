@@ -197,11 +197,6 @@ class KeptViolations:
         if len(kept) > self.keep:
             del kept[max(kept)]
 
-    @property
-    def complete(self) -> bool:
-        """True when every violation was kept."""
-        return self.keep is None or self.counts.total == sum(len(k) for k in self._kept.values())
-
     def violations(self) -> list[Violation]:
         """The kept violations, by crash point, then store."""
         out = self._all if self.keep is None else [v for k in self._kept.values() for v in k.values()]
