@@ -18,7 +18,7 @@ from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from nvemu._core cimport Engine, chunk_t
+from nvemu._core cimport Engine, chunk_t, trace_rec_t, OP_STORE, OP_NT_STORE, OP_SFENCE
 
 DEF LINE = 64
 
@@ -44,6 +44,7 @@ cdef void* _realloc(void* p, size_t n) except NULL nogil:
 
 
 include "_checkcore_lines.pxi"
+include "_checkcore_spans.pxi"
 
 
 cdef class CheckKernel(LineTable):
@@ -301,35 +302,42 @@ cdef class CheckKernel(LineTable):
     cdef inline int32_t _key(self, int32_t vm, int32_t cpu) noexcept nogil:
         return vm * self.max_cpus + cpu if self.per_vcpu else vm
 
-    def run(self, int64_t base, const int8_t[::1] kind, const int32_t[::1] cpu, const int32_t[::1] vm,
-            const int32_t[::1] size, const int64_t[::1] gpa, const uint64_t[::1] value, const int32_t[::1] slot,
-            const int32_t[::1] off, const uint8_t[::1] point):
-        """Follow one chunk: record ``k`` is op ``base + k``; ``point[k]`` 1 judges the lines that
-        changed after it, 2 every line. Indices were checked by the caller."""
+    def run(self, int64_t base, const int8_t[::1] kind, const uint8_t[::1] raw, const int64_t[::1] hpa,
+            const int32_t[::1] slot, const uint8_t[::1] point):
+        """Follow one chunk: record ``k`` of ``raw`` (TRACE_DTYPE bytes, which the engine accepted)
+        is op ``base + k``; ``kind``, ``hpa`` and ``slot`` as :meth:`SpanMap.translate` gave them
+        (kinds of skipped records zeroed); ``point[k]`` 1 judges the lines that changed after it,
+        2 every line."""
         cdef Py_ssize_t n = kind.shape[0], k
         cdef int32_t bad = -1
-        if not (cpu.shape[0] == vm.shape[0] == size.shape[0] == gpa.shape[0] == value.shape[0] == slot.shape[0]
-                == off.shape[0] == point.shape[0] == n):
+        if not (<Py_ssize_t>(raw.shape[0] // sizeof(trace_rec_t)) == hpa.shape[0] == slot.shape[0]
+                == point.shape[0] == n) or raw.shape[0] % sizeof(trace_rec_t):
             raise ValueError("all columns must have the same length")
+        cdef const trace_rec_t* r = <const trace_rec_t*>&raw[0] if n else NULL
         with nogil:
             for k in range(n):
                 if ((kind[k] == K_STORE or kind[k] == K_NT) and slot[k] < 0) or (
                         kind[k] >= K_STORE and slot[k] >= 0 and (slot[k] >= self.n or self.cidx[slot[k]] < 0)):
                     bad = <int32_t>k
                     break
+                if kind[k] >= K_STORE and (hpa[k] < 0 or (kind[k] != K_FLUSH and (hpa[k] & (LINE - 1)) + r[k].size > LINE)):
+                    bad = <int32_t>k
+                    break
+                if kind[k] != 0 and (r[k].vm >= self.n_vms or r[k].vcpu >= self.max_cpus):
+                    bad = <int32_t>k
+                    break
         if bad >= 0:
-            raise ValueError(f"record {base + bad}: line slot {slot[bad]} is not among this chunk's lines "
-                             "(chunk_missing, chunk_add)")
+            raise ValueError(f"record {base + bad}: line slot {slot[bad]}, HPA {hpa[bad]:#x}, VM {r[bad].vm} "
+                             f"vCPU {r[bad].vcpu} is not for this chunk's lines (chunk_missing, chunk_add) "
+                             "or this kernel's VMs")
         with nogil:
-            self._run(base, kind, cpu, vm, size, gpa, value, slot, off, point, n)
+            self._run(base, kind, r, hpa, slot, point, n)
 
-    cdef int _run(self, int64_t base, const int8_t[::1] kind, const int32_t[::1] cpu, const int32_t[::1] vm,
-                  const int32_t[::1] size, const int64_t[::1] gpa, const uint64_t[::1] value,
-                  const int32_t[::1] slot, const int32_t[::1] off, const uint8_t[::1] point,
-                  Py_ssize_t n) except -1 nogil:
+    cdef int _run(self, int64_t base, const int8_t[::1] kind, const trace_rec_t* rec, const int64_t[::1] hpa,
+                  const int32_t[::1] slot, const uint8_t[::1] point, Py_ssize_t n) except -1 nogil:
         cdef Py_ssize_t k
         cdef int64_t i
-        cdef int32_t s, key, r, c, v, q
+        cdef int32_t s, key, r, c, v, q, off
         cdef int8_t kd
         cdef List* l
         cdef List done
@@ -338,13 +346,13 @@ cdef class CheckKernel(LineTable):
             kd = kind[k]
             if kd == K_FENCE:
                 self.counts[3] += 1
-                key = self._key(vm[k], cpu[k])
+                key = self._key(rec[k].vm, rec[k].vcpu)
                 if self.deep:
                     done = self.fha_fence[key]
                     self.fha_fence[key].head = self.fha_fence[key].tail = -1
                     if done.head >= 0:
                         self._complete(&done, i)
-                    _splice(&self.fha[vm[k]], &self.fence[key], self.recs)
+                    _splice(&self.fha[rec[k].vm], &self.fence[key], self.recs)
                 else:
                     done = self.fence[key]
                     self.fence[key].head = self.fence[key].tail = -1
@@ -352,8 +360,8 @@ cdef class CheckKernel(LineTable):
                         self._complete(&done, i)
             elif kd == K_VFHA:
                 self.counts[4] += 1
-                v = vm[k]
-                key = self._key(v, cpu[k])
+                v = rec[k].vm
+                key = self._key(v, rec[k].vcpu)
                 if self.ordering:
                     r = self.fence[key].head
                     while r >= 0:
@@ -368,17 +376,18 @@ cdef class CheckKernel(LineTable):
                             self._drain_one(c)
             elif kd == K_STORE or kd == K_NT:
                 s = slot[k]
-                memcpy(&self.cmem[self.cidx[s] * LINE + off[k]], &value[k], size[k])
+                off = <int32_t>(hpa[k] & (LINE - 1))
+                memcpy(&self.cmem[self.cidx[s] * LINE + off], &rec[k].value, rec[k].size)
                 r = self._new_rec()
                 self.recs[r].i = i
                 self.recs[r].done = -1
-                self.recs[r].gpa = gpa[k]
-                self.recs[r].value = value[k]
+                self.recs[r].gpa = rec[k].gpa
+                self.recs[r].value = rec[k].value
                 self.recs[r].slot = s
-                self.recs[r].vm = vm[k]
-                self.recs[r].cpu = cpu[k]
-                self.recs[r].off = <uint8_t>off[k]
-                self.recs[r].size = <uint8_t>size[k]
+                self.recs[r].vm = rec[k].vm
+                self.recs[r].cpu = rec[k].vcpu
+                self.recs[r].off = <uint8_t>off
+                self.recs[r].size = <uint8_t>rec[k].size
                 self.recs[r].op = 2 if kd == K_NT else 1
                 self.recs[r].is_open = 0
                 self.recs[r].flagged = 0
@@ -390,7 +399,7 @@ cdef class CheckKernel(LineTable):
                 else:
                     self.dirty[s] = 1
                 if kd == K_NT or self.fence_only:
-                    _push(&self.fence[self._key(vm[k], cpu[k])], self.recs, r)
+                    _push(&self.fence[self._key(rec[k].vm, rec[k].vcpu)], self.recs, r)
                 else:
                     _push(&self.wb[s], self.recs, r)
             elif kd == K_FLUSH:
@@ -399,7 +408,7 @@ cdef class CheckKernel(LineTable):
                 if s >= 0:
                     if self.dirty[s]:
                         self._enqueue(s, i, &self.cmem[self.cidx[s] * LINE])
-                    self._flushed(s, vm[k], self._key(vm[k], cpu[k]))
+                    self._flushed(s, rec[k].vm, self._key(rec[k].vm, rec[k].vcpu))
             if point[k]:
                 self._judge(i, point[k] == 2)
         return 0

@@ -74,6 +74,22 @@ cdef class LineTable:
             self.n += n
         return first
 
+    cdef int _room(self, Py_ssize_t more) except -1:
+        """Make room for ``more`` lines in the table and the hash before a nogil loop adds them."""
+        if self.n + more > self.cap:
+            self._grow(max(256, 2 * self.cap, self.n + more))
+        if (self.hcount + more) * 2 > self.hcap:
+            self._rehash(max(1024, self.hcap * 2, 2 * (self.hcount + more)))
+        return 0
+
+    cdef inline int32_t _append(self, int64_t hpa, int ctrl, int mode) noexcept nogil:
+        """Add clean line ``hpa`` (not known yet) in the room :meth:`_room` made; returns its slot."""
+        cdef int32_t s = <int32_t>self.n
+        self._init_line(s, hpa, ctrl, mode, False)
+        self.n += 1
+        self._hput(s)
+        return s
+
     def slot_hpas(self, const int32_t[::1] slots):
         """The line HPA of each slot, as int64."""
         import numpy as np
@@ -169,18 +185,21 @@ cdef class LineTable:
         out = np.empty(lines.shape[0], np.int32)
         cdef int32_t[::1] o = out
         cdef Py_ssize_t k
-        cdef int64_t pos
         with nogil:
             for k in range(lines.shape[0]):
-                o[k] = -1
-                if self.hcap:
-                    pos = self._hpos(lines[k])
-                    while self.hvals[pos] != -1:
-                        if self.hpa[self.hvals[pos]] == lines[k]:
-                            o[k] = self.hvals[pos]
-                            break
-                        pos = (pos + 1) & (self.hcap - 1)
+                o[k] = self._lookup(lines[k])
         return out
+
+    cdef inline int32_t _lookup(self, int64_t line) noexcept nogil:
+        """The slot of ``line`` (-1: none)."""
+        cdef int64_t pos
+        if self.hcap:
+            pos = self._hpos(line)
+            while self.hvals[pos] != -1:
+                if self.hpa[self.hvals[pos]] == line:
+                    return self.hvals[pos]
+                pos = (pos + 1) & (self.hcap - 1)
+        return -1
 
     def slot_insert(self, const int64_t[::1] lines, const int32_t[::1] slots):
         """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct; the

@@ -18,21 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, LineState, Op
+from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, PAGE_SHIFT, TRACE_DTYPE, LineState, Op
 from ..machine.hypervisor import Hypervisor
 from .check_model import COUNTS, DRAINING, MEDIA, Model
 from .check_report import Violation
 
 try:
-    from .._checkcore import CheckKernel
+    from .._checkcore import CheckKernel, SpanMap
     from .._core import Engine as CoreEngine
 except ImportError:             # a pure install (NVEMU_PUREPYTHON=1): the plain-Python model only
-    CheckKernel = CoreEngine = None
+    CheckKernel = CoreEngine = SpanMap = None
 
 AVAILABLE = CheckKernel is not None
 """True when the compiled kernel is built (not in a pure install)."""
 
-_K_FENCE, _K_VFHA, _K_STORE, _K_NT, _K_FLUSH = 1, 2, 3, 4, 5
 
 
 def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
@@ -88,9 +87,12 @@ class FastModel(Model):
         self.kernel = CheckKernel(p.n_controllers, int(p.engine.wpq_depth), max(n_vms, 1), max_cpus,
                                   fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
         self._dirty_at_start: set[int] = set()
-        self._slot_cache: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0, np.int32))
+        self._translated: tuple[np.ndarray, ...] = ()     # the last translate(): hpas, records, slots, kinds
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
-        self._tables: dict[tuple[int, int], np.ndarray] = {}   # (vm, 2 MiB span) -> its pages' HPAs
+        vfha = np.full(max(n_vms, 1), -1, np.int64)
+        for vm in hv.vms.values():
+            vfha[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
+        self.spans = SpanMap(vfha)
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
         self.lines = _Slots(self.kernel)     # type: ignore[assignment]
         self._adopt()
@@ -111,9 +113,6 @@ class FastModel(Model):
         self.lines.slot.insert(np.array([line], np.int64), np.array([s]))
         return int(s)
 
-    def _unknown(self, lines: np.ndarray) -> np.ndarray:
-        return np.unique(lines[self.lines.slot.lookup(lines) < 0])
-
     def _add_lines(self, lines: list[int]) -> None:
         if not self._bulk:
             return super()._add_lines(lines)
@@ -127,14 +126,33 @@ class FastModel(Model):
         self.lines.slot.insert(np.asarray(lines, np.int64), np.arange(first, first + len(lines)))
 
     def translate(self, ops: np.ndarray) -> np.ndarray:
-        """:meth:`Model.translate`, then the bytes of the lines these records store to or write
+        """:meth:`Model.translate` in one pass of the kernel over the records (the spans it has not
+        seen resolved here first), then the bytes of the lines these records store to or write
         back, and of the lines queued now, go to the kernel as the engine has them before it runs
         the records (again after an exit's re-translation: only lines not yet given)."""
-        hpas = super().translate(ops)
-        op = ops["op"]
-        slot = self._slots_of(hpas)
-        self._slot_cache = (hpas, slot)
-        missing = self.kernel.chunk_missing(slot[(op >= Op.STORE) & (op <= Op.CLFLUSH)])
+        if ops.dtype != TRACE_DTYPE:
+            raise TypeError(f"records of dtype {ops.dtype}, not TRACE_DTYPE")
+        raw = np.ascontiguousarray(ops).view(np.uint8)
+        for key in self.spans.missing(raw).tolist():
+            vm, span = key >> 40, key & ((1 << 40) - 1)
+            base = self._span(vm, span)
+            if base == -3:
+                self.spans.set_row(key, self._span_row(vm, span))
+            else:
+                self.spans.set_base(key, base)
+        hpas = np.empty(len(ops), np.int64)
+        slot = np.empty(len(ops), np.int32)
+        kind = np.empty(len(ops), np.int8)
+        if self._bulk and self.armed:           # new lines added in the pass (all of one mode)
+            with self.platform.engine.lock:
+                self.spans.translate(self.kernel, raw, hpas, slot, kind, self.platform.engine, self.base_mode)
+        else:
+            new = self.spans.translate(self.kernel, raw, hpas, slot, kind)
+            if len(new):
+                self._add_lines(np.unique(new).tolist())
+                self.spans.translate(self.kernel, raw, hpas, slot, kind, refill=True)
+        self._translated = (hpas, raw, slot, kind)
+        missing = self.kernel.chunk_missing(slot)
         if not len(missing):
             return hpas
         engine = self.platform.engine
@@ -148,31 +166,21 @@ class FastModel(Model):
             self.kernel.chunk_add_bytes(missing, mem.reshape(-1, LINE), media.reshape(-1, LINE))
         return hpas
 
-    def _slots_of(self, hpas: np.ndarray) -> np.ndarray:
-        """The line slot of each record's HPA (-1: none, or not a vNVDIMM address)."""
-        slot = np.full(len(hpas), -1, np.int32)
-        pmem = hpas >= 0
-        if pmem.any():
-            slot[pmem] = self.lines.slot.lookup(hpas[pmem] & ~(LINE - 1))
-        return slot
-
     def forget_translations(self) -> None:
         super().forget_translations()
-        self._tables.clear()
+        self.spans.clear()
 
-    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
-        key = (vm, span)
-        rows = self._tables.get(key)
-        if rows is None and self._bulk and vm in self.hv.vms:
+    def _span_row(self, vm: int, span: int) -> np.ndarray:
+        """HPA pages of the 512 GPA pages of 2 MiB span ``span`` (-1: not vNVDIMM): its leaf
+        table read whole from the core engine's pool, else page by page."""
+        if self._bulk and vm in self.hv.vms:
             level, table, _, _ = self.hv.vms[vm].page_table.walk(span << 21)[-1]
-            if level != 1:
-                return None
-            entries = np.asarray(self.platform.engine.pool[table * 512:(table + 1) * 512], np.uint64)
-            present = ((entries & np.uint64(EPT_RWX)) != 0) & ((entries & np.uint64(3)) != 2)
-            pages = (entries & np.uint64(EPT_ADDR_MASK)).astype(np.int64)
-            rows = np.where(present & (pages >= self.pmem_lo) & (pages < self.pmem_hi), pages, -1)
-            self._tables[key] = rows
-        return rows
+            if level == 1:
+                entries = np.asarray(self.platform.engine.pool[table * 512:(table + 1) * 512], np.uint64)
+                present = ((entries & np.uint64(EPT_RWX)) != 0) & ((entries & np.uint64(3)) != 2)
+                pages = (entries & np.uint64(EPT_ADDR_MASK)).astype(np.int64)
+                return np.where(present & (pages >= self.pmem_lo) & (pages < self.pmem_hi), pages, -1)
+        return np.array([self._page(vm, (span << 9) + i) for i in range(512)], np.int64)
 
     # Model's counters, which the kernel keeps: read from it (Model.__init__'s assignments are dropped)
     completed = _kept_by_kernel(lambda self: int(self.kernel.completed))
@@ -192,27 +200,16 @@ class FastModel(Model):
         if not n:
             self.kernel.end_chunk()
             return
-        op = ops["op"]
-        kind = np.zeros(n, np.int8)
-        kind[op >= Op.SFENCE] = _K_FENCE
-        kind[hpas == -2] = _K_VFHA
-        pmem = hpas >= 0
-        kind[pmem & (op == Op.STORE)] = _K_STORE
-        kind[pmem & (op == Op.NT_STORE)] = _K_NT
-        kind[pmem & (op >= Op.CLWB) & (op <= Op.CLFLUSH)] = _K_FLUSH
+        if not self._translated or self._translated[0] is not hpas:
+            raise ValueError("run() takes the HPAs the last translate() returned")
+        _, raw, slot, kind = self._translated
         if skipped:
-            inside = [i - base for i in skipped if base <= i < base + n]
-            kind[inside] = 0
-        cached_hpas, slot = self._slot_cache
-        if cached_hpas is not hpas:
-            slot = self._slots_of(hpas)
+            kind[[i - base for i in skipped if base <= i < base + n]] = 0
         point = np.zeros(n, np.uint8)
         if len(points):
             ranks = int(self.kernel.rank) + 1 + np.arange(len(points))
             point[points - base] = np.where(full(ranks), 2, 1)
-        self.kernel.run(base, kind, ops["vcpu"].astype(np.int32), ops["vm"].astype(np.int32),
-                        ops["size"].astype(np.int32), ops["gpa"].astype(np.int64), ops["value"].astype(np.uint64),
-                        slot, (hpas & (LINE - 1)).astype(np.int32), point)
+        self.kernel.run(base, kind, raw, hpas, slot, point)
         engine = self.platform.engine
         if self._bulk:
             with engine.lock:

@@ -111,14 +111,18 @@ def _vfha_table(hv: Hypervisor) -> np.ndarray:
 
 def _persist_points(table: np.ndarray, ops: np.ndarray) -> np.ndarray:
     """Indices in ``ops`` of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
-    op = np.asarray(ops["op"])
-    points = (op == Op.SFENCE) | (op == Op.MFENCE)
+    op = np.asarray(ops["op"], np.uint8)
+    points = (op - np.uint8(Op.SFENCE)) < 2                 # SFENCE or MFENCE (uint8 arithmetic wraps)
     if len(table) and len(ops):
-        vm = np.asarray(ops["vm"], np.int64)
-        known = vm < len(table)
-        page = (np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        vfha = np.where(known, table[np.where(known, vm, 0)], -1)
-        points |= ((op == Op.STORE) | (op == Op.NT_STORE)) & (page == vfha) & known
+        pages = table.astype(np.uint64)                     # -1 (no vFHA) becomes 2**64 - 1: no GPA page
+        vm = np.asarray(ops["vm"])
+        vfha = pages[0] if len(pages) == 1 else pages[np.minimum(vm, len(pages) - 1)]
+        hit = (np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)) == vfha
+        if len(pages) == 1:
+            hit &= vm == 0
+        else:
+            hit &= vm < len(pages)
+        points |= ((op - np.uint8(Op.STORE)) < 2) & hit     # STORE or NT_STORE
     return np.flatnonzero(points)
 
 
