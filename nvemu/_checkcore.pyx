@@ -143,7 +143,7 @@ cdef class CheckKernel(LineTable):
         with nogil:
             for k in range(slots.shape[0]):
                 s = slots[k]
-                if 0 <= s < self.n and self.cidx[s] == -1:
+                if 0 <= s < self.n and self.cidx[s] == -1 and self.hpa[s] >= 0:
                     self.cidx[s] = -2
                     o[m] = s
                     m += 1
@@ -234,6 +234,7 @@ cdef class CheckKernel(LineTable):
         return r
 
     cdef inline void _free_rec(self, int32_t r) noexcept nogil:
+        self.refs[self.recs[r].slot] -= 1
         self.recs[r].nxt = self.free_rec
         self.free_rec = r
 
@@ -379,6 +380,7 @@ cdef class CheckKernel(LineTable):
                 off = <int32_t>(hpa[k] & (LINE - 1))
                 memcpy(&self.cmem[self.cidx[s] * LINE + off], &rec[k].value, rec[k].size)
                 r = self._new_rec()
+                self.refs[s] += 1
                 self.recs[r].i = i
                 self.recs[r].done = -1
                 self.recs[r].gpa = rec[k].gpa

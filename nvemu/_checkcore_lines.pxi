@@ -1,13 +1,23 @@
 # Included by _checkcore.pyx: the checker kernel's per-line table -- a line's versions, queue
 # count, controller, mode and store lists by slot, the HPA -> slot hash table, and the bytes of this
 # chunk's lines (read from the engine before it runs the chunk) -- which CheckKernel extends.
+#
+# A settled line (no store of it pending, no copy queued, clean, not touched since the last crash
+# point) is dropped when the table has doubled since the last sweep: nothing of it can matter again.
+# Its version on media is older than any store the trace makes after it, which is all a version is
+# compared with, so the line comes back as new (version -1) when it is stored to again. Memory thus
+# follows the lines in flight, not the trace's length or footprint.
 
 
 cdef class LineTable:
-    """The tracked lines by slot: about 49 bytes each, plus 4 in the hash table (at a fill of a
+    """The tracked lines by slot: about 53 bytes each, plus 4 in the hash table (at a fill of a
     quarter to a half: 8 to 16), and the bytes of the lines of the chunk being followed."""
 
-    cdef int64_t n, cap
+    cdef int64_t n, cap             # slots in use or free (below n), allocated
+    cdef int32_t* refs              # live store records of the line (in any list)
+    cdef int64_t free_head, n_free  # dropped slots, chained through newest_pos
+    cdef int64_t swept              # lines live after the last sweep
+    cdef public int64_t sweep_min   # no sweep below this many live lines
     cdef int64_t* hpa
     cdef int64_t* media_v
     cdef int32_t* queued
@@ -30,12 +40,17 @@ cdef class LineTable:
     cdef int64_t hcap, hcount
 
     def __dealloc__(self):
-        free(self.hpa); free(self.media_v); free(self.queued); free(self.ctrl); free(self.newest_pos)
+        free(self.hpa); free(self.refs); free(self.media_v); free(self.queued); free(self.ctrl); free(self.newest_pos)
         free(self.mode); free(self.dirty); free(self.touched); free(self.cidx); free(self.wb); free(self.pending)
         free(self.touch_list); free(self.cmem); free(self.cmed); free(self.cslot); free(self.hvals)
 
+    def __cinit__(self):
+        self.free_head = -1
+        self.sweep_min = 1 << 16
+
     cdef void _init_line(self, int64_t s, int64_t hpa, int ctrl, int mode, bint dirty) noexcept nogil:
         self.hpa[s] = hpa
+        self.refs[s] = 0
         self.media_v[s] = -1
         self.queued[s] = 0
         self.ctrl[s] = <int16_t>ctrl
@@ -48,31 +63,37 @@ cdef class LineTable:
         self.pending[s].head = self.pending[s].tail = -1
 
     def add_line(self, int64_t hpa, int ctrl, int mode, bint dirty):
-        """Add the next line slot; returns the slot."""
+        """Add line ``hpa`` (not known yet); returns its slot."""
         if not 0 <= ctrl < self.nc:
             raise ValueError(f"controller {ctrl} of {self.nc}")
-        if self.n == self.cap:
-            self._grow(max(256, 2 * self.cap))
-        self._init_line(self.n, hpa, ctrl, mode, dirty)
-        self.n += 1
-        return self.n - 1
+        if hpa < 0 or self._lookup(hpa) >= 0:
+            raise ValueError(f"line {hpa:#x} is known already or not an HPA")
+        self._room(1)
+        cdef int32_t s = self._append(hpa, ctrl, mode)
+        self.dirty[s] = dirty
+        return s
 
     def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
-        """Add a slot for each line (NVDIMM HPAs, checked by the caller), its controller as
-        ``engine`` (the compiled core) maps it; returns the first new slot (the others follow in
-        order). Lines start clean."""
+        """Add each line (NVDIMM HPAs, distinct, not known yet, checked by the caller), its
+        controller as ``engine`` (the compiled core) maps it; returns their slots (int32). Lines
+        start clean."""
+        import numpy as np
         cdef Py_ssize_t k, n = hpas.shape[0]
-        cdef int64_t first = self.n
         if modes.shape[0] != n:
             raise ValueError("hpas and modes differ in length")
-        if self.n + n > self.cap:
-            self._grow(max(256, 2 * self.cap, self.n + n))
+        out = np.empty(n, np.int32)
+        cdef int32_t[::1] o = out
+        self._room(n)
         with nogil:
             for k in range(n):
-                self._init_line(self.n + k, hpas[k], engine.controller_of_line(
-                    (<uint64_t>hpas[k] - engine.pmem_base) >> 6), modes[k], False)
-            self.n += n
-        return first
+                o[k] = self._append(hpas[k], engine.controller_of_line((<uint64_t>hpas[k] - engine.pmem_base) >> 6),
+                                    modes[k])
+        return out
+
+    @property
+    def tracked(self):
+        """Lines tracked now (settled lines dropped by a sweep are not)."""
+        return self.n - self.n_free
 
     cdef int _room(self, Py_ssize_t more) except -1:
         """Make room for ``more`` lines in the table and the hash before a nogil loop adds them."""
@@ -83,12 +104,32 @@ cdef class LineTable:
         return 0
 
     cdef inline int32_t _append(self, int64_t hpa, int ctrl, int mode) noexcept nogil:
-        """Add clean line ``hpa`` (not known yet) in the room :meth:`_room` made; returns its slot."""
-        cdef int32_t s = <int32_t>self.n
+        """Add clean line ``hpa`` (not known yet) in the room :meth:`_room` made (a dropped slot,
+        else the next); returns its slot."""
+        cdef int32_t s
+        if self.free_head >= 0:
+            s = <int32_t>self.free_head
+            self.free_head = self.newest_pos[s]
+            self.n_free -= 1
+        else:
+            s = <int32_t>self.n
+            self.n += 1
         self._init_line(s, hpa, ctrl, mode, False)
-        self.n += 1
         self._hput(s)
         return s
+
+    cdef void _sweep(self) noexcept nogil:
+        """Drop every settled line (see the top of this file)."""
+        cdef int64_t s
+        for s in range(self.n):
+            if (self.hpa[s] >= 0 and self.refs[s] == 0 and self.queued[s] == 0 and not self.dirty[s]
+                    and not self.touched[s] and self.cidx[s] == -1):
+                self._hdel(s)
+                self.hpa[s] = -1
+                self.newest_pos[s] = <int32_t>self.free_head
+                self.free_head = s
+                self.n_free += 1
+        self.swept = self.n - self.n_free
 
     def slot_hpas(self, const int32_t[::1] slots):
         """The line HPA of each slot, as int64."""
@@ -116,10 +157,10 @@ cdef class LineTable:
         cdef Py_ssize_t k, j
         cdef bint repeated = False
         for k in range(slots.shape[0]):
-            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1:
+            if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1 or self.hpa[slots[k]] < 0:
                 for j in range(k):
                     self.cidx[slots[j]] = -1
-                raise ValueError(f"slot {slots[k]} is not a line outside this chunk, or given twice")
+                raise ValueError(f"slot {slots[k]} is not a tracked line outside this chunk, or given twice")
             self.cidx[slots[k]] = -2
         for k in range(slots.shape[0]):
             self.cidx[slots[k]] = -1
@@ -170,11 +211,16 @@ cdef class LineTable:
             memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
 
     def end_chunk(self):
-        """Forget this chunk's lines (their bytes are the engine's again)."""
+        """Forget this chunk's lines (their bytes are the engine's again); drop the settled lines
+        when the live ones have doubled since the last sweep (and are at least ``sweep_min``)."""
         cdef int32_t c
         for c in range(self.cn):
             self.cidx[self.cslot[c]] = -1
         self.cn = 0
+        cdef int64_t live = self.n - self.n_free
+        if live >= self.sweep_min and live > 2 * self.swept:
+            with nogil:
+                self._sweep()
 
     cdef inline int64_t _hpos(self, int64_t line) noexcept nogil:
         return <int64_t>(((<uint64_t>line >> 6) * 0x9E3779B97F4A7C15ULL) >> 20) & (self.hcap - 1)
@@ -201,20 +247,22 @@ cdef class LineTable:
                 pos = (pos + 1) & (self.hcap - 1)
         return -1
 
-    def slot_insert(self, const int64_t[::1] lines, const int32_t[::1] slots):
-        """Record ``slots[k]`` as the slot of ``lines[k]`` (lines not yet known, distinct; the
-        slots' HPAs already set by :meth:`add_line` or :meth:`add_lines`)."""
-        cdef Py_ssize_t k
-        if lines.shape[0] != slots.shape[0]:
-            raise ValueError("lines and slots differ in length")
-        for k in range(lines.shape[0]):
-            if not 0 <= slots[k] < self.n or self.hpa[slots[k]] != lines[k]:
-                raise ValueError(f"slot {slots[k]} does not hold line {lines[k]:#x}")
-        if (self.hcount + lines.shape[0]) * 2 > self.hcap:
-            self._rehash(max(1024, self.hcap * 2, 2 * (self.hcount + lines.shape[0])))
-        with nogil:
-            for k in range(lines.shape[0]):
-                self._hput(slots[k])
+    cdef void _hdel(self, int32_t slot) noexcept nogil:
+        """Take ``slot`` out of the hash table: later entries of its probe run shift back."""
+        cdef int64_t mask = self.hcap - 1, pos = self._hpos(self.hpa[slot]), j, home
+        while self.hvals[pos] != slot:
+            pos = (pos + 1) & mask
+        j = pos
+        while True:
+            j = (j + 1) & mask
+            if self.hvals[j] == -1:
+                break
+            home = self._hpos(self.hpa[self.hvals[j]])
+            if (j - home) & mask >= (j - pos) & mask:      # home at or before the hole: may move
+                self.hvals[pos] = self.hvals[j]
+                pos = j
+        self.hvals[pos] = -1
+        self.hcount -= 1
 
     cdef void _hput(self, int32_t slot) noexcept nogil:
         cdef int64_t line = self.hpa[slot]
@@ -245,6 +293,7 @@ cdef class LineTable:
         if cap > 0x7FFFFFFF:
             raise MemoryError("the checker tracks at most 2**31 - 1 lines")
         self.hpa = <int64_t*>_realloc(self.hpa, cap * 8)
+        self.refs = <int32_t*>_realloc(self.refs, cap * 4)
         self.media_v = <int64_t*>_realloc(self.media_v, cap * 8)
         self.queued = <int32_t*>_realloc(self.queued, cap * 4)
         self.ctrl = <int16_t*>_realloc(self.ctrl, cap * 2)

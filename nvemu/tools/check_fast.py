@@ -32,6 +32,10 @@ except ImportError:             # a pure install (NVEMU_PUREPYTHON=1): the plain
 AVAILABLE = CheckKernel is not None
 """True when the compiled kernel is built (not in a pure install)."""
 
+SWEEP_MIN_LINES = 1 << 16
+"""The kernel drops settled lines once this many are tracked and their number doubled since the
+last sweep (a free parameter: memory against sweep time; the tests set 0 to sweep often)."""
+
 
 
 def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
@@ -41,7 +45,8 @@ def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
 
 class _KernelSlots:
     """Line HPA -> slot in the kernel's hash table (8 to 16 bytes a line): what :class:`Model`
-    asks of ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`."""
+    asks of ``lines.slot`` (``get``, ``in``) and a vectorised :meth:`lookup`. Lines enter it as the
+    kernel adds them."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
@@ -56,10 +61,6 @@ class _KernelSlots:
 
     def __contains__(self, line: int) -> bool:
         return self.get(line) is not None
-
-    def insert(self, lines: np.ndarray, slots: np.ndarray) -> None:
-        """Add ``lines`` (distinct, none known) with their ``slots``."""
-        self.kernel.slot_insert(np.ascontiguousarray(lines, np.int64), np.ascontiguousarray(slots, np.int32))
 
 
 class _Slots:
@@ -86,6 +87,7 @@ class FastModel(Model):
                 mask[vm.id] = np.asarray(slot.fanout) != 0
         self.kernel = CheckKernel(p.n_controllers, int(p.engine.wpq_depth), max(n_vms, 1), max_cpus,
                                   fence_scope == "vcpu", protocol, ordering, mask[:max(n_vms, 1)])
+        self.kernel.sweep_min = SWEEP_MIN_LINES
         self._dirty_at_start: set[int] = set()
         self._translated: tuple[np.ndarray, ...] = ()     # the last translate(): hpas, records, slots, kinds
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
@@ -107,11 +109,10 @@ class FastModel(Model):
         for c in range(p.n_controllers):
             for line, data in p.wpq(c):
                 self.kernel.queue_initial(self._slot(line), bytes(data))
+        self._dirty_at_start = set()         # every such line has its slot; a line added later starts clean
 
     def _add(self, line: int, ctrl: int, mode: int, mem: bytes, media: bytes) -> int:
-        s = self.kernel.add_line(line, ctrl, mode, line in self._dirty_at_start)
-        self.lines.slot.insert(np.array([line], np.int64), np.array([s]))
-        return int(s)
+        return int(self.kernel.add_line(line, ctrl, mode, line in self._dirty_at_start))
 
     def _add_lines(self, lines: list[int]) -> None:
         if not self._bulk:
@@ -122,8 +123,7 @@ class FastModel(Model):
             modes[[not p.adr_holds(line) for line in lines]] = MEDIA
         engine = p.engine
         with engine.lock:
-            first = self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
-        self.lines.slot.insert(np.asarray(lines, np.int64), np.arange(first, first + len(lines)))
+            self.kernel.add_lines(engine, np.asarray(lines, np.int64), modes)
 
     def translate(self, ops: np.ndarray) -> np.ndarray:
         """:meth:`Model.translate` in one pass of the kernel over the records (the spans it has not
