@@ -1,17 +1,18 @@
 # cython: language_level=3
 """The crash-consistency checker's model in C, without the GIL: the same rules as
 ``nvemu.tools.check_model.Model`` (the plain-Python oracle, which the differential tests compare it
-with), fed one chunk of pre-classified records at a time.
+with), fed one chunk of records at a time, which :class:`SpanMap` translates and classifies.
 
-Per tracked line it keeps versions, not bytes: about 49 bytes of state (HPA, version on media,
-queue count and newest queued copy, controller, mode, flags, two store lists, its chunk index) and
-4 bytes in the HPA -> slot hash table (8 to 16 bytes by its fill). The bytes a lost store's report
-shows come from the engine: each chunk, the lines the chunk stores to, writes back or may drain
-(the WPQs' lines) are read from the engine before it runs the chunk, and the model moves their
-bytes through the chunk itself; any other line's durable copy cannot change during the chunk, so
-the engine's media has it when the chunk is done. Per pending store one 96-byte record, from the
-store until it is known durable. A crash point costs in proportion to the lines whose completed
-stores or durable copy changed since the last one (all lines at a ``full`` point).
+Per tracked line it keeps versions, not bytes: about 53 bytes of state (HPA, version on media,
+queue count and newest queued copy, controller, mode, flags, two store lists, its store count, its
+chunk index) and 4 bytes in the HPA -> slot hash table (8 to 16 bytes by its fill); settled lines
+are dropped (``_checkcore_lines.pxi``). The bytes a lost store's report shows come from the
+engine: each chunk, the lines the chunk stores to, writes back or may drain (the WPQs' lines) are
+read from the engine before it runs the chunk, and the model moves their bytes through the chunk
+itself; any other line's durable copy cannot change during the chunk, so the engine's media has
+it when the chunk is done. Per pending store one 96-byte record, from the store until it is known
+durable. A crash point costs in proportion to the lines whose completed stores or durable copy
+changed since the last one (all lines at a ``full`` point).
 """
 
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t

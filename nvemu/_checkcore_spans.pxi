@@ -1,7 +1,9 @@
-# Included by _checkcore.pyx: where a chunk's records land. SpanMap caches, per (VM, 2 MiB GPA span),
-# what the model resolved from the VM's page tables -- one vNVDIMM base HPA (a large leaf), a row of
-# 512 page HPAs (4 KiB leaves) or nothing -- and translates a whole chunk in one pass: each record's
-# HPA (-1 elsewhere, -2 a vFHA write), its line's slot and the new lines it stores to.
+# Included by _checkcore.pyx: where a chunk's records land -- SpanMap, a cache of what the model
+# resolved from the VMs' page tables per (VM, 2 MiB GPA span), and the one pass over a chunk that
+# gives each record its HPA, its line's slot and its kind, adding the new lines.
+#
+# A span maps to one vNVDIMM base HPA (a large leaf), a row of 512 page HPAs (4 KiB leaves) or
+# nothing; the model resolves each span once until the page tables may have changed (clear()).
 
 DEF SPAN_SHIFT = 21
 DEF GPA_BITS = 48

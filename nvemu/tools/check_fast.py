@@ -1,14 +1,15 @@
 """The checker's model on the compiled kernel (``nvemu._checkcore``): the same rules as
 :class:`~nvemu.tools.check_model.Model`, which stays the oracle and the model of a pure install.
 
-Python classifies each chunk's records with numpy (fence, vFHA write, store, NT store, write-back
-of a tracked line, or nothing), gives each new line a slot (its bytes read before the engine runs
-the chunk) and hands the columns over; the kernel follows them without the GIL and judges the
-crash points, and the violations it settled come back as tuples. Per tracked line the kernel holds
-versions, not bytes: about 49 bytes of state, plus 8 to 16 in its HPA -> slot hash table. Bytes
-live only for a chunk: before the engine runs one, the lines it reaches and the lines in the WPQs
-are read from the engine, and the kernel moves them through the chunk; a lost store's durable bytes
-on any other line are the engine's media after the chunk (nothing changed them in it).
+For each chunk the kernel's :class:`SpanMap` gives every record its HPA, line slot and kind (fence,
+vFHA write, store, NT store, write-back of a tracked line, or nothing) in one pass, adding the new
+lines; Python resolves only the 2 MiB spans it has not seen from the page tables. The kernel then
+follows the records without the GIL and judges the crash points, and the violations it settled
+come back as tuples. Per tracked line the kernel holds versions, not bytes (about 53 bytes, plus 8
+to 16 in its HPA -> slot hash table) and it drops settled lines. Bytes live only for a chunk:
+before the engine runs one, the lines it reaches and the lines in the WPQs are read from the
+engine, and the kernel moves them through the chunk; a lost store's durable bytes on any other
+line are the engine's media after the chunk (nothing changed them in it).
 """
 
 from __future__ import annotations
