@@ -26,9 +26,18 @@ DEF LINE = 64
 include "_checkcore_records.pxi"
 
 
+cdef inline bint _in_pmem(Engine engine, int64_t hpa, int64_t size) noexcept nogil:
+    """Is ``[hpa, hpa + size)`` inside the engine's NVDIMM space?"""
+    return (hpa >= 0 and <uint64_t>hpa >= engine.pmem_base
+            and <uint64_t>hpa - engine.pmem_base + <uint64_t>size <= engine.pmem_bytes)
+
+
 cdef inline uint64_t _media_bytes(Engine engine, int64_t hpa, int size) noexcept nogil:
-    """``size`` (<= 8) bytes of media at ``hpa`` (inside one vNVDIMM line), little-endian."""
+    """``size`` (<= 8) bytes of media at ``hpa`` (inside one vNVDIMM line), little-endian; 0
+    outside the engine's NVDIMM space."""
     cdef uint64_t idx = engine.pmem_index + (<uint64_t>hpa - engine.pmem_base), out = 0
+    if not _in_pmem(engine, hpa, size):
+        return 0
     cdef chunk_t* ck = engine.chunk_at(idx, False)
     if ck.med != NULL:
         memcpy(&out, ck.med + (idx & engine.chunk_mask), size)

@@ -83,6 +83,9 @@ cdef class LineTable:
             raise ValueError("hpas and modes differ in length")
         out = np.empty(n, np.int32)
         cdef int32_t[::1] o = out
+        for k in range(n):
+            if not _in_pmem(engine, hpas[k], LINE) or hpas[k] & (LINE - 1):
+                raise ValueError(f"{hpas[k]:#x} is not a line of the engine's NVDIMM space")
         self._room(n)
         with nogil:
             for k in range(n):
@@ -182,6 +185,9 @@ cdef class LineTable:
         cdef int32_t c, s
         cdef uint64_t idx
         cdef chunk_t* ck
+        for k in range(slots.shape[0]):
+            if 0 <= slots[k] < self.n and not _in_pmem(engine, self.hpa[slots[k]], LINE):
+                raise ValueError(f"slot {slots[k]}: line {self.hpa[slots[k]]:#x} is not in the engine's NVDIMM space")
         self._chunk_check(slots)
         with nogil:
             for k in range(slots.shape[0]):

@@ -177,6 +177,9 @@ cdef class SpanMap:
                 if line != last_line:
                     last_line, last_slot = line, lines._lookup(line)
                 if last_slot < 0 and r[k].op <= OP_NT_STORE:
+                    if adding and not _in_pmem(engine, line, LINE):
+                        bad = k
+                        break
                     if adding:
                         last_slot = lines._append(line, engine.controller_of_line(
                             (<uint64_t>line - engine.pmem_base) >> 6), mode)
@@ -185,5 +188,6 @@ cdef class SpanMap:
                         m += 1
                 slot[k] = last_slot
         if bad >= 0:
-            raise ValueError(f"record {bad}: its span is not resolved (missing() then set_base/set_row first)")
+            raise ValueError(f"record {bad}: its span is not resolved (missing() then set_base/set_row first), or "
+                             "it maps outside the engine's NVDIMM space")
         return new[:m]

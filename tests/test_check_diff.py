@@ -194,3 +194,30 @@ def test_a_settled_line_is_dropped_and_comes_back_new_with_the_same_verdicts(mon
     assert out[0] == out[1]
     assert [(v.store, v.kind, v.found) for v in out[0]] == [(0, "lost", bytes(8)),          # until the vFHA write
                                                             (5, "lost", (0xA1A1).to_bytes(8, "little"))]
+
+
+@needs_compiled("runs the compiled checker kernel")
+def test_the_kernel_refuses_lines_outside_the_engines_nvdimm_space():
+    """What a caller hands the kernel directly (a span mapped anywhere, a line added by hand)
+    is checked against the engine's NVDIMM space before the kernel reads the engine: a clear
+    ValueError, never a read outside it."""
+    from nvemu._checkcore import CheckKernel, SpanMap
+    hv = Hypervisor(tiny_platform())
+    vm = small_vm(hv)
+    engine = hv.platform.engine
+    kernel = CheckKernel(hv.platform.n_controllers, 4, 1, 1, True, "flush", False, np.zeros((1, 2), np.uint8))
+    spans = SpanMap(np.array([vm.vfha_gpa >> 12], np.int64))
+    ops = np.array([(Op.STORE, 0, 0, 8, 0x1000, 7)], TRACE_DTYPE)
+    raw = ops.view(np.uint8)
+    (key,) = spans.missing(raw).tolist()
+    spans.set_base(key, 1 << 50)                        # far beyond the NVDIMMs
+    hpa, slot, kind = np.empty(1, np.int64), np.empty(1, np.int32), np.empty(1, np.int8)
+    with pytest.raises(ValueError, match="outside the engine's NVDIMM space"):
+        spans.translate(kernel, raw, hpa, slot, kind, engine, 1)
+    with pytest.raises(ValueError, match="not a line of the engine's NVDIMM space"):
+        kernel.add_lines(engine, np.array([1 << 50], np.int64), np.ones(1, np.int8))
+    s = kernel.add_line(1 << 50, 0, 1, False)
+    with pytest.raises(ValueError, match="not in the engine's NVDIMM space"):
+        kernel.chunk_add(engine, np.array([s], np.int32))
+    with pytest.raises(ValueError, match="known already"):
+        kernel.add_line(1 << 50, 0, 1, False)

@@ -14,7 +14,7 @@ import pytest
 
 from nvemu.guest.persist_loop import persist_loop
 
-from conftest import scaled, small_vm
+from conftest import needs_compiled, scaled, small_vm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +105,34 @@ def test_replay_with_its_native_baseline_holds_one_machine_at_a_time(tmp_path):
     assert with_baseline < alone * 1.1, (alone, with_baseline)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ops"] == ops and report["native_ns_per_op"] < report["ns_per_op"]
+
+
+@needs_compiled("the compiled checker kernel drops settled lines; the Python model keeps every line")
+def test_the_checker_kernel_keeps_the_lines_in_flight_not_the_footprint(monkeypatch):
+    """``check``'s kernel drops a line once nothing of it is in flight: over a persist loop that
+    stores to thousands of lines, the lines it tracks stay a small share of them, and the verdicts
+    are those of a kernel that never drops one."""
+    import numpy as np
+
+    from nvemu.guest.workloads import generate
+    from nvemu.tools import check_fast, checker
+    from nvemu.tools.prepare import vm_layouts
+    ops = generate("persist-loop", scaled(200_000, 40_000), vm_layouts("small")[0], seed=5)
+    stored = len(np.unique(ops["gpa"][ops["op"] == 1] >> 6))
+    monkeypatch.setattr(checker, "CHUNK_OPS", 4096)
+    tracked = []
+    run_chunk = check_fast.FastModel.run
+
+    def spy(self, *args):
+        run_chunk(self, *args)
+        tracked.append(self.kernel.tracked)
+    monkeypatch.setattr(check_fast.FastModel, "run", spy)
+    results = []
+    for sweep_min in (256, 1 << 62):
+        monkeypatch.setattr(check_fast, "SWEEP_MIN_LINES", sweep_min)
+        tracked.clear()
+        r = checker.check_trace(ops, platform="small", strategy="write-protect")
+        results.append((r.violations, r.completed_stores, r.n_points, max(tracked)))
+    assert results[0][:3] == results[1][:3] and results[0][1] > 0
+    assert results[1][3] >= stored * 9 // 10          # never dropping: (nearly) every line stays
+    assert results[0][3] < stored // 4, (results[0][3], stored)
