@@ -222,6 +222,7 @@ cdef class Engine:
     cdef object _wpq_head            # uint32[n_controllers]: oldest slot
     cdef object _wpq_len             # uint32[n_controllers]: entries queued
     cdef object _ctrl_stats          # uint64[n_controllers, CT_COUNT]
+    # Timing queues are per NVDIMM (the iMC's pending queues are per channel: config.IMC_QUEUES cites it)
     cdef object _dimm_busy           # uint64[n_dimms]: ps when each NVDIMM's WPQ has drained what it accepted
     cdef object _dimm_read_busy      # uint64[n_dimms]: ps when each NVDIMM can start another read
     cdef object _pool                # uint64[pool_tables * 512]: every VM's EPT tables

@@ -57,7 +57,8 @@ class Engine(HostMemory, PageTables):
         self.wpq: list[deque[tuple[int, bytes]]] = [deque() for _ in range(self.n_controllers)]
         self.ctrl = [[0] * CTRL_STAT_COUNT for _ in range(self.n_controllers)]
         # one WPQ per NVDIMM for time (set members, set after set): when each will have drained all it
-        # accepted, and when each can start another read (ps)
+        # accepted, and when each can start another read (ps); per NVDIMM because the iMC keeps its
+        # pending queues per channel (nvemu.machine.config.IMC_QUEUES cites the sources)
         self.n_dimms = sum(len(s.controllers) for s in self.sets)
         self.busy = [0] * self.n_dimms
         self.read_busy = [0] * self.n_dimms

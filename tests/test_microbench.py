@@ -267,3 +267,28 @@ def test_figure_format_dpi_and_sensitivity_plot(tmp_path, monkeypatch):
         assert round(im.info["dpi"][0]) == 50
     assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == ["overhead_by_strategy.png",
                                                                       "overhead_vs_vfha_rate.png"]
+
+
+def test_figure_title_legend_and_panels_do_not_overlap(tmp_path):
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+
+    from nvemu.tools import plots
+    plt = plots._pyplot()
+    fig, axes = plots._grid(plt, 7, 6.5, 4.4)
+    for ax in axes:
+        ax.plot([0, 4000], [38, 41], label="write-protect (WP)")
+        ax.plot([0, 4000], [39, 39], label="mmio (MMIO)")
+        ax.set_title("workload persist-loop")
+    title = ("Sensitivity to write_protect_cycles: 0..4000 (ranking flips in 9 place(s), shaded; y axes do not "
+             "start at 0)")
+    plots._save(SimpleNamespace(close=lambda f: None), fig, tmp_path, "f", title, "footer", "png", 50,
+                legend=axes[0].get_legend_handles_labels())
+    r = fig.canvas.get_renderer()
+    title_box = fig._suptitle.get_window_extent(r)
+    legend_box = fig.legends[0].get_window_extent(r)
+    panels_top = max(ax.get_tightbbox(r).y1 for ax in axes)
+    assert title_box.y0 >= legend_box.y1 and legend_box.y0 >= panels_top
+    assert plots._unit("write_protect_cycles") == "CPU cycles" and plots._unit("fha_write_ns") == "ns"
+    assert plots._unit("fill_buffers") == "line buffers per vCPU" and plots._unit("wpq_depth") == "WPQ lines"
+    plt.close(fig)

@@ -12,7 +12,7 @@ import pytest
 from nvemu import ConfigError, GuestFault, Hypervisor, TimingModel
 from nvemu._constants import CLOCK, STAT, TIME_STATS, TIMING_FIELDS, LineState
 from nvemu.cli.main import main
-from nvemu.machine.config import TIMING_SOURCES
+from nvemu.machine.config import IMC_QUEUES, TIMING_SOURCES
 from nvemu.tools.membench import JSON_KEYS, PATTERNS, STORE_PATTERNS, run_timing, write_limit
 
 from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
@@ -232,6 +232,8 @@ def test_every_timing_parameter_names_a_source_or_is_free():
         assert source.startswith("free") or any(w in source for w in ("FAST 2020", "arXiv", "SplitX")), name
     assert set(TimingModel.FREE_PARAMETERS) >= {"fha_write_ns", "write_protect_cycles", "mmio_cycles",
                                                 "hypercall_cycles"}
+    # the timing queues are per NVDIMM, not per controller: the structure cites its sources too
+    assert "FAST 2020" in IMC_QUEUES and "UNC_M_PMM_WPQ_OCCUPANCY" in IMC_QUEUES
 
 
 def test_the_old_cost_model_converts():

@@ -253,7 +253,7 @@ def add_commands(sub: Any) -> None:
                    help="sensitivity: run the grid for each value of one timing parameter or wpq_depth, e.g. "
                         "mmio_cycles=200:3000:200 or fha_write_ns=50,150,500; repeat it to sweep several, one at "
                         "a time; 'free' sweeps every free parameter (each exit path's handling cost, the "
-                        "flush-hint latency, the WPQ depth) (default: off)")
+                        "flush-hint latency, the line buffers per vCPU, the WPQ depth) (default: off)")
     b.add_argument("--no-rate", action="store_true",
                    help="skip the vFHA write-rate sweep behind the rate figure (default: run it)")
     b.add_argument("--no-plot", action="store_true", help="write no figures (default: figures when matplotlib "

@@ -305,6 +305,13 @@ YANG_2020 = ("Yang, Kim, Hoseinzadeh, Izraelevitz, Swanson: An Empirical Guide t
 IZRAELEVITZ_2019 = "Izraelevitz et al.: Basic Performance Measurements of the Intel Optane DC PMM, arXiv 1903.05714"
 SPLITX = "Landau, Ben-Yehuda, Gordon: SplitX: Split Guest/Hypervisor Execution on Multi-Core, WIOV 2011 (KVM)"
 FREE = "free: nothing published; the bench's sensitivity mode shows how results move with it"
+# Why the timing queues (drain and reads) are per NVDIMM, not per controller: the iMC keeps its pending
+# queues per memory channel, one Optane DIMM per channel on the studies' machine.
+IMC_QUEUES = (YANG_2020 + ", section 2.1 and Fig. 1: the iMC keeps read and write pending queues for each "
+              "Optane DIMM. Intel's Cascade Lake-SP uncore events (Linux perf, pmu-events/arch/x86/cascadelakex/"
+              "uncore-memory.json) count them per iMC channel: UNC_M_PMM_WPQ_OCCUPANCY.ALL (write pending queue "
+              "occupancy for Intel Optane DC persistent memory), UNC_M_PMM_WPQ_CYCLES_FULL, "
+              "UNC_M_PMM_RPQ_CYCLES_FULL")
 
 TIMING_SOURCES: dict[str, str] = {
     "cpu_ghz": FREE + " (converts the cycle figures; a Cascade Lake-class base clock)",
@@ -323,9 +330,13 @@ TIMING_SOURCES: dict[str, str] = {
     "media_write_gbps": IZRAELEVITZ_2019 + ": write bandwidth of one DIMM",
     "media_read_gbps": IZRAELEVITZ_2019 + ": read bandwidth of one DIMM",
     "fill_buffers": FREE + " (line-fill / write-combining buffers per core: the misses and write-backs one "
-                           "vCPU keeps in flight. Intel's optimization reference manual gives 10 L1D fill "
-                           "buffers for the Sandy Bridge core; no count is published for Cascade Lake, so 10 is "
-                           "the default)",
+                           "vCPU keeps in flight. Intel 64 and IA-32 Architectures Optimization Reference Manual, "
+                           "Sandy Bridge microarchitecture, Load and Store Operation Overview, table L1 Data "
+                           "Cache Components: 10 line fill buffers (LFB); the manual gives no count for "
+                           "Skylake-SP or Cascade Lake (the studies' Xeon Platinum 8260, NVSL/OptaneStudy README), "
+                           "so 10 is the default. "
+                           "One thread of Yang et al. 2020, Fig. 4 reads 2.88 GB/s, about 7 lines in flight at "
+                           "the 165 ns load latency: a count above 10 would move the model further from it)",
     "flush_issue_ns": FREE + " (issuing a clwb/clflushopt/clflush)",
     "fence_ns": FREE + " (an sfence/mfence with nothing outstanding)",
     "fha_write_ns": FREE + " (an uncached write to a physical flush hint, before its WPQ is empty)",
@@ -349,8 +360,8 @@ class TimingModel:
     nt-stores to the same line merge into it (the write-combining buffer). The travel times are
     solved from the figures for exactly the traces ``nvemu timing`` runs (64 B = eight 8-byte
     stores, one clwb, one sfence): ``write_*`` for sequential lines, ``persist_*`` for random
-    ones. The iMC keeps a WPQ per NVDIMM (Yang et al. 2020, section 2.1), each of ``wpq_depth``
-    lines for time and drained at ``media_write_gbps``, all in parallel.
+    ones. The iMC keeps a WPQ per NVDIMM (see ``IMC_QUEUES``), each of ``wpq_depth`` lines for time
+    and drained at ``media_write_gbps``, all in parallel.
 
     Loads in flight: a trace does not say which op consumes a load's data, so the engines let
     independent loads overlap. A load that misses takes one of the vCPU's ``fill_buffers`` line
