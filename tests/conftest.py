@@ -97,3 +97,16 @@ def iasl_path() -> str | None:
         if m and int(m.group(1)) >= 20210331:
             return system
     return None
+
+
+def tracked_lines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets the compiled checker kernel's tracked lines after every chunk it follows."""
+    from nvemu.tools import check_fast
+    tracked: list[int] = []
+    run_chunk = check_fast.FastModel.run
+
+    def spy(self, *args):
+        run_chunk(self, *args)
+        tracked.append(self.kernel.tracked)
+    monkeypatch.setattr(check_fast.FastModel, "run", spy)
+    return tracked

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import numpy as np
 import pytest
-from conftest import ENGINES, needs_compiled, small_vm, tiny_platform
+from conftest import ENGINES, needs_compiled, small_vm, tiny_platform, tracked_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,13 +174,7 @@ def test_a_settled_line_is_dropped_and_comes_back_new_with_the_same_verdicts(mon
     from nvemu.tools import check_fast
     monkeypatch.setattr(checker_module, "CHUNK_OPS", 5)
     monkeypatch.setattr(check_fast, "SWEEP_MIN_LINES", 0)
-    tracked = []
-    run_chunk = check_fast.FastModel.run
-
-    def spy(self, *args):
-        run_chunk(self, *args)
-        tracked.append(self.kernel.tracked)
-    monkeypatch.setattr(check_fast.FastModel, "run", spy)
+    tracked = tracked_lines(monkeypatch)
     out = []
     for model in ("compiled", "python"):
         hv = Hypervisor(tiny_platform(domain="none"))

@@ -14,7 +14,7 @@ import pytest
 
 from nvemu.guest.persist_loop import persist_loop
 
-from conftest import needs_compiled, scaled, small_vm
+from conftest import needs_compiled, scaled, small_vm, tracked_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,13 +120,7 @@ def test_the_checker_kernel_keeps_the_lines_in_flight_not_the_footprint(monkeypa
     ops = generate("persist-loop", scaled(200_000, 40_000), vm_layouts("small")[0], seed=5)
     stored = len(np.unique(ops["gpa"][ops["op"] == 1] >> 6))
     monkeypatch.setattr(checker, "CHUNK_OPS", 4096)
-    tracked = []
-    run_chunk = check_fast.FastModel.run
-
-    def spy(self, *args):
-        run_chunk(self, *args)
-        tracked.append(self.kernel.tracked)
-    monkeypatch.setattr(check_fast.FastModel, "run", spy)
+    tracked = tracked_lines(monkeypatch)
     results = []
     for sweep_min in (256, 1 << 62):
         monkeypatch.setattr(check_fast, "SWEEP_MIN_LINES", sweep_min)

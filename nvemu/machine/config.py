@@ -331,8 +331,8 @@ TIMING_SOURCES: dict[str, str] = {
     "media_read_gbps": IZRAELEVITZ_2019 + ": read bandwidth of one DIMM",
     "fill_buffers": FREE + " (line-fill / write-combining buffers per core: the misses and write-backs one "
                            "vCPU keeps in flight. Intel 64 and IA-32 Architectures Optimization Reference Manual, "
-                           "Sandy Bridge microarchitecture, Load and Store Operation Overview, table L1 Data "
-                           "Cache Components: 10 line fill buffers (LFB); the manual gives no count for "
+                           "Sandy Bridge microarchitecture chapter: 10 L1D line fill buffers (LFB); no count is "
+                           "given there for "
                            "Skylake-SP or Cascade Lake (the studies' Xeon Platinum 8260, NVSL/OptaneStudy README), "
                            "so 10 is the default. "
                            "One thread of Yang et al. 2020, Fig. 4 reads 2.88 GB/s, about 7 lines in flight at "
