@@ -116,8 +116,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                               "NVDIMM per iMC with <hints> flush hints, 1 GiB DRAM; --domains and --wpq-depth as given"}
     meta = {"ops": args.ops, "seed": args.seed, "vms": args.vms, "interleave": args.interleave,
             "timing": timing.to_dict(), "wpq_depth": args.wpq_depth[0],
-            "platform": "per cell a regular host of <iMCs> controllers (2 sockets when "
-            "even), one 64 MiB NVDIMM per controller, 1 GiB DRAM, VM 16 MiB DRAM + 32 MiB vNVDIMM"}
+            "platform": f"per cell a regular host of {' or '.join(map(str, args.controllers))} controllers "
+                        "(2 sockets when even), one 64 MiB NVDIMM per controller, 1 GiB DRAM, VM 16 MiB DRAM + "
+                        "32 MiB vNVDIMM"}
     rows = run_bench(cells + rate, out_dir=out, resume=args.resume, **_execute_options(args))
     main_rows, rate_rows = rows[:len(cells)], rows[len(cells):]
     document = dict(parameters=parameters, command=_command_line(args))
