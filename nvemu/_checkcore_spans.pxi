@@ -135,7 +135,7 @@ cdef class SpanMap:
         new = np.empty(n, np.int64)
         cdef int64_t[::1] nw = new
         cdef const trace_rec_t* r = <const trace_rec_t*>&raw[0] if n else NULL
-        cdef int64_t m = 0, v = UNRESOLVED, h, page, line, key, last_key = -1, last_line = -1
+        cdef int64_t m = 0, v = UNRESOLVED, h, page, line, key, pos, last_key = -1, last_line = -1
         cdef int32_t last_slot = -1
         cdef Py_ssize_t bad = -1
         cdef bint adding = engine is not None and mode >= 0 and not refill
@@ -152,8 +152,8 @@ cdef class SpanMap:
                         continue
                     key = span_key(&r[k])
                     if key != last_key:
-                        last_key = key
-                        v = self.vals[self._pos(key)] if self.keys[self._pos(key)] == key else UNRESOLVED
+                        last_key, pos = key, self._pos(key)
+                        v = self.vals[pos] if self.keys[pos] == key else UNRESOLVED
                     if v == UNRESOLVED:
                         bad = k
                         break
