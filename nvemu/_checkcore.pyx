@@ -88,8 +88,15 @@ cdef class CheckKernel(LineTable):
     def __init__(self, int n_controllers, int depth, int n_vms, int max_cpus, bint per_vcpu, str protocol,
                  bint ordering, drain_mask):
         import numpy as np
+        if self.q_head != NULL:
+            raise TypeError("the kernel is initialised already")
         if not 0 < n_controllers < 32768:
             raise ValueError(f"{n_controllers} controllers: the kernel handles 1..32767")
+        if not (0 < depth <= 4096 and 0 < n_vms <= 1 << 16 and 0 < max_cpus <= 1 << 8):
+            raise ValueError(f"WPQ depth {depth}, {n_vms} VMs, {max_cpus} vCPUs: each must be 1 or more "
+                             "(and at most 4096, 2**16, 2**8)")
+        if protocol not in ("fence", "flush", "deep"):
+            raise ValueError(f"unknown protocol {protocol!r}")
         self.nc, self.depth = n_controllers, depth
         self.n_vms, self.max_cpus, self.per_vcpu = n_vms, max_cpus, per_vcpu
         self.n_keys = n_vms * max_cpus if per_vcpu else n_vms
@@ -218,12 +225,16 @@ cdef class CheckKernel(LineTable):
 
     def queue_initial(self, int64_t s, bytes data):
         """A copy of line ``s`` already queued when the check starts (version -1)."""
+        if not 0 <= s < self.n or self.hpa[s] < 0 or len(data) != LINE:
+            raise ValueError(f"slot {s} is not a tracked line, or {len(data)} bytes are not one line")
         self._enqueue(<int32_t>s, -1, <const uint8_t*><const char*>data)
 
     def queue_lines(self, int c):
         """Line HPAs and bytes of controller ``c``'s queue, oldest first."""
         out = []
         cdef int k, pos
+        if not 0 <= c < self.nc:
+            raise ValueError(f"controller {c} of {self.nc}")
         for k in range(self.q_len[c]):
             pos = c * self.depth + (self.q_head[c] + k) % self.depth
             out.append((self.hpa[self.q_slot[pos]], bytes((<char*>&self.q_data[pos * LINE])[:LINE])))
@@ -334,13 +345,14 @@ cdef class CheckKernel(LineTable):
                 if kind[k] >= K_STORE and (hpa[k] < 0 or (kind[k] != K_FLUSH and (hpa[k] & (LINE - 1)) + r[k].size > LINE)):
                     bad = <int32_t>k
                     break
-                if kind[k] != 0 and (r[k].vm >= self.n_vms or r[k].vcpu >= self.max_cpus):
+                if kind[k] < 0 or kind[k] > K_FLUSH or (kind[k] != 0 and (r[k].vm >= self.n_vms
+                                                                          or r[k].vcpu >= self.max_cpus)):
                     bad = <int32_t>k
                     break
         if bad >= 0:
-            raise ValueError(f"record {base + bad}: line slot {slot[bad]}, HPA {hpa[bad]:#x}, VM {r[bad].vm} "
-                             f"vCPU {r[bad].vcpu} is not for this chunk's lines (chunk_missing, chunk_add) "
-                             "or this kernel's VMs")
+            raise ValueError(f"record {base + bad}: kind {kind[bad]}, line slot {slot[bad]}, HPA {hpa[bad]:#x}, "
+                             f"VM {r[bad].vm} vCPU {r[bad].vcpu} is not a record of this chunk's lines "
+                             "(chunk_missing, chunk_add) or of this kernel's VMs")
         with nogil:
             self._run(base, kind, r, hpa, slot, point, n)
 

@@ -80,7 +80,7 @@ class FastModel(Model):
             raise ImportError("nvemu._checkcore is not built (a pure install): use the plain-Python model")
         p = hv.platform
         n_vms = max(hv.vms, default=-1) + 1
-        max_cpus = max((len(vm.vcpus) for vm in hv.vms.values()), default=1)
+        max_cpus = max((len(vm.vcpus) for vm in hv.vms.values()), default=1) or 1
         mask = np.zeros((max(n_vms, 1), p.n_controllers), np.uint8)
         for vm in hv.vms.values():
             slot = p.engine.vm_slot(vm.id)
