@@ -15,6 +15,8 @@ durable. A crash point costs in proportion to the lines whose completed stores o
 changed since the last one (all lines at a ``full`` point).
 """
 
+import threading
+
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
@@ -152,93 +154,101 @@ cdef class CheckKernel(LineTable):
         """Those of ``slots`` (line slots the next records reach; -1 ignored) and of the lines
         queued now that are not yet among this chunk's lines: distinct, as int32. Their bytes go
         in with :meth:`chunk_add` (the engine's, before it runs the records)."""
-        import numpy as np
-        out = np.empty(slots.shape[0] + self.nc * self.depth, np.int32)
-        cdef int32_t[::1] o = out
-        cdef Py_ssize_t k, m = 0
+        cdef int32_t[::1] o
+        cdef Py_ssize_t k, m
         cdef int32_t s, c
-        with nogil:
-            for k in range(slots.shape[0]):
-                s = slots[k]
-                if 0 <= s < self.n and self.cidx[s] == -1 and self.hpa[s] >= 0:
-                    self.cidx[s] = -2
-                    o[m] = s
-                    m += 1
-            for c in range(self.nc):
-                for k in range(self.q_len[c]):
-                    s = self.q_slot[c * self.depth + (self.q_head[c] + k) % self.depth]
-                    if self.cidx[s] == -1:
+        with self.lock:
+            import numpy as np
+            out = np.empty(slots.shape[0] + self.nc * self.depth, np.int32)
+            o = out
+            m = 0
+            with nogil:
+                for k in range(slots.shape[0]):
+                    s = slots[k]
+                    if 0 <= s < self.n and self.cidx[s] == -1 and self.hpa[s] >= 0:
                         self.cidx[s] = -2
                         o[m] = s
                         m += 1
-            for k in range(m):
-                self.cidx[o[k]] = -1
-        return out[:m]
+                for c in range(self.nc):
+                    for k in range(self.q_len[c]):
+                        s = self.q_slot[c * self.depth + (self.q_head[c] + k) % self.depth]
+                        if self.cidx[s] == -1:
+                            self.cidx[s] = -2
+                            o[m] = s
+                            m += 1
+                for k in range(m):
+                    self.cidx[o[k]] = -1
+            return out[:m]
 
     def found_wanted(self):
         """(HPA, size) of each report whose durable bytes are still to be read (lines outside this
         chunk, whose media the chunk did not change): the engine's media has them now."""
-        out = []
         cdef int32_t k, r
-        for k in range(self.n_fill):
-            r = self.fill[k]
-            if self.recs[r].need_found:
-                out.append((self.hpa[self.recs[r].slot] + self.recs[r].off, self.recs[r].size))
-        for k in range(self.n_events):
-            if self.events_buf[k].need_found:
-                out.append((self.events_buf[k].hpa, self.events_buf[k].size))
-        return out
+        with self.lock:
+            out = []
+            for k in range(self.n_fill):
+                r = self.fill[k]
+                if self.recs[r].need_found:
+                    out.append((self.hpa[self.recs[r].slot] + self.recs[r].off, self.recs[r].size))
+            for k in range(self.n_events):
+                if self.events_buf[k].need_found:
+                    out.append((self.events_buf[k].hpa, self.events_buf[k].size))
+            return out
 
     def found_give(self, values):
         """The bytes :meth:`found_wanted` asked for, as little-endian integers in its order."""
         cdef int32_t k, r
         cdef Py_ssize_t j = 0
-        for k in range(self.n_fill):
-            r = self.fill[k]
-            if self.recs[r].need_found:
-                self.recs[r].found = values[j]
-                self.recs[r].need_found = 0
-                j += 1
-        for k in range(self.n_events):
-            if self.events_buf[k].need_found:
-                self.events_buf[k].found = values[j]
-                self.events_buf[k].need_found = 0
-                j += 1
-        self.n_fill = 0
+        with self.lock:
+            for k in range(self.n_fill):
+                r = self.fill[k]
+                if self.recs[r].need_found:
+                    self.recs[r].found = values[j]
+                    self.recs[r].need_found = 0
+                    j += 1
+            for k in range(self.n_events):
+                if self.events_buf[k].need_found:
+                    self.events_buf[k].found = values[j]
+                    self.events_buf[k].need_found = 0
+                    j += 1
+            self.n_fill = 0
 
     def found_from(self, Engine engine):
         """:meth:`found_wanted` and :meth:`found_give` in one, reading ``engine`` (the compiled
         core; hold its lock)."""
         cdef int32_t k, r
-        with nogil:
-            for k in range(self.n_fill):
-                r = self.fill[k]
-                if self.recs[r].need_found:
-                    self.recs[r].found = _media_bytes(engine, self.hpa[self.recs[r].slot] + self.recs[r].off,
-                                                      self.recs[r].size)
-                    self.recs[r].need_found = 0
-            for k in range(self.n_events):
-                if self.events_buf[k].need_found:
-                    self.events_buf[k].found = _media_bytes(engine, self.events_buf[k].hpa, self.events_buf[k].size)
-                    self.events_buf[k].need_found = 0
-            self.n_fill = 0
+        with self.lock:
+            with nogil:
+                for k in range(self.n_fill):
+                    r = self.fill[k]
+                    if self.recs[r].need_found:
+                        self.recs[r].found = _media_bytes(engine, self.hpa[self.recs[r].slot] + self.recs[r].off,
+                                                          self.recs[r].size)
+                        self.recs[r].need_found = 0
+                for k in range(self.n_events):
+                    if self.events_buf[k].need_found:
+                        self.events_buf[k].found = _media_bytes(engine, self.events_buf[k].hpa, self.events_buf[k].size)
+                        self.events_buf[k].need_found = 0
+                self.n_fill = 0
 
     def queue_initial(self, int64_t s, bytes data):
         """A copy of line ``s`` already queued when the check starts (version -1)."""
-        if not 0 <= s < self.n or self.hpa[s] < 0 or len(data) != LINE:
-            raise ValueError(f"slot {s} is not a tracked line, or {len(data)} bytes are not one line")
-        self._enqueue(<int32_t>s, -1, <const uint8_t*><const char*>data)
+        with self.lock:
+            if not 0 <= s < self.n or self.hpa[s] < 0 or len(data) != LINE:
+                raise ValueError(f"slot {s} is not a tracked line, or {len(data)} bytes are not one line")
+            self._enqueue(<int32_t>s, -1, <const uint8_t*><const char*>data)
 
     def queue_lines(self, int c):
         """Line HPAs and bytes of controller ``c``'s queue, oldest first."""
-        out = []
         cdef int k, pos
-        if not 0 <= c < self.nc:
-            raise ValueError(f"controller {c} of {self.nc}")
-        for k in range(self.q_len[c]):
-            pos = c * self.depth + (self.q_head[c] + k) % self.depth
-            out.append((self.hpa[self.q_slot[pos]], bytes((<char*>&self.q_data[pos * LINE])[:LINE])))
-        return out
+        with self.lock:
+            out = []
+            if not 0 <= c < self.nc:
+                raise ValueError(f"controller {c} of {self.nc}")
+            for k in range(self.q_len[c]):
+                pos = c * self.depth + (self.q_head[c] + k) % self.depth
+                out.append((self.hpa[self.q_slot[pos]], bytes((<char*>&self.q_data[pos * LINE])[:LINE])))
+            return out
 
     # ---- records and events (nogil) ----
 
@@ -274,14 +284,15 @@ cdef class CheckKernel(LineTable):
 
     def events(self):
         """The violations settled since the last call, as tuples (see ``Event``)."""
-        out = []
         cdef Event* e
-        for k in range(self.n_events):
-            e = &self.events_buf[k]
-            out.append((e.kind, e.store, e.point, e.until, e.points, e.completed, e.vm, e.cpu, e.op, e.size,
-                        e.gpa, e.hpa, e.value, e.found, e.lost))
-        self.n_events = 0
-        return out
+        with self.lock:
+            out = []
+            for k in range(self.n_events):
+                e = &self.events_buf[k]
+                out.append((e.kind, e.store, e.point, e.until, e.points, e.completed, e.vm, e.cpu, e.op, e.size,
+                            e.gpa, e.hpa, e.value, e.found, e.lost))
+            self.n_events = 0
+            return out
 
     # ---- the WPQs ----
 
@@ -332,29 +343,31 @@ cdef class CheckKernel(LineTable):
         2 every line."""
         cdef Py_ssize_t n = kind.shape[0], k
         cdef int32_t bad = -1
-        if not (<Py_ssize_t>(raw.shape[0] // sizeof(trace_rec_t)) == hpa.shape[0] == slot.shape[0]
-                == point.shape[0] == n) or raw.shape[0] % sizeof(trace_rec_t):
-            raise ValueError("all columns must have the same length")
-        cdef const trace_rec_t* r = <const trace_rec_t*>&raw[0] if n else NULL
-        with nogil:
-            for k in range(n):
-                if ((kind[k] == K_STORE or kind[k] == K_NT) and slot[k] < 0) or (
-                        kind[k] >= K_STORE and slot[k] >= 0 and (slot[k] >= self.n or self.cidx[slot[k]] < 0)):
-                    bad = <int32_t>k
-                    break
-                if kind[k] >= K_STORE and (hpa[k] < 0 or (kind[k] != K_FLUSH and (hpa[k] & (LINE - 1)) + r[k].size > LINE)):
-                    bad = <int32_t>k
-                    break
-                if kind[k] < 0 or kind[k] > K_FLUSH or (kind[k] != 0 and (r[k].vm >= self.n_vms
-                                                                          or r[k].vcpu >= self.max_cpus)):
-                    bad = <int32_t>k
-                    break
-        if bad >= 0:
-            raise ValueError(f"record {base + bad}: kind {kind[bad]}, line slot {slot[bad]}, HPA {hpa[bad]:#x}, "
-                             f"VM {r[bad].vm} vCPU {r[bad].vcpu} is not a record of this chunk's lines "
-                             "(chunk_missing, chunk_add) or of this kernel's VMs")
-        with nogil:
-            self._run(base, kind, r, hpa, slot, point, n)
+        cdef const trace_rec_t* r
+        with self.lock:
+            if not (<Py_ssize_t>(raw.shape[0] // sizeof(trace_rec_t)) == hpa.shape[0] == slot.shape[0]
+                    == point.shape[0] == n) or raw.shape[0] % sizeof(trace_rec_t):
+                raise ValueError("all columns must have the same length")
+            r = <const trace_rec_t*>&raw[0] if n else NULL
+            with nogil:
+                for k in range(n):
+                    if ((kind[k] == K_STORE or kind[k] == K_NT) and slot[k] < 0) or (
+                            kind[k] >= K_STORE and slot[k] >= 0 and (slot[k] >= self.n or self.cidx[slot[k]] < 0)):
+                        bad = <int32_t>k
+                        break
+                    if kind[k] >= K_STORE and (hpa[k] < 0 or (kind[k] != K_FLUSH and (hpa[k] & (LINE - 1)) + r[k].size > LINE)):
+                        bad = <int32_t>k
+                        break
+                    if kind[k] < 0 or kind[k] > K_FLUSH or (kind[k] != 0 and (r[k].vm >= self.n_vms
+                                                                              or r[k].vcpu >= self.max_cpus)):
+                        bad = <int32_t>k
+                        break
+            if bad >= 0:
+                raise ValueError(f"record {base + bad}: kind {kind[bad]}, line slot {slot[bad]}, HPA {hpa[bad]:#x}, "
+                                 f"VM {r[bad].vm} vCPU {r[bad].vcpu} is not a record of this chunk's lines "
+                                 "(chunk_missing, chunk_add) or of this kernel's VMs")
+            with nogil:
+                self._run(base, kind, r, hpa, slot, point, n)
 
     cdef int _run(self, int64_t base, const int8_t[::1] kind, const trace_rec_t* rec, const int64_t[::1] hpa,
                   const int32_t[::1] slot, const uint8_t[::1] point, Py_ssize_t n) except -1 nogil:
@@ -558,12 +571,13 @@ cdef class CheckKernel(LineTable):
     def finish(self):
         """End every open run at the last crash point."""
         cdef int32_t s, r
-        self.rank += 1
-        for s in range(self.n):
-            r = self.pending[s].head
-            while r >= 0:
-                if self.recs[r].is_open:
-                    self._emit(0, &self.recs[r], self.recs[r].first_point, self.last,
-                               self.rank - self.recs[r].first_rank)
-                    self.recs[r].is_open = 0
-                r = self.recs[r].nxt
+        with self.lock:
+            self.rank += 1
+            for s in range(self.n):
+                r = self.pending[s].head
+                while r >= 0:
+                    if self.recs[r].is_open:
+                        self._emit(0, &self.recs[r], self.recs[r].first_point, self.last,
+                                   self.rank - self.recs[r].first_rank)
+                        self.recs[r].is_open = 0
+                    r = self.recs[r].nxt

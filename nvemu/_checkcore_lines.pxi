@@ -18,6 +18,7 @@ cdef class LineTable:
     cdef int64_t free_head, n_free  # dropped slots, chained through newest_pos
     cdef int64_t swept              # lines live after the last sweep
     cdef public int64_t sweep_min   # no sweep below this many live lines
+    cdef readonly object lock       # held by every method: one caller at a time, GIL released or not
     cdef int64_t* hpa
     cdef int64_t* media_v
     cdef int32_t* queued
@@ -47,6 +48,7 @@ cdef class LineTable:
     def __cinit__(self):
         self.free_head = -1
         self.sweep_min = 1 << 16
+        self.lock = threading.Lock()
 
     cdef void _init_line(self, int64_t s, int64_t hpa, int ctrl, int mode, bint dirty) noexcept nogil:
         self.hpa[s] = hpa
@@ -64,34 +66,39 @@ cdef class LineTable:
 
     def add_line(self, int64_t hpa, int ctrl, int mode, bint dirty):
         """Add line ``hpa`` (not known yet); returns its slot."""
-        if not 0 <= ctrl < self.nc:
-            raise ValueError(f"controller {ctrl} of {self.nc}")
-        if hpa < 0 or self._lookup(hpa) >= 0:
-            raise ValueError(f"line {hpa:#x} is known already or not an HPA")
-        self._room(1)
-        cdef int32_t s = self._append(hpa, ctrl, mode)
-        self.dirty[s] = dirty
-        return s
+        cdef int32_t s
+        with self.lock:
+            if not 0 <= ctrl < self.nc:
+                raise ValueError(f"controller {ctrl} of {self.nc}")
+            if hpa < 0 or self._lookup(hpa) >= 0:
+                raise ValueError(f"line {hpa:#x} is known already or not an HPA")
+            self._room(1)
+            s = self._append(hpa, ctrl, mode)
+            self.dirty[s] = dirty
+            return s
 
     def add_lines(self, Engine engine, const int64_t[::1] hpas, const int8_t[::1] modes):
         """Add each line (NVDIMM HPAs, distinct, not known yet, checked by the caller), its
         controller as ``engine`` (the compiled core) maps it; returns their slots (int32). Lines
         start clean."""
-        import numpy as np
-        cdef Py_ssize_t k, n = hpas.shape[0]
-        if modes.shape[0] != n:
-            raise ValueError("hpas and modes differ in length")
-        out = np.empty(n, np.int32)
-        cdef int32_t[::1] o = out
-        for k in range(n):
-            if not _in_pmem(engine, hpas[k], LINE) or hpas[k] & (LINE - 1):
-                raise ValueError(f"{hpas[k]:#x} is not a line of the engine's NVDIMM space")
-        self._room(n)
-        with nogil:
+        cdef Py_ssize_t k, n
+        cdef int32_t[::1] o
+        with self.lock:
+            import numpy as np
+            n = hpas.shape[0]
+            if modes.shape[0] != n:
+                raise ValueError("hpas and modes differ in length")
+            out = np.empty(n, np.int32)
+            o = out
             for k in range(n):
-                o[k] = self._append(hpas[k], engine.controller_of_line((<uint64_t>hpas[k] - engine.pmem_base) >> 6),
-                                    modes[k])
-        return out
+                if not _in_pmem(engine, hpas[k], LINE) or hpas[k] & (LINE - 1):
+                    raise ValueError(f"{hpas[k]:#x} is not a line of the engine's NVDIMM space")
+            self._room(n)
+            with nogil:
+                for k in range(n):
+                    o[k] = self._append(hpas[k], engine.controller_of_line((<uint64_t>hpas[k] - engine.pmem_base) >> 6),
+                                        modes[k])
+            return out
 
     @property
     def tracked(self):
@@ -136,14 +143,15 @@ cdef class LineTable:
 
     def slot_hpas(self, const int32_t[::1] slots):
         """The line HPA of each slot, as int64."""
-        import numpy as np
-        out = np.empty(slots.shape[0], np.int64)
         cdef Py_ssize_t k
-        for k in range(slots.shape[0]):
-            if not 0 <= slots[k] < self.n:
-                raise ValueError(f"no line slot {slots[k]}")
-            out[k] = self.hpa[slots[k]]
-        return out
+        with self.lock:
+            import numpy as np
+            out = np.empty(slots.shape[0], np.int64)
+            for k in range(slots.shape[0]):
+                if not 0 <= slots[k] < self.n:
+                    raise ValueError(f"no line slot {slots[k]}")
+                out[k] = self.hpa[slots[k]]
+            return out
 
     cdef int _chunk_room(self, Py_ssize_t more) except -1:
         """Room in this chunk's buffers for ``more`` lines, and checks nothing else."""
@@ -185,62 +193,68 @@ cdef class LineTable:
         cdef int32_t c, s
         cdef uint64_t idx
         cdef chunk_t* ck
-        for k in range(slots.shape[0]):
-            if 0 <= slots[k] < self.n and not _in_pmem(engine, self.hpa[slots[k]], LINE):
-                raise ValueError(f"slot {slots[k]}: line {self.hpa[slots[k]]:#x} is not in the engine's NVDIMM space")
-        self._chunk_check(slots)
-        with nogil:
+        with self.lock:
             for k in range(slots.shape[0]):
-                s = slots[k]
-                c = self._chunk_take(s)
-                idx = engine.pmem_index + (<uint64_t>self.hpa[s] - engine.pmem_base)
-                ck = engine.chunk_at(idx, False)
-                if ck.mem != NULL:
-                    memcpy(&self.cmem[c * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
-                else:
-                    memset(&self.cmem[c * LINE], 0, LINE)
-                if ck.med != NULL:
-                    memcpy(&self.cmed[c * LINE], ck.med + (idx & engine.chunk_mask), LINE)
-                else:
-                    memset(&self.cmed[c * LINE], 0, LINE)
+                if 0 <= slots[k] < self.n and not _in_pmem(engine, self.hpa[slots[k]], LINE):
+                    raise ValueError(f"slot {slots[k]}: line {self.hpa[slots[k]]:#x} is not in the engine's NVDIMM space")
+            self._chunk_check(slots)
+            with nogil:
+                for k in range(slots.shape[0]):
+                    s = slots[k]
+                    c = self._chunk_take(s)
+                    idx = engine.pmem_index + (<uint64_t>self.hpa[s] - engine.pmem_base)
+                    ck = engine.chunk_at(idx, False)
+                    if ck.mem != NULL:
+                        memcpy(&self.cmem[c * LINE], ck.mem + (idx & engine.chunk_mask), LINE)
+                    else:
+                        memset(&self.cmem[c * LINE], 0, LINE)
+                    if ck.med != NULL:
+                        memcpy(&self.cmed[c * LINE], ck.med + (idx & engine.chunk_mask), LINE)
+                    else:
+                        memset(&self.cmed[c * LINE], 0, LINE)
 
     def chunk_add_bytes(self, const int32_t[::1] slots, const uint8_t[:, ::1] mem, const uint8_t[:, ::1] media):
         """:meth:`chunk_add` with the lines' bytes given (row ``k``: line ``slots[k]``; any engine)."""
         cdef Py_ssize_t k
         cdef int32_t c
-        if not (mem.shape[0] == media.shape[0] == slots.shape[0]) or mem.shape[1] != LINE or media.shape[1] != LINE:
-            raise ValueError("mem and media must be one 64-byte row per slot")
-        self._chunk_check(slots)
-        for k in range(slots.shape[0]):
-            c = self._chunk_take(slots[k])
-            memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
-            memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
+        with self.lock:
+            if not (mem.shape[0] == media.shape[0] == slots.shape[0]) or mem.shape[1] != LINE or media.shape[1] != LINE:
+                raise ValueError("mem and media must be one 64-byte row per slot")
+            self._chunk_check(slots)
+            for k in range(slots.shape[0]):
+                c = self._chunk_take(slots[k])
+                memcpy(&self.cmem[c * LINE], &mem[k, 0], LINE)
+                memcpy(&self.cmed[c * LINE], &media[k, 0], LINE)
 
     def end_chunk(self):
         """Forget this chunk's lines (their bytes are the engine's again); drop the settled lines
         when the live ones have doubled since the last sweep (and are at least ``sweep_min``)."""
         cdef int32_t c
-        for c in range(self.cn):
-            self.cidx[self.cslot[c]] = -1
-        self.cn = 0
-        cdef int64_t live = self.n - self.n_free
-        if live >= self.sweep_min and live > 2 * self.swept:
-            with nogil:
-                self._sweep()
+        cdef int64_t live
+        with self.lock:
+            for c in range(self.cn):
+                self.cidx[self.cslot[c]] = -1
+            self.cn = 0
+            live = self.n - self.n_free
+            if live >= self.sweep_min and live > 2 * self.swept:
+                with nogil:
+                    self._sweep()
 
     cdef inline int64_t _hpos(self, int64_t line) noexcept nogil:
         return <int64_t>(((<uint64_t>line >> 6) * 0x9E3779B97F4A7C15ULL) >> 20) & (self.hcap - 1)
 
     def slot_lookup(self, const int64_t[::1] lines):
         """The slot of each line HPA (-1: none), as int32."""
-        import numpy as np
-        out = np.empty(lines.shape[0], np.int32)
-        cdef int32_t[::1] o = out
+        cdef int32_t[::1] o
         cdef Py_ssize_t k
-        with nogil:
-            for k in range(lines.shape[0]):
-                o[k] = self._lookup(lines[k])
-        return out
+        with self.lock:
+            import numpy as np
+            out = np.empty(lines.shape[0], np.int32)
+            o = out
+            with nogil:
+                for k in range(lines.shape[0]):
+                    o[k] = self._lookup(lines[k])
+            return out
 
     cdef inline int32_t _lookup(self, int64_t line) noexcept nogil:
         """The slot of ``line`` (-1: none)."""

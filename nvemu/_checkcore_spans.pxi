@@ -33,8 +33,10 @@ cdef class SpanMap:
     cdef int64_t n_rows, rows_cap
     cdef int64_t* vfha              # VM id -> its vFHA's GPA page (-1: none)
     cdef int64_t n_vfha
+    cdef readonly object lock       # held by every method (translate holds the line table's too)
 
     def __cinit__(self, const int64_t[::1] vfha_pages):
+        self.lock = threading.Lock()
         self.cap = 64
         self.keys = <int64_t*>_realloc(NULL, self.cap * 8)
         self.vals = <int64_t*>_realloc(NULL, self.cap * 8)
@@ -79,43 +81,50 @@ cdef class SpanMap:
 
     def clear(self):
         """Forget every span (their leaves may have changed)."""
-        memset(self.keys, 0xFF, self.cap * 8)
-        self.count = self.n_rows = 0
+        with self.lock:
+            memset(self.keys, 0xFF, self.cap * 8)
+            self.count = self.n_rows = 0
 
     def missing(self, const uint8_t[::1] raw):
         """The distinct span keys (``vm << 40 | gpa >> 21``) of the records in ``raw`` (TRACE_DTYPE
         bytes) that the checker translates and that are not known yet, as int64; each is then
         known as unresolved until :meth:`set_base` or :meth:`set_row` names it."""
-        import numpy as np
-        cdef const trace_rec_t* r = <const trace_rec_t*>&raw[0] if raw.shape[0] else NULL
-        cdef Py_ssize_t k, n = raw.shape[0] // sizeof(trace_rec_t)
-        cdef int64_t key, last = -1
-        out = []
-        for k in range(n):
-            if _reaches_line(&r[k]):
-                key = span_key(&r[k])
-                if key != last and self.keys[self._pos(key)] != key:
-                    self._put(key, UNRESOLVED)
-                    out.append(key)
-                last = key
-        return np.array(out, np.int64)
+        cdef const trace_rec_t* r
+        cdef Py_ssize_t k, n
+        cdef int64_t key, last
+        with self.lock:
+            import numpy as np
+            r = <const trace_rec_t*>&raw[0] if raw.shape[0] else NULL
+            n = raw.shape[0] // sizeof(trace_rec_t)
+            last = -1
+            out = []
+            for k in range(n):
+                if _reaches_line(&r[k]):
+                    key = span_key(&r[k])
+                    if key != last and self.keys[self._pos(key)] != key:
+                        self._put(key, UNRESOLVED)
+                        out.append(key)
+                    last = key
+            return np.array(out, np.int64)
 
     def set_base(self, int64_t key, int64_t base):
         """Span ``key`` maps to vNVDIMM HPAs ``base``.. (one large leaf), or nowhere there (-1)."""
-        if base < -1:
-            raise ValueError(f"span base {base} is neither an HPA nor -1")
-        self._put(key, base)
+        with self.lock:
+            if base < -1:
+                raise ValueError(f"span base {base} is neither an HPA nor -1")
+            self._put(key, base)
 
     def set_row(self, int64_t key, const int64_t[::1] pages):
         """Span ``key`` has 4 KiB leaves: the HPA of each of its 512 pages (-1: not vNVDIMM)."""
-        if pages.shape[0] != 512:
-            raise ValueError(f"a span has 512 pages, not {pages.shape[0]}")
-        if self.n_rows == self.rows_cap:
-            self.rows = <int64_t*>_realloc(self.rows, (self.rows_cap * 2 + 8) * 512 * 8)
-            self.rows_cap = self.rows_cap * 2 + 8
-        memcpy(&self.rows[self.n_rows * 512], &pages[0], 512 * 8)
-        self._put(key, ROW - self.n_rows)
-        self.n_rows += 1
+        with self.lock:
+            if pages.shape[0] != 512:
+                raise ValueError(f"a span has 512 pages, not {pages.shape[0]}")
+            if self.n_rows == self.rows_cap:
+                self.rows = <int64_t*>_realloc(self.rows, (self.rows_cap * 2 + 8) * 512 * 8)
+                self.rows_cap = self.rows_cap * 2 + 8
+            memcpy(&self.rows[self.n_rows * 512], &pages[0], 512 * 8)
+            self._put(key, ROW - self.n_rows)
+            self.n_rows += 1
 
     def translate(self, LineTable lines, const uint8_t[::1] raw, int64_t[::1] hpa, int32_t[::1] slot,
                   int8_t[::1] kind, Engine engine=None, int mode=-1, bint refill=False):
@@ -128,66 +137,77 @@ cdef class SpanMap:
         to a line without a slot adds it (clean, its controller as ``engine`` maps it) and returns
         nothing; else it returns those lines, as int64 (distinct from their neighbours in the list,
         not overall), for the caller to add and then fill their slots with ``refill``."""
-        import numpy as np
-        cdef Py_ssize_t k, n = raw.shape[0] // sizeof(trace_rec_t)
-        if hpa.shape[0] != n or slot.shape[0] != n or kind.shape[0] != n:
-            raise ValueError("hpa, slot and kind must hold one entry per record")
-        new = np.empty(n, np.int64)
-        cdef int64_t[::1] nw = new
-        cdef const trace_rec_t* r = <const trace_rec_t*>&raw[0] if n else NULL
-        cdef int64_t m = 0, v = UNRESOLVED, h, page, line, key, pos, last_key = -1, last_line = -1
-        cdef int32_t last_slot = -1
-        cdef Py_ssize_t bad = -1
-        cdef bint adding = engine is not None and mode >= 0 and not refill
-        if adding:
-            lines._room(n)
-        with nogil:
-            for k in range(n):
-                if refill:
-                    if hpa[k] < 0 or slot[k] >= 0:
-                        continue
-                else:
-                    hpa[k], slot[k], kind[k] = -1, -1, K_FENCE if r[k].op >= OP_SFENCE else K_NONE
-                    if not _reaches_line(&r[k]):
-                        continue
-                    key = span_key(&r[k])
-                    if key != last_key:
-                        last_key, pos = key, self._pos(key)
-                        v = self.vals[pos] if self.keys[pos] == key else UNRESOLVED
-                    if v == UNRESOLVED:
-                        bad = k
-                        break
-                    h = -1
-                    if v >= 0:
-                        h = v + <int64_t>(r[k].gpa & ((1ULL << SPAN_SHIFT) - 1))
-                    elif v <= ROW:
-                        page = self.rows[(ROW - v) * 512 + <int64_t>((r[k].gpa >> 12) & 511)]
-                        if page >= 0:
-                            h = page | <int64_t>(r[k].gpa & 4095)
-                    if (r[k].op <= OP_NT_STORE and r[k].vm < self.n_vfha
-                            and <int64_t>(r[k].gpa >> 12) == self.vfha[r[k].vm]):
-                        h = -2
-                    hpa[k] = h
-                    if h == -2:
-                        kind[k] = K_VFHA
-                    if h < 0:
-                        continue
-                    kind[k] = K_STORE if r[k].op == OP_STORE else K_NT if r[k].op == OP_NT_STORE else K_FLUSH
-                line = hpa[k] & ~(<int64_t>LINE - 1)
-                if line != last_line:
-                    last_line, last_slot = line, lines._lookup(line)
-                if last_slot < 0 and r[k].op <= OP_NT_STORE:
-                    if adding and not _in_pmem(engine, line, LINE):
-                        bad = k
-                        break
-                    if adding:
-                        last_slot = lines._append(line, engine.controller_of_line(
-                            (<uint64_t>line - engine.pmem_base) >> 6), mode)
-                    elif m == 0 or nw[m - 1] != line:
-                        nw[m] = line
-                        m += 1
-                slot[k] = last_slot
-        if bad >= 0:
-            raise ValueError(f"record {bad}: its span is not resolved (missing() then set_base/set_row first), or "
-                             "it maps outside the engine's NVDIMM space")
-        return new[:m]
+        cdef Py_ssize_t k, n
+        cdef int64_t[::1] nw
+        cdef const trace_rec_t* r
+        cdef int64_t m, v, h, page, line, key, pos, last_key, last_line
+        cdef int32_t last_slot
+        cdef Py_ssize_t bad
+        cdef bint adding
+        with self.lock, lines.lock:
+            import numpy as np
+            n = raw.shape[0] // sizeof(trace_rec_t)
+            if hpa.shape[0] != n or slot.shape[0] != n or kind.shape[0] != n:
+                raise ValueError("hpa, slot and kind must hold one entry per record")
+            new = np.empty(n, np.int64)
+            nw = new
+            r = <const trace_rec_t*>&raw[0] if n else NULL
+            m = 0
+            v = UNRESOLVED
+            last_key = -1
+            last_line = -1
+            last_slot = -1
+            bad = -1
+            adding = engine is not None and mode >= 0 and not refill
+            if adding:
+                lines._room(n)
+            with nogil:
+                for k in range(n):
+                    if refill:
+                        if hpa[k] < 0 or slot[k] >= 0:
+                            continue
+                    else:
+                        hpa[k], slot[k], kind[k] = -1, -1, K_FENCE if r[k].op >= OP_SFENCE else K_NONE
+                        if not _reaches_line(&r[k]):
+                            continue
+                        key = span_key(&r[k])
+                        if key != last_key:
+                            last_key, pos = key, self._pos(key)
+                            v = self.vals[pos] if self.keys[pos] == key else UNRESOLVED
+                        if v == UNRESOLVED:
+                            bad = k
+                            break
+                        h = -1
+                        if v >= 0:
+                            h = v + <int64_t>(r[k].gpa & ((1ULL << SPAN_SHIFT) - 1))
+                        elif v <= ROW:
+                            page = self.rows[(ROW - v) * 512 + <int64_t>((r[k].gpa >> 12) & 511)]
+                            if page >= 0:
+                                h = page | <int64_t>(r[k].gpa & 4095)
+                        if (r[k].op <= OP_NT_STORE and r[k].vm < self.n_vfha
+                                and <int64_t>(r[k].gpa >> 12) == self.vfha[r[k].vm]):
+                            h = -2
+                        hpa[k] = h
+                        if h == -2:
+                            kind[k] = K_VFHA
+                        if h < 0:
+                            continue
+                        kind[k] = K_STORE if r[k].op == OP_STORE else K_NT if r[k].op == OP_NT_STORE else K_FLUSH
+                    line = hpa[k] & ~(<int64_t>LINE - 1)
+                    if line != last_line:
+                        last_line, last_slot = line, lines._lookup(line)
+                    if last_slot < 0 and r[k].op <= OP_NT_STORE:
+                        if adding and not _in_pmem(engine, line, LINE):
+                            bad = k
+                            break
+                        if adding:
+                            last_slot = lines._append(line, engine.controller_of_line(
+                                (<uint64_t>line - engine.pmem_base) >> 6), mode)
+                        elif m == 0 or nw[m - 1] != line:
+                            nw[m] = line
+                            m += 1
+                    slot[k] = last_slot
+            if bad >= 0:
+                raise ValueError(f"record {bad}: its span is not resolved (missing() then set_base/set_row first), or "
+                                 "it maps outside the engine's NVDIMM space")
+            return new[:m]

@@ -6,7 +6,7 @@ before ``__init__``, twice initialised, with slots, controllers, VMs and vCPUs i
 lines outside the engine's NVDIMM space, records it cannot hold, spans never resolved -- in a
 subprocess, so that a segfault fails the test instead of ending the run. Each call must raise
 ``ValueError``/``TypeError``/``IndexError`` or return, and the kernel must still follow a valid
-chunk afterwards."""
+chunk afterwards. Threads calling one kernel are serialized by its lock."""
 
 from __future__ import annotations
 
@@ -135,3 +135,40 @@ def test_every_wrong_call_into_the_checker_kernel_raises_and_the_kernel_still_wo
     refused = {name for name, outcome in results.items() if outcome != "returned"}
     expected = set(results) - allowed_to_return
     assert refused == expected, {n: results[n] for n in refused ^ expected}
+
+
+@needs_compiled("calls the compiled checker kernel")
+def test_the_checker_kernel_serializes_its_callers():
+    """Every method holds the kernel's lock (the GIL is released inside): a call waits while
+    another caller holds it, and threads hammering one kernel lose no update."""
+    import threading
+
+    import numpy as np
+
+    from nvemu import Op
+    from nvemu._checkcore import CheckKernel
+    from nvemu._constants import TRACE_DTYPE
+    kernel = CheckKernel(2, 4, 1, 2, True, "flush", False, np.zeros((1, 2), np.uint8))
+    n = 4096
+    fences = np.array([(Op.SFENCE, k % 2, 0, 0, 0, 0) for k in range(n)], TRACE_DTYPE).view(np.uint8)
+    kind, hpa, slot = np.ones(n, np.int8), np.full(n, -1, np.int64), np.full(n, -1, np.int32)
+    point = np.zeros(n, np.uint8)
+    point[::64] = 1
+
+    def follow(times):
+        for _ in range(times):
+            kernel.run(0, kind, fences, hpa, slot, point)
+            kernel.events()
+            kernel.end_chunk()
+    with kernel.lock:                           # held: a caller waits for it
+        waiting = threading.Thread(target=follow, args=(1,))
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive() and kernel.counts_arr[3] == 0
+    waiting.join()
+    threads = [threading.Thread(target=follow, args=(50,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert kernel.counts_arr[3] == n * (1 + 4 * 50) and kernel.rank == (n // 64) * (1 + 4 * 50) - 1
