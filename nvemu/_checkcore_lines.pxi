@@ -293,7 +293,7 @@ cdef class LineTable:
             self.hcount += 1
         self.hvals[pos] = slot
 
-    def _rehash(self, int64_t want):
+    cdef int _rehash(self, int64_t want) except -1:
         cdef int64_t cap = 1, k, old_cap = self.hcap
         while cap < want:
             cap <<= 1
@@ -308,8 +308,9 @@ cdef class LineTable:
             if old_vals[k] != -1:
                 self._hput(old_vals[k])
         free(old_vals)
+        return 0
 
-    def _grow(self, int64_t cap):
+    cdef int _grow(self, int64_t cap) except -1:
         if cap > 0x7FFFFFFF:
             raise MemoryError("the checker tracks at most 2**31 - 1 lines")
         self.hpa = <int64_t*>_realloc(self.hpa, cap * 8)
@@ -326,3 +327,4 @@ cdef class LineTable:
         self.pending = <List*>_realloc(self.pending, cap * sizeof(List))
         self.touch_list = <int32_t*>_realloc(self.touch_list, cap * 4)
         self.cap = cap
+        return 0
