@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, PAGE_SHIFT, TRACE_DTYPE, LineState, Op
+from .._constants import EPT_ADDR_MASK, EPT_RWX, LINE_BYTES as LINE, TRACE_DTYPE, LineState, Op
 from ..machine.hypervisor import Hypervisor
-from .check_model import COUNTS, DRAINING, MEDIA, Model
+from .check_model import COUNTS, DRAINING, MEDIA, Model, vfha_table
 from .check_report import Violation
 
 try:
@@ -36,7 +36,6 @@ AVAILABLE = CheckKernel is not None
 SWEEP_MIN_LINES = 1 << 16
 """The kernel drops settled lines once this many are tracked and their number doubled since the
 last sweep (a free parameter: memory against sweep time; the tests set 0 to sweep often)."""
-
 
 
 def _kept_by_kernel(read: Callable[[Any], Any]) -> Any:
@@ -92,10 +91,7 @@ class FastModel(Model):
         self._dirty_at_start: set[int] = set()
         self._translated: tuple[np.ndarray, ...] = ()     # the last translate(): hpas, records, slots, kinds
         self._bulk = isinstance(p.engine, CoreEngine)     # new lines' bytes read in C (not on the reference)
-        vfha = np.full(max(n_vms, 1), -1, np.int64)
-        for vm in hv.vms.values():
-            vfha[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
-        self.spans = SpanMap(vfha)
+        self.spans = SpanMap(vfha_table(hv))
         super().__init__(hv, protocol, fence_scope, ordering, survives, emit)
         self.lines = _Slots(self.kernel)     # type: ignore[assignment]
         self._adopt()

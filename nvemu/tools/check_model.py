@@ -58,6 +58,14 @@ none leave the write to memory or to Python)."""
 Rec = tuple[int, int, int, int, int, int, int, int, int]
 
 
+def vfha_table(hv: Hypervisor) -> np.ndarray:
+    """vm id -> its vFHA's GPA page (-1: none)."""
+    table = np.full(max(hv.vms, default=-1) + 1, -1, np.int64)
+    for vm in hv.vms.values():
+        table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
+    return table
+
+
 class Lines:
     """Per 64-byte host line the trace stores to: per byte the last completed store (op index) and
     the op its protocol completed at; the line's controller, what survives for it (MEDIA, QUEUE,
@@ -231,11 +239,6 @@ class Model:
             self.pages[key] = base
         return base
 
-    def _span_pages(self, vm: int, span: int) -> np.ndarray | None:
-        """HPA pages of the 512 GPA pages of 2 MiB span ``span`` (-1: not vNVDIMM), when the
-        engine lets its leaf table be read whole; None here (page by page instead)."""
-        return None
-
     def _page(self, vm: int, gpa_page: int) -> int:
         key = (vm, gpa_page)
         page = self.pages.get(key)
@@ -264,14 +267,6 @@ class Model:
         base = bases[sinv]
         hpa = np.where(base >= 0, base + (gpa & ((1 << _SPAN_SHIFT) - 1)), -1)
         small = base == -3                                  # 4 KiB leaves (the vFHA's among them)
-        if small.any():
-            spans = np.unique(span[small])
-            rows = [self._span_pages(k >> 40, k & ((1 << 40) - 1)) for k in spans.tolist()]
-            if all(r is not None for r in rows):            # a leaf table per span, read whole
-                table = np.stack(rows)
-                pages = table[np.searchsorted(spans, span[small]), (gpa[small] >> PAGE_SHIFT) & 511]
-                hpa[small] = np.where(pages >= 0, pages | (gpa[small] & PAGE_MASK), -1)
-                small[:] = False
         if small.any():                                     # page by page
             key = (vm[small] << 52) | (gpa[small] >> PAGE_SHIFT)
             uniq, inverse = np.unique(key, return_inverse=True)

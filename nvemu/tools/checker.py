@@ -86,7 +86,7 @@ from ..machine.snapshot import restore_snapshot, save_snapshot
 from ..formats.trace import TraceSource
 from .._backend import COMPILED
 from .check_fast import AVAILABLE, FastModel
-from .check_model import Model
+from .check_model import Model, vfha_table
 from .check_report import CheckResult, CrashPoints, KeptViolations, Violation, ViolationCounts
 from .prepare import prepare, relocated, unmapped_error
 
@@ -101,14 +101,6 @@ CHUNK_OPS = 1 << 16            # records the engine runs between two looks of th
 
 # ---- the checker ---------------------------------------------------------------------------------
 
-def _vfha_table(hv: Hypervisor) -> np.ndarray:
-    """vm id -> its vFHA's GPA page (-1: none)."""
-    table = np.full(max(hv.vms, default=-1) + 1, -1, np.int64)
-    for vm in hv.vms.values():
-        table[vm.id] = vm.vfha_gpa >> PAGE_SHIFT
-    return table
-
-
 def _persist_points(table: np.ndarray, ops: np.ndarray) -> np.ndarray:
     """Indices in ``ops`` of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
     op = np.asarray(ops["op"], np.uint8)
@@ -116,19 +108,15 @@ def _persist_points(table: np.ndarray, ops: np.ndarray) -> np.ndarray:
     if len(table) and len(ops):
         pages = table.astype(np.uint64)                     # -1 (no vFHA) becomes 2**64 - 1: no GPA page
         vm = np.asarray(ops["vm"])
-        vfha = pages[0] if len(pages) == 1 else pages[np.minimum(vm, len(pages) - 1)]
-        hit = (np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)) == vfha
-        if len(pages) == 1:
-            hit &= vm == 0
-        else:
-            hit &= vm < len(pages)
+        vfha = pages[0] if len(pages) == 1 else pages[np.minimum(vm, len(pages) - 1)]   # one VM: no gather
+        hit = ((np.asarray(ops["gpa"]) >> np.uint64(PAGE_SHIFT)) == vfha) & (vm < len(pages))
         points |= ((op - np.uint8(Op.STORE)) < 2) & hit     # STORE or NT_STORE
     return np.flatnonzero(points)
 
 
 def persist_points(hv: Hypervisor, ops: np.ndarray) -> np.ndarray:
     """Op indices of every fence and every vFHA write (a STORE/NT_STORE to its VM's vFHA page)."""
-    return _persist_points(_vfha_table(hv), ops)
+    return _persist_points(vfha_table(hv), ops)
 
 
 def _choose_points(n_candidates: int, points: str | int | Iterable[int],
@@ -309,7 +297,7 @@ def _check_chunks(hv: Hypervisor, chunks: Callable[[], Iterator[tuple[int, np.nd
     domain = hv.platform.domain
     survives = "none" if adr_failure else domain
     resolved = protocol if protocol != "auto" else ("deep" if survives == "none" else "flush")
-    table = _vfha_table(hv)
+    table = vfha_table(hv)
     n_candidates = sum(len(_persist_points(table, c)) for _, c in chunks())
     ranks, given = _choose_points(n_candidates, points, n_ops)
     n_points = len(ranks) if ranks is not None else len(given) if given is not None else n_candidates
