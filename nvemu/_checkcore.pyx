@@ -99,49 +99,40 @@ cdef class CheckKernel(LineTable):
                              "(and at most 4096, 2**16, 2**8)")
         if protocol not in ("fence", "flush", "deep"):
             raise ValueError(f"unknown protocol {protocol!r}")
-        self.nc, self.depth = n_controllers, depth
-        self.n_vms, self.max_cpus, self.per_vcpu = n_vms, max_cpus, per_vcpu
+        self.depth, self.per_vcpu = depth, per_vcpu
         self.n_keys = n_vms * max_cpus if per_vcpu else n_vms
         self.deep, self.fence_only = protocol == "deep", protocol == "fence"
         self.ordering = ordering and self.deep
-        self.n = self.cap = 0
-        self.rec_cap = 0
         self.free_rec = -1
-        self.recs = NULL
-        self.fence = <List*>malloc(sizeof(List) * max(self.n_keys, 1))
-        self.fha_fence = <List*>malloc(sizeof(List) * max(self.n_keys, 1))
-        self.fha = <List*>malloc(sizeof(List) * max(n_vms, 1))
-        for k in range(max(self.n_keys, 1)):
-            self.fence[k].head = self.fence[k].tail = -1
-            self.fha_fence[k].head = self.fha_fence[k].tail = -1
-        for k in range(max(n_vms, 1)):
-            self.fha[k].head = self.fha[k].tail = -1
-        self.q_slot = <int32_t*>malloc(sizeof(int32_t) * n_controllers * depth)
-        self.q_ver = <int64_t*>malloc(sizeof(int64_t) * n_controllers * depth)
-        self.q_data = <uint8_t*>malloc(LINE * n_controllers * depth)
-        self.q_head = <int32_t*>malloc(sizeof(int32_t) * n_controllers)
-        self.q_len = <int32_t*>malloc(sizeof(int32_t) * n_controllers)
-        memset(self.q_head, 0, sizeof(int32_t) * n_controllers)
-        memset(self.q_len, 0, sizeof(int32_t) * n_controllers)
         mask = np.ascontiguousarray(drain_mask, np.uint8).reshape(-1)
         if len(mask) != n_vms * n_controllers:
             raise ValueError("drain_mask must have n_vms * n_controllers entries")
-        self.drain_mask = <uint8_t*>malloc(max(len(mask), 1))
+        self.fence = <List*>_realloc(NULL, sizeof(List) * self.n_keys)
+        self.fha_fence = <List*>_realloc(NULL, sizeof(List) * self.n_keys)
+        self.fha = <List*>_realloc(NULL, sizeof(List) * n_vms)
+        for k in range(self.n_keys):
+            self.fence[k].head = self.fence[k].tail = -1
+            self.fha_fence[k].head = self.fha_fence[k].tail = -1
+        for k in range(n_vms):
+            self.fha[k].head = self.fha[k].tail = -1
+        self.q_slot = <int32_t*>_realloc(NULL, sizeof(int32_t) * n_controllers * depth)
+        self.q_ver = <int64_t*>_realloc(NULL, sizeof(int64_t) * n_controllers * depth)
+        self.q_data = <uint8_t*>_realloc(NULL, LINE * n_controllers * depth)
+        self.q_len = <int32_t*>_realloc(NULL, sizeof(int32_t) * n_controllers)
+        memset(self.q_len, 0, sizeof(int32_t) * n_controllers)
+        self.drain_mask = <uint8_t*>_realloc(NULL, len(mask))
         for k in range(len(mask)):
             self.drain_mask[k] = mask[k]
+        self.q_head = <int32_t*>_realloc(NULL, sizeof(int32_t) * n_controllers)
+        memset(self.q_head, 0, sizeof(int32_t) * n_controllers)
+        # the sizes last: until every table is there, the kernel refuses every record and slot
+        self.nc, self.n_vms, self.max_cpus = n_controllers, n_vms, max_cpus
         self.enqueued_arr = np.zeros(n_controllers, np.int64)
         self.drained_arr = np.zeros(n_controllers, np.int64)
         self.counts_arr = np.zeros(5, np.int64)
         self.enqueued, self.drained, self.counts = self.enqueued_arr, self.drained_arr, self.counts_arr
-        self.completed = 0
         self.rank = -1
         self.last = -1
-        self.events_buf = NULL
-        self.n_events = self.events_cap = 0
-        self.n_touched = 0
-        if not (self.fence and self.fha_fence and self.fha and self.q_slot and self.q_ver and self.q_data
-                and self.q_head and self.q_len and self.drain_mask):
-            raise MemoryError()
 
     def __dealloc__(self):
         free(self.fill); free(self.recs); free(self.fence); free(self.fha_fence); free(self.fha); free(self.q_slot)
@@ -373,9 +364,8 @@ cdef class CheckKernel(LineTable):
                   const int32_t[::1] slot, const uint8_t[::1] point, Py_ssize_t n) except -1 nogil:
         cdef Py_ssize_t k
         cdef int64_t i
-        cdef int32_t s, key, r, c, v, q, off
+        cdef int32_t s, key, r, c, v, off
         cdef int8_t kd
-        cdef List* l
         cdef List done
         for k in range(n):
             i = base + k

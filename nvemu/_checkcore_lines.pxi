@@ -166,7 +166,6 @@ cdef class LineTable:
     cdef int _chunk_check(self, const int32_t[::1] slots) except -1:
         """``slots`` are distinct lines not yet in this chunk; then room for them."""
         cdef Py_ssize_t k, j
-        cdef bint repeated = False
         for k in range(slots.shape[0]):
             if not 0 <= slots[k] < self.n or self.cidx[slots[k]] != -1 or self.hpa[slots[k]] < 0:
                 for j in range(k):

@@ -59,12 +59,19 @@ cdef class SpanMap:
         cdef int64_t pos, k, old_cap = self.cap
         cdef int64_t* old_keys
         cdef int64_t* old_vals
+        cdef int64_t* new_keys
+        cdef int64_t* new_vals
+        if key < 0:
+            raise ValueError(f"span key {key} is not vm << 40 | gpa >> 21")
         if (self.count + 1) * 2 > self.cap:
             old_keys, old_vals = self.keys, self.vals
-            self.keys = self.vals = NULL
-            self.cap *= 2
-            self.keys = <int64_t*>_realloc(NULL, self.cap * 8)
-            self.vals = <int64_t*>_realloc(NULL, self.cap * 8)
+            new_keys = <int64_t*>_realloc(NULL, old_cap * 16)
+            try:
+                new_vals = <int64_t*>_realloc(NULL, old_cap * 16)
+            except MemoryError:
+                free(new_keys)
+                raise
+            self.keys, self.vals, self.cap = new_keys, new_vals, old_cap * 2
             memset(self.keys, 0xFF, self.cap * 8)
             self.count = 0
             for k in range(old_cap):

@@ -100,6 +100,8 @@ case("spans: translate before missing", lambda: spans.translate(k, one, h1, s1, 
 case("spans: short columns", lambda: spans.translate(k, one, *columns(0)))
 (key,) = spans.missing(one).tolist()
 case("spans: base below -1", lambda: spans.set_base(key, -7))
+case("spans: negative key", lambda: spans.set_base(-1, 0))
+case("spans: negative key of a row", lambda: spans.set_row(-5, np.zeros(512, np.int64)))
 case("spans: short row", lambda: spans.set_row(key, np.zeros(3, np.int64)))
 case("spans: row of huge pages", lambda: (spans.set_row(key, np.full(512, 1 << 60, np.int64)),
                                           spans.translate(k, one, h1, s1, k1, engine, 1)))
