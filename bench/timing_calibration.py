@@ -164,21 +164,16 @@ def main() -> None:
 def not_calibrated() -> list[dict]:
     """(figure, pattern, published, model) for one thread's bandwidth (Fig. 4) and the one-DIMM
     sfence-interval sweep: figures the model was not calibrated on."""
-    rows = []
-    for preset, where in (("optane-3t", "6 DIMMs"), ("single", "1 DIMM")):
-        for pattern, value in zip(("load-seq", "store-clwb", "ntstore"), FIG4_ONE_THREAD[preset]):
-            r = run_timing(pattern, 64, 65536, preset=preset)
-            rows.append({"figure": f"Fig. 4, 1 thread, {where}", "pattern": pattern, "published": value,
-                         "model": r.gb_per_s, "ratio": r.gb_per_s / value,
-                         "how": f"{pattern} --fence-interval 64K --preset {preset}"})
-    for m, values in SFENCE_INTERVAL.items():
-        for pattern, value in zip(("store-clwb", "ntstore"), values):
-            r = run_timing(pattern, 64, m, preset="single")
-            rows.append({"figure": f"sfence every {m:,} B, 1 DIMM", "pattern": pattern, "published": value,
-                         "model": r.gb_per_s, "ratio": r.gb_per_s / value,
-                         "how": f"{pattern} --fence-interval {m} --preset single"})
+    def row(figure: str, pattern: str, published: float, interval: int, preset: str) -> dict:
+        r = run_timing(pattern, 64, interval, preset=preset)
+        return {"figure": figure, "pattern": pattern, "published": published, "model": r.gb_per_s,
+                "ratio": r.gb_per_s / published, "how": f"{pattern} --fence-interval {interval} --preset {preset}"}
+    rows = [row(f"Fig. 4, 1 thread, {where}", pattern, value, 65536, preset)
+            for preset, where in (("optane-3t", "6 DIMMs"), ("single", "1 DIMM"))
+            for pattern, value in zip(("load-seq", "store-clwb", "ntstore"), FIG4_ONE_THREAD[preset])]
+    rows += [row(f"sfence every {m:,} B, 1 DIMM", pattern, value, m, "single")
+             for m, values in SFENCE_INTERVAL.items() for pattern, value in zip(("store-clwb", "ntstore"), values)]
     return rows
-
 
 if __name__ == "__main__":
     main()
